@@ -1,0 +1,35 @@
+# Two entry points for users: `make demo` and `make test` (see README). Both build .venv/ first.
+# uv is bootstrapped from PyPI with pip when it is not on PATH; it ignores pip's config, so the
+# locked torch/torchvision pair is installed whatever local wheels the machine's pip points at.
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := .tools/bin/uv
+endif
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench clean
+
+install: .venv/.synced
+
+.tools/bin/uv:
+	PIP_CONFIG_FILE=/dev/null python3 -m pip install --quiet --disable-pip-version-check --target .tools/lib uv
+	mkdir -p .tools/bin && ln -sf ../lib/bin/uv .tools/bin/uv
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --python 3.11
+	touch $@
+
+demo: install
+	.venv/bin/lasnn-deploy demo
+
+test: install
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	.venv/bin/python bench/train_throughput.py
+
+clean:
+	rm -rf .venv .tools runs

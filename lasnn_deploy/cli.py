@@ -1,0 +1,231 @@
+"""``lasnn-deploy``: argument parsing only; every command calls a function of the Python API.
+
+Bad input (a ``UserError`` or a bad option) prints one line on stderr and exits 2; any other
+failure prints one line and exits 1, with the traceback only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import UserError
+
+DATASET_HELP = "data set: digits (bundled, default), mnist, fashion-mnist, cifar10, cifar100, imagefolder"
+DATA_DIR_HELP = (
+    "folder with the data set's official files: the folder holding MNIST/ (or MNIST/ itself), "
+    "cifar-10-batches-py/, or train/ and test/ class folders for imagefolder"
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _add_data(p: argparse.ArgumentParser, samples_default: int | None) -> None:
+    p.add_argument("--dataset", default="digits", help=DATASET_HELP)
+    p.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
+    p.add_argument("--samples", type=int, default=samples_default, metavar="N",
+                   help="use the first N test samples in file order" + (" (default: all)" if samples_default is None else f" (default: {samples_default})"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson input spikes (default: 0)")
+
+
+def _test_split(args: argparse.Namespace):
+    from .data import first_samples, load_split
+
+    return first_samples(load_split(args.dataset, args.data_dir, "test"), args.samples)
+
+
+def _print_json_or(args: argparse.Namespace, result: dict, summary: Callable[[dict], str]) -> None:
+    if getattr(args, "json", None):
+        from .atomic import write_text
+
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
+    print(summary(result))
+
+
+# -- commands --------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, fast=args.fast)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+    from .training.config import config_from_args
+
+    run = train(config_from_args(args))
+    print(f"run folder: {run}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import load_split
+    from .evaluation import evaluate_student
+    from .student import load_student
+    from torch.utils.data import Subset
+
+    student = load_student(args.model)
+    split = load_split(args.dataset, args.data_dir, "test")
+    if args.samples is not None:
+        split = Subset(split, range(min(args.samples, len(split))))
+    if args.timesteps is not None:
+        student = student.with_config(timesteps=args.timesteps)
+    result = evaluate_student(student, split, seed=args.seed, progress=True)
+    result.update(timesteps=student.config.timesteps, encoding=student.config.encoding, dataset=args.dataset)
+    _print_json_or(args, result, lambda r: f"test_accuracy {r['test_accuracy']:.4f}  spikes_per_sample {r['spikes_per_sample']:.1f}  "
+                                           f"({r['samples']} samples, T={r['timesteps']}, {r['encoding']})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .exporters import TARGETS, export
+    from .student import load_student
+
+    student = load_student(args.model)
+    folder = args.model if args.model.is_dir() else args.model.parent
+    out = args.out or folder / f"student{TARGETS.get(args.target, '')}"
+    path = export(student, args.target, out)
+    print(f"wrote {args.target} export: {path}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .student import load_student
+    from .validation import validate
+
+    student = load_student(args.model)
+    if not args.file.is_file():
+        raise UserError(f"no exported file at {args.file}: create one with `lasnn-deploy export`")
+    images, labels = _test_split(args)
+    report = validate(student, args.file, images, labels, seed=args.seed)
+
+    def summary(r: dict) -> str:
+        lines = [f"{'layer':<12}{'spike agreement':>18}"]
+        lines += [f"{l['name']:<12}{l['spike_agreement']:>18.6f}" for l in r["layers"]]
+        spikes = "not exposed" if r["spike_agreement"] is None else f"{r['spike_agreement']:.6f}"
+        lines.append(f"{r['target']}: output_agreement {r['output_agreement']:.6f}  spike_agreement {spikes}  "
+                     f"max_abs_logit_error {r['max_abs_logit_error']:.3g}  ({r['samples']} samples)  "
+                     + ("PASSED" if r["passed"] else "FAILED: the export does not reproduce PyTorch"))
+        return "\n".join(lines)
+
+    _print_json_or(args, report, summary)
+    return 0 if report["passed"] else 1
+
+
+def cmd_energy(args: argparse.Namespace) -> int:
+    from .hw_targets.report import energy_report
+    from .student import load_student
+
+    student = load_student(args.model)
+    images, labels = _test_split(args)
+    report = energy_report(student, images, labels, hw=args.hw, out_dir=args.out, timesteps=args.timesteps, seed=args.seed)
+    if args.json:
+        from .atomic import write_text
+
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
+    print(f"energy report in {args.out} (energy.json, energy.md, plots)")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="lasnn-deploy",
+        formatter_class=_formatter,
+        description="Train spiking neural networks by layer-wise ANN-to-SNN distillation (LaSNN), export them to "
+        "NIR, ONNX and Lava, prove each export reproduces PyTorch spike for spike, and report energy.",
+        epilog="typical flow:\n  lasnn-deploy train --dataset mnist --data-dir DATA --preset quick --out runs/mnist\n"
+        "  lasnn-deploy export runs/mnist --target onnx --out runs/mnist/student.onnx\n"
+        "  lasnn-deploy validate runs/mnist runs/mnist/student.onnx --dataset mnist --data-dir DATA --samples 256\n"
+        "  lasnn-deploy energy runs/mnist --dataset mnist --data-dir DATA --hw all --out runs/mnist/energy\n"
+        "or all of it on bundled data: lasnn-deploy demo",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=_formatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("demo", cmd_demo, "run the whole pipeline (train, export x3, validate, energy) on the bundled digits data",
+            "lasnn-deploy demo --out runs/demo")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
+    p.add_argument("--fast", action="store_true", help="a shorter schedule (used by the tests)")
+
+    p = add("train", cmd_train, "train a student SNN: teacher ANN, intermediate ANN, conversion, distillation",
+            "lasnn-deploy train --dataset mnist --data-dir ../shared/data --preset quick --method lasnn --out runs/mnist")
+    from .training.config import add_train_arguments
+
+    add_train_arguments(p)
+
+    p = add("evaluate", cmd_evaluate, "test accuracy and spikes per sample of a trained student",
+            "lasnn-deploy evaluate runs/mnist --dataset mnist --data-dir ../shared/data --timesteps 16")
+    p.add_argument("model", type=Path, help="run folder or student.safetensors")
+    _add_data(p, samples_default=None)
+    p.add_argument("--timesteps", type=int, help="run with this many time steps instead of the trained T")
+    p.add_argument("--json", type=Path, help="also write the result to this JSON file")
+
+    p = add("export", cmd_export, "export a student to NIR, ONNX (time unrolled) or Lava netx HDF5",
+            "lasnn-deploy export runs/mnist --target lava --out runs/mnist/student.h5")
+    p.add_argument("model", type=Path, help="run folder or student.safetensors")
+    p.add_argument("--target", required=True, help="nir | onnx | lava")
+    p.add_argument("--out", type=Path, help="output file (default: student.<ext> in the run folder)")
+
+    p = add("validate", cmd_validate, "run an export in its own runtime and compare its spikes with PyTorch (exit 1 on disagreement)",
+            "lasnn-deploy validate runs/mnist runs/mnist/student.onnx --dataset mnist --data-dir ../shared/data --samples 256 --json v.json")
+    p.add_argument("model", type=Path, help="run folder or student.safetensors")
+    p.add_argument("file", type=Path, help="the exported file (.onnx, .nir or .h5)")
+    _add_data(p, samples_default=64)
+    p.add_argument("--json", type=Path, help="write the full report (SPEC section 5) to this JSON file")
+
+    p = add("energy", cmd_energy, "spikes, synaptic operations, energy and deployability on named hardware",
+            "lasnn-deploy energy runs/mnist --dataset mnist --data-dir ../shared/data --hw all --out runs/mnist/energy")
+    p.add_argument("model", type=Path, help="run folder or student.safetensors")
+    _add_data(p, samples_default=256)
+    p.add_argument("--hw", default="loihi", help="hardware profile name, a profile .toml file, or 'all' (default: loihi)")
+    p.add_argument("--out", type=Path, required=True, help="folder for energy.json, energy.md and the plots")
+    p.add_argument("--timesteps", type=int, help="run with this many time steps instead of the trained T")
+    p.add_argument("--json", type=Path, help="also write energy.json's content to this file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"lasnn-deploy {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lasnn-deploy {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for users, the traceback under --debug
+        if args.debug:
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        print(f"lasnn-deploy {args.command}: error: {type(err).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

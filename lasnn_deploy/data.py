@@ -1,0 +1,160 @@
+"""Data sets through torchvision's readers, images as ``[C, H, W]`` floats in [0, 1] (SPEC 1).
+
+``digits`` (scikit-learn's bundled 8x8 digits, each pixel repeated 2x2 to 16x16) needs no files.
+The others read the official files with ``download=False``; a missing folder gives one line that
+names the layout expected. The test split is always returned in file order, unshuffled, so that
+``--samples N`` means the same N images to every command and every tool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from .errors import UserError
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+
+def _digits(split: str) -> Dataset:
+    """sklearn digits: every 5th image is the test split (360 images), the rest train (1,437)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32) / 16.0
+    images = images.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2).unsqueeze(1)
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    test = torch.arange(len(labels)) % 5 == 0
+    keep = test if split == "test" else ~test
+    return TensorDataset(images[keep], labels[keep])
+
+
+def _tensor_dataset(images: np.ndarray | torch.Tensor, labels, channels_last: bool) -> TensorDataset:
+    """Byte images held in memory by torchvision's readers -> float tensors in [0, 1]."""
+    x = torch.as_tensor(np.asarray(images), dtype=torch.uint8)
+    x = x.permute(0, 3, 1, 2) if channels_last else x.unsqueeze(1)
+    return TensorDataset(x.float().div_(255.0), torch.as_tensor(np.asarray(labels), dtype=torch.long))
+
+
+def _torchvision_root(data_dir: Path, folder: str) -> Path:
+    """torchvision wants the folder that holds ``folder``; accept that folder itself too."""
+    if data_dir.name == folder and not (data_dir / folder).is_dir():
+        return data_dir.parent
+    return data_dir
+
+
+def _mnist_like(cls_name: str, folder: str) -> Callable[[Path, str], Dataset]:
+    def load(data_dir: Path, split: str) -> Dataset:
+        import torchvision.datasets as tvd
+
+        root = _torchvision_root(data_dir, folder)
+        try:
+            ds = getattr(tvd, cls_name)(str(root), train=split == "train", download=False)
+        except RuntimeError:
+            prefix = "train" if split == "train" else "t10k"
+            raise UserError(
+                f"no {cls_name} {split} split under {data_dir}: expected {folder}/raw/{prefix}-images-idx3-ubyte and "
+                f"{prefix}-labels-idx1-ubyte inside --data-dir (or --data-dir naming {folder}/ itself)"
+            ) from None
+        return _tensor_dataset(ds.data, ds.targets, channels_last=False)
+
+    return load
+
+
+def _cifar(cls_name: str, folder: str) -> Callable[[Path, str], Dataset]:
+    def load(data_dir: Path, split: str) -> Dataset:
+        import torchvision.datasets as tvd
+
+        if (data_dir / split).is_dir() and not (data_dir / folder).is_dir():
+            return _image_folder(data_dir, split)  # e.g. a CIFAR subset stored as PNG folders
+        root = _torchvision_root(data_dir, folder)
+        try:
+            ds = getattr(tvd, cls_name)(str(root), train=split == "train", download=False)
+        except RuntimeError:
+            raise UserError(
+                f"no {cls_name} data under {data_dir}: expected the official python batches in {folder}/ inside "
+                "--data-dir, or an ImageFolder tree with train/<class>/*.png and test/<class>/*.png"
+            ) from None
+        return _tensor_dataset(ds.data, ds.targets, channels_last=True)
+
+    return load
+
+
+def _image_folder(data_dir: Path, split: str) -> Dataset:
+    import torchvision.datasets as tvd
+    import torchvision.transforms as tvt
+
+    folder = data_dir / split
+    if not folder.is_dir():
+        raise UserError(f"no {split}/ folder in {data_dir}: an image folder needs train/<class>/<image> and test/<class>/<image>")
+    try:
+        return tvd.ImageFolder(str(folder), transform=tvt.ToTensor())
+    except (FileNotFoundError, RuntimeError) as err:
+        raise UserError(f"{folder} holds no images in class folders ({err})") from None
+
+
+_LOADERS: dict[str, Callable[[Path, str], Dataset]] = {
+    "mnist": _mnist_like("MNIST", "MNIST"),
+    "fashion-mnist": _mnist_like("FashionMNIST", "FashionMNIST"),
+    "cifar10": _cifar("CIFAR10", "cifar-10-batches-py"),
+    "cifar100": _cifar("CIFAR100", "cifar-100-python"),
+    "imagefolder": _image_folder,
+}
+
+
+def load_split(name: str, data_dir: str | Path | None = None, split: str = "train") -> Dataset:
+    """One split of a data set as a ``Dataset`` of ``(image [C,H,W] in [0,1], label)``."""
+    if name not in DATASETS:
+        raise UserError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: use 'train' or 'test'")
+    if name == "digits":
+        return _digits(split)
+    if data_dir is None:
+        raise UserError(f"--data-dir is required for {name} (only 'digits' is bundled)")
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist; {_LAYOUTS[name]}")
+    return _LOADERS[name](data_dir, split)
+
+
+_LAYOUTS = {
+    "mnist": "expected a folder holding MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "fashion-mnist": "expected a folder holding FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "cifar10": "expected a folder holding cifar-10-batches-py/ or train/ and test/ class folders",
+    "cifar100": "expected a folder holding cifar-100-python/ or train/ and test/ class folders",
+    "imagefolder": "expected a folder with train/<class>/<image> and test/<class>/<image>",
+}
+
+
+def data_info(dataset: Dataset) -> DataInfo:
+    """Input shape and class count of a loaded split."""
+    image, _ = dataset[0]
+    if isinstance(dataset, TensorDataset):
+        num_classes = int(dataset.tensors[1].max()) + 1
+    else:
+        num_classes = len(getattr(dataset, "classes", [])) or int(max(int(y) for _, y in dataset)) + 1
+    return DataInfo(tuple(image.shape), num_classes)
+
+
+def first_samples(dataset: Dataset, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` samples in file order (all when ``n`` is None), stacked."""
+    if n is not None and n < 1:
+        raise UserError(f"--samples must be at least 1, got {n}")
+    count = len(dataset) if n is None else min(n, len(dataset))
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0][:count], dataset.tensors[1][:count]
+    items = [dataset[i] for i in range(count)]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])

@@ -1,0 +1,53 @@
+"""Accuracy and spike counts of a student on a data split (the ``evaluate`` command)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .student import SpikingStudent
+
+
+@torch.no_grad()
+def evaluate_student(
+    student: SpikingStudent,
+    dataset: Dataset,
+    *,
+    timesteps: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "evaluate",
+) -> dict[str, float]:
+    """``test_accuracy`` (fraction) and ``spikes_per_sample`` (all LIF layers, all steps).
+
+    Poisson batches draw their spikes from ``seed + batch index``, so a rerun sees the same
+    spikes.
+    """
+    was_training = student.training
+    student.eval()
+    correct, spikes, total = 0, 0.0, 0
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress)):
+        trace = student.run(x, timesteps=timesteps, seed=seed + i, record=True)
+        correct += int((trace.logits.argmax(1) == y).sum())
+        spikes += float(sum(s.sum() for s in trace.spikes))
+        total += len(y)
+    student.train(was_training)
+    return {"test_accuracy": correct / total, "spikes_per_sample": spikes / total, "samples": total}
+
+
+@torch.no_grad()
+def evaluate_ann(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 256) -> float:
+    """Accuracy of an ANN whose forward returns logits (or a tuple starting with logits)."""
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return correct / total

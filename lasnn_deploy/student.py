@@ -1,0 +1,416 @@
+"""The student SNN, described once as data, and the PyTorch module built from that description.
+
+``StudentConfig`` is the architecture (an ordered tuple of layer specs) plus the run settings
+(time steps, encoding, reset). ``SpikingStudent`` holds the weights, the shared leak and the
+per-layer thresholds. Every other target (ONNX, NIR, netx HDF5, the energy model) reads these two
+through ``deployed_layers``; none of them reaches into training code.
+
+A LIF layer follows every Conv/Linear except the last, so pooling always acts on spikes (or on
+the input image) and the last Linear feeds the non-spiking output integrator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .atomic import atomic_path
+from .errors import UserError
+from .neurons import Encoding, Reset, encode, lif_multistep
+
+FORMAT = "lasnn-deploy-student/1"
+STUDENT_FILE = "student.safetensors"
+
+
+@dataclass(frozen=True)
+class Conv:
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    type: ClassVar[str] = "conv"
+
+
+@dataclass(frozen=True)
+class Linear:
+    in_features: int
+    out_features: int
+    type: ClassVar[str] = "linear"
+
+
+@dataclass(frozen=True)
+class AvgPool:
+    kernel_size: int  # stride equals the kernel size
+    type: ClassVar[str] = "avgpool"
+
+
+@dataclass(frozen=True)
+class Flatten:
+    type: ClassVar[str] = "flatten"
+
+
+@dataclass(frozen=True)
+class Dropout:
+    p: float
+    type: ClassVar[str] = "dropout"
+
+
+LayerSpec = Union[Conv, Linear, AvgPool, Flatten, Dropout]
+LAYER_TYPES: dict[str, type] = {c.type: c for c in (Conv, Linear, AvgPool, Flatten, Dropout)}
+
+
+def layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
+    return {"type": layer.type, **dataclasses.asdict(layer)}
+
+
+def layer_from_dict(d: dict[str, Any]) -> LayerSpec:
+    d = dict(d)
+    kind = d.pop("type", None)
+    if kind not in LAYER_TYPES:
+        raise UserError(f"unknown layer type {kind!r} in student description; known: {sorted(LAYER_TYPES)}")
+    return LAYER_TYPES[kind](**d)
+
+
+def out_shape(layer: LayerSpec, shape: tuple[int, ...], where: str = "") -> tuple[int, ...]:
+    """Shape after ``layer`` of a batch-free input ``shape``; raises on mismatch."""
+    if isinstance(layer, Conv):
+        if len(shape) != 3 or shape[0] != layer.in_channels:
+            raise UserError(f"{where}conv expects [{layer.in_channels}, H, W] input, got {list(shape)}")
+        h, w = ((s + 2 * layer.padding - layer.kernel_size) // layer.stride + 1 for s in shape[1:])
+        return (layer.out_channels, h, w)
+    if isinstance(layer, Linear):
+        if len(shape) != 1 or shape[0] != layer.in_features:
+            raise UserError(f"{where}linear expects [{layer.in_features}] input, got {list(shape)}")
+        return (layer.out_features,)
+    if isinstance(layer, AvgPool):
+        if len(shape) != 3:
+            raise UserError(f"{where}avgpool needs a [C, H, W] input, got {list(shape)}")
+        return (shape[0], shape[1] // layer.kernel_size, shape[2] // layer.kernel_size)
+    if isinstance(layer, Flatten):
+        return (int(np.prod(shape)),)
+    return shape
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Architecture and run settings of a student SNN (SPEC sections 1 and 5)."""
+
+    arch: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    layers: tuple[LayerSpec, ...]
+    timesteps: int = 8
+    encoding: Encoding = "direct"
+    reset: Reset = "hard"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if self.encoding not in ("direct", "poisson"):
+            raise UserError(f"encoding must be 'direct' or 'poisson', got {self.encoding!r}")
+        if self.reset not in ("hard", "soft"):
+            raise UserError(f"reset must be 'hard' or 'soft', got {self.reset!r}")
+        check_timesteps(self.timesteps)
+        weighted = [i for i, l in enumerate(self.layers) if isinstance(l, (Conv, Linear))]
+        if not weighted or not isinstance(self.layers[weighted[-1]], Linear):
+            raise UserError("a student must end with a Linear layer (the output integrator's input)")
+        if self.shapes()[-1] != (self.num_classes,):
+            raise UserError(f"the student's output shape {list(self.shapes()[-1])} != [{self.num_classes}] classes")
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Batch-free output shape of every layer, in order."""
+        shapes, shape = [], tuple(self.input_shape)
+        for i, layer in enumerate(self.layers):
+            shape = out_shape(layer, shape, where=f"layer {i} ({layer.type}): ")
+            shapes.append(shape)
+        return shapes
+
+    @property
+    def spiking_layers(self) -> list[int]:
+        """Indices of the Conv/Linear layers that a LIF layer follows (all but the last)."""
+        return [i for i, l in enumerate(self.layers) if isinstance(l, (Conv, Linear))][:-1]
+
+    def replace(self, **changes: Any) -> "StudentConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "layers": [layer_to_dict(l) for l in self.layers],
+            "timesteps": self.timesteps,
+            "encoding": self.encoding,
+            "reset": self.reset,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(f"unknown keys in student description: {sorted(unknown)}")
+        d = dict(d)
+        d["layers"] = tuple(layer_from_dict(l) for l in d.get("layers", ()))
+        return cls(**d)
+
+
+MAX_TIMESTEPS = 10_000
+
+
+def check_timesteps(timesteps: int) -> int:
+    if not isinstance(timesteps, int) or isinstance(timesteps, bool) or not 1 <= timesteps <= MAX_TIMESTEPS:
+        raise UserError(f"time steps must be an integer in 1..{MAX_TIMESTEPS}, got {timesteps!r}")
+    return timesteps
+
+
+@dataclass
+class Trace:
+    """What one run of the student produced: logits ``[B, K]`` and the spikes of every LIF layer."""
+
+    logits: torch.Tensor
+    spikes: list[torch.Tensor] = field(default_factory=list)  # each [T, B, ...]
+    input_spikes: torch.Tensor | None = None  # [T, B, C, H, W]; None for direct encoding
+
+
+def _torch_layer(layer: LayerSpec) -> nn.Module:
+    if isinstance(layer, Conv):
+        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, bias=False)
+    if isinstance(layer, Linear):
+        return nn.Linear(layer.in_features, layer.out_features, bias=False)
+    if isinstance(layer, AvgPool):
+        return nn.AvgPool2d(layer.kernel_size)
+    if isinstance(layer, Flatten):
+        return nn.Flatten()
+    return nn.Identity()  # Dropout: masks are drawn in forward, shared over time
+
+
+class SpikingStudent(nn.Module):
+    """Student SNN (float reference of SPEC section 1) that also runs as its intermediate ANN.
+
+    ``forward`` runs the SNN for ``T`` steps and returns logits ``u_out[T] / T``; ``forward_ann``
+    runs the same weights with ReLU in place of every LIF layer (the intermediate ANN).
+    """
+
+    def __init__(self, config: StudentConfig, leak: float = 1.0, thresholds: list[float] | None = None):
+        super().__init__()
+        self.config = config
+        self.body = nn.ModuleList(_torch_layer(l) for l in config.layers)
+        n = len(config.spiking_layers)
+        self.leak = nn.Parameter(torch.tensor(float(leak)))
+        self.thresholds = nn.Parameter(torch.tensor(thresholds if thresholds is not None else [1.0] * n, dtype=torch.float32))
+        self._lif_index = {layer: k for k, layer in enumerate(config.spiking_layers)}
+
+    # -- running -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, timesteps: int | None = None, seed: int = 0) -> torch.Tensor:
+        return self.run(x, timesteps=timesteps, seed=seed).logits
+
+    def run(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        input_spikes: torch.Tensor | None = None,
+        timesteps: int | None = None,
+        seed: int = 0,
+        record: bool = False,
+    ) -> Trace:
+        """Run the SNN on images ``x`` (encoded per the config) or on given ``input_spikes``.
+
+        Under direct encoding the input is the same at every step, so the layers before the first
+        LIF run once on ``[B, ...]`` and their result is repeated over time (exact, and T times
+        cheaper). Afterwards every layer runs on ``[T * B, ...]`` at once.
+        """
+        T = check_timesteps(timesteps or self.config.timesteps)
+        if input_spikes is not None:
+            h, static, T = input_spikes, False, input_spikes.shape[0]
+        elif self.config.encoding == "direct":
+            h, static = x, True
+        else:
+            h, static = encode(x, T, "poisson", seed), False
+        trace = Trace(logits=torch.empty(0), input_spikes=None if static else h)
+        for i, (spec, module) in enumerate(zip(self.config.layers, self.body)):
+            if isinstance(spec, Dropout):
+                h = self._dropout(h, spec.p, static)
+                continue
+            h = module(h) if static else module(h.flatten(0, 1)).unflatten(0, (T, -1))
+            k = self._lif_index.get(i)
+            if k is not None:
+                if static:
+                    h, static = h.unsqueeze(0).expand(T, *h.shape), False
+                h = lif_multistep(h, self.leak, self.thresholds[k], self.config.reset)
+                if record:
+                    trace.spikes.append(h)
+        trace.logits = h if static else h.mean(0)
+        return trace
+
+    def _dropout(self, h: torch.Tensor, p: float, static: bool) -> torch.Tensor:
+        if not self.training or p == 0:
+            return h
+        mask_shape = h.shape if static else h.shape[1:]
+        mask = F.dropout(torch.ones(mask_shape, device=h.device, dtype=h.dtype), p, True)
+        return h * mask
+
+    def forward_ann(self, x: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Intermediate ANN: same weights, ReLU after every spiking layer. Returns logits, activations."""
+        acts = []
+        for i, (spec, module) in enumerate(zip(self.config.layers, self.body)):
+            if isinstance(spec, Dropout):
+                x = F.dropout(x, spec.p, self.training)
+                continue
+            x = module(x)
+            if i in self._lif_index:
+                x = F.relu(x)
+                if record:
+                    acts.append(x)
+        return x, acts
+
+    # -- parameters --------------------------------------------------------------------------
+    @torch.no_grad()
+    def clamp_parameters_(self, min_threshold: float = 1e-3) -> None:
+        """Keep the leak in (0, 1] and thresholds positive after an optimiser step."""
+        self.leak.clamp_(min_threshold, 1.0)
+        self.thresholds.clamp_(min=min_threshold)
+
+    def weighted_modules(self) -> list[nn.Module]:
+        return [m for spec, m in zip(self.config.layers, self.body) if isinstance(spec, (Conv, Linear))]
+
+    def with_config(self, **changes: Any) -> "SpikingStudent":
+        """A copy that shares nothing, with run settings changed (e.g. ``timesteps``)."""
+        other = SpikingStudent(self.config.replace(**changes))
+        other.load_state_dict(self.state_dict())
+        return other
+
+
+# -- files -----------------------------------------------------------------------------------
+def resolve_student_path(path: str | os.PathLike) -> Path:
+    """A run folder or a student file -> the student file; one clear error if neither."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / STUDENT_FILE
+    if not path.is_file():
+        raise UserError(f"no student at {path}: pass a run folder from `lasnn-deploy train --out` or its {STUDENT_FILE}")
+    return path
+
+
+def save_student(student: SpikingStudent, path: str | os.PathLike) -> Path:
+    """Write weights and description as one safetensors file (atomic; loads without code)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path / STUDENT_FILE
+    tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    meta = {"format": FORMAT, "config": json.dumps(student.config.to_dict())}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def load_student(path: str | os.PathLike) -> SpikingStudent:
+    """Load a student from a run folder or a ``.safetensors`` file; never executes code."""
+    from safetensors import SafetensorError, safe_open
+
+    path = resolve_student_path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable student file ({err}); re-create it with `lasnn-deploy train`") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not a lasnn-deploy student (format {meta.get('format')!r}, expected {FORMAT!r})")
+    try:
+        config = StudentConfig.from_dict(json.loads(meta["config"]))
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} has a malformed student description ({err})") from None
+    student = SpikingStudent(config)
+    try:
+        student.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not match the description ({str(err).splitlines()[0]})") from None
+    return student.eval()
+
+
+# -- the deployed graph ----------------------------------------------------------------------
+@dataclass
+class DeployedLayer:
+    """A Conv or Linear of the deployed graph, pooling folded in, weights in float64.
+
+    ``in_shape`` is what the layer reads (a Linear after a folded pool reads the unpooled,
+    flattened map). ``lif`` is the index of the LIF layer that follows, None for the output layer.
+    """
+
+    kind: str  # "conv" | "linear"
+    weight: np.ndarray
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    stride: int = 1
+    padding: int = 0
+    lif: int | None = None
+    source: int = 0  # index of the layer in StudentConfig.layers
+    flatten_before: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.source}"
+
+
+def fold_pool_into_conv(weight: np.ndarray, k: int, stride: int, padding: int) -> tuple[np.ndarray, int, int]:
+    """AvgPool(k) then Conv(W, stride, padding) == Conv(W repeated over k x k / k^2, stride*k, padding*k)."""
+    folded = np.repeat(np.repeat(weight, k, axis=2), k, axis=3) / (k * k)
+    return folded, stride * k, padding * k
+
+
+def fold_pool_into_linear(weight: np.ndarray, chw: tuple[int, int, int], k: int) -> np.ndarray:
+    """AvgPool(k), Flatten, Linear(W) == Flatten, Linear(W') on the unpooled [C, H, W] map."""
+    c, h, w = chw
+    hp, wp = h // k, w // k
+    w4 = weight.reshape(weight.shape[0], c, hp, wp)
+    folded = np.zeros((weight.shape[0], c, h, w))
+    folded[:, :, : hp * k, : wp * k] = np.repeat(np.repeat(w4, k, axis=2), k, axis=3) / (k * k)
+    return folded.reshape(weight.shape[0], c * h * w)
+
+
+def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
+    """The student as hardware sees it: Conv/Linear only, each AvgPool folded into the next layer."""
+    cfg = student.config
+    shapes = cfg.shapes()
+    weights = {i: m.weight.detach().double().cpu().numpy() for i, m in enumerate(student.body) if isinstance(cfg.layers[i], (Conv, Linear))}
+    lif = {i: k for k, i in enumerate(cfg.spiking_layers)}
+    out: list[DeployedLayer] = []
+    shape: tuple[int, ...] = tuple(cfg.input_shape)  # shape of the real (unpooled) signal
+    pool, flatten = 1, False
+    for i, layer in enumerate(cfg.layers):
+        if isinstance(layer, AvgPool):
+            if shape[1] % (pool * layer.kernel_size) or shape[2] % (pool * layer.kernel_size):
+                raise UserError(
+                    f"layer {i} (avgpool {layer.kernel_size}): a {shape[1]}x{shape[2]} map is not divisible by the pool, "
+                    "so it cannot be folded into the next layer exactly; use a pool that divides the map"
+                )
+            pool *= layer.kernel_size
+        elif isinstance(layer, Flatten):
+            flatten = True
+        elif isinstance(layer, Conv):
+            w, stride, padding = weights[i], layer.stride, layer.padding
+            if pool > 1:
+                w, stride, padding = fold_pool_into_conv(w, pool, stride, padding)
+            out.append(DeployedLayer("conv", w, shape, shapes[i], stride, padding, lif.get(i), i))
+            shape, pool = shapes[i], 1
+        elif isinstance(layer, Linear):
+            w = weights[i]
+            if pool > 1:
+                w = fold_pool_into_linear(w, shape, pool)
+            in_shape = (int(np.prod(shape)),)
+            out.append(DeployedLayer("linear", w, in_shape, shapes[i], lif=lif.get(i), source=i, flatten_before=flatten and len(shape) == 3))
+            shape, pool, flatten = shapes[i], 1, False
+    return out
