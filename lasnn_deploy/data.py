@@ -8,6 +8,7 @@ names the layout expected. The test split is always returned in file order, unsh
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -79,10 +80,24 @@ def _cifar(cls_name: str, folder: str) -> Callable[[Path, str], Dataset]:
 
         if (data_dir / split).is_dir() and not (data_dir / folder).is_dir():
             return _image_folder(data_dir, split)  # e.g. a CIFAR subset stored as PNG folders
+
+        base = getattr(tvd, cls_name)
+
+        class Reader(base):
+            """torchvision's reader without its md5 checks, so re-packed batches load too.
+
+            Unpickling still rejects a corrupt batch."""
+
+            train_list = [[name, None] for name, _ in base.train_list]
+            test_list = [[name, None] for name, _ in base.test_list]
+            meta = {**base.meta, "md5": None}
+
         root = _torchvision_root(data_dir, folder)
         try:
-            ds = getattr(tvd, cls_name)(str(root), train=split == "train", download=False)
-        except RuntimeError:
+            ds = Reader(str(root), train=split == "train", download=False)
+        except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
+            if not isinstance(err, RuntimeError):
+                raise UserError(f"{data_dir}/{folder} holds a corrupt batch file ({type(err).__name__}); restore the official files") from None
             raise UserError(
                 f"no {cls_name} data under {data_dir}: expected the official python batches in {folder}/ inside "
                 "--data-dir, or an ImageFolder tree with train/<class>/*.png and test/<class>/*.png"

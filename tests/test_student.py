@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_student
+from lasnn_deploy.errors import UserError
+from lasnn_deploy.neurons import encode, lif_reference
+from lasnn_deploy.student import (AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig, deployed_layers,
+                                  load_student, save_student)
+
+
+@torch.no_grad()
+def reference_forward(student: SpikingStudent, s0: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Float64 step-by-step run of SPEC section 1 from the layer list, with torch functional ops."""
+    cfg, leak = student.config, student.leak.item()
+    thetas = student.thresholds.detach().double().numpy()
+    spikes, lif = [], {i: k for k, i in enumerate(cfg.spiking_layers)}
+    T = s0.shape[0]
+    h = torch.from_numpy(s0)
+    for i, (spec, mod) in enumerate(zip(cfg.layers, student.body)):
+        if isinstance(spec, Conv):
+            h = torch.stack([F.conv2d(h[t], mod.weight.double(), stride=spec.stride, padding=spec.padding) for t in range(T)])
+        elif isinstance(spec, Linear):
+            h = torch.stack([h[t] @ mod.weight.double().T for t in range(T)])
+        elif isinstance(spec, AvgPool):
+            h = torch.stack([F.avg_pool2d(h[t], spec.kernel_size) for t in range(T)])
+        elif isinstance(spec, Flatten):
+            h = h.flatten(2)
+        if i in lif:
+            h = torch.from_numpy(lif_reference(h.numpy(), leak, thetas[lif[i]], cfg.reset))
+            spikes.append(h.numpy())
+    return h.numpy().sum(0) / T, spikes
+
+
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_student_matches_float64_reference(encoding, reset):
+    student = make_student(encoding, reset, timesteps=6).double()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        trace = student.run(x, seed=5, record=True)
+    s0 = trace.input_spikes if encoding == "poisson" else encode(x, 6, "direct")
+    logits, spikes = reference_forward(student, s0.numpy())
+    for got, want in zip(trace.spikes, spikes):
+        assert np.array_equal(got.numpy(), want)
+    assert np.allclose(trace.logits.numpy(), logits, atol=1e-12)
+    assert 0.02 < np.mean([s.mean() for s in spikes]) < 0.6
+
+
+def test_save_load_round_trip(tmp_path, student):
+    path = save_student(student, tmp_path)
+    assert path.name == "student.safetensors" and not list(tmp_path.glob(".*tmp"))
+    loaded = load_student(tmp_path)
+    x = torch.rand(2, 1, 8, 8)
+    assert loaded.config == student.config
+    with torch.no_grad():
+        assert torch.equal(loaded(x), student(x))
+
+
+def test_load_refuses_foreign_and_truncated_files(tmp_path, student):
+    path = save_student(student, tmp_path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UserError, match="not a readable student"):
+        load_student(path)
+    with pytest.raises(UserError, match="no student at"):
+        load_student(tmp_path / "missing")
+
+
+def test_config_rejects_inconsistent_shapes():
+    with pytest.raises(UserError, match="linear expects"):
+        StudentConfig("bad", (1, 8, 8), 3, (Conv(1, 2, 3, 1, 1), Flatten(), Linear(10, 3)))
+    with pytest.raises(UserError, match="time steps"):
+        StudentConfig("bad", (1, 8, 8), 3, (Flatten(), Linear(64, 3)), timesteps=0)
+
+
+def deployed_forward(layers, s0: np.ndarray) -> list[np.ndarray]:
+    """Float64 currents of every deployed layer for a fixed input of each layer (no neurons)."""
+    out = []
+    for layer, x in zip(layers, s0):
+        x = torch.from_numpy(x)
+        if layer.kind == "conv":
+            y = F.conv2d(x, torch.from_numpy(layer.weight), stride=layer.stride, padding=layer.padding)
+        else:
+            y = x.flatten(1) @ torch.from_numpy(layer.weight).T
+        out.append(y.numpy())
+    return out
+
+
+def test_pool_folding_equals_pool_then_layer():
+    student = make_student(input_shape=(2, 8, 8)).double()
+    layers = deployed_layers(student)
+    assert [l.kind for l in layers] == ["conv", "conv", "linear", "linear"]
+    assert layers[1].weight.shape[2:] == (6, 6) and layers[1].stride == 2 and layers[1].padding == 2
+    rng = np.random.default_rng(0)
+    spikes_a = (rng.random((3, 4, 8, 8)) < 0.3).astype(np.float64)
+    spikes_b = (rng.random((3, 6, 4, 4)) < 0.3).astype(np.float64)
+    with torch.no_grad():
+        folded, unfolded = _folded_and_unfolded(layers, student, spikes_a, spikes_b)
+    assert np.allclose(folded[0], unfolded[0], atol=1e-12)
+    assert np.allclose(folded[1], unfolded[1], atol=1e-12)
+
+
+def _folded_and_unfolded(layers, student, spikes_a, spikes_b):
+    conv2, lin1 = student.body[3], student.body[6]
+    folded = deployed_forward(layers[1:3], [spikes_a, spikes_b])
+    unfolded_conv = F.conv2d(F.avg_pool2d(torch.from_numpy(spikes_a), 2), conv2.weight.double(), padding=1)
+    unfolded_lin = F.avg_pool2d(torch.from_numpy(spikes_b), 2).flatten(1) @ lin1.weight.double().T
+    return folded, [unfolded_conv.numpy(), unfolded_lin.numpy()]
+
+
+def test_pool_that_does_not_divide_the_map_is_refused():
+    cfg = StudentConfig("odd", (1, 6, 6), 3, (Conv(1, 2, 3, 1, 1), AvgPool(4), Flatten(), Linear(2, 3)))
+    with pytest.raises(UserError, match="not divisible"):
+        deployed_layers(SpikingStudent(cfg))
