@@ -59,8 +59,8 @@ def _print_json_or(args: argparse.Namespace, result: dict, summary: Callable[[di
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, fast=args.fast)
-    return 0
+    summary = run_demo(args.out, fast=args.fast)
+    return 0 if all(v["passed"] for v in summary["validation"].values()) else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -1,0 +1,373 @@
+r"""NIR target (SPEC section 3, "NIR"): the student as a ``nir.NIRGraph``, run in snnTorch's importer.
+
+The graph is a chain ``Input -> (Conv2d | AvgPool2d | Flatten | Linear | LIF)* -> Output`` built
+straight from the student's layers (Dropout is dropped, it is the identity at inference). It ends
+at the last ``Linear``: the output integrator ``u_out[T] = sum_t W_out s_L[t]`` is the sum of the
+graph's output over the ``T`` steps, so ``logits = sum_t output[t] / T``. No ``I``/``LI`` node is
+written because snnTorch 1.0's importer maps neither. The metadata says so (``output_form``) and
+carries what the graph itself cannot: ``dt``, ``timesteps``, ``encoding``, ``input_shape``,
+``num_classes``, the student's exact ``leak`` and ``arch``.
+
+Neurons follow NIR's LIF ``tau dv/dt = (v_leak - v) + r I`` discretised by forward Euler with
+``dt = 1e-4`` (the dt snnTorch's importer assumes)::
+
+    v[t] = (1 - dt/tau) v[t-1] + (r dt/tau) I[t]     with tau = dt / (1 - lam), r = 1 / (1 - lam)
+         = lam v[t-1] + I[t]                          v_leak = v_reset = 0, v_threshold = theta
+
+``tau`` is stored in float32 and nudged by a few ulps so that ``1 - dt/tau`` evaluated in float32,
+as snnTorch does, gives back ``lam`` bit for bit (always possible for lam >= 0.9, in about 98% of
+cases for 0.5 <= lam < 0.9; otherwise the nearest float32 leak).
+
+``lam = 1`` is written as a LIF with ``tau = dt * 2**64`` and ``r = 2**64`` (leak ``2**-64`` per
+step, which rounds to exactly 1 in float32 and float64), not as NIR's ``IF``: snnTorch maps ``IF`` to
+``snn.Leaky(beta=0.9, reset_mechanism="subtract", init_hidden=False)`` and requires ``r == 1``, which
+is neither an integrate-and-fire neuron nor a module its graph executor can chain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import nir
+import numpy as np
+import torch
+
+from ..atomic import atomic_path
+from ..errors import UserError
+from ..neurons import encode
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, StudentConfig
+from . import RunResult
+
+FORMAT = "lasnn-deploy-nir/1"
+DT = 1e-4  # snnTorch's importer hard-codes this dt for LIF nodes
+NO_LEAK_STEPS = 2.0**64  # lam = 1: tau = dt * 2**64, so 1 - dt/tau rounds to exactly 1
+OUTPUT_FORM = "linear"  # the graph ends at the last Linear; logits = sum_t output[t] / T
+EXPORT_HINT = "re-export it with `lasnn-deploy export MODEL --target nir --out FILE`"
+
+
+# -- leak <-> (tau, r) -----------------------------------------------------------------------
+def importer_leak(tau: np.ndarray, dt: float = DT) -> np.ndarray:
+    """The leak ``1 - dt/tau`` evaluated in float32, exactly as snnTorch's importer computes it."""
+    return np.float32(1) - np.float32(dt) / np.asarray(tau, dtype=np.float32)
+
+
+def leak_to_tau(leak: float, dt: float = DT) -> tuple[np.float32, np.float32]:
+    """``tau`` and ``r`` (float32) of SPEC's forward-Euler mapping for the shared leak ``lam``.
+
+    ``tau = dt / (1 - lam)`` is moved by at most 16 ulps to the value whose float32 leak equals
+    ``lam`` exactly (the nearest one if none does); ``r = tau / dt`` keeps the input gain
+    ``r dt / tau`` at 1.
+    """
+    lam = np.float32(leak)
+    if lam == 1:
+        return np.float32(dt) * np.float32(NO_LEAK_STEPS), np.float32(NO_LEAK_STEPS)
+    tau0 = np.array([dt / (1.0 - float(lam))], dtype=np.float32)
+    offsets = np.arange(-16, 17, dtype=np.int32)
+    candidates = (tau0.view(np.int32) + offsets).view(np.float32)
+    error = np.abs(importer_leak(candidates, dt).astype(np.float64) - float(lam))
+    tau = candidates[np.lexsort((np.abs(offsets), error))[0]]
+    return tau, np.float32(float(tau) / dt)
+
+
+# -- export ----------------------------------------------------------------------------------
+def check(student: SpikingStudent) -> None:
+    """Raise ``UserError`` naming the layer when NIR (or its importers) cannot express ``student``."""
+    cfg = student.config
+    lifs = cfg.spiking_layers
+    if cfg.reset != "hard":
+        first = lifs[0] if lifs else 0
+        raise UserError(
+            f"layer {first}: soft reset cannot be expressed in NIR, which resets to a value; train with --reset hard"
+        )
+    leak = float(student.leak.detach())
+    if not 0 < leak <= 1:
+        raise UserError(f"layer {lifs[0] if lifs else 0}: leak {leak} is outside (0, 1], which NIR's LIF cannot express")
+    for k, i in enumerate(lifs):
+        theta = float(student.thresholds[k].detach())
+        if not np.isfinite(theta) or theta <= 0:
+            raise UserError(f"layer {i}: threshold {theta} must be a finite positive number for NIR's reset-to-zero LIF")
+    for i, module in enumerate(student.body):
+        if isinstance(cfg.layers[i], (Conv, Linear)) and not torch.isfinite(module.weight).all():
+            raise UserError(f"layer {i} ({cfg.layers[i].type}): weights contain NaN or inf; retrain or fix the student")
+
+
+def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
+    """The student as a chain of NIR nodes (see the module docstring for the mapping)."""
+    cfg = student.config
+    shapes = cfg.shapes()
+    tau, r = leak_to_tau(float(student.leak.detach()))
+    thresholds = student.thresholds.detach().cpu().numpy().astype(np.float32)
+    lif_of = {i: k for k, i in enumerate(cfg.spiking_layers)}
+    nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array(cfg.input_shape)})}
+    edges: list[tuple[str, str]] = []
+    previous, shape = "input", tuple(cfg.input_shape)
+
+    def add(name: str, node: nir.NIRNode) -> None:
+        nonlocal previous
+        nodes[name] = node
+        edges.append((previous, name))
+        previous = name
+
+    for i, (layer, module) in enumerate(zip(cfg.layers, student.body)):
+        if isinstance(layer, Dropout):
+            continue
+        name = f"{layer.type}{i}"
+        if isinstance(layer, Conv):
+            weight = module.weight.detach().cpu().numpy().astype(np.float32)
+            add(name, nir.Conv2d(input_shape=shape[1:], weight=weight, stride=layer.stride, padding=layer.padding,
+                                 dilation=1, groups=1, bias=np.zeros(layer.out_channels, dtype=np.float32)))
+        elif isinstance(layer, Linear):
+            add(name, nir.Linear(weight=module.weight.detach().cpu().numpy().astype(np.float32)))
+        elif isinstance(layer, AvgPool):
+            k = layer.kernel_size
+            add(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0])))
+        elif isinstance(layer, Flatten):
+            add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
+        shape = shapes[i]
+        if i in lif_of:
+            zeros = np.zeros(shape, dtype=np.float32)
+            add(f"lif{i}", nir.LIF(tau=np.full(shape, tau), r=np.full(shape, r), v_leak=zeros, v_reset=zeros.copy(),
+                                   v_threshold=np.full(shape, thresholds[lif_of[i]])))
+    add("output", nir.Output(output_type={"output": np.array([cfg.num_classes])}))
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=_metadata(student))
+
+
+def _metadata(student: SpikingStudent) -> dict[str, Any]:
+    cfg = student.config
+    return {
+        "format": FORMAT,
+        "arch": cfg.arch,
+        "dt": DT,
+        "timesteps": cfg.timesteps,
+        "encoding": cfg.encoding,
+        "reset": cfg.reset,
+        "input_shape": np.array(cfg.input_shape),
+        "num_classes": cfg.num_classes,
+        "leak": float(student.leak.detach()),
+        "output_form": OUTPUT_FORM,
+        "readout": "logits = sum over the T steps of the Output node / T (the output integrator)",
+        "neuron": "LIF, forward Euler at dt: v[t] = (1 - dt/tau) v[t-1] + (r dt/tau) I[t]; reset to v_reset",
+    }
+
+
+def export(student: SpikingStudent, path: str | Path) -> Path:
+    """Check the student, then write its NIR graph to ``path`` atomically with ``nir.write``."""
+    check(student)
+    graph = to_nir_graph(student)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        nir.write(tmp, graph)
+    return path
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_graph(path: str | Path) -> tuple[nir.NIRGraph, dict[str, Any]]:
+    """``nir.read`` a graph written by :func:`export`; returns it and its checked run settings."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no NIR file at {path}: {EXPORT_HINT}")
+    try:
+        graph = nir.read(path)
+    except Exception as err:  # h5py and nir raise OSError, KeyError, ValueError, AssertionError...
+        raise UserError(f"{path} is not a readable NIR file ({type(err).__name__}: {err}); {EXPORT_HINT}") from None
+    return graph, _settings(graph, path)
+
+
+def _settings(graph: nir.NIRGraph, where: Any) -> dict[str, Any]:
+    """Run settings from the graph metadata, as plain Python values; one clear error if absent."""
+    meta = graph.metadata if isinstance(graph, nir.NIRGraph) and isinstance(graph.metadata, dict) else {}
+    if meta.get("format") != FORMAT:
+        raise UserError(
+            f"{where} is not a lasnn-deploy NIR graph (metadata format {meta.get('format')!r}, expected {FORMAT!r}), "
+            f"so its time steps, encoding and dt are unknown; {EXPORT_HINT}"
+        )
+    try:
+        settings = {
+            "arch": str(meta["arch"]),
+            "dt": float(meta["dt"]),
+            "timesteps": int(meta["timesteps"]),
+            "encoding": str(meta["encoding"]),
+            "input_shape": tuple(int(s) for s in np.asarray(meta["input_shape"]).reshape(-1)),
+            "num_classes": int(meta["num_classes"]),
+            "leak": float(meta["leak"]),
+            "output_form": str(meta["output_form"]),
+        }
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{where} has malformed lasnn-deploy metadata ({type(err).__name__}: {err}); {EXPORT_HINT}") from None
+    if settings["output_form"] != OUTPUT_FORM or settings["encoding"] not in ("direct", "poisson"):
+        raise UserError(f"{where}: unsupported output form {settings['output_form']!r} or encoding "
+                        f"{settings['encoding']!r}; {EXPORT_HINT}")
+    return settings
+
+
+def _chain(graph: nir.NIRGraph, where: Any) -> list[str]:
+    """Node names from the Input to the Output; the graphs we write are simple chains."""
+    successors: dict[str, list[str]] = {}
+    for src, dst in graph.edges:
+        successors.setdefault(src, []).append(dst)
+    inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if len(inputs) != 1:
+        raise UserError(f"{where}: expected one Input node, found {len(inputs)}; {EXPORT_HINT}")
+    chain = inputs
+    while not isinstance(graph.nodes[chain[-1]], nir.Output):
+        nxt = successors.get(chain[-1], [])
+        if len(nxt) != 1 or nxt[0] in chain:
+            raise UserError(f"{where}: node {chain[-1]!r} does not lead to exactly one next node; only chains are supported")
+        chain.append(nxt[0])
+    return chain
+
+
+def _one_value(values: np.ndarray, what: str, where: str) -> float:
+    unique = np.unique(np.asarray(values))
+    if unique.size != 1:
+        raise UserError(f"{where}: {what} differs between neurons; a student shares one value per layer")
+    return unique[0].item()
+
+
+def _pair(value: Any, what: str, where: str) -> int:
+    pair = np.broadcast_to(np.asarray(value), (2,))
+    if pair[0] != pair[1]:
+        raise UserError(f"{where}: {what} {pair.tolist()} is not square; the student supports square ones only")
+    return int(pair[0])
+
+
+def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
+    """Rebuild the student (config, weights, leak, thresholds) from a NIR file or graph.
+
+    Pure reading of the nodes, the inverse of :func:`to_nir_graph` (Dropout layers are not in the
+    graph, so they do not come back). The leak is what the LIF nodes express (``importer_leak``).
+    """
+    if isinstance(source, nir.NIRGraph):
+        graph, settings = source, _settings(source, "the NIR graph")
+    else:
+        graph, settings = read_graph(source)
+    dt = settings["dt"]
+    layers: list = []
+    weights: dict[int, np.ndarray] = {}
+    thresholds: list[float] = []
+    leaks: list[float] = []
+    lif_after: list[int] = []  # index of the layer each LIF node follows
+    for name in _chain(graph, "the NIR graph")[1:-1]:
+        node, where = graph.nodes[name], f"NIR node {name!r}"
+        if isinstance(node, nir.Conv2d):
+            plain = not isinstance(node.padding, str) and np.all(np.asarray(node.dilation) == 1) and node.groups == 1
+            if not plain or np.any(node.bias != 0):
+                raise UserError(f"{where}: only convolutions with integer padding, no dilation, one group and no bias "
+                                "are supported")
+            weights[len(layers)] = node.weight
+            layers.append(Conv(node.weight.shape[1], node.weight.shape[0], _pair(node.weight.shape[2:], "kernel", where),
+                               _pair(node.stride, "stride", where), _pair(node.padding, "padding", where)))
+        elif isinstance(node, nir.Linear):
+            weights[len(layers)] = node.weight
+            layers.append(Linear(node.weight.shape[1], node.weight.shape[0]))
+        elif isinstance(node, nir.AvgPool2d):
+            k = _pair(node.kernel_size, "kernel", where)
+            if _pair(node.stride, "stride", where) != k or _pair(node.padding, "padding", where) != 0:
+                raise UserError(f"{where}: only average pools with stride = kernel and no padding are supported")
+            layers.append(AvgPool(k))
+        elif isinstance(node, nir.Flatten):
+            layers.append(Flatten())
+        elif isinstance(node, nir.LIF):
+            if np.any(node.v_leak != 0) or np.any(node.v_reset != 0):
+                raise UserError(f"{where}: v_leak and v_reset must be 0 for a student LIF")
+            gain = _one_value(node.r, "r", where) * dt / _one_value(node.tau, "tau", where)
+            if not np.isclose(gain, 1.0, rtol=1e-5):
+                raise UserError(f"{where}: input gain r*dt/tau = {gain} != 1 at dt = {dt}; not a student LIF")
+            leaks.append(float(importer_leak(np.array([_one_value(node.tau, "tau", where)]), dt)[0]))
+            thresholds.append(_one_value(node.v_threshold, "v_threshold", where))
+            lif_after.append(len(layers) - 1)
+        else:
+            raise UserError(f"{where}: node type {type(node).__name__} is not part of a lasnn-deploy student")
+    if len(set(leaks)) > 1:
+        raise UserError(f"the NIR graph's LIF layers have different leaks {sorted(set(leaks))}; a student shares one")
+    config = StudentConfig(settings["arch"], settings["input_shape"], settings["num_classes"], tuple(layers),
+                           timesteps=settings["timesteps"], encoding=settings["encoding"], reset="hard")
+    if lif_after != config.spiking_layers:
+        raise UserError(f"the NIR graph has LIF nodes after layers {lif_after}, but a student has one after each "
+                        f"Conv/Linear except the last: {config.spiking_layers}")
+    student = SpikingStudent(config, leak=leaks[0] if leaks else settings["leak"], thresholds=thresholds)
+    with torch.no_grad():
+        for i, weight in weights.items():
+            student.body[i].weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
+    return student.eval()
+
+
+# -- running ---------------------------------------------------------------------------------
+def _as_tensor(x: Any, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """Images or spikes given as numpy arrays or tensors -> float32 tensors on ``device``."""
+    return None if x is None else torch.as_tensor(x, dtype=torch.float32, device=device)
+
+
+def _input_steps(images: Any, input_spikes: Any, settings: dict[str, Any], where: Path) -> torch.Tensor:
+    """The input of every step, ``[T, B, C, H, W]``, checked against the graph's metadata."""
+    T, shape = settings["timesteps"], settings["input_shape"]
+    spikes, x = _as_tensor(input_spikes), _as_tensor(images)
+    if spikes is not None:
+        if spikes.dim() != 5 or tuple(spikes.shape[2:]) != shape or spikes.shape[0] != T or spikes.shape[1] == 0:
+            raise UserError(f"{where} was exported for input spikes [T={T}, B, {', '.join(map(str, shape))}], "
+                            f"got {list(spikes.shape)}; pass spikes with the exported time steps and input shape")
+        return spikes
+    if x is None:
+        raise UserError(f"{where}: give images [B, {', '.join(map(str, shape))}] or input spikes")
+    if x.dim() != 4 or tuple(x.shape[1:]) != shape or x.shape[0] == 0:
+        raise UserError(f"{where} was exported for images [B, {', '.join(map(str, shape))}], got {list(x.shape)}; "
+                        "use the data set the student was trained on")
+    return encode(x, T, settings["encoding"], seed=0)  # the student's own default seed for Poisson
+
+
+def snntorch_module(graph: nir.NIRGraph) -> torch.nn.Module:
+    """snnTorch 1.0's importer (``import_from_nir``) on ``graph``, its progress prints silenced."""
+    try:
+        from snntorch.import_nir import import_from_nir
+    except ImportError:
+        raise UserError("running a NIR graph needs snnTorch 1.0 (`snntorch==1.0.0`); install it into this environment") from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        return import_from_nir(graph)
+
+
+def run(path: str | Path, images: Any = None, input_spikes: Any = None) -> RunResult:
+    """Run the file in snnTorch's NIR importer: one sample at a time, ``T`` steps, state reset between.
+
+    Samples go in unbatched (``[C, H, W]``) because the importer builds NIR's batch-free
+    ``Flatten(start_dim=0)`` literally, which would flatten a batch axis too. Spikes are read with
+    forward hooks on the imported ``snn.Leaky`` modules.
+    """
+    path = Path(path)
+    graph, settings = read_graph(path)
+    if settings["dt"] != DT:
+        raise UserError(f"{path} uses dt = {settings['dt']}, but snnTorch's importer assumes dt = {DT}; {EXPORT_HINT}")
+    steps = _input_steps(images, input_spikes, settings, path)
+    chain = _chain(graph, path)
+    lif_names = [n for n in chain if isinstance(graph.nodes[n], nir.LIF)]
+    layer_names = [chain[chain.index(n) - 1] for n in lif_names]
+    net = snntorch_module(graph).eval()
+    from snntorch.utils import reset as reset_state  # importable once snntorch_module succeeded
+
+    recorded: dict[str, list[torch.Tensor]] = {n: [] for n in lif_names}
+    for n in lif_names:
+        net.get_submodule(n).register_forward_hook(lambda m, i, out, n=n: recorded[n].append(out.detach()))
+    T, B = steps.shape[:2]
+    logits = []
+    with torch.no_grad():
+        for b in range(B):
+            reset_state(net)
+            logits.append(torch.stack([net(steps[t, b])[0] for t in range(T)]).mean(0))
+    spikes = [torch.stack(recorded[n]).unflatten(0, (B, T)).transpose(0, 1).numpy() for n in lif_names]
+    return RunResult(logits=torch.stack(logits).numpy(), spikes=spikes, layer_names=layer_names)
+
+
+def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = None) -> RunResult:
+    """What the NIR graph promises: the float PyTorch student on the same input (eval mode)."""
+    cfg, device = student.config, student.leak.device
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            trace = student.run(_as_tensor(images, device), input_spikes=_as_tensor(input_spikes, device), record=True)
+    finally:
+        student.train(was_training)
+    names = [f"{cfg.layers[i].type}{i}" for i in cfg.spiking_layers]
+    return RunResult(logits=trace.logits.cpu().numpy(), spikes=[s.cpu().numpy() for s in trace.spikes], layer_names=names)

@@ -1,0 +1,146 @@
+"""NIR target: real nir.write / nir.read files run in snnTorch 1.0's real importer (SPEC 3, "NIR")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_student
+
+import lasnn_deploy.exporters.nir as nir_target
+from lasnn_deploy.errors import UserError
+from lasnn_deploy.exporters import export
+from lasnn_deploy.neurons import encode
+from lasnn_deploy.student import Dropout
+
+nir = nir_target.nir
+
+
+def images(n: int = 6, shape=(1, 8, 8), seed: int = 1) -> torch.Tensor:
+    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def test_uses_the_pypi_nir_package():
+    assert nir.__name__ == "nir" and "site-packages" in Path(nir.__file__).parts
+    assert hasattr(nir, "NIRGraph") and hasattr(nir, "write") and hasattr(nir, "read")
+
+
+@pytest.mark.parametrize("leak", [0.5, 0.75, 0.9, 0.95, 0.99, 0.999999, 1.0])
+def test_tau_gives_back_the_exact_leak_in_the_importers_float32_formula(leak):
+    tau, r = nir_target.leak_to_tau(leak)
+    assert nir_target.importer_leak(np.array([tau]))[0] == np.float32(leak)
+    assert np.isclose(float(r) * nir_target.DT / float(tau), 1.0, rtol=1e-6, atol=0)  # input gain 1
+    if leak == 1.0:
+        assert r * np.float32(nir_target.DT) == tau  # exactly in float32, so snnTorch keeps the threshold
+
+
+def test_tau_is_exact_for_every_leak_trained_in_practice():
+    leaks = np.random.default_rng(0).uniform(0.9, 1.0, 300).astype(np.float32)
+    got = [nir_target.importer_leak(np.array([nir_target.leak_to_tau(float(lam))[0]]))[0] for lam in leaks]
+    assert np.array_equal(np.array(got), leaks)
+
+
+@pytest.mark.parametrize("leak", [0.9, 1.0])
+def test_nir_round_trip_preserves_every_parameter(tmp_path, leak):
+    student = make_student(leak=leak, timesteps=5, encoding="poisson")
+    path = nir_target.export(student, tmp_path / "s.nir")
+    graph = nir.read(path)
+    kinds = [type(graph.nodes[n]).__name__ for n in nir_target._chain(graph, path)]
+    assert kinds == ["Input", "Conv2d", "LIF", "AvgPool2d", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Linear", "LIF",
+                     "Linear", "Output"]
+    meta = graph.metadata
+    assert (meta["dt"], meta["timesteps"], meta["encoding"], meta["num_classes"]) == (1e-4, 5, "poisson", 5)
+    assert list(meta["input_shape"]) == [1, 8, 8] and meta["output_form"] == "linear"
+
+    back = nir_target.student_from_nir(path)
+    cfg = student.config
+    assert back.config == cfg.replace(layers=tuple(l for l in cfg.layers if not isinstance(l, Dropout)))
+    assert back.leak.item() == student.leak.item()
+    assert torch.equal(back.thresholds, student.thresholds)
+    originals = student.weighted_modules()
+    rebuilt = back.weighted_modules()
+    assert len(originals) == len(rebuilt) == 4
+    for a, b in zip(originals, rebuilt):
+        assert a.weight.dtype == b.weight.dtype and torch.equal(a.weight, b.weight)
+
+
+@pytest.mark.parametrize("leak", [0.9, 1.0])
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+def test_snntorch_importer_reproduces_the_student(tmp_path, encoding, leak):
+    student = make_student(encoding=encoding, leak=leak, timesteps=5)
+    path = export(student, "nir", tmp_path / "s.nir")
+    x = images(4)
+    spikes = encode(x, 5, "poisson", seed=3) if encoding == "poisson" else None
+    given = (None, spikes) if spikes is not None else (x, None)
+    ref = nir_target.reference(student, *given)
+    got = nir_target.run(path, *given)
+    assert got.layer_names == ref.layer_names == ["conv0", "conv3", "linear6"]
+    assert len(got.spikes) == 3
+    for r, g in zip(ref.spikes, got.spikes):
+        assert g.shape == r.shape and g.shape[:2] == (5, 4)
+        assert np.array_equal(g, r)
+        assert 0 < r.mean() < 0.6  # the comparison is not between silent layers
+    np.testing.assert_allclose(got.logits, ref.logits, rtol=0, atol=1e-5)
+    assert np.array_equal(got.logits.argmax(1), ref.logits.argmax(1))
+
+
+def test_poisson_images_are_encoded_like_the_student(tmp_path):
+    """Given only images, both sides draw the student's default Poisson spikes (seed 0)."""
+    student = make_student(encoding="poisson", timesteps=4)
+    path = nir_target.export(student, tmp_path / "s.nir")
+    ref, got = nir_target.reference(student, images(4)), nir_target.run(path, images(4))
+    assert all(np.array_equal(r, g) for r, g in zip(ref.spikes, got.spikes))
+
+
+def test_soft_reset_is_refused_before_any_file_is_written(tmp_path):
+    student = make_student(reset="soft")
+    with pytest.raises(UserError, match=r"layer 0: soft reset cannot be expressed in NIR.*--reset hard"):
+        export(student, "nir", tmp_path / "s.nir")
+    with pytest.raises(UserError, match="soft reset"):
+        nir_target.export(student, tmp_path / "s.nir")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parameters_nir_cannot_express_name_the_layer(tmp_path):
+    student = make_student()
+    with torch.no_grad():
+        student.thresholds[1] = -0.5
+    with pytest.raises(UserError, match="layer 3: threshold"):
+        nir_target.export(student, tmp_path / "s.nir")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inputs_that_do_not_match_the_metadata_are_refused(tmp_path):
+    path = nir_target.export(make_student(timesteps=4), tmp_path / "s.nir")
+    with pytest.raises(UserError, match=r"exported for images \[B, 1, 8, 8\]"):
+        nir_target.run(path, torch.rand(2, 1, 9, 9))
+    with pytest.raises(UserError, match=r"T=4"):
+        nir_target.run(path, None, torch.ones(3, 2, 1, 8, 8))
+
+
+def test_truncated_and_foreign_files_are_refused(tmp_path):
+    path = nir_target.export(make_student(), tmp_path / "s.nir")
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.nir"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="not a readable NIR file"):
+        nir_target.run(truncated, images())
+    with pytest.raises(UserError, match="not a readable NIR file"):
+        nir_target.student_from_nir(truncated)
+
+    foreign = tmp_path / "foreign.nir"
+    nir.write(foreign, nir.NIRGraph.from_list(nir.Linear(weight=np.ones((2, 3), dtype=np.float32))))
+    with pytest.raises(UserError, match="not a lasnn-deploy NIR graph"):
+        nir_target.run(foreign, images())
+    with pytest.raises(UserError, match="no NIR file"):
+        nir_target.run(tmp_path / "missing.nir", images())
+
+
+def test_reading_back_refuses_a_graph_that_is_no_student(tmp_path):
+    graph = nir_target.to_nir_graph(make_student())
+    graph.nodes.pop("lif6")
+    graph.edges = [e for e in graph.edges if "lif6" not in e] + [("linear6", "linear7")]
+    with pytest.raises(UserError, match=r"LIF nodes after layers \[0, 2\].*\[0, 2, 5\]"):
+        nir_target.student_from_nir(graph)
