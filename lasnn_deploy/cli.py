@@ -132,7 +132,8 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
     student = load_student(args.model)
     images, labels = _test_split(args)
-    report = energy_report(student, images, labels, hw=args.hw, out_dir=args.out, timesteps=args.timesteps, seed=args.seed)
+    report = energy_report(student, images, labels, hw=args.hw, out_dir=args.out, timesteps=args.timesteps, seed=args.seed,
+                           weight_bits=args.weight_bits, sanafe_samples=args.sanafe)
     if args.json:
         from .atomic import write_text
 
@@ -202,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw", default="loihi", help="hardware profile name, a profile .toml file, or 'all' (default: loihi)")
     p.add_argument("--out", type=Path, required=True, help="folder for energy.json, energy.md and the plots")
     p.add_argument("--timesteps", type=int, help="run with this many time steps instead of the trained T")
+    p.add_argument("--weight-bits", type=int, default=8, help="synaptic weight bits for the core mapping (default: 8)")
+    p.add_argument("--sanafe", type=int, default=0, metavar="N",
+                   help="also simulate the first N samples with SANA-FE's Loihi model (optional extra, GPL-3.0, run in a separate process)")
     p.add_argument("--json", type=Path, help="also write energy.json's content to this file")
     return parser
 

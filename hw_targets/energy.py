@@ -1,0 +1,70 @@
+"""Run the student on a set of images, count its events per sample, and price them on a profile.
+
+``energy = sum_l synops_l E_synop + macs_l E_mac + neuron_updates_l E_neuron + spikes_l E_spike``
+(SPEC section 4), per sample, so that means and spreads over the samples come out together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..neurons import poisson_spikes
+from ..student import SpikingStudent, deployed_layers
+from .counting import LayerCounts, concat_counts, count_events
+from .profile import Profile
+
+CATEGORIES = ("synops", "macs", "neuron_updates", "spikes")
+
+
+@dataclass
+class StudentRun:
+    """Per-sample event counts of every deployed layer, and what else one pass over the images gave."""
+
+    layers: list[LayerCounts]
+    timesteps: int
+    encoding: str
+    predictions: np.ndarray  # [N] predicted classes
+    input_spikes: np.ndarray | None  # [N] spikes entering layer 0 (None under direct encoding)
+
+
+def input_spikes_for(images: torch.Tensor, timesteps: int, seed: int, first_index: int = 0) -> torch.Tensor:
+    """Poisson spikes ``[T, B, C, H, W]`` where sample ``i`` of the whole set is drawn with seed ``seed + i``,
+    so that the spikes of a sample do not depend on the batch it falls in."""
+    return torch.stack([poisson_spikes(x, timesteps, seed + first_index + i) for i, x in enumerate(images)], dim=1)
+
+
+@torch.no_grad()
+def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: int, seed: int = 0, batch_size: int = 64, progress: bool = True) -> StudentRun:
+    """Run the student in eval mode, in batches, and count the events of every sample exactly."""
+    layers = deployed_layers(student)
+    poisson = student.config.encoding == "poisson"
+    parts, predictions, entering = [], [], []
+    was_training = student.training
+    student.eval()
+    try:
+        for start in tqdm(range(0, len(images), batch_size), desc="energy", unit="batch", disable=not progress):
+            x = images[start : start + batch_size]
+            if poisson:
+                trace = student.run(input_spikes=input_spikes_for(x, timesteps, seed, start), record=True)
+                entering.append(trace.input_spikes.double().sum(dim=tuple(d for d in range(trace.input_spikes.dim()) if d != 1)).numpy())
+            else:
+                trace = student.run(x, timesteps=timesteps, record=True)
+            parts.append(count_events(layers, trace, timesteps))
+            predictions.append(trace.logits.argmax(1).cpu().numpy())
+    finally:
+        student.train(was_training)
+    return StudentRun(concat_counts(parts), timesteps, student.config.encoding, np.concatenate(predictions), np.concatenate(entering) if poisson else None)
+
+
+def price_layer(counts: LayerCounts, profile: Profile) -> dict[str, np.ndarray]:
+    """Per-sample energy of one layer in joules, by event category."""
+    return {
+        "synops": counts.synops * profile.e_synop,
+        "macs": counts.macs * profile.e_mac,
+        "neuron_updates": np.full(len(counts.spikes), counts.neuron_updates * profile.e_neuron),
+        "spikes": counts.spikes * profile.e_spike,
+    }
