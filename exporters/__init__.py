@@ -53,7 +53,20 @@ def target_of_file(path: str | Path) -> str:
 
 
 def export(student, target: str, path: str | Path) -> Path:
-    """Check that ``target`` can express ``student``, then write the file atomically."""
+    """Check that ``target`` can express ``student``, then write the file atomically.
+
+    The file must end in the target's suffix: ``validate`` tells the target from it.
+    """
+    from ..student import check_parameters
+
     module = target_module(target)
+    path = Path(path)
+    suffixes = (TARGETS[target], ".hdf5") if target == "lava" else (TARGETS[target],)
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"the {target} export must end in {' or '.join(suffixes)}, got {path}; "
+                        f"pass --out NAME{TARGETS[target]} (validate tells the target by the suffix)")
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file name ending in {TARGETS[target]}")
+    check_parameters(student)
     module.check(student)
-    return module.export(student, Path(path))
+    return module.export(student, path)

@@ -22,7 +22,7 @@ import torch
 
 from ..atomic import atomic_path, write_text
 from ..errors import UserError
-from ..student import SpikingStudent, check_timesteps, deployed_layers
+from ..student import SpikingStudent, check_parameters, check_timesteps, deployed_layers
 from .constraints import map_to_cores
 from .counting import ann_macs
 from .energy import StudentRun, price_layer, run_and_count
@@ -117,6 +117,10 @@ def energy_report(
     if sanafe_samples and "loihi" not in [p.name for p in profiles]:
         raise UserError("the SANA-FE comparison is against the loihi profile: use --hw loihi or --hw all")
     deployed_layers(student)  # raises on a pool that cannot be folded, before any work
+    check_parameters(student)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for energy.json, energy.md and the plots")
 
     run = run_and_count(student, images, timesteps=T, seed=seed, batch_size=batch_size, progress=progress)
     reports = {p.name: profile_report(run, student, p, weight_bits=weight_bits) for p in profiles}
@@ -136,7 +140,6 @@ def energy_report(
         result = next(iter(reports.values()))
     else:
         result = {"hardware": list(reports), "timesteps": T, "samples": len(images), "reports": reports}
-    out = Path(out_dir)
     with atomic_path(out / JSON_FILE) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     write_text(out / MD_FILE, markdown_summary(list(reports.values())))

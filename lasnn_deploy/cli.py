@@ -33,10 +33,26 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum`` (argparse turns the error into one line, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def _add_data(p: argparse.ArgumentParser, samples_default: int | None) -> None:
     p.add_argument("--dataset", default="digits", help=DATASET_HELP)
     p.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
-    p.add_argument("--samples", type=int, default=samples_default, metavar="N",
+    p.add_argument("--samples", type=_int_at_least(1), default=samples_default, metavar="N",
                    help="use the first N test samples in file order" + (" (default: all)" if samples_default is None else f" (default: {samples_default})"))
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson input spikes (default: 0)")
 
@@ -203,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw", default="loihi", help="hardware profile name, a profile .toml file, or 'all' (default: loihi)")
     p.add_argument("--out", type=Path, required=True, help="folder for energy.json, energy.md and the plots")
     p.add_argument("--timesteps", type=int, help="run with this many time steps instead of the trained T")
-    p.add_argument("--weight-bits", type=int, default=8, help="synaptic weight bits for the core mapping (default: 8)")
-    p.add_argument("--sanafe", type=int, default=0, metavar="N",
+    p.add_argument("--weight-bits", type=_int_at_least(1), default=8, help="synaptic weight bits for the core mapping (default: 8)")
+    p.add_argument("--sanafe", type=_int_at_least(0), default=0, metavar="N",
                    help="also simulate the first N samples with SANA-FE's Loihi model (optional extra, GPL-3.0, run in a separate process)")
     p.add_argument("--json", type=Path, help="also write energy.json's content to this file")
     return parser
@@ -218,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         if args.debug:
             raise
-        print(f"lasnn-deploy {args.command}: error: {err}", file=sys.stderr)
+        print(f"lasnn-deploy {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lasnn-deploy {args.command}: interrupted", file=sys.stderr)

@@ -61,17 +61,55 @@ def _mnist_like(cls_name: str, folder: str) -> Callable[[Path, str], Dataset]:
         import torchvision.datasets as tvd
 
         root = _torchvision_root(data_dir, folder)
+        prefix = "train" if split == "train" else "t10k"
+        raw = [root / folder / "raw" / f"{prefix}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
         try:
             ds = getattr(tvd, cls_name)(str(root), train=split == "train", download=False)
-        except RuntimeError:
-            prefix = "train" if split == "train" else "t10k"
+        except Exception as err:  # noqa: BLE001 - torchvision's readers raise RuntimeError, AssertionError, ValueError...
+            if all(f.is_file() for f in raw):
+                raise UserError(f"{raw[0].parent} holds a corrupt or truncated {cls_name} {split} file "
+                                f"({type(err).__name__} {err}); restore the official files") from None
             raise UserError(
                 f"no {cls_name} {split} split under {data_dir}: expected {folder}/raw/{prefix}-images-idx3-ubyte and "
                 f"{prefix}-labels-idx1-ubyte inside --data-dir (or --data-dir naming {folder}/ itself)"
             ) from None
+        if ds.data.dim() != 3 or len(ds.data) != len(ds.targets):
+            raise UserError(f"{raw[0].parent}: {list(ds.data.shape)} images but {len(ds.targets)} labels; "
+                            "restore the official files")
         return _tensor_dataset(ds.data, ds.targets, channels_last=False)
 
     return load
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays, nothing else.
+
+    A CIFAR batch is a pickle, and a pickle may name any callable (``os.system``); this reader
+    refuses every global except numpy's array and scalar rebuilders, so loading never runs code.
+    """
+
+    ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a data batch holds arrays and lists only")
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """Images ``[N, 32, 32, 3]`` (uint8) and labels of one CIFAR python batch, read without running code."""
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+        labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
+        images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = [int(y) for y in labels]
+    except Exception as err:  # noqa: BLE001 - any failure to read the batch is the same problem for the user
+        raise UserError(f"{path} is a corrupt batch file ({type(err).__name__}: {err}); restore the official files") from None
+    if len(images) != len(labels):
+        raise UserError(f"{path} is a corrupt batch file ({len(images)} images, {len(labels)} labels); restore the official files")
+    return images, labels
 
 
 def _cifar(cls_name: str, folder: str) -> Callable[[Path, str], Dataset]:
@@ -80,31 +118,29 @@ def _cifar(cls_name: str, folder: str) -> Callable[[Path, str], Dataset]:
 
         if (data_dir / split).is_dir() and not (data_dir / folder).is_dir():
             return _image_folder(data_dir, split)  # e.g. a CIFAR subset stored as PNG folders
-
-        base = getattr(tvd, cls_name)
-
-        class Reader(base):
-            """torchvision's reader without its md5 checks, so re-packed batches load too.
-
-            Unpickling still rejects a corrupt batch."""
-
-            train_list = [[name, None] for name, _ in base.train_list]
-            test_list = [[name, None] for name, _ in base.test_list]
-            meta = {**base.meta, "md5": None}
-
-        root = _torchvision_root(data_dir, folder)
-        try:
-            ds = Reader(str(root), train=split == "train", download=False)
-        except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
-            if not isinstance(err, RuntimeError):
-                raise UserError(f"{data_dir}/{folder} holds a corrupt batch file ({type(err).__name__}); restore the official files") from None
+        reader = getattr(tvd, cls_name)  # only for the official file names
+        base = _torchvision_root(data_dir, folder) / folder
+        files = [base / name for name, _ in (reader.train_list if split == "train" else reader.test_list)]
+        if not all(f.is_file() for f in files):
             raise UserError(
                 f"no {cls_name} data under {data_dir}: expected the official python batches in {folder}/ inside "
                 "--data-dir, or an ImageFolder tree with train/<class>/*.png and test/<class>/*.png"
-            ) from None
-        return _tensor_dataset(ds.data, ds.targets, channels_last=True)
+            )
+        batches = [_cifar_batch(f) for f in files]
+        images = np.concatenate([b[0] for b in batches])
+        return _tensor_dataset(images, [y for b in batches for y in b[1]], channels_last=True)
 
     return load
+
+
+def _read_image(path: str):
+    """torchvision's image loader, with an unreadable image reported as bad input naming the file."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
+        raise UserError(f"{path} is not a readable image ({type(err).__name__}); remove or replace it") from None
 
 
 def _image_folder(data_dir: Path, split: str) -> Dataset:
@@ -115,7 +151,7 @@ def _image_folder(data_dir: Path, split: str) -> Dataset:
     if not folder.is_dir():
         raise UserError(f"no {split}/ folder in {data_dir}: an image folder needs train/<class>/<image> and test/<class>/<image>")
     try:
-        return tvd.ImageFolder(str(folder), transform=tvt.ToTensor())
+        return tvd.ImageFolder(str(folder), transform=tvt.ToTensor(), loader=_read_image)
     except (FileNotFoundError, RuntimeError) as err:
         raise UserError(f"{folder} holds no images in class folders ({err})") from None
 
@@ -141,7 +177,8 @@ def load_split(name: str, data_dir: str | Path | None = None, split: str = "trai
         raise UserError(f"--data-dir is required for {name} (only 'digits' is bundled)")
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
-        raise UserError(f"data folder {data_dir} does not exist; {_LAYOUTS[name]}")
+        problem = "is a file, not a folder" if data_dir.exists() else "does not exist"
+        raise UserError(f"data folder {data_dir} {problem}; {_LAYOUTS[name]}")
     return _LOADERS[name](data_dir, split)
 
 

@@ -6,7 +6,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .student import SpikingStudent
+from .errors import UserError
+from .student import SpikingStudent, check_images
 
 
 @torch.no_grad()
@@ -25,6 +26,9 @@ def evaluate_student(
     Poisson batches draw their spikes from ``seed + batch index``, so a rerun sees the same
     spikes.
     """
+    if len(dataset) == 0:
+        raise UserError("no samples to evaluate: the data split is empty")
+    check_images(student.config, dataset[0][0].unsqueeze(0))
     was_training = student.training
     student.eval()
     correct, spikes, total = 0, 0.0, 0

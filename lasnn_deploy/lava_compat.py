@@ -1,12 +1,18 @@
-"""Make lava-nc 0.10 import on Python 3.11, without touching site-packages.
+"""Make lava-nc 0.10 import on Python 3.11 inside our process, without touching site-packages.
 
-lava-nc 0.10 declares Python < 3.11. Its only incompatibility with 3.11 is in
-``lava/magma/compiler/var_model.py``: dataclass fields default to an instance of the unhashable
-class ``ByteEncoder``, which Python 3.11's ``dataclasses`` rejects as a mutable default
-(``ValueError: mutable default ... use default_factory``). We install an import hook that compiles
-that one module from a patched copy of its source (``= ByteEncoder()`` becomes
-``= dataclasses.field(default_factory=ByteEncoder)``), in memory and never cached to disk. When
-an upstream release fixes the file, the replacement matches nothing and the module loads as is.
+Two modules of lava-nc 0.10 fail to import here:
+
+- ``lava/magma/compiler/var_model.py`` (Python 3.11): dataclass fields default to an instance of
+  the unhashable class ``ByteEncoder``, which 3.11's ``dataclasses`` rejects as a mutable default
+  (``ValueError: mutable default ... use default_factory``).
+- ``lava/magma/runtime/message_infrastructure/multiprocessing.py`` calls
+  ``multiprocessing.set_start_method('fork')`` at import time, which raises ``RuntimeError:
+  context has already been set`` once anything (tqdm's lock, a DataLoader) has touched
+  multiprocessing. ``fork`` is already Linux's default on 3.11, so forcing it changes nothing else.
+
+An import hook compiles exactly those modules from a patched copy of their source, in memory and
+never cached to disk. When an upstream release fixes a file, its replacement matches nothing and
+the module loads as is.
 """
 
 from __future__ import annotations
@@ -17,9 +23,16 @@ import importlib.util
 import sys
 from types import CodeType, ModuleType
 
-PATCHED_MODULE = "lava.magma.compiler.var_model"
-_BROKEN_DEFAULT = " = ByteEncoder()"
-_FIXED_DEFAULT = ' = __import__("dataclasses").field(default_factory=ByteEncoder)'
+PATCHES: dict[str, tuple[str, str]] = {
+    "lava.magma.compiler.var_model": (
+        " = ByteEncoder()",
+        ' = __import__("dataclasses").field(default_factory=ByteEncoder)',
+    ),
+    "lava.magma.runtime.message_infrastructure.multiprocessing": (
+        "mp.set_start_method('fork')",
+        "mp.set_start_method('fork', force=True)",
+    ),
+}
 
 
 class _PatchedSourceLoader(importlib.machinery.SourceFileLoader):
@@ -28,12 +41,12 @@ class _PatchedSourceLoader(importlib.machinery.SourceFileLoader):
     def get_code(self, fullname: str) -> CodeType:
         path = self.get_filename(fullname)
         source = importlib.util.decode_source(self.get_data(path))
-        return compile(source.replace(_BROKEN_DEFAULT, _FIXED_DEFAULT), path, "exec", dont_inherit=True)
+        return compile(source.replace(*PATCHES[fullname]), path, "exec", dont_inherit=True)
 
 
-class _VarModelFinder(importlib.abc.MetaPathFinder):
+class _LavaFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):  # noqa: D102 - importlib protocol
-        if fullname != PATCHED_MODULE:
+        if fullname not in PATCHES:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.origin is None:
@@ -44,8 +57,8 @@ class _VarModelFinder(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     """Put the import hook in front of the standard finders (idempotent)."""
-    if not any(isinstance(f, _VarModelFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _VarModelFinder())
+    if not any(isinstance(f, _LavaFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _LavaFinder())
 
 
 def import_netx() -> ModuleType:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch.autograd.function import once_differentiable
 
 GAMMA = 0.3
 Reset = Literal["hard", "soft"]
@@ -45,17 +46,125 @@ class SpikeFn(torch.autograd.Function):
 
 
 def lif_multistep(
-    current: torch.Tensor, leak: torch.Tensor, theta: torch.Tensor, reset: Reset = "hard"
+    current: torch.Tensor, leak: torch.Tensor | float, theta: torch.Tensor | float, reset: Reset = "hard"
 ) -> torch.Tensor:
-    """Run the LIF recurrence over the leading time axis of ``current`` and return the spikes."""
-    u = torch.zeros_like(current[0])
-    spikes = []
-    for i_t in current:
-        u = leak * u + i_t
-        s = SpikeFn.apply(u, theta)
-        u = u * (1.0 - s) if reset == "hard" else u - theta * s
-        spikes.append(s)
-    return torch.stack(spikes)
+    """Run the LIF recurrence over the leading time axis of ``current`` and return the spikes.
+
+    ``leak`` and ``theta`` are one-element tensors (or numbers). With autograd on, the whole
+    recurrence is one ``LIFFunction`` node; without, no potential is kept beyond one step.
+    """
+    if reset not in ("hard", "soft"):
+        raise ValueError(f"unknown reset {reset!r}: use 'hard' or 'soft'")
+    leak = torch.as_tensor(leak, dtype=current.dtype, device=current.device)
+    theta = torch.as_tensor(theta, dtype=current.dtype, device=current.device)
+    if leak.numel() != 1 or theta.numel() != 1:
+        raise ValueError(f"leak and theta must be single values, got shapes {list(leak.shape)} and {list(theta.shape)}")
+    if torch.is_grad_enabled() and (current.requires_grad or leak.requires_grad or theta.requires_grad):
+        return LIFFunction.apply(current, leak, theta, reset == "hard")
+    return _lif_forward(current, leak, theta, reset == "hard", keep_potential=False)[0]
+
+
+def _lif_forward(
+    current: torch.Tensor, leak: torch.Tensor, theta: torch.Tensor, hard: bool, keep_potential: bool
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Spikes ``[T, ...]`` and, if asked, the potentials before reset ``v[t] = lam * u[t-1] + i[t]``.
+
+    Op by op into preallocated buffers, in the rounding order of the equations (``lam * u`` then
+    ``+ i``, as the ONNX export writes it), so the spikes are those of the plain loop. The reset
+    ``u = v - v * s`` is exact (``v - v = 0``, ``v - 0 = v``) and, unlike ``torch.where`` on a bool
+    mask, runs at the speed of an add on CPU. The potentials are kept as ``T`` step tensors rather
+    than one ``[T, ...]`` block: glibc serves blocks above 32 MiB with fresh ``mmap`` pages (a
+    page fault per 4 KiB on every training step), while step-sized blocks are reused from the heap.
+    """
+    spikes = torch.empty(current.shape, dtype=current.dtype, device=current.device)
+    u = torch.zeros(current.shape[1:], dtype=current.dtype, device=current.device)
+    potentials: list[torch.Tensor] = []
+    v = torch.empty_like(u)
+    for t in range(current.shape[0]):
+        if keep_potential:
+            v = torch.empty_like(u)
+            potentials.append(v)
+        torch.mul(u, leak, out=u)
+        torch.add(u, current[t], out=v)
+        s = torch.gt(v, theta, out=spikes[t])
+        if hard:
+            torch.addcmul(v, v, s, value=-1.0, out=u)
+        else:
+            torch.addcmul(v, s, theta, value=-1.0, out=u)
+    return spikes, potentials
+
+
+class LIFFunction(torch.autograd.Function):
+    """The LIF recurrence over all ``T`` steps as one autograd node (speed and memory).
+
+    Its gradient is that of the plain autograd loop ``u = lam * u + i; s = SpikeFn(u, theta);
+    u = u * (1 - s)`` (or ``u - theta * s``) up to float rounding: the reset is not detached, so
+    the gradient flows through both ``u`` and ``s`` of the reset. Forward keeps only the
+    potentials before reset ``v[t]`` (one value per neuron and step; the plain loop keeps about
+    three); backward rebuilds spikes, surrogate and ``u`` from them and runs the reverse
+    recurrence::
+
+        gu[t] = lam * gv[t+1]                                    (gu[T-1] = 0)
+        gs[t] = (dL/ds[t] - gu[t] * v[t]) * sg[t]      hard:  u[t] = v[t] (1 - s[t])
+                (dL/ds[t] - gu[t] * theta) * sg[t]     soft:  u[t] = v[t] - theta s[t]
+        gv[t] = gu[t] * (1 - s[t]) + gs[t]             hard
+                gu[t] + gs[t]                          soft
+        dL/di[t] = gv[t]     dL/dlam = sum_t gv[t+1] u[t]     dL/dtheta = -sum_t gs[t]  (soft: - sum_t gu[t] s[t])
+
+    with the surrogate ``sg[t] = gamma * max(0, 1 - |v[t] - theta| / theta)``.
+    """
+
+    @staticmethod
+    def forward(ctx, current: torch.Tensor, leak: torch.Tensor, theta: torch.Tensor, hard: bool) -> torch.Tensor:
+        spikes, potentials = _lif_forward(current, leak, theta, hard, keep_potential=True)
+        ctx.save_for_backward(leak, theta, *potentials)
+        ctx.hard = hard
+        return spikes
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_spikes: torch.Tensor):
+        leak, theta, *v = ctx.saved_tensors
+        hard = ctx.hard
+        need_leak, need_theta = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad_v = torch.empty(grad_spikes.shape, dtype=v[0].dtype, device=v[0].device)
+        s, sg, gs, gu, kept = (torch.empty_like(v[0]) for _ in range(5))
+        two_theta, slope = 2.0 * theta, GAMMA / theta
+        grad_leak, grad_theta = leak.new_zeros(()), theta.new_zeros(())
+        for t in reversed(range(len(v))):
+            vt, gv = v[t], grad_v[t]
+            torch.gt(vt, theta, out=s)
+            # sg = gamma * max(0, 1 - |v - theta| / theta) = gamma / theta * max(0, min(v, 2 theta - v))
+            torch.minimum(vt, torch.sub(two_theta, vt, out=sg), out=sg).clamp_(min=0.0).mul_(slope)
+            if t == len(v) - 1:  # the last step: nothing flows back through its reset
+                torch.mul(grad_spikes[t], sg, out=gv)
+                if need_theta:
+                    grad_theta -= gv.sum()
+                continue
+            gv_next = grad_v[t + 1]
+            torch.mul(gv_next, leak, out=gu)
+            if hard:  # kept = gv[t+1] (1 - s[t]): the part of dL/du[t] / lam that survives the reset
+                torch.addcmul(gv_next, gv_next, s, value=-1.0, out=kept)
+                if need_leak:  # v[t+1] = lam * u[t] + i[t+1],  u[t] = v[t] (1 - s[t])
+                    grad_leak += torch.dot(kept.reshape(-1), vt.reshape(-1))
+            else:
+                if need_leak:  # u[t] = v[t] - theta s[t]
+                    grad_leak += torch.dot(gv_next.reshape(-1), torch.addcmul(vt, s, theta, value=-1.0, out=kept).reshape(-1))
+                if need_theta:
+                    grad_theta -= torch.dot(gu.reshape(-1), s.reshape(-1))
+            torch.addcmul(grad_spikes[t], gu, vt if hard else theta, value=-1.0, out=gs).mul_(sg)
+            if need_theta:
+                grad_theta -= gs.sum()
+            if hard:
+                torch.addcmul(gs, kept, leak, out=gv)
+            else:
+                torch.add(gu, gs, out=gv)
+        return (
+            grad_v if ctx.needs_input_grad[0] else None,
+            grad_leak.reshape(leak.shape) if need_leak else None,
+            grad_theta.reshape(theta.shape) if need_theta else None,
+            None,
+        )
 
 
 def lif_reference(current, leak: float, theta: float, reset: Reset = "hard"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,19 @@ FORMAT = "lasnn-deploy-student/1"
 STUDENT_FILE = "student.safetensors"
 
 
+def _checked_int(value: Any, what: str, minimum: int) -> int:
+    """``value`` as an int if it is an integer >= ``minimum``; else ``UserError`` naming ``what``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise UserError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_fields(spec: Any, **minimums: int) -> None:
+    """Frozen layer specs: every named field an integer >= its minimum (files may hold anything)."""
+    for name, minimum in minimums.items():
+        object.__setattr__(spec, name, _checked_int(getattr(spec, name), f"{spec.type} {name}", minimum))
+
+
 @dataclass(frozen=True)
 class Conv:
     in_channels: int
@@ -40,6 +54,9 @@ class Conv:
     padding: int = 0
     type: ClassVar[str] = "conv"
 
+    def __post_init__(self) -> None:
+        _check_fields(self, in_channels=1, out_channels=1, kernel_size=1, stride=1, padding=0)
+
 
 @dataclass(frozen=True)
 class Linear:
@@ -47,11 +64,17 @@ class Linear:
     out_features: int
     type: ClassVar[str] = "linear"
 
+    def __post_init__(self) -> None:
+        _check_fields(self, in_features=1, out_features=1)
+
 
 @dataclass(frozen=True)
 class AvgPool:
     kernel_size: int  # stride equals the kernel size
     type: ClassVar[str] = "avgpool"
+
+    def __post_init__(self) -> None:
+        _check_fields(self, kernel_size=1)
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,10 @@ class Dropout:
     p: float
     type: ClassVar[str] = "dropout"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.p, bool) or not isinstance(self.p, numbers.Real) or not 0 <= self.p < 1:
+            raise UserError(f"dropout p must be a number in [0, 1), got {self.p!r}")
+
 
 LayerSpec = Union[Conv, Linear, AvgPool, Flatten, Dropout]
 LAYER_TYPES: dict[str, type] = {c.type: c for c in (Conv, Linear, AvgPool, Flatten, Dropout)}
@@ -74,6 +101,8 @@ def layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
 
 
 def layer_from_dict(d: dict[str, Any]) -> LayerSpec:
+    if not isinstance(d, dict):
+        raise UserError(f"a layer in the student description must be a mapping, got {d!r}")
     d = dict(d)
     kind = d.pop("type", None)
     if kind not in LAYER_TYPES:
@@ -87,6 +116,9 @@ def out_shape(layer: LayerSpec, shape: tuple[int, ...], where: str = "") -> tupl
         if len(shape) != 3 or shape[0] != layer.in_channels:
             raise UserError(f"{where}conv expects [{layer.in_channels}, H, W] input, got {list(shape)}")
         h, w = ((s + 2 * layer.padding - layer.kernel_size) // layer.stride + 1 for s in shape[1:])
+        if h < 1 or w < 1:
+            raise UserError(f"{where}a {layer.kernel_size}x{layer.kernel_size} kernel does not fit a padded "
+                            f"{shape[1] + 2 * layer.padding}x{shape[2] + 2 * layer.padding} map")
         return (layer.out_channels, h, w)
     if isinstance(layer, Linear):
         if len(shape) != 1 or shape[0] != layer.in_features:
@@ -95,6 +127,8 @@ def out_shape(layer: LayerSpec, shape: tuple[int, ...], where: str = "") -> tupl
     if isinstance(layer, AvgPool):
         if len(shape) != 3:
             raise UserError(f"{where}avgpool needs a [C, H, W] input, got {list(shape)}")
+        if layer.kernel_size > min(shape[1:]):
+            raise UserError(f"{where}a {layer.kernel_size}x{layer.kernel_size} pool does not fit a {shape[1]}x{shape[2]} map")
         return (shape[0], shape[1] // layer.kernel_size, shape[2] // layer.kernel_size)
     if isinstance(layer, Flatten):
         return (int(np.prod(shape)),)
@@ -114,7 +148,15 @@ class StudentConfig:
     reset: Reset = "hard"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        if not isinstance(self.arch, str):
+            raise UserError(f"arch must be a string, got {self.arch!r}")
+        shape = self.input_shape
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)) or len(shape) != 3:
+            raise UserError(f"input_shape must be [C, H, W], got {shape!r}")
+        object.__setattr__(self, "input_shape", tuple(_checked_int(s, "input_shape entries", 1) for s in shape))
+        object.__setattr__(self, "num_classes", _checked_int(self.num_classes, "num_classes", 1))
+        if not isinstance(self.layers, (tuple, list)) or not all(isinstance(l, tuple(LAYER_TYPES.values())) for l in self.layers):
+            raise UserError(f"layers must be a sequence of layer specs, got {self.layers!r}")
         object.__setattr__(self, "layers", tuple(self.layers))
         if self.encoding not in ("direct", "poisson"):
             raise UserError(f"encoding must be 'direct' or 'poisson', got {self.encoding!r}")
@@ -156,12 +198,17 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
+        if not isinstance(d, dict):
+            raise UserError(f"the student description must be a mapping, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise UserError(f"unknown keys in student description: {sorted(unknown)}")
         d = dict(d)
-        d["layers"] = tuple(layer_from_dict(l) for l in d.get("layers", ()))
+        layers = d.get("layers", [])
+        if not isinstance(layers, list):
+            raise UserError(f"layers in the student description must be a list, got {layers!r}")
+        d["layers"] = tuple(layer_from_dict(l) for l in layers)
         return cls(**d)
 
 
@@ -223,12 +270,19 @@ class SpikingStudent(nn.Module):
         timesteps: int | None = None,
         seed: int = 0,
         record: bool = False,
+        exact: bool = False,
     ) -> Trace:
         """Run the SNN on images ``x`` (encoded per the config) or on given ``input_spikes``.
 
         Under direct encoding the input is the same at every step, so the layers before the first
         LIF run once on ``[B, ...]`` and their result is repeated over time (exact, and T times
         cheaper). Afterwards every layer runs on ``[T * B, ...]`` at once.
+
+        ``exact=True`` computes every synaptic current (conv, pool, linear) in float64 and rounds
+        it once to the neuron's float32: the result no longer depends on the order in which a
+        kernel adds its terms, so another runtime that does the same (the ONNX export) produces
+        the same spikes bit for bit. Plain float32 kernels of two libraries disagree in the last
+        bit, which flips a spike whenever ``u`` lies within a rounding step of ``theta``.
         """
         T = check_timesteps(timesteps or self.config.timesteps)
         if input_spikes is not None:
@@ -242,16 +296,29 @@ class SpikingStudent(nn.Module):
             if isinstance(spec, Dropout):
                 h = self._dropout(h, spec.p, static)
                 continue
-            h = module(h) if static else module(h.flatten(0, 1)).unflatten(0, (T, -1))
+            if exact:
+                h = h.double()
+            h = self._synapses(spec, module, h, exact) if static else self._synapses(spec, module, h.flatten(0, 1), exact).unflatten(0, (T, -1))
             k = self._lif_index.get(i)
             if k is not None:
                 if static:
                     h, static = h.unsqueeze(0).expand(T, *h.shape), False
-                h = lif_multistep(h, self.leak, self.thresholds[k], self.config.reset)
+                h = lif_multistep(h.to(self.leak.dtype), self.leak, self.thresholds[k], self.config.reset)
                 if record:
                     trace.spikes.append(h)
-        trace.logits = h if static else h.mean(0)
+        logits = h if static else h.mean(0)
+        trace.logits = logits.to(self.leak.dtype)
         return trace
+
+    @staticmethod
+    def _synapses(spec: LayerSpec, module: nn.Module, h: torch.Tensor, exact: bool) -> torch.Tensor:
+        """One layer's synaptic operation; in float64 with float64 weights when ``exact``."""
+        if not exact or not isinstance(spec, (Conv, Linear)):
+            return module(h)
+        weight = module.weight.double()
+        if isinstance(spec, Conv):
+            return F.conv2d(h, weight, stride=spec.stride, padding=spec.padding)
+        return F.linear(h, weight)
 
     def _dropout(self, h: torch.Tensor, p: float, static: bool) -> torch.Tensor:
         if not self.training or p == 0:
@@ -333,12 +400,58 @@ def load_student(path: str | os.PathLike) -> SpikingStudent:
         config = StudentConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, TypeError, json.JSONDecodeError) as err:
         raise UserError(f"{path} has a malformed student description ({err})") from None
+    _check_tensor_shapes(config, tensors, path)  # before building: a description may ask for any size
     student = SpikingStudent(config)
-    try:
-        student.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise UserError(f"{path}: weights do not match the description ({str(err).splitlines()[0]})") from None
+    student.load_state_dict(tensors)
     return student.eval()
+
+
+def parameter_shapes(config: StudentConfig) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every tensor of a ``SpikingStudent`` built from ``config``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, layer in enumerate(config.layers):
+        if isinstance(layer, Conv):
+            shapes[f"body.{i}.weight"] = (layer.out_channels, layer.in_channels, layer.kernel_size, layer.kernel_size)
+        elif isinstance(layer, Linear):
+            shapes[f"body.{i}.weight"] = (layer.out_features, layer.in_features)
+    return {**shapes, "leak": (), "thresholds": (len(config.spiking_layers),)}
+
+
+def _check_tensor_shapes(config: StudentConfig, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    expected = parameter_shapes(config)
+    for name in sorted(set(expected) | set(tensors)):
+        if name not in tensors:
+            raise UserError(f"{path}: tensor {name!r} is missing; the file does not match its description")
+        if name not in expected:
+            raise UserError(f"{path}: unexpected tensor {name!r}; the file does not match its description")
+        if tuple(tensors[name].shape) != expected[name] or not tensors[name].is_floating_point():
+            raise UserError(f"{path}: tensor {name!r} is {tensors[name].dtype} {list(tensors[name].shape)}, "
+                            f"the description needs a float tensor {list(expected[name])}")
+
+
+def check_parameters(student: SpikingStudent) -> None:
+    """Refuse a student whose weights, leak or thresholds are not finite, or whose leak is outside (0, 1].
+
+    Such a student (a diverged training run, a hand-edited file) computes nothing meaningful,
+    and every export or comparison of it would be noise.
+    """
+    for name, tensor in student.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise UserError(f"the student's {name!r} contains NaN or inf (a diverged or damaged run); retrain it")
+    leak = float(student.leak.detach())
+    if not 0 < leak <= 1:
+        raise UserError(f"the student's leak {leak} is outside (0, 1] (SPEC section 1); retrain it")
+
+
+def check_images(config: StudentConfig, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    """Refuse data of another shape or with more classes than the student was built for."""
+    expected = [int(s) for s in config.input_shape]
+    if images.dim() != 4 or list(images.shape[1:]) != expected or len(images) == 0:
+        raise UserError(f"the student expects images [N, {', '.join(map(str, expected))}] but the data gives "
+                        f"{list(images.shape)}; use the data set the student was trained on")
+    if labels is not None and len(labels) and int(labels.max()) >= config.num_classes:
+        raise UserError(f"the data has label {int(labels.max())} but the student has {config.num_classes} classes; "
+                        "use the data set the student was trained on")
 
 
 # -- the deployed graph ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 
 from .exporters import RunResult, target_module, target_of_file
 from .neurons import encode
-from .student import SpikingStudent
+from .student import SpikingStudent, check_images, check_parameters
 
 
 def compare(reference: RunResult, result: RunResult) -> dict:
@@ -62,6 +62,8 @@ def validate(
     """
     target = target_of_file(path)
     module = target_module(target)
+    check_parameters(student)
+    check_images(student.config, images, labels)
     student = student.eval()
     cfg = student.config
     input_spikes = encode(images, cfg.timesteps, "poisson", seed) if cfg.encoding == "poisson" else None

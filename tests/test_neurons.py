@@ -47,3 +47,63 @@ def test_direct_encoding_repeats_the_image():
     assert s.shape == (5, 2, 1, 3, 3) and all(torch.equal(s[t], x) for t in range(5))
     with pytest.raises(ValueError):
         encode(x, 5, "rate")
+
+
+def lif_autograd(current, leak, theta, reset):
+    """The straightforward loop of SPEC section 1 with autograd through every op (the reference)."""
+    u = torch.zeros_like(current[0])
+    spikes = []
+    for i_t in current:
+        u = leak * u + i_t
+        s = SpikeFn.apply(u, theta)
+        u = u * (1.0 - s) if reset == "hard" else u - theta * s
+        spikes.append(s)
+    return torch.stack(spikes)
+
+
+def _grads(fn, current, leak, theta, reset, weights):
+    inputs = [t.detach().clone().requires_grad_(True) for t in (current, leak, theta)]
+    spikes = fn(*inputs, reset)
+    (spikes * weights).sum().backward()
+    return spikes.detach(), [t.grad for t in inputs]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_lif_gradients_equal_the_plain_autograd_loop(reset, dtype):
+    gen = torch.Generator().manual_seed(5)
+    current = (torch.rand(9, 4, 3, 5, generator=gen, dtype=torch.float64) * 0.9).to(dtype)
+    weights = torch.randn(current.shape, generator=gen, dtype=torch.float64).to(dtype)  # dL/ds, all different
+    leak, theta = torch.tensor(0.8, dtype=dtype), torch.tensor(0.7, dtype=dtype)
+    spikes, grads = _grads(lif_multistep, current, leak, theta, reset, weights)
+    ref_spikes, ref_grads = _grads(lif_autograd, current, leak, theta, reset, weights)
+    assert torch.equal(spikes, ref_spikes) and 0.1 < spikes.mean() < 0.6
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for name, got, want in zip(("input", "leak", "theta"), grads, ref_grads):
+        assert got.abs().sum() > 0, name
+        assert torch.allclose(got, want, **tol), f"{name}: max error {(got - want).abs().max():.3g}"
+
+
+def test_lif_gradients_through_an_expanded_input_and_a_threshold_slice():
+    """What the student does: direct input expanded over time, theta one entry of a vector."""
+    gen = torch.Generator().manual_seed(6)
+    base = torch.rand(2, 3, 4, generator=gen, dtype=torch.float64)
+    thresholds = torch.tensor([0.9, 0.5], dtype=torch.float64)
+    leak = torch.tensor(0.9, dtype=torch.float64)
+    grads = []
+    for fn in (lif_multistep, lif_autograd):
+        x, th, lk = (t.clone().requires_grad_(True) for t in (base, thresholds, leak))
+        fn(x.unsqueeze(0).expand(6, *x.shape), lk, th[1], "hard").mean(0).pow(2).sum().backward()
+        grads.append([x.grad, lk.grad, th.grad])
+    for got, want in zip(*grads):
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), (got - want).abs().max()
+    assert grads[0][2][0] == 0 and grads[0][2][1] != 0
+
+
+def test_lif_without_autograd_gives_the_same_spikes():
+    current = torch.rand(7, 3, 10, generator=torch.Generator().manual_seed(7))
+    leak, theta = torch.tensor(0.9, requires_grad=True), torch.tensor(0.6, requires_grad=True)
+    with torch.no_grad():
+        plain = lif_multistep(current, leak, theta)
+    assert torch.equal(plain, lif_multistep(current, leak, theta).detach())
+    assert torch.equal(plain, lif_multistep(current, 0.9, 0.6))

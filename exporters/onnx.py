@@ -1,0 +1,331 @@
+"""ONNX target: the student with its ``T`` steps unrolled into one graph (SPEC section 3).
+
+The graph is built node by node with ``onnx.helper`` rather than traced with ``torch.onnx.export``,
+because spike-exactness is the point of this target and a hand-built graph controls every rounding
+step: each node mirrors one tensor operation of ``SpikingStudent.run(..., exact=True)`` in the same
+order, the recurrence is written out per step (``u = leak * u + i; s = u > theta; u = u * (1 - s)``
+or ``u = u - theta * s``), the spike values get stable names that ``run`` can tap, and the result
+does not depend on the exporter version or on tracing the autograd ``SpikeFn``.
+
+Layout of the graph (``T`` steps, batch ``B`` dynamic):
+
+- input ``image [B, C, H, W]`` (direct encoding: the layers before the first LIF run once, as in
+  ``SpikingStudent.run``) or ``spikes [T, B, C, H, W]`` (Poisson: reshaped to ``[T * B, ...]``);
+- every Conv/Linear after the first LIF runs once on the spikes of all steps ``[T * B, ...]``;
+  its current is split into ``T`` step currents for the LIF recurrence, whose step spikes are
+  concatenated again (value ``lif<k>_spikes``, ``[T * B, ...]``);
+- outputs ``logits [B, K]`` (``sum_t W_out s_L[t] / T``) and ``spike_count_<k> [B]`` per LIF layer.
+
+Rounding ("round once", metadata ``currents: float64-rounded``). Plain float32 Conv/MatMul kernels
+of PyTorch (oneDNN, MKL) and onnxruntime (MLAS) add their terms in different orders, so a spike
+flipped wherever ``u`` lay within a float32 rounding step of ``theta`` (measured: 8 of 10,000
+MNIST samples with a trained student, 214 with a random one). So every synaptic operation (Conv,
+AvgPool, Flatten, Linear) runs in float64 on float64 weights, and its current is cast to float32
+once, right before the LIF: a float64 sum of float32 products is exact or within 2^-53 of it, so
+the float32 current no longer depends on the order of the terms. The LIF recurrence runs in
+float32 with one IEEE operation per step on both sides; the logits are the float64 mean over the
+steps cast to float32. onnxruntime's CPU provider has no float64 ``Conv`` or ``AveragePool``, so a
+convolution is one float64 ``MatMul`` per kernel offset over strided slices of the padded input
+(summed in offset order) and a pool is its window's strided slices added, then divided by ``k * k``
+(PyTorch's order).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from ..atomic import atomic_path
+from ..errors import UserError
+from ..neurons import encode
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, check_parameters
+from . import RunResult
+
+FORMAT = "lasnn-deploy-onnx/2"  # /1: float32 currents (not spike-exact)
+CURRENTS = "float64-rounded"
+OPSET = 17
+IR_VERSION = 8  # the IR version that came with opset 17; onnxruntime >= 1.13 reads it
+MAX_BYTES = 2**31 - 2**24  # protobuf's 2 GiB limit for one file, less room for the graph
+BATCH = "batch"
+RUN_CHUNK = 256  # samples per onnxruntime call in ``run``: bounds the float64 intermediates
+
+
+def lif_layer_names(student: SpikingStudent) -> list[str]:
+    """Names of the LIF layers, after the Conv/Linear they follow (``conv0``, ``linear6``...)."""
+    layers = student.config.layers
+    return [f"{layers[i].type}{i}" for i in student.config.spiking_layers]
+
+
+def check(student: SpikingStudent) -> None:
+    """ONNX expresses every student (soft reset included); refuse only what one file cannot hold."""
+    check_parameters(student)
+    params = sum(m.weight.numel() for m in student.weighted_modules())
+    if params * 8 > MAX_BYTES:  # weights are stored in float64
+        raise UserError(f"the student has {params:,} weights, more than one .onnx file can hold "
+                        "(2 GiB in float64); use a smaller student")
+
+
+def export(student: SpikingStudent, path: str | Path) -> Path:
+    """Write ``student`` as one self-contained ``.onnx`` file (atomic) and return its path."""
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        raise UserError(f"an ONNX export must end in .onnx, got {path}; pass --out NAME.onnx")
+    check(student)
+    data = build_model(student).SerializeToString()
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    return path
+
+
+def build_model(student: SpikingStudent) -> onnx.ModelProto:
+    """The unrolled graph of ``student``, checked with ``onnx.checker``."""
+    cfg = student.config
+    g = _Graph()
+    T = cfg.timesteps
+    weights = {i: m.weight.detach().cpu().double().numpy() for i, m in enumerate(student.body)
+               if isinstance(cfg.layers[i], (Conv, Linear))}
+    lif_index = {layer: k for k, layer in enumerate(cfg.spiking_layers)}
+    leak = g.const(student.leak.detach().cpu().float().numpy(), "leak")
+    thresholds = student.thresholds.detach().cpu().float().numpy()
+    shapes = cfg.shapes()
+
+    if cfg.encoding == "direct":
+        inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [BATCH, *cfg.input_shape])]
+        h, static = "image", True
+    else:
+        inputs = [helper.make_tensor_value_info("spikes", TensorProto.FLOAT, [T, BATCH, *cfg.input_shape])]
+        h, static = g.op("Reshape", "spikes", g.const(np.array([-1, *cfg.input_shape], np.int64))), False
+    is_double = False
+    outputs = []
+    for i, spec in enumerate(cfg.layers):
+        if isinstance(spec, Dropout):
+            continue  # identity at inference
+        if not is_double:
+            h, is_double = g.op("Cast", h, to=TensorProto.DOUBLE), True
+        if isinstance(spec, Conv):
+            h = g.conv(h, weights[i], spec.stride, spec.padding, shapes[i])
+        elif isinstance(spec, Linear):
+            h = g.op("MatMul", h, g.const(np.ascontiguousarray(weights[i].T), f"weight{i}"))
+        elif isinstance(spec, AvgPool):
+            h = g.avgpool(h, spec.kernel_size, shapes[i])
+        elif isinstance(spec, Flatten):
+            h = g.op("Flatten", h, axis=1)
+        k = lif_index.get(i)
+        if k is None:
+            continue
+        current = g.op("Cast", h, to=TensorProto.FLOAT)  # the one rounding of the current
+        currents = [current] * T if static else g.split(current, T)
+        h = g.lif(currents, leak, g.const(thresholds[k], f"threshold{k}"), cfg.reset, name=f"lif{k}_spikes")
+        is_double = static = False
+        neurons = int(np.prod(shapes[i]))
+        per_step = g.op("Reshape", h, g.const(np.array([T, -1, neurons], np.int64)))
+        g.op("ReduceSum", per_step, g.const(np.array([0, 2], np.int64)), keepdims=0, name=f"spike_count_{k}")
+        outputs.append(helper.make_tensor_value_info(f"spike_count_{k}", TensorProto.FLOAT, [BATCH]))
+    if not static:  # output integrator: u_out[T] / T, the float64 mean over steps like torch's mean(0)
+        per_step = g.op("Reshape", h, g.const(np.array([T, -1, cfg.num_classes], np.int64)))
+        total = g.op("ReduceSum", per_step, g.const(np.array([0], np.int64)), keepdims=0)
+        h = g.op("Div", total, g.const(np.array(T, np.float64)))
+    # else: direct encoding without any LIF layer, the output layer sees the image once
+    g.op("Cast", h, to=TensorProto.FLOAT, name="logits")
+    outputs.insert(0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, [BATCH, cfg.num_classes]))
+
+    graph = helper.make_graph(g.nodes, f"{cfg.arch}_T{T}", inputs, outputs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lasnn-deploy",
+                              doc_string=f"LaSNN student {cfg.arch}, {T} time steps unrolled, SPEC section 1; "
+                                         "synaptic currents in float64, rounded once to float32 at each LIF")
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, {
+        "format": FORMAT,
+        "currents": CURRENTS,
+        "timesteps": str(T),
+        "encoding": cfg.encoding,
+        "reset": cfg.reset,
+        "input_shape": json.dumps(list(cfg.input_shape)),
+        "num_classes": str(cfg.num_classes),
+        "layer_names": json.dumps(lif_layer_names(student)),
+        "student_config": json.dumps(cfg.to_dict()),
+    })
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+class _Graph:
+    """Collects nodes and initializers; every ``op`` returns the name of its (first) output."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def _name(self, stem: str) -> str:
+        return f"{stem}_{len(self.nodes) + len(self.initializers)}"
+
+    def const(self, value: np.ndarray, name: str | None = None) -> str:
+        name = name or self._name("const")
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def ints(self, *values: int) -> str:
+        return self.const(np.array(values, np.int64))
+
+    def op(self, op_type: str, *inputs: str, name: str | None = None, **attrs) -> str:
+        out = name or self._name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=f"{op_type}_{len(self.nodes)}", **attrs))
+        return out
+
+    def split(self, h: str, parts: int) -> list[str]:
+        """``[T * B, ...]`` -> ``T`` tensors ``[B, ...]`` (equal parts along axis 0)."""
+        outs = [self._name(f"step{t}") for t in range(parts)]
+        self.nodes.append(helper.make_node("Split", [h], outs, name=f"Split_{len(self.nodes)}", axis=0))
+        return outs
+
+    def window(self, h: str, dy: int, dx: int, step: int, out_hw: tuple[int, int]) -> str:
+        """``h[:, :, dy::step, dx::step]`` cut to ``out_hw``: the inputs at one window offset."""
+        ends = (dy + step * (out_hw[0] - 1) + 1, dx + step * (out_hw[1] - 1) + 1)
+        return self.op("Slice", h, self.ints(dy, dx), self.ints(*ends), self.ints(2, 3), self.ints(step, step))
+
+    def conv(self, h: str, weight: np.ndarray, stride: int, padding: int, out_shape: tuple[int, int, int]) -> str:
+        """Float64 convolution without a Conv node: ``sum over (a, b) of W[:, :, a, b] @ x[a::s, b::s]``.
+
+        The input goes channels-first (``[C, N, H, W]``) so that each kernel offset is one large
+        ``[O, C] @ [C, N * OH * OW]`` MatMul; no im2col buffer ``kh * kw`` times the input is built.
+        """
+        out_channels, channels, kh, kw = weight.shape
+        x = self.op("Transpose", h, perm=[1, 0, 2, 3])
+        if padding:
+            x = self.op("Pad", x, self.ints(0, 0, padding, padding, 0, 0, padding, padding))
+        total = None
+        for a in range(kh):
+            for b in range(kw):
+                cols = self.op("Reshape", self.window(x, a, b, stride, out_shape[1:]), self.ints(channels, -1))
+                part = self.op("MatMul", self.const(np.ascontiguousarray(weight[:, :, a, b])), cols)
+                total = part if total is None else self.op("Add", total, part)
+        y = self.op("Reshape", total, self.ints(out_channels, -1, *out_shape[1:]))
+        return self.op("Transpose", y, perm=[1, 0, 2, 3])
+
+    def avgpool(self, h: str, k: int, out_shape: tuple[int, int, int]) -> str:
+        """Float64 average pool: the window's slices added row by row, then divided by ``k * k`` (torch's order)."""
+        total = None
+        for dy in range(k):
+            for dx in range(k):
+                part = self.window(h, dy, dx, k, out_shape[1:])
+                total = part if total is None else self.op("Add", total, part)
+        return self.op("Div", total, self.const(np.array(k * k, np.float64)))
+
+    def lif(self, currents: list[str], leak: str, theta: str, reset: str, name: str) -> str:
+        """SPEC section 1 for one layer, step by step in float32; returns the step spikes concatenated on axis 0."""
+        one = self.const(np.array(1.0, np.float32)) if reset == "hard" and len(currents) > 1 else ""
+        spikes, u = [], None
+        for t, current in enumerate(currents):
+            u = current if u is None else self.op("Add", self.op("Mul", leak, u), current)  # leak * 0 + i == i
+            s = self.op("Cast", self.op("Greater", u, theta), to=TensorProto.FLOAT)
+            spikes.append(s)
+            if t < len(currents) - 1:
+                u = self.op("Mul", u, self.op("Sub", one, s)) if reset == "hard" else self.op("Sub", u, self.op("Mul", theta, s))
+        return self.op("Concat", *spikes, axis=0, name=name)
+
+
+# -- running the file --------------------------------------------------------------------------
+def _load(path: Path) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The model and its metadata; one UserError for a missing, truncated, outdated or foreign file."""
+    if not path.is_file():
+        raise UserError(f"no ONNX file at {path}; create one with `lasnn-deploy export MODEL --target onnx --out {path}`")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as err:  # protobuf DecodeError, checker ValidationError, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} is not a readable ONNX model ({first}); export it again") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    found = meta.get("format", "")
+    if found != FORMAT and found.startswith(FORMAT.split("/")[0] + "/"):
+        raise UserError(f"{path} is an older lasnn-deploy ONNX export ({found}, not spike-exact); export it again")
+    if found != FORMAT:
+        raise UserError(f"{path} is not a lasnn-deploy ONNX export (format {found or None!r}, expected {FORMAT!r})")
+    return model, meta
+
+
+def _numpy(x) -> np.ndarray:
+    return (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)).astype(np.float32, copy=False)
+
+
+def _feed(meta: dict[str, str], images, input_spikes, path: Path) -> tuple[str, np.ndarray]:
+    """The graph input for these inputs, after checking them against the file's metadata."""
+    T, shape = int(meta["timesteps"]), tuple(json.loads(meta["input_shape"]))
+    dims = ", ".join(map(str, shape))
+    if meta["encoding"] == "direct":
+        if images is None:
+            raise UserError(f"{path} uses direct encoding and needs images [B, {dims}], got none")
+        x = _numpy(images)
+        if x.ndim != 4 or x.shape[1:] != shape or len(x) == 0:
+            raise UserError(f"{path} was exported for images [B, {dims}], got {list(x.shape)}; export the student trained on this data")
+        return "image", x
+    if input_spikes is None:
+        if images is None:
+            raise UserError(f"{path} uses Poisson encoding and needs input spikes [T, B, C, H, W] or images, got neither")
+        input_spikes = encode(torch.as_tensor(_numpy(images)), T, "poisson", seed=0)  # as SpikingStudent.run
+    x = _numpy(input_spikes)
+    if x.ndim != 5 or x.shape[0] != T or x.shape[2:] != shape or x.shape[1] == 0:
+        raise UserError(f"{path} was exported for input spikes [{T}, B, {dims}], got {list(x.shape)}; "
+                        f"encode with {T} time steps and this student's input shape")
+    return "spikes", x
+
+
+def run(path: str | Path, images=None, input_spikes=None) -> RunResult:
+    """Run the file in onnxruntime (CPU, default optimisations) and return logits and the spikes of every LIF layer.
+
+    The spike tensors are internal values of the graph; they are made outputs of an in-memory copy
+    of the model, so the file on disk stays as exported. Samples go through in chunks of
+    ``RUN_CHUNK`` so that the float64 intermediates stay small for any number of samples.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    model, meta = _load(path)
+    name, x = _feed(meta, images, input_spikes, path)
+    names = json.loads(meta["layer_names"])
+    taps = [f"lif{k}_spikes" for k in range(len(names))]
+    for tap in taps:
+        model.graph.output.append(helper.make_tensor_value_info(tap, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    T, batch_axis = int(meta["timesteps"]), 0 if name == "image" else 1
+    chunks = []
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for start in range(0, x.shape[batch_axis], RUN_CHUNK):
+            part = x[start:start + RUN_CHUNK] if batch_axis == 0 else x[:, start:start + RUN_CHUNK]
+            logits, *spikes = session.run(["logits", *taps], {name: part})
+            chunks.append((logits, [s.reshape(T, len(logits), *s.shape[1:]) for s in spikes]))
+    except Exception as err:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+        raise UserError(f"onnxruntime cannot run {path} ({str(err).strip().splitlines()[0]}); export it again") from None
+    return RunResult(logits=np.concatenate([c[0] for c in chunks]),
+                     spikes=[np.concatenate([c[1][k] for c in chunks], axis=1) for k in range(len(taps))],
+                     layer_names=names)
+
+
+def reference(student: SpikingStudent, images=None, input_spikes=None) -> RunResult:
+    """The PyTorch student on the same inputs in its exact mode (what the ONNX file reproduces bit for bit).
+
+    ``exact=True`` computes the currents in float64 and rounds them once, like the graph.
+    """
+    dtype = student.leak.dtype  # float32; float64 for a student converted with .double()
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            if input_spikes is not None:
+                trace = student.run(input_spikes=torch.as_tensor(input_spikes, dtype=dtype), record=True, exact=True)
+            else:
+                trace = student.run(torch.as_tensor(images, dtype=dtype), record=True, exact=True)
+    finally:
+        student.train(was_training)
+    return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes],
+                     layer_names=lif_layer_names(student))

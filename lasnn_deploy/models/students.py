@@ -1,0 +1,137 @@
+"""Student SNN architectures, as ``StudentConfig`` builders sized to the data (SPEC section 1).
+
+Every student follows the conversion-friendly rules of LaSNN (Sec. III-A3) and of Rathi et al.'s
+hybrid-conversion VGGs: 3x3 convolutions with padding 1 and no bias, no batch norm, 2x2 average
+pooling, dropout 0.2 after a conv that no pool follows and 0.5 after every hidden Linear. A LIF
+layer follows every Conv/Linear but the last (``StudentConfig`` implies it).
+
+A pool is placed only where it divides the feature map evenly (28 -> 14 -> 7, then no more), because
+the exports fold each pool into the next layer exactly and refuse a pool that leaves a remainder.
+
+``VGG-N`` counts weight layers: N - 1 - len(hidden) convolutions, the hidden Linears, the output
+Linear. The convolution plans follow Rathi et al. (VGG9, VGG16); VGG5 and VGG7 are their shallower
+kin. ResNet12 is not offered: its skip connections cannot be written as the feed-forward layer list
+that ``StudentConfig`` (and every export) describes.
+
+``width`` scales every channel and hidden-unit count (at least 1), so the same shape can be trained
+small on a CPU; ``dropout`` replaces both dropout rates (0 removes the Dropout layers).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+from ..errors import UserError
+from ..neurons import Encoding, Reset
+from ..student import AvgPool, Conv, Dropout, Flatten, LayerSpec, Linear, StudentConfig
+
+POOL = "A"
+CONV_DROPOUT = 0.2
+HIDDEN_DROPOUT = 0.5
+Plan = Sequence[Union[int, str]]
+
+
+def _scaled(n: int, width: float) -> int:
+    return max(1, int(round(n * width)))
+
+
+def plan_layers(
+    input_shape: Sequence[int],
+    num_classes: int,
+    convs: Plan,
+    hidden: Sequence[int] = (),
+    *,
+    width: float = 1.0,
+    conv_dropout: float = CONV_DROPOUT,
+    hidden_dropout: float = HIDDEN_DROPOUT,
+) -> tuple[LayerSpec, ...]:
+    """Layer specs from a VGG-style plan: ints are 3x3 convs (channels), ``"A"`` a 2x2 average pool."""
+    if width <= 0:
+        raise UserError(f"student width must be positive, got {width}")
+    channels, h, w = (int(s) for s in input_shape)
+    layers: list[LayerSpec] = []
+    for item in convs:
+        if item == POOL:
+            if h % 2 or w % 2:
+                continue  # a pool here would not divide the map; the exports could not fold it
+            if layers and isinstance(layers[-1], Dropout):
+                layers.pop()  # Rathi et al.: a pool takes the place of the dropout after a conv
+            layers.append(AvgPool(2))
+            h, w = h // 2, w // 2
+            continue
+        out = _scaled(int(item), width)
+        layers.append(Conv(channels, out, 3, 1, 1))
+        if conv_dropout > 0:
+            layers.append(Dropout(conv_dropout))
+        channels = out
+    layers.append(Flatten())
+    features = channels * h * w
+    for units in hidden:
+        units = _scaled(units, width)
+        layers.append(Linear(features, units))
+        if hidden_dropout > 0:
+            layers.append(Dropout(hidden_dropout))
+        features = units
+    layers.append(Linear(features, num_classes))
+    return tuple(layers)
+
+
+def _builder(arch: str, convs: Plan, hidden: Sequence[int], conv_dropout: float, hidden_dropout: float):
+    def build(
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        timesteps: int = 8,
+        encoding: Encoding = "direct",
+        reset: Reset = "hard",
+        width: float = 1.0,
+        dropout: float | None = None,
+    ) -> StudentConfig:
+        if dropout is not None and not 0 <= dropout < 1:
+            raise UserError(f"student dropout must be in [0, 1), got {dropout}")
+        layers = plan_layers(
+            input_shape,
+            num_classes,
+            convs,
+            hidden,
+            width=width,
+            conv_dropout=conv_dropout if dropout is None else dropout,
+            hidden_dropout=hidden_dropout if dropout is None else dropout,
+        )
+        return StudentConfig(arch, tuple(input_shape), num_classes, layers, timesteps, encoding, reset)
+
+    build.__name__ = arch.replace("-", "_")
+    build.__doc__ = f"The {arch} student: convs {list(convs)}, hidden Linears {list(hidden)}."
+    return build
+
+
+StudentBuilder = Callable[..., StudentConfig]
+
+STUDENTS: dict[str, StudentBuilder] = {
+    # conv16-LIF-pool-conv32-LIF-pool-linear: seconds per epoch on a CPU, for tests and the demo.
+    "tiny": _builder("tiny", [16, POOL, 32, POOL], [], 0.0, 0.0),
+    # LaSNN Table I / II "3Conv, 2Linear".
+    "3conv2linear": _builder("3conv2linear", [64, POOL, 128, POOL, 256, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
+    "vgg5": _builder("vgg5", [64, POOL, 128, 128, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
+    "vgg7": _builder("vgg7", [64, 64, POOL, 128, 128, POOL, 256, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
+    "vgg9": _builder("vgg9", [64, POOL, 128, 256, POOL, 256, 512, POOL, 512, POOL, 512], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
+    "vgg16": _builder(
+        "vgg16",
+        [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512],
+        [4096, 4096],
+        CONV_DROPOUT,
+        HIDDEN_DROPOUT,
+    ),
+}
+
+
+def build_student(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    **options,
+) -> StudentConfig:
+    """The student ``name`` from ``STUDENTS`` sized to the data; one clear error for an unknown name."""
+    if name not in STUDENTS:
+        raise UserError(f"unknown student {name!r}: choose one of {', '.join(STUDENTS)}")
+    return STUDENTS[name](input_shape, num_classes, **options)

@@ -1,0 +1,91 @@
+"""Stage checkpoints and stage results of a run folder, all written atomically.
+
+- ``checkpoints/<stage>.pt``: model, optimiser, scheduler, finished epochs, history, seconds and
+  the RNG state after the last finished epoch (``torch.save``; read back only with
+  ``torch.load(weights_only=True)``, which builds tensors and plain containers and runs no code).
+- ``teacher.safetensors`` / ``ann.safetensors``: finished teacher and intermediate ANN, with what
+  they were trained for (architecture, data set) and their results in the file's metadata, so a
+  later run in the same folder (or a folder they were copied into) can reuse them safely.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_path
+from ..errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_path(run: Path, stage: str) -> Path:
+    return run / CHECKPOINT_DIR / f"{stage}.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which and how to recover
+        raise UserError(f"checkpoint {path} cannot be read ({str(err).splitlines()[0]}); delete it to restart that stage") from None
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_weights(path: Path, module: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """A module's state as safetensors, ``meta`` (JSON-encodable values) in the header."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable weights file ({err}); delete it to retrain that stage") from None
+    return tensors, meta
+
+
+def load_matching_weights(path: Path, module: torch.nn.Module, expected: dict[str, Any], what: str) -> dict[str, Any]:
+    """Load ``path`` into ``module`` if its metadata matches ``expected``; return the metadata.
+
+    A mismatch is an error, not a silent retrain: the file may hold weights someone placed there
+    on purpose (a long-trained teacher), and reusing it for another architecture or data set
+    would be wrong.
+    """
+    tensors, meta = read_weights(path)
+    differ = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+    if differ:
+        detail = "; ".join(f"{k}: file has {a!r}, this run needs {b!r}" for k, (a, b) in sorted(differ.items()))
+        raise UserError(f"{path} holds a {what} trained for something else ({detail}); delete it or choose another --out")
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not fit the {what} ({str(err).splitlines()[0]}); delete it to retrain") from None
+    return meta

@@ -1,0 +1,272 @@
+"""Every option of ``lasnn-deploy train`` in one dataclass, its command-line flags and config files.
+
+Where a value comes from, later wins: the dataclass defaults (a full-length schedule), then
+``--preset``, then ``--config FILE`` (YAML or TOML, any flag by its name with ``-`` or ``_``), then
+the flags given on the command line. From Python, ``make_config(preset=..., **options)`` applies
+the same order without a file.
+
+The ``quick`` preset is a small CPU schedule measured on MNIST (see docs/results.md): a one-epoch
+Adam teacher, a three-epoch Adam intermediate ANN, max-percentile 99.99 threshold balancing and one
+epoch of fine-tuning, with the ``tiny`` student widened to 32/64 channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data import DATASETS
+from ..errors import UserError
+from ..models import STUDENTS, TEACHERS
+from ..student import MAX_TIMESTEPS
+
+METHODS = ("conversion", "hybrid", "kd", "hetero-kd", "lasnn", "lasnn-grad", "tssd")
+TEACHER_METHODS = frozenset({"kd", "hetero-kd", "lasnn", "lasnn-grad"})
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "step", "constant")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "student": "tiny",
+        "student_width": 2.0,
+        "teacher": "small-cnn",
+        "batch_size": 64,
+        "teacher_epochs": 1,
+        "teacher_optimizer": "adam",
+        "teacher_lr": 2e-3,
+        "teacher_weight_decay": 0.0,
+        "ann_epochs": 3,
+        "ann_optimizer": "adam",
+        "ann_lr": 2e-3,
+        "ann_weight_decay": 0.0,
+        "balance_percentile": 99.99,
+        "student_epochs": 1,
+        "student_lr": 2e-4,
+    },
+}
+
+
+def _opt(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: data, architectures, the four stages and the distillation method."""
+
+    # -- data -------------------------------------------------------------------------------
+    dataset: str = _opt("digits", "data set", "data", DATASETS)
+    data_dir: str | None = _opt(None, "folder holding the data set (not needed for digits)", "data")
+    train_samples: int | None = _opt(None, "train on the first N training images only", "data")
+    test_samples: int | None = _opt(None, "measure test accuracy on the first N test images only", "data")
+    augment: bool = _opt(False, "random 4-pixel crops and horizontal flips of colour images (greyscale untouched)", "data")
+    # -- run --------------------------------------------------------------------------------
+    out: str | None = _opt(None, "run folder to write (student.safetensors, metrics.json, checkpoints)", "run")
+    preset: str | None = _opt(None, "named schedule filling options not given (quick: a small CPU run)", "run", tuple(PRESETS))
+    seed: int = _opt(0, "seed of weights, data order, dropout and Poisson spikes", "run")
+    resume: bool = _opt(False, "continue an interrupted run in --out from its checkpoints", "run")
+    device: str = _opt("auto", "torch device (auto: cuda if available, else cpu)", "run")
+    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", "run")
+    progress: bool = _opt(True, "show progress bars", "run")
+    # -- architectures ------------------------------------------------------------------------
+    student: str = _opt("3conv2linear", "student SNN architecture", "student", tuple(STUDENTS))
+    student_width: float = _opt(1.0, "multiply the student's channel and unit counts", "student")
+    student_dropout: float | None = _opt(None, "dropout rate of every student Dropout layer (default: the architecture's)", "student")
+    timesteps: int = _opt(8, "time steps T of the student", "student")
+    encoding: str = _opt("direct", "input encoding of the student", "student", ("direct", "poisson"))
+    reset: str = _opt("hard", "membrane reset after a spike (soft cannot be exported to NIR or Lava)", "student", ("hard", "soft"))
+    teacher: str = _opt("resnet20", "teacher ANN architecture (used by kd, hetero-kd, lasnn, lasnn-grad)", "teacher", tuple(TEACHERS))
+    # -- stage 1: teacher ----------------------------------------------------------------------
+    teacher_epochs: int = _opt(100, "teacher training epochs", "teacher")
+    teacher_optimizer: str = _opt("sgd", "teacher optimiser", "teacher", OPTIMIZERS)
+    teacher_lr: float = _opt(0.1, "teacher learning rate", "teacher")
+    teacher_weight_decay: float = _opt(5e-4, "teacher weight decay", "teacher")
+    # -- stage 2: intermediate ANN ---------------------------------------------------------------
+    ann_epochs: int = _opt(100, "intermediate ANN training epochs", "ann")
+    ann_optimizer: str = _opt("sgd", "intermediate ANN optimiser", "ann", OPTIMIZERS)
+    ann_lr: float = _opt(0.01, "intermediate ANN learning rate", "ann")
+    ann_weight_decay: float = _opt(5e-4, "intermediate ANN weight decay", "ann")
+    momentum: float = _opt(0.9, "SGD momentum (teacher and ANN)", "ann")
+    schedule: str = _opt("cosine", "learning-rate schedule of every stage (step: x0.1 at 50%% and 75%% of the epochs)", "ann", SCHEDULES)
+    batch_size: int = _opt(64, "training batch size (all stages)", "ann")
+    eval_batch_size: int = _opt(256, "batch size when measuring test accuracy", "ann")
+    # -- stage 3: conversion -------------------------------------------------------------------
+    balance_percentile: float = _opt(100.0, "theta_l = this percentile of layer l's input current (100: the maximum)", "conversion")
+    balance_batches: int = _opt(8, "training batches used for threshold balancing", "conversion")
+    # -- stage 4: fine-tuning ----------------------------------------------------------------
+    method: str = _opt("lasnn", "training method after conversion", "method", METHODS)
+    student_epochs: int = _opt(30, "student SNN fine-tuning epochs (Adam)", "method")
+    student_samples: int | None = _opt(None, "fine-tune on N training images per epoch, a new seeded draw each epoch (default: all)", "method")
+    student_lr: float = _opt(1e-4, "student SNN learning rate", "method")
+    student_weight_decay: float = _opt(0.0, "student SNN weight decay (weights only)", "method")
+    beta: float = _opt(1.0, "lasnn/lasnn-grad: weight of the attention losses, L = CE + beta/2 * sum_j L_AT,j", "method")
+    temperature: float = _opt(4.0, "kd and tssd: softmax temperature of both sides", "method")
+    teacher_temperature: float = _opt(4.0, "hetero-kd: temperature of the teacher's soft targets", "method")
+    student_temperature: float = _opt(1.0, "hetero-kd: temperature of the student's softmax", "method")
+    kd_weight: float = _opt(0.5, "kd, hetero-kd, tssd: weight of the distillation terms (CE gets 1 - weight for kd)", "method")
+    sam_gamma: float = _opt(0.5, "lasnn-grad: decay of the spike activation map's contribution score", "method")
+    tssd_timesteps: int | None = _opt(None, "tssd: time steps T' > T of the temporal teacher pass (default 2T)", "method")
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.method in TEACHER_METHODS
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
+
+
+def _base_type(name: str) -> tuple[type, bool]:
+    """(type, optional) of a field: ``int | None`` -> (int, True)."""
+    tp = FIELD_TYPES[name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return (args[0], True) if args else (tp, False)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise ``UserError`` naming the first option with a value outside its range."""
+    for name, f in FIELDS.items():
+        value = getattr(cfg, name)
+        _check_type(name, value, f"option {name!r}")
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise UserError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {value!r}")
+    positive = ["batch_size", "eval_batch_size", "balance_batches", "timesteps", "student_lr", "ann_lr", "teacher_lr",
+                "temperature", "teacher_temperature", "student_temperature", "student_width", "sam_gamma"]
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{_flag(name)} must be positive, got {getattr(cfg, name)}")
+    for name in ["teacher_epochs", "ann_epochs", "student_epochs", "beta", "momentum", "teacher_weight_decay",
+                 "ann_weight_decay", "student_weight_decay"]:
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{_flag(name)} must not be negative, got {getattr(cfg, name)}")
+    for name in ["train_samples", "test_samples", "student_samples", "threads"]:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.timesteps > MAX_TIMESTEPS:
+        raise UserError(f"--timesteps must be at most {MAX_TIMESTEPS}, got {cfg.timesteps}")
+    if not 0 < cfg.balance_percentile <= 100:
+        raise UserError(f"--balance-percentile must be in (0, 100], got {cfg.balance_percentile}")
+    if not 0 <= cfg.kd_weight <= 1:
+        raise UserError(f"--kd-weight must be in [0, 1], got {cfg.kd_weight}")
+    if cfg.tssd_timesteps is not None and not cfg.timesteps < cfg.tssd_timesteps <= MAX_TIMESTEPS:
+        raise UserError(f"--tssd-timesteps must exceed --timesteps ({cfg.timesteps}), got {cfg.tssd_timesteps}")
+    if cfg.student_dropout is not None and not 0 <= cfg.student_dropout < 1:
+        raise UserError(f"--student-dropout must be in [0, 1), got {cfg.student_dropout}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_type(name: str, value: Any, where: str) -> Any:
+    """``value`` if it fits the field's type (an int is accepted for a float); else ``UserError``."""
+    tp, optional = _base_type(name)
+    if value is None and optional:
+        return None
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
+        raise UserError(f"{where} must be {kind}{' or null' if optional else ''}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def make_config(**options: Any) -> TrainConfig:
+    """A checked ``TrainConfig``: defaults, then ``options['preset']``'s values, then ``options``."""
+    unknown = sorted(set(options) - set(FIELDS))
+    if unknown:
+        raise UserError(f"unknown training option(s) {', '.join(unknown)}; see `lasnn-deploy train --help`")
+    preset = options.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS.get(preset, {}), **options}
+    values = {k: _check_type(k, v, f"option {k!r}") for k, v in values.items()}
+    return TrainConfig(**values)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML (.yaml/.yml) or TOML (.toml) file; unknown keys and bad types -> UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(path.read_text()) or {}
+        else:
+            raise UserError(f"config file {path} must end in .yaml, .yml or .toml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"config file {path} is not valid: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of option names to values")
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            raise UserError(f"config file {path}: unknown key {key!r}; keys are the `train` flags, e.g. batch-size")
+        values[name] = _check_type(name, value, f"config file {path}: key {key!r}")
+    return values
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--config`` and one flag per ``TrainConfig`` field (help from its metadata).
+
+    Flags not given stay absent from the parsed namespace, so that ``config_from_args`` can tell
+    them from defaults and let a preset or config file supply them.
+    """
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="YAML or TOML file of options by flag name; flags given here override it")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, f in FIELDS.items():
+        group_name = f.metadata["group"]
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(f"{group_name} options")
+        tp, _ = _base_type(name)
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        presets = [f"{p}: {v[name]}" for p, v in PRESETS.items() if name in v]
+        if presets:
+            help_text = help_text[:-1] + f"; {', '.join(presets)})"
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = tp
+            kwargs["metavar"] = name.upper() if not f.metadata["choices"] else None
+            if f.metadata["choices"]:
+                kwargs["choices"] = f.metadata["choices"]
+        groups[group_name].add_argument(f"--{_flag(name)}", **kwargs)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` of parsed ``train`` arguments, merged over ``--config FILE`` if given."""
+    given = {k: v for k, v in vars(args).items() if k in FIELDS}
+    from_file = load_config_file(args.config) if getattr(args, "config", None) else {}
+    config = make_config(**{**from_file, **given})
+    if config.out is None:
+        raise UserError("--out is required: the run folder to write the student and metrics into")
+    return config
+
+
+def config_to_json(config: TrainConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,94 @@
+"""ANN-to-SNN conversion by spike-based threshold balancing (Sengupta et al. 2019; LaSNN stage 2).
+
+Our reading, step by step:
+
+1. The intermediate ANN's weights are kept as they are (no weight normalisation); the leak is
+   set to 1, so every neuron is an integrate-and-fire neuron at conversion.
+2. The spiking layers are balanced one at a time, first to last. For layer ``l`` the student SNN
+   runs its ``T`` steps on a few fixed training batches, with layers ``1..l-1`` already holding
+   their balanced thresholds, and the input current ``i_l[t] = W_l (x) s_{l-1}[t]`` of layer ``l``
+   is recorded at every step (Sengupta et al.'s spike-based balancing: the statistic is taken on
+   the spikes the converted earlier layers really emit, not on ANN activations).
+3. ``theta_l`` is the maximum of that current over neurons, steps and samples, or, with a
+   percentile ``p < 100``, the largest over the batches of each batch's p-th percentile (a high
+   percentile ignores rare outliers and fires more at small ``T``; Rathi et al. 2020 balance the
+   same way before hybrid fine-tuning).
+4. A layer whose current never exceeds zero keeps a tiny positive threshold, as the SNN's
+   thresholds must stay positive.
+
+Dropout is off (eval mode) while balancing, and Poisson inputs are drawn from a seed per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from ..student import SpikingStudent
+
+MIN_THRESHOLD = 1e-3
+
+
+class _CurrentCaptured(Exception):
+    """Raised from a forward hook to stop the run once the balanced layer's input is known."""
+
+    def __init__(self, current: torch.Tensor):
+        super().__init__()
+        self.current = current
+
+
+def percentile(values: torch.Tensor, p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of all entries; ``p = 100`` is the maximum."""
+    flat = values.detach().flatten()
+    if p >= 100:
+        return float(flat.max())
+    k = min(flat.numel(), max(1, math.ceil(p / 100 * flat.numel())))
+    return float(flat.float().kthvalue(k).values)
+
+
+@torch.no_grad()
+def layer_input_current(student: SpikingStudent, layer: int, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """The current entering LIF layer ``layer`` (index among spiking layers) for images ``x``.
+
+    Shape ``[T * B, ...]``, or ``[B, ...]`` when the layer sees the same current at every step
+    (the first layer under direct encoding).
+    """
+    module = student.body[student.config.spiking_layers[layer]]
+
+    def hook(_module, _inputs, output):
+        raise _CurrentCaptured(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        student.run(x, seed=seed)
+    except _CurrentCaptured as captured:
+        return captured.current
+    finally:
+        handle.remove()
+    raise RuntimeError("the balanced layer was never reached")  # unreachable for a valid student
+
+
+@torch.no_grad()
+def balance_thresholds(
+    student: SpikingStudent,
+    batches: Sequence[torch.Tensor],
+    percentile_value: float = 100.0,
+    seed: int = 0,
+) -> list[float]:
+    """Set the leak to 1 and every ``theta_l`` layer by layer (see the module docstring)."""
+    was_training = student.training
+    student.eval()
+    student.leak.fill_(1.0)
+    thresholds = []
+    for layer in range(len(student.config.spiking_layers)):
+        peak = max(
+            percentile(layer_input_current(student, layer, x, seed + b), percentile_value)
+            for b, x in enumerate(batches)
+        )
+        theta = max(peak, MIN_THRESHOLD)
+        student.thresholds[layer] = theta
+        thresholds.append(theta)
+    student.train(was_training)
+    return thresholds

@@ -1,0 +1,170 @@
+"""The epoch loop shared by every trained stage: batches, progress, checkpoints and resume.
+
+Repeatability: the data order of epoch ``e`` depends only on the stage seed and ``e`` (a seeded
+``DistributedSampler``), Poisson inputs on the seed, epoch and step, and dropout on torch's global
+generator, whose state is saved with every epoch's checkpoint. A run resumed from the checkpoint
+of epoch ``e`` therefore continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm import tqdm
+
+from . import distributed
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+EpochHook = Callable[[str, int], None]
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def batches(dataset: Dataset, indices: list[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``dataset`` in the order of ``indices`` (tensor slicing for in-memory data)."""
+    if isinstance(dataset, TensorDataset):
+        images, labels = dataset.tensors[:2]
+        for start in range(0, len(indices), batch_size):
+            idx = torch.as_tensor(indices[start : start + batch_size])
+            yield images[idx], labels[idx]
+        return
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+    yield from ((x, torch.as_tensor(y)) for x, y in loader)
+
+
+def augment_batch(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random ``pad``-pixel crops and horizontal flips, one draw per image (colour images only)."""
+    if x.shape[1] != 3:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,))
+    dx = torch.randint(0, 2 * pad + 1, (b,))
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    out = padded[torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+    flip = torch.rand(b) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    """Seed of the Poisson spikes of one training step (distinct per rank too)."""
+    return (((seed * 1009 + epoch) * 1_000_003 + step) * 64 + distributed.rank()) % 2**63
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: cosine to 0, step (x0.1 at 50% and 75% of the epochs), or constant."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if schedule == "step":
+        milestones = sorted({max(1, epochs // 2), max(1, (3 * epochs) // 4)})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def fit(
+    name: str,
+    step_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_set: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    checkpoint: Path,
+    resume: bool,
+    device: torch.device,
+    epoch_samples: int | None = None,
+    augment: bool = False,
+    after_step: Callable[[], None] | None = None,
+    progress: bool = True,
+    on_epoch_end: EpochHook | None = None,
+) -> FitResult:
+    """Train ``step_module`` (``forward(x, y, seed) -> (loss, logits)``) for ``epochs`` epochs.
+
+    After every epoch the state is checkpointed (rank 0 only) and ``on_epoch_end(name, epoch)``
+    is called; with ``resume`` the loop continues after the checkpoint's last finished epoch.
+    ``epoch_samples`` limits an epoch to the first samples of that epoch's order.
+    """
+    result, start = FitResult(), 0
+    if resume and checkpoint.is_file():
+        state = load_checkpoint(checkpoint)
+        step_module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, result.history, result.seconds = int(state["epoch"]), list(state["history"]), float(state["seconds"])
+    model = distributed.wrap_model(step_module)
+    sampler = distributed.make_sampler(len(train_set), seed=seed)
+    show = progress and distributed.is_main_process()
+    for epoch in range(start, epochs):
+        began = time.perf_counter()
+        model.train()
+        sampler.set_epoch(epoch)
+        indices = list(sampler)[:epoch_samples]
+        sums = [0.0, 0.0, 0.0]  # loss * n, correct, n
+        bar = tqdm(
+            batches(train_set, indices, batch_size),
+            total=-(-len(indices) // batch_size),
+            desc=f"{name} {epoch + 1}/{epochs}",
+            leave=False,
+            disable=not show,
+        )
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(device), y.to(device)
+            if augment:
+                x = augment_batch(x)
+            loss, logits = model(x, y, step_seed(seed, epoch, step))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            n = len(y)
+            sums[0] += float(loss.detach()) * n
+            sums[1] += float((logits.detach().argmax(1) == y).sum())
+            sums[2] += n
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.4f}")
+        bar.close()
+        scheduler.step()
+        loss_sum, correct, count = distributed.reduce_sums(sums, device)
+        result.seconds += time.perf_counter() - began
+        result.history.append({"epoch": epoch + 1, "loss": loss_sum / count, "train_accuracy": correct / count})
+        if show:
+            tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: loss {loss_sum / count:.4f}, train accuracy {correct / count:.4f}")
+        if distributed.is_main_process():
+            save_checkpoint(
+                checkpoint,
+                {
+                    "stage": name,
+                    "epoch": epoch + 1,
+                    "model": step_module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "history": result.history,
+                    "seconds": result.seconds,
+                },
+            )
+        distributed.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(name, epoch + 1)
+    return result

@@ -1,0 +1,153 @@
+"""What each stage minimises, as modules whose ``forward(x, y, seed)`` returns ``(loss, logits)``.
+
+One module per stage holds everything that is trained (so one optimiser, one checkpoint and, later,
+one DistributedDataParallel wrapper cover it); a frozen teacher is held outside the module tree,
+so it is neither trained nor saved with the student.
+
+Fine-tuning methods (all start from the converted student and use CE of the integrated output):
+
+- ``hybrid`` (Rathi et al. 2020): CE only.
+- ``kd`` (Hinton et al. 2015): ``(1 - w) CE + w * tau^2 KL`` with one temperature ``tau``.
+- ``hetero-kd`` (Lee et al. 2021): the same with teacher temperature 4 and student temperature 1
+  by default, so that the student reaches the teacher's soft distribution with 4x smaller logits,
+  i.e. fewer output-driving spikes (see ``losses``).
+- ``lasnn``: ``CE + beta/2 * sum_j L_AT,j`` at three levels: the first, middle and last spiking
+  conv layers of the student (spikes averaged over time) against the teacher's low, mid and high
+  feature maps, paired by rank; a student with fewer than three conv layers uses all it has,
+  paired with the teacher's low and high (or high) maps.
+- ``lasnn-grad``: the same levels, student SAMs against the teacher's input-gradient map.
+- ``tssd`` (Zuo et al.): ``CE + w tau^2 KL(p_{T'} || p_T) + w tau^2 mean_h KL(p_T || p_h)``: the
+  same student run for ``T' > T`` steps without gradients (and without dropout) gives the temporal
+  soft targets; weak classifiers ``h`` (global average pooling of a level's time-averaged spikes,
+  then a Linear) on the attention levels learn from the final output (detached), and their
+  gradient also reaches the layers below them. The heads live beside the student, never in it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..student import Conv, SpikingStudent
+from . import losses
+
+Step = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def spread(n: int, k: int) -> list[int]:
+    """Up to ``k`` indices spread evenly over ``range(n)``: first, middle, last."""
+    return sorted({int(i) for i in np.round(np.linspace(0, n - 1, k))}) if n else []
+
+
+def attention_levels(student: SpikingStudent) -> list[int]:
+    """Indices (into the spiking layers) of the student's low, mid and high conv spike maps."""
+    cfg = student.config
+    convs = [k for k, i in enumerate(cfg.spiking_layers) if isinstance(cfg.layers[i], Conv)]
+    if not convs:
+        raise UserError(f"the {cfg.arch} student has no spiking conv layer to distil attention into; use kd or hybrid")
+    return [convs[i] for i in spread(len(convs), 3)]
+
+
+def teacher_levels(count: int) -> list[int]:
+    """Which of the teacher's [low, mid, high] maps pair with ``count`` student levels."""
+    return spread(3, count)
+
+
+class TeacherStep(nn.Module):
+    """Stage 1: the teacher ANN under CE."""
+
+    def __init__(self, teacher: nn.Module):
+        super().__init__()
+        self.model = teacher
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)[0]
+        return F.cross_entropy(logits, y), logits
+
+
+class AnnStep(nn.Module):
+    """Stage 2: the student's weights as an ANN (ReLU in place of LIF) under CE."""
+
+    def __init__(self, student: SpikingStudent):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, seed: int = 0):
+        logits = self.student.forward_ann(x)[0]
+        if y is None:
+            return logits
+        return F.cross_entropy(logits, y), logits
+
+
+class FineTune(nn.Module):
+    """Stage 4: the student SNN (and, for tssd, its weak classifiers) under a method's loss."""
+
+    def __init__(self, student: SpikingStudent, method: str, config, teacher: nn.Module | None = None):
+        super().__init__()
+        self.student = student
+        self.method = method
+        self.cfg = config
+        self._teacher = [teacher]  # a list keeps the frozen teacher out of parameters and state_dict
+        if method in ("lasnn", "lasnn-grad", "tssd"):
+            self.levels = attention_levels(student)
+        if method == "tssd":
+            shapes = student.config.shapes()
+            channels = [shapes[student.config.spiking_layers[k]][0] for k in self.levels]
+            self.heads = nn.ModuleList(nn.Linear(c, student.config.num_classes) for c in channels)
+        if method in ("kd", "hetero-kd", "lasnn", "lasnn-grad") and teacher is None:
+            raise ValueError(f"method {method} needs a teacher")
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        trace = self.student.run(x, seed=seed, record=self.method in ("lasnn", "lasnn-grad", "tssd"))
+        logits = trace.logits
+        ce = F.cross_entropy(logits, y)
+        if self.method == "hybrid":
+            return ce, logits
+        if self.method in ("kd", "hetero-kd"):
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)[0]
+            tau_s, tau_t = (
+                (cfg.temperature, cfg.temperature) if self.method == "kd" else (cfg.student_temperature, cfg.teacher_temperature)
+            )
+            kd = losses.kd_loss(logits, teacher_logits, tau_s, tau_t)
+            return (1 - cfg.kd_weight) * ce + cfg.kd_weight * kd, logits
+        if self.method == "lasnn":
+            with torch.no_grad():
+                feats = self.teacher(x)[1]
+            student_maps = [losses.attention_map(trace.spikes[k].mean(0)) for k in self.levels]
+            teacher_maps = [losses.attention_map(feats[j]) for j in teacher_levels(len(self.levels))]
+            return ce + losses.attention_loss(student_maps, teacher_maps, cfg.beta), logits
+        if self.method == "lasnn-grad":
+            teacher_map = losses.input_gradient_map(self.teacher, x, y)
+            student_maps = [losses.spike_activation_map(trace.spikes[k], cfg.sam_gamma) for k in self.levels]
+            return ce + losses.attention_loss(student_maps, [teacher_map] * len(student_maps), cfg.beta), logits
+        if self.method == "tssd":
+            tau, w = cfg.temperature, cfg.kd_weight
+            temporal = losses.kd_loss(logits, self.temporal_targets(x, seed), tau, tau)
+            target = logits.detach()
+            spatial = sum(
+                losses.kd_loss(head(trace.spikes[k].mean(0).mean((2, 3))), target, tau, tau)
+                for head, k in zip(self.heads, self.levels)
+            ) / len(self.heads)
+            return ce + w * (temporal + spatial), logits
+        raise UserError(f"method {self.method!r} has no fine-tuning stage")
+
+    @torch.no_grad()
+    def temporal_targets(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """TSSD's temporal teacher: the same student run for ``T'`` steps, no gradient, no dropout."""
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            return self.student(x, timesteps=self.cfg.tssd_timesteps or 2 * self.student.config.timesteps, seed=seed)
+        finally:
+            self.student.train(was_training)

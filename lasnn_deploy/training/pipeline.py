@@ -1,0 +1,396 @@
+"""``train(config) -> run folder``: the LaSNN stages, reuse of finished stages, resume, metrics.
+
+Stages, each seeded on its own so that skipping one (reused or resumed) leaves the others as
+they would have been:
+
+1. teacher ANN (only for kd, hetero-kd, lasnn, lasnn-grad) -> ``RUN/teacher.safetensors``
+2. intermediate ANN = the student's weights with ReLU -> ``RUN/ann.safetensors``
+3. conversion by threshold balancing -> ``RUN/converted.safetensors`` (a student file)
+4. fine-tuning by the method (none for ``conversion``) -> ``RUN/student.safetensors``
+
+then ``RUN/metrics.json`` (SPEC section 5). ``RUN/config.json`` holds the options of the run and
+``RUN/progress.json`` the results of finished stages 3 and 4; ``RUN/checkpoints/<stage>.pt`` the
+last finished epoch of a stage in progress (removed once the stage's file is written).
+
+A teacher or intermediate ANN file already in the run folder is reused when it was trained for
+the same architecture and data set (copy them into a new folder to share them between methods),
+and refused with a clear error otherwise. Without ``--resume`` every other earlier result in the
+folder is discarded; with it, finished stages are loaded and the stage in progress continues
+from its checkpoint, provided the options that shape the result are unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+from tqdm import tqdm
+
+from ..atomic import write_text
+from ..data import DataInfo, data_info, first_samples, load_split
+from ..errors import UserError
+from ..evaluation import evaluate_ann, evaluate_student
+from ..models import build_student, build_teacher
+from ..student import STUDENT_FILE, SpikingStudent, load_student, save_student
+from . import distributed
+from .checkpoint import CHECKPOINT_DIR, checkpoint_path, load_matching_weights, save_weights
+from .config import TrainConfig, config_to_json, make_config
+from .conversion import balance_thresholds
+from .loop import EpochHook, batches, fit, make_optimizer, make_scheduler
+from .objectives import AnnStep, FineTune, TeacherStep
+
+TEACHER_FILE, ANN_FILE, CONVERTED_FILE = "teacher.safetensors", "ann.safetensors", "converted.safetensors"
+CONFIG_FILE, PROGRESS_FILE, METRICS_FILE = "config.json", "progress.json", "metrics.json"
+TEACHER_FORMAT, ANN_FORMAT = "lasnn-deploy-teacher/1", "lasnn-deploy-ann/1"
+STAGE_SEEDS = {"teacher": 1, "ann": 2, "conversion": 3, "finetune": 4}
+# Options that change nothing a finished stage computed; they may differ on --resume.
+RESUME_FREE = {"resume", "progress", "threads", "device", "eval_batch_size", "out"}
+IN_MEMORY_LIMIT = 2**31  # bytes: smaller image folders are decoded once and kept as tensors
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    folder: Path
+    device: torch.device
+    train_set: Dataset
+    test_set: TensorDataset
+    info: DataInfo
+    on_epoch_end: EpochHook | None
+    progress: dict[str, Any]
+
+    @property
+    def show(self) -> bool:
+        return self.config.progress and distributed.is_main_process()
+
+    def seed(self, stage: str) -> int:
+        return self.config.seed * 1000 + STAGE_SEEDS[stage]
+
+    def write_progress(self) -> None:
+        if distributed.is_main_process():
+            write_text(self.folder / PROGRESS_FILE, json.dumps(self.progress, indent=2))
+
+
+def train(config: TrainConfig | None = None, /, *, on_epoch_end: EpochHook | None = None, **options: Any) -> Path:
+    """Run the whole pipeline for ``config`` (or ``make_config(**options)``); return the run folder.
+
+    ``on_epoch_end(stage, epoch)`` is called after each checkpointed epoch (for logging, or to
+    stop a run early: anything it raises propagates, and ``resume=True`` continues the run).
+    """
+    if config is None:
+        config = make_config(**options)
+    elif options:
+        config = dataclasses.replace(config, **options)
+    if config.out is None:
+        raise UserError("no run folder: pass --out (out= from Python)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run = _prepare(config, on_epoch_end)
+    stages: dict[str, dict[str, Any]] = {}
+    teacher = _teacher_stage(run, stages) if config.needs_teacher else None
+    student = _ann_stage(run, stages)
+    _conversion_stage(run, student, stages)
+    if config.method != "conversion":
+        _finetune_stage(run, student, teacher, stages)
+    elif distributed.is_main_process():
+        save_student(student, run.folder / STUDENT_FILE)
+    metrics = _metrics(run, student, stages)
+    if distributed.is_main_process():
+        write_text(run.folder / METRICS_FILE, json.dumps(metrics, indent=2))
+    if run.show:
+        tqdm.write(
+            f"{config.method}: test accuracy {metrics['test_accuracy']:.4f} "
+            f"(ANN {metrics['ann_test_accuracy']:.4f}, converted {metrics['converted_test_accuracy']:.4f}), "
+            f"{metrics['spikes_per_sample']:.0f} spikes/sample, {metrics['train_seconds']:.0f} s -> {run.folder}"
+        )
+    return run.folder
+
+
+# -- setup ---------------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def _in_memory(dataset: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` samples as tensors; a small image folder is decoded once, not per epoch."""
+    if isinstance(dataset, TensorDataset) and limit is None:
+        return dataset
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    image_bytes = dataset[0][0].numel() * 4
+    if not isinstance(dataset, TensorDataset) and count * image_bytes > IN_MEMORY_LIMIT:
+        return dataset if limit is None else torch.utils.data.Subset(dataset, range(count))
+    return TensorDataset(*first_samples(dataset, count))
+
+
+def _prepare(config: TrainConfig, on_epoch_end: EpochHook | None) -> Run:
+    folder = Path(config.out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file; give a folder for the run")
+    progress: dict[str, Any] = {}
+    if config.resume:
+        stored = folder / CONFIG_FILE
+        if not stored.is_file():
+            raise UserError(f"nothing to resume in {folder}: it holds no {CONFIG_FILE}; run without --resume first")
+        before = json.loads(stored.read_text())
+        now = config.to_dict()
+        differ = sorted(k for k in now if k not in RESUME_FREE and before.get(k) != now[k])
+        if differ:
+            raise UserError(
+                f"--resume with options that differ from the run in {folder}: {', '.join(differ)}; "
+                "use the same options, or train into a new --out"
+            )
+        if (folder / PROGRESS_FILE).is_file():
+            progress = json.loads((folder / PROGRESS_FILE).read_text())
+    full_train = load_split(config.dataset, config.data_dir, "train")
+    test_set = load_split(config.dataset, config.data_dir, "test")
+    info = data_info(full_train)
+    run = Run(
+        config=config,
+        folder=folder,
+        device=_device(config.device),
+        train_set=_in_memory(full_train, config.train_samples),
+        test_set=TensorDataset(*first_samples(test_set, config.test_samples)),
+        info=info,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+    )
+    if distributed.is_main_process():
+        if not config.resume:
+            shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
+            for stale in (PROGRESS_FILE, METRICS_FILE, CONVERTED_FILE, STUDENT_FILE):
+                (folder / stale).unlink(missing_ok=True)
+        write_text(folder / CONFIG_FILE, config_to_json(config))
+    distributed.barrier()
+    return run
+
+
+def _fit(run: Run, name: str, module: nn.Module, params, optimizer: str, lr: float, weight_decay: float, epochs: int, **kw):
+    cfg = run.config
+    opt = make_optimizer(params, optimizer, lr, weight_decay, cfg.momentum)
+    return fit(
+        name,
+        module,
+        opt,
+        make_scheduler(opt, cfg.schedule, epochs),
+        run.train_set,
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        seed=run.seed(name),
+        checkpoint=checkpoint_path(run.folder, name),
+        resume=cfg.resume,
+        device=run.device,
+        augment=cfg.augment,
+        progress=cfg.progress,
+        on_epoch_end=run.on_epoch_end,
+        **kw,
+    )
+
+
+def _finish_stage(run: Run, name: str) -> None:
+    if distributed.is_main_process():
+        checkpoint_path(run.folder, name).unlink(missing_ok=True)
+
+
+def _evaluate_snn(run: Run, student: SpikingStudent, desc: str) -> dict[str, float]:
+    model = student if run.device.type == "cpu" else copy.deepcopy(student).cpu()
+    cfg = run.config
+    return evaluate_student(model, run.test_set, batch_size=cfg.eval_batch_size, seed=cfg.seed, progress=run.show, desc=desc)
+
+
+def _evaluate_ann(run: Run, model: nn.Module) -> float:
+    model = model if run.device.type == "cpu" else copy.deepcopy(model).cpu()
+    return evaluate_ann(model, run.test_set, batch_size=run.config.eval_batch_size)
+
+
+# -- stages --------------------------------------------------------------------------------------
+def _teacher_stage(run: Run, stages: dict) -> nn.Module:
+    cfg, info = run.config, run.info
+    torch.manual_seed(run.seed("teacher"))
+    teacher = build_teacher(cfg.teacher, info.input_shape, info.num_classes).to(run.device)
+    path = run.folder / TEACHER_FILE
+    expected = {
+        "format": TEACHER_FORMAT,
+        "arch": cfg.teacher,
+        "dataset": cfg.dataset,
+        "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes,
+    }
+    if path.is_file():
+        meta = load_matching_weights(path, teacher, expected, "teacher")
+        stages["teacher"] = {**meta["result"], "loaded": True}
+    else:
+        step = TeacherStep(teacher)
+        fitted = _fit(run, "teacher", step, step.parameters(), cfg.teacher_optimizer, cfg.teacher_lr,
+                      cfg.teacher_weight_decay, cfg.teacher_epochs)
+        began = time.perf_counter()
+        _recalibrate_batch_norm(run, teacher)
+        accuracy = _evaluate_ann(run, teacher)
+        result = {"test_accuracy": accuracy, "seconds": fitted.seconds, "epochs": cfg.teacher_epochs,
+                  "evaluate_seconds": time.perf_counter() - began, "history": fitted.history}
+        if distributed.is_main_process():
+            save_weights(path, teacher, {**expected, "result": result})
+        _finish_stage(run, "teacher")
+        stages["teacher"] = {**result, "loaded": False}
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def _recalibrate_batch_norm(run: Run, model: nn.Module, max_batches: int = 100) -> None:
+    """Batch-norm statistics of the final weights over the first training batches.
+
+    The running averages kept during training mix statistics of earlier weights; after a short
+    schedule (one epoch of the quick preset) they can be far off and ruin eval-mode accuracy.
+    ``update_bn`` recomputes them as a plain mean over the batches, with the weights fixed.
+    """
+    count = min(len(run.train_set), max_batches * run.config.batch_size)
+    loader = [x.to(run.device) for x, _ in batches(run.train_set, list(range(count)), run.config.batch_size)]
+    torch.optim.swa_utils.update_bn(loader, model)
+
+
+def _student_config(run: Run):
+    cfg, info = run.config, run.info
+    return build_student(
+        cfg.student,
+        info.input_shape,
+        info.num_classes,
+        timesteps=cfg.timesteps,
+        encoding=cfg.encoding,
+        reset=cfg.reset,
+        width=cfg.student_width,
+        dropout=cfg.student_dropout,
+    )
+
+
+def _ann_stage(run: Run, stages: dict) -> SpikingStudent:
+    cfg = run.config
+    torch.manual_seed(run.seed("ann"))
+    student = SpikingStudent(_student_config(run)).to(run.device)
+    arch = student.config.to_dict()
+    expected = {
+        "format": ANN_FORMAT,
+        "architecture": {k: arch[k] for k in ("arch", "input_shape", "num_classes", "layers")},
+        "dataset": cfg.dataset,
+    }
+    path = run.folder / ANN_FILE
+    if path.is_file():
+        meta = load_matching_weights(path, student, expected, "intermediate ANN")
+        stages["ann"] = {**meta["result"], "loaded": True}
+        return student
+    step = AnnStep(student)
+    weights = [p for m in student.weighted_modules() for p in m.parameters()]
+    fitted = _fit(run, "ann", step, weights, cfg.ann_optimizer, cfg.ann_lr, cfg.ann_weight_decay, cfg.ann_epochs)
+    began = time.perf_counter()
+    accuracy = _evaluate_ann(run, step)
+    result = {"test_accuracy": accuracy, "seconds": fitted.seconds, "epochs": cfg.ann_epochs,
+              "evaluate_seconds": time.perf_counter() - began, "history": fitted.history}
+    if distributed.is_main_process():
+        save_weights(path, student, {**expected, "result": result})
+    _finish_stage(run, "ann")
+    stages["ann"] = {**result, "loaded": False}
+    return student
+
+
+def _conversion_stage(run: Run, student: SpikingStudent, stages: dict) -> None:
+    cfg = run.config
+    path = run.folder / CONVERTED_FILE
+    if cfg.resume and "conversion" in run.progress and path.is_file():
+        student.load_state_dict(load_student(path).state_dict())
+        stages["conversion"] = {**run.progress["conversion"], "loaded": True}
+        return
+    began = time.perf_counter()
+    order = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(run.seed("conversion")))
+    order = order[: cfg.balance_batches * cfg.batch_size].tolist()
+    images = [x.to(run.device) for x, _ in batches(run.train_set, order, cfg.batch_size)]
+    thresholds = balance_thresholds(student, images, cfg.balance_percentile, seed=run.seed("conversion"))
+    seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    evaluation = _evaluate_snn(run, student, "converted")
+    result = {
+        "test_accuracy": evaluation["test_accuracy"],
+        "spikes_per_sample": evaluation["spikes_per_sample"],
+        "thresholds": thresholds,
+        "percentile": cfg.balance_percentile,
+        "batches": len(images),
+        "seconds": seconds,
+        "evaluate_seconds": time.perf_counter() - began,
+    }
+    if distributed.is_main_process():
+        save_student(student, path)
+    run.progress["conversion"] = result
+    run.write_progress()
+    stages["conversion"] = {**result, "loaded": False}
+
+
+def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None, stages: dict) -> None:
+    cfg = run.config
+    path = run.folder / STUDENT_FILE
+    if cfg.resume and "finetune" in run.progress and path.is_file():
+        student.load_state_dict(load_student(path).state_dict())
+        stages["finetune"] = {**run.progress["finetune"], "loaded": True}
+        return
+    torch.manual_seed(run.seed("finetune"))
+    objective = FineTune(student, cfg.method, cfg, teacher).to(run.device)
+    neuron = [student.leak, student.thresholds]
+    weights = [p for p in objective.parameters() if all(p is not q for q in neuron)]
+    params = [{"params": weights, "weight_decay": cfg.student_weight_decay}, {"params": neuron, "weight_decay": 0.0}]
+    fitted = _fit(run, "finetune", objective, params, "adam", cfg.student_lr, cfg.student_weight_decay,
+                  cfg.student_epochs, after_step=student.clamp_parameters_, epoch_samples=cfg.student_samples)
+    began = time.perf_counter()
+    evaluation = _evaluate_snn(run, student, "student")
+    result = {
+        "test_accuracy": evaluation["test_accuracy"],
+        "spikes_per_sample": evaluation["spikes_per_sample"],
+        "seconds": fitted.seconds,
+        "epochs": cfg.student_epochs,
+        "evaluate_seconds": time.perf_counter() - began,
+        "history": fitted.history,
+    }
+    if distributed.is_main_process():
+        save_student(student, path)
+    run.progress["finetune"] = result
+    run.write_progress()
+    _finish_stage(run, "finetune")
+    stages["finetune"] = {**result, "loaded": False}
+
+
+# -- results -------------------------------------------------------------------------------------
+def _metrics(run: Run, student: SpikingStudent, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    cfg = run.config
+    final = stages.get("finetune", stages["conversion"])
+    return {
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "student": cfg.student,
+        "teacher": cfg.teacher if cfg.needs_teacher else None,
+        "timesteps": cfg.timesteps,
+        "encoding": cfg.encoding,
+        "reset": cfg.reset,
+        "teacher_test_accuracy": stages["teacher"]["test_accuracy"] if "teacher" in stages else None,
+        "ann_test_accuracy": stages["ann"]["test_accuracy"],
+        "converted_test_accuracy": stages["conversion"]["test_accuracy"],
+        "test_accuracy": final["test_accuracy"],
+        "spikes_per_sample": final["spikes_per_sample"],
+        "converted_spikes_per_sample": stages["conversion"]["spikes_per_sample"],
+        "test_samples": len(run.test_set),
+        "train_samples": len(run.train_set),
+        "leak": float(student.leak.detach()),
+        "thresholds": student.thresholds.detach().tolist(),
+        "train_seconds": sum(s["seconds"] for s in stages.values()),
+        "stages": stages,
+        "config": cfg.to_dict(),
+    }

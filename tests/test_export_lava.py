@@ -1,0 +1,130 @@
+"""Lava target: netx file, Lava fixed-point run == Loihi-quantised mode, quantised mode == float where exact."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_student
+from lasnn_deploy import exporters
+from lasnn_deploy.errors import UserError
+from lasnn_deploy.exporters import lava
+from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, quantise, quantised_accuracy, run_quantised
+from lasnn_deploy.neurons import poisson_spikes
+from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig
+
+
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+def test_lava_run_equals_quantised_mode_spike_for_spike(tmp_path, encoding):
+    student = make_student(encoding, timesteps=4)
+    images = torch.rand(3, 1, 8, 8)
+    spikes_in = poisson_spikes(images, 4, seed=3) if encoding == "poisson" else None
+    path = exporters.export(student, "lava", tmp_path / "net.h5")
+    got = lava.run(path, images, spikes_in)
+    want = lava.reference(student, images, spikes_in)
+    assert got.layer_names == want.layer_names == ["conv0", "conv3", "linear6"]
+    for name, g, w in zip(want.layer_names, got.spikes, want.spikes):
+        assert g.shape == w.shape and g.shape[:2] == (4, 3), name
+        assert np.array_equal(g, w), name
+        assert 0 < w.mean() < 0.6, name  # the comparison is not vacuous
+    assert np.array_equal(got.logits, want.logits)
+
+
+def test_netx_file_layout(tmp_path):
+    student = make_student("direct", timesteps=4, leak=0.75)
+    net = quantise(student)
+    lava.export(student, tmp_path / "net.h5")
+    with h5py.File(tmp_path / "net.h5") as f:
+        layers = f["layer"]
+        types = [layers[str(i)]["type"][0].decode() for i in range(len(layers))]
+        assert types == ["input", "conv", "flatten", "dense", "dense"]
+        assert list(layers["0/shape"][()]) == [4, 8, 8] and layers["0/neuron/vThMant"][()] == net.layers[0].v_th
+        conv = layers["1"]
+        assert conv["weight"].shape == (6, 4, 6, 6)  # 3x3 kernel with the 2x2 pool folded in
+        assert list(conv["stride"][()]) == [2, 2] and list(conv["padding"][()]) == [2, 2]
+        weight = conv["weight"][()]
+        assert weight.dtype.kind == "i" and W_MIN <= weight.min() <= weight.max() <= W_MAX
+        assert conv["neuron/vDecay"][()] == 1024 and conv["neuron/iDecay"][()] == 4096
+        assert layers["4/neuron/vThMant"][()] == VTH_MAX and layers["4/neuron/vDecay"][()] == 0
+        assert f.attrs["timesteps"] == 4 and f.attrs["encoding"] == "direct"
+        assert list(f.attrs["input_shape"]) == [1, 8, 8] and list(f.attrs["lif_layers"]) == net.lif_names
+        assert f["host/weight"].dtype == np.float64
+
+
+def test_quantisation_uses_the_weight_range():
+    student = make_student("poisson", timesteps=4)
+    net = quantise(student)
+    thetas = student.thresholds.detach().double().numpy()
+    for q in net.layers:
+        assert q.weight.max() == W_MAX or q.weight.min() == W_MIN, q.name
+        assert q.clip_fraction == 0
+    assert [q.v_th for q in net.layers[:-1]] == [round(t * q.scale) for t, q in zip(thetas, net.layers)]
+    assert net.v_decay == round((1 - 0.9) * 4096)
+
+
+def representable_student() -> SpikingStudent:
+    """A student whose folded weights are n / 256 and thresholds m / 256: the scale is 256 in every layer."""
+    layers = (Conv(1, 3, 3, 1, 1), AvgPool(2), Conv(3, 4, 3, 1, 1), AvgPool(2), Flatten(), Linear(4 * 2 * 2, 6),
+              Linear(6, 4))
+    cfg = StudentConfig("exact", (1, 8, 8), 4, layers, timesteps=5, encoding="poisson")
+    student = SpikingStudent(cfg, leak=0.5, thresholds=[40 / 256, 20 / 256, 30 / 256]).double()
+    gen = torch.Generator().manual_seed(0)
+    pools = [1, 4, 4, 1]  # folded weight = weight / pool area
+    for m, area in zip(student.weighted_modules(), pools):
+        n = torch.randint(-30, 31, m.weight.shape, generator=gen).double()
+        n.view(-1)[0] = W_MAX  # pins the scale to 254 / (254 / 256) = 256
+        with torch.no_grad():
+            m.weight.copy_(n * area / 256)
+    return student.eval()
+
+
+def test_quantised_mode_equals_float64_student_with_representable_weights():
+    """Pool folding, integer synapses, the truncating leak and the readout are exact here."""
+    student = representable_student()
+    net = quantise(student)
+    assert [q.scale for q in net.layers] == [256.0] * 4 and net.v_decay == 2048
+    spikes_in = poisson_spikes(torch.rand(16, 1, 8, 8, dtype=torch.float64), 5, seed=1)
+    want = student.run(input_spikes=spikes_in, record=True)
+    got = run_quantised(net, input_spikes=spikes_in)
+    for g, w in zip(got.spikes, want.spikes):
+        assert torch.equal(g.double(), w.detach())
+        assert 0 < w.mean() < 0.9
+    assert torch.equal(got.logits, want.logits.detach())
+
+
+def test_direct_quantised_mode_tracks_float_student():
+    student = make_student("direct", timesteps=4)
+    images = torch.rand(32, 1, 8, 8)
+    want = student.run(images, record=True)
+    got = run_quantised(quantise(student), images)
+    agreement = np.mean([(g.float() == w).float().mean().item() for g, w in zip(got.spikes, want.spikes)])
+    assert agreement > 0.97
+    labels = want.logits.argmax(1)
+    assert quantised_accuracy(quantise(student), [(images[:16], labels[:16]), (images[16:], labels[16:])]) > 0.85
+
+
+def test_refuses_soft_reset_without_writing(tmp_path):
+    student = make_student(reset="soft")
+    with pytest.raises(UserError, match=r"layer conv0: .*hard reset.*reset='soft'"):
+        exporters.export(student, "lava", tmp_path / "net.h5")
+    assert not list(tmp_path.iterdir())
+
+
+def test_refuses_clipping_beyond_the_stated_fraction_without_writing(tmp_path):
+    student = make_student("poisson")
+    with pytest.raises(UserError, match=r"layer conv0: .*% of its weights would clip .*\[-256, 254\]"):
+        lava.export(student, tmp_path / "net.h5", weight_percentile=90)
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_refuses_foreign_files_and_wrong_inputs(tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_group("layer")
+    with pytest.raises(UserError, match="not a lasnn-deploy netx file"):
+        lava.run(other, torch.rand(1, 1, 8, 8))
+    path = lava.export(make_student("poisson"), tmp_path / "net.h5")
+    with pytest.raises(UserError, match=r"expects input spikes \[4, B, 1, 8, 8\], got \[3, 2, 1, 8, 8\]"):
+        lava.run(path, input_spikes=torch.zeros(3, 2, 1, 8, 8))

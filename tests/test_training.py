@@ -1,0 +1,209 @@
+"""The training pipeline on digits with tiny schedules: methods, run folder, resume, configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lasnn_deploy.errors import UserError
+from lasnn_deploy.student import SpikingStudent, load_student
+from lasnn_deploy.training import METHODS, add_train_arguments, config_from_args, make_config, train
+from lasnn_deploy.training.objectives import FineTune
+
+TINY = dict(
+    dataset="digits",
+    student="tiny",
+    student_width=0.5,
+    teacher="small-cnn",
+    train_samples=96,
+    test_samples=40,
+    batch_size=32,
+    teacher_epochs=1,
+    ann_epochs=1,
+    student_epochs=1,
+    teacher_optimizer="adam",
+    ann_optimizer="adam",
+    teacher_lr=1e-3,
+    ann_lr=1e-3,
+    student_lr=1e-3,
+    balance_batches=2,
+    timesteps=3,
+    progress=False,
+    threads=1,  # several test processes share few cores: more threads only thrash
+)
+METRIC_KEYS = {
+    "method", "dataset", "timesteps", "encoding", "teacher_test_accuracy", "ann_test_accuracy",
+    "converted_test_accuracy", "test_accuracy", "spikes_per_sample", "train_seconds", "stages",
+}
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory) -> Path:
+    """One lasnn run whose teacher and intermediate ANN the other runs reuse."""
+    return train(out=str(tmp_path_factory.mktemp("base") / "run"), method="lasnn", **TINY)
+
+
+def _seeded_folder(base: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name in ("teacher.safetensors", "ann.safetensors"):
+        shutil.copy(base / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_and_writes_the_run_folder(method, shared_run, tmp_path):
+    folder = _seeded_folder(shared_run, tmp_path / method)
+    assert train(out=str(folder), method=method, **TINY) == folder
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["method"] == method and metrics["dataset"] == "digits" and metrics["timesteps"] == 3
+    for key in ("ann_test_accuracy", "converted_test_accuracy", "test_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["spikes_per_sample"] > 0 and metrics["train_seconds"] > 0
+    assert metrics["stages"]["ann"]["loaded"] is True  # reused from the copied file
+    needs_teacher = method in ("kd", "hetero-kd", "lasnn", "lasnn-grad")
+    assert (metrics["teacher_test_accuracy"] is not None) == needs_teacher
+    if method == "conversion":
+        assert metrics["test_accuracy"] == metrics["converted_test_accuracy"]
+        assert "finetune" not in metrics["stages"]
+    else:
+        assert metrics["stages"]["finetune"]["epochs"] == 1
+    # the saved student is the plain student (no TSSD heads), loadable without code
+    student = load_student(folder)
+    plain = SpikingStudent(student.config).state_dict()
+    saved = load_file(str(folder / "student.safetensors"))
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in plain.items()}
+    assert student.leak.item() <= 1.0 and (student.thresholds > 0).all()
+    assert not (folder / "checkpoints" / "finetune.pt").exists()
+
+
+def test_converted_thresholds_are_recorded(shared_run):
+    metrics = json.loads((shared_run / "metrics.json").read_text())
+    converted = load_student(shared_run / "converted.safetensors")
+    assert metrics["stages"]["conversion"]["thresholds"] == pytest.approx(converted.thresholds.tolist())
+    assert converted.leak.item() == 1.0
+
+
+def test_tssd_heads_stay_outside_the_student_and_the_long_pass_changes_nothing():
+    cfg = make_config(method="tssd", tssd_timesteps=7, **TINY)
+    from lasnn_deploy.models import build_student
+
+    student = SpikingStudent(build_student("tiny", (1, 16, 16), 10, timesteps=3, width=0.5))
+    objective = FineTune(student, "tssd", cfg)
+    assert len(objective.heads) == 2  # one weak classifier per conv level of the tiny student
+    assert set(student.state_dict()) == set(SpikingStudent(student.config).state_dict())
+    assert any(k.startswith("heads.") for k in objective.state_dict())
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    student.train()
+    x = torch.rand(4, 1, 16, 16)
+    long_logits = objective.temporal_targets(x)
+    assert long_logits.shape == (4, 10) and not long_logits.requires_grad
+    assert student.training  # the mode is restored
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    assert all(p.grad is None for p in student.parameters())
+    # T' steps really ran: the long pass differs from the T-step output in general
+    student.eval()
+    assert torch.equal(long_logits, student(x, timesteps=7))
+
+
+class _Stop(Exception):
+    pass
+
+
+RESUME = dict(TINY, student="3conv2linear", student_width=0.125, encoding="poisson", teacher_epochs=2, ann_epochs=2,
+              student_epochs=2, method="lasnn")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    return train(out=str(tmp_path_factory.mktemp("whole") / "run"), **RESUME)
+
+
+@pytest.mark.parametrize("stop_stage", ["ann", "finetune"])
+def test_resume_after_an_interrupted_stage_gives_identical_weights(stop_stage, uninterrupted, tmp_path):
+    folder = tmp_path / "run"
+
+    def stop(stage: str, epoch: int) -> None:
+        if stage == stop_stage and epoch == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(out=str(folder), on_epoch_end=stop, **RESUME)
+    assert (folder / "checkpoints" / f"{stop_stage}.pt").is_file()
+    assert not (folder / "metrics.json").exists()
+    train(out=str(folder), resume=True, **RESUME)
+    whole = load_file(str(uninterrupted / "student.safetensors"))
+    resumed = load_file(str(folder / "student.safetensors"))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    a, b = (json.loads((f / "metrics.json").read_text()) for f in (uninterrupted, folder))
+    assert a["test_accuracy"] == b["test_accuracy"] and a["spikes_per_sample"] == b["spikes_per_sample"]
+
+
+def test_resume_refuses_changed_options_and_empty_folders(shared_run, tmp_path):
+    with pytest.raises(UserError, match="timesteps"):
+        train(out=str(shared_run), resume=True, **dict(TINY, timesteps=4))
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(out=str(tmp_path / "empty"), resume=True, **TINY)
+
+
+def test_a_teacher_file_for_another_architecture_is_refused(shared_run, tmp_path):
+    folder = _seeded_folder(shared_run, tmp_path / "other")
+    with pytest.raises(UserError, match="teacher.safetensors holds a teacher trained for something else.*resnet20"):
+        train(out=str(folder), method="kd", **dict(TINY, teacher="resnet20"))
+
+
+# -- configuration -------------------------------------------------------------------------------
+def _parse(argv: list[str]) -> argparse.Namespace:
+    return add_train_arguments(argparse.ArgumentParser()).parse_args(argv)
+
+
+def test_config_file_with_an_unknown_key_is_a_user_error(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("timesteps: 4\nlearning_rate: 0.1\n")
+    with pytest.raises(UserError, match="unknown key 'learning_rate'"):
+        config_from_args(_parse(["--config", str(path), "--out", "x"]))
+
+
+def test_config_file_with_a_wrong_type_is_a_user_error(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('batch-size = "large"\n')
+    with pytest.raises(UserError, match="'batch-size' must be an integer"):
+        config_from_args(_parse(["--config", str(path), "--out", "x"]))
+
+
+def test_flags_override_the_file_which_overrides_the_preset(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "quick"\ntimesteps = 3\nbatch-size = 16\nstudent_lr = 1\nmethod = "kd"\n')
+    cfg = config_from_args(_parse(["--config", str(path), "--timesteps", "5", "--out", "runs/x", "--no-progress"]))
+    assert cfg.timesteps == 5 and cfg.batch_size == 16 and cfg.method == "kd" and cfg.out == "runs/x"
+    assert cfg.student_lr == 1.0 and isinstance(cfg.student_lr, float)
+    assert cfg.teacher_epochs == 1 and cfg.progress is False  # from the preset; from the flag
+    assert make_config(preset="quick", ann_epochs=7).ann_epochs == 7
+
+
+def test_bad_options_are_user_errors():
+    with pytest.raises(UserError, match="--out is required"):
+        config_from_args(_parse(["--dataset", "digits"]))
+    with pytest.raises(UserError, match="balance-percentile"):
+        make_config(balance_percentile=0)
+    with pytest.raises(UserError, match="tssd-timesteps"):
+        make_config(timesteps=8, tssd_timesteps=8)
+    with pytest.raises(UserError, match="unknown training option"):
+        make_config(epochs=3)
+    with pytest.raises(SystemExit):
+        _parse(["--method", "magic"])
+
+
+def test_every_option_has_a_flag_with_help():
+    text = add_train_arguments(argparse.ArgumentParser()).format_help()
+    for flag in ("--balance-percentile", "--teacher-temperature", "--student-temperature", "--kd-weight",
+                 "--tssd-timesteps", "--resume", "--config", "--preset"):
+        assert flag in text
+    assert "quick: 99.99" in text
