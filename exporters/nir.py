@@ -238,7 +238,10 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
     """Rebuild the student (config, weights, leak, thresholds) from a NIR file or graph.
 
     Pure reading of the nodes, the inverse of :func:`to_nir_graph` (Dropout layers are not in the
-    graph, so they do not come back). The leak is what the LIF nodes express (``importer_leak``).
+    graph, so they do not come back). The leak is the exact one in the metadata when the LIF nodes'
+    ``tau`` is the one :func:`leak_to_tau` gives for it (a file we wrote; about a third of the leaks
+    below 0.9 have no float32 ``tau`` that expresses them exactly), else what the nodes express
+    (``importer_leak``).
     """
     if isinstance(source, nir.NIRGraph):
         graph, settings = source, _settings(source, "the NIR graph")
@@ -249,6 +252,7 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
     weights: dict[int, np.ndarray] = {}
     thresholds: list[float] = []
     leaks: list[float] = []
+    taus: list[np.float32] = []
     lif_after: list[int] = []  # index of the layer each LIF node follows
     for name in _chain(graph, "the NIR graph")[1:-1]:
         node, where = graph.nodes[name], f"NIR node {name!r}"
@@ -276,7 +280,8 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
             gain = _one_value(node.r, "r", where) * dt / _one_value(node.tau, "tau", where)
             if not np.isclose(gain, 1.0, rtol=1e-5):
                 raise UserError(f"{where}: input gain r*dt/tau = {gain} != 1 at dt = {dt}; not a student LIF")
-            leaks.append(float(importer_leak(np.array([_one_value(node.tau, "tau", where)]), dt)[0]))
+            taus.append(np.float32(_one_value(node.tau, "tau", where)))
+            leaks.append(float(importer_leak(np.array([taus[-1]]), dt)[0]))
             thresholds.append(_one_value(node.v_threshold, "v_threshold", where))
             lif_after.append(len(layers) - 1)
         else:
@@ -288,7 +293,8 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
     if lif_after != config.spiking_layers:
         raise UserError(f"the NIR graph has LIF nodes after layers {lif_after}, but a student has one after each "
                         f"Conv/Linear except the last: {config.spiking_layers}")
-    student = SpikingStudent(config, leak=leaks[0] if leaks else settings["leak"], thresholds=thresholds)
+    exact = not taus or taus[0] == leak_to_tau(settings["leak"], dt)[0]
+    student = SpikingStudent(config, leak=settings["leak"] if exact else leaks[0], thresholds=thresholds)
     with torch.no_grad():
         for i, weight in weights.items():
             student.body[i].weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))

@@ -314,18 +314,28 @@ def run(path: str | Path, images=None, input_spikes=None) -> RunResult:
 def reference(student: SpikingStudent, images=None, input_spikes=None) -> RunResult:
     """The PyTorch student on the same inputs in its exact mode (what the ONNX file reproduces bit for bit).
 
-    ``exact=True`` computes the currents in float64 and rounds them once, like the graph.
+    ``exact=True`` computes the currents in float64 and rounds them once, like the graph. Samples
+    go through in chunks of ``RUN_CHUNK`` (float64 currents take twice the memory of float32);
+    Poisson images are encoded once for all samples first, as ``SpikingStudent.run`` would.
     """
     dtype = student.leak.dtype  # float32; float64 for a student converted with .double()
+    cfg = student.config
+    if input_spikes is None and cfg.encoding == "poisson":
+        input_spikes = encode(torch.as_tensor(images), cfg.timesteps, "poisson", seed=0)
+    x = torch.as_tensor(input_spikes if input_spikes is not None else images, dtype=dtype)
+    batch_axis = 0 if input_spikes is None else 1
     was_training = student.training
     student.eval()
+    traces = []
     try:
         with torch.no_grad():
-            if input_spikes is not None:
-                trace = student.run(input_spikes=torch.as_tensor(input_spikes, dtype=dtype), record=True, exact=True)
-            else:
-                trace = student.run(torch.as_tensor(images, dtype=dtype), record=True, exact=True)
+            for part in torch.split(x, RUN_CHUNK, dim=batch_axis):
+                if input_spikes is not None:
+                    traces.append(student.run(input_spikes=part, record=True, exact=True))
+                else:
+                    traces.append(student.run(part, record=True, exact=True))
     finally:
         student.train(was_training)
-    return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes],
+    return RunResult(logits=torch.cat([t.logits for t in traces]).numpy(),
+                     spikes=[torch.cat([t.spikes[k] for t in traces], dim=1).numpy() for k in range(len(traces[0].spikes))],
                      layer_names=lif_layer_names(student))

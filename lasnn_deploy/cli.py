@@ -136,6 +136,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         lines.append(f"{r['target']}: output_agreement {r['output_agreement']:.6f}  spike_agreement {spikes}  "
                      f"max_abs_logit_error {r['max_abs_logit_error']:.3g}  ({r['samples']} samples)  "
                      + ("PASSED" if r["passed"] else "FAILED: the export does not reproduce PyTorch"))
+        if "runtime_accuracy" in r:
+            lines.append(f"accuracy: runtime {r['runtime_accuracy']:.4f}, reference {r['reference_accuracy']:.4f}, "
+                         f"float student {r['float_accuracy']:.4f}")
         return "\n".join(lines)
 
     _print_json_or(args, report, summary)

@@ -9,15 +9,20 @@ For LIF layer ``l`` at step ``t = 1..T``, state 0 at ``t = 0``::
     u[t] = u[t] - theta * s[t]                  soft reset (training and ONNX only)
 
 Training uses the linear surrogate ``ds/du = gamma * max(0, 1 - |u - theta| / theta)`` with
-``gamma = 0.3``; the same function gives ``ds/dtheta = -ds/du``.
+``gamma = 0.3``; the same function gives ``ds/dtheta = -ds/du``. The reset is not detached: the
+gradient is that of autograd through ``u = u * (1 - s)`` (or ``u - theta * s``), flowing through
+both ``u`` and ``s``, for the input, ``lam`` and ``theta`` alike.
 
 Everything is multi-step: the currents of all ``T`` steps arrive at once as ``[T, B, ...]`` (the
 convolutions run once over ``T * B`` images) and only the cheap recurrence loops over time. One
 implementation serves training, evaluation, the Loihi-quantised mode and the exporters' references.
+For training, the recurrence is one autograd node (``LIFFunction``) that keeps one value per neuron
+and step and computes the gradient above by hand (docs/performance.md has the measurements).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -125,6 +130,14 @@ class LIFFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_spikes: torch.Tensor):
         leak, theta, *v = ctx.saved_tensors
+        if _compiled["enabled"]:
+            try:
+                grads = _compiled_backward(grad_spikes, v, leak, theta, ctx.hard)
+            except Exception as err:  # no working C++ compiler, an unsupported op...: stay correct, eager
+                warnings.warn(f"the compiled LIF backward failed ({type(err).__name__}: {err}); using the eager one")
+                compile_backward(False)
+            else:
+                return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3])) + (None,)
         hard = ctx.hard
         need_leak, need_theta = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         grad_v = torch.empty(grad_spikes.shape, dtype=v[0].dtype, device=v[0].device)
@@ -165,6 +178,56 @@ class LIFFunction(torch.autograd.Function):
             grad_theta.reshape(theta.shape) if need_theta else None,
             None,
         )
+
+
+def _backward_step(vt, g, gv_next, leak, theta, out, hard: bool):
+    """One reverse step of ``LIFFunction`` on flat views, as plain tensor ops for ``torch.compile``.
+
+    The same equations as the eager backward; writes ``gv[t]`` into ``out`` and returns the step's
+    terms of ``dL/dlam`` and ``dL/dtheta``.
+    """
+    s = (vt > theta).to(vt.dtype)
+    sg = torch.clamp(torch.minimum(vt, 2.0 * theta - vt), min=0.0) * (GAMMA / theta)
+    gu = gv_next * leak
+    if hard:
+        kept = gv_next - gv_next * s
+        gs = (g - gu * vt) * sg
+        out.copy_(gs + kept * leak)
+        return (kept * vt).sum(), -gs.sum()
+    gs = (g - gu * theta) * sg
+    out.copy_(gu + gs)
+    return (gv_next * (vt - theta * s)).sum(), -gs.sum() - (gu * s).sum()
+
+
+_compiled: dict = {"enabled": False, "step": None}
+
+
+def compile_backward(enabled: bool = True) -> None:
+    """Fuse each step of the LIF backward into one ``torch.compile`` kernel (opt-in, training only).
+
+    Off by default because it pays only in long runs: on 2 shared CPU cores the first compile took
+    40-130 s, while the backward of a step ran about 3x faster (docs/performance.md). The forward
+    stays eager, so spikes are unchanged; gradients agree with the eager ones to float rounding.
+    If compiling or running the kernel fails, a warning is issued and the eager backward is used.
+    """
+    _compiled["enabled"] = enabled
+
+
+def _compiled_backward(grad_spikes: torch.Tensor, v: list[torch.Tensor], leak: torch.Tensor, theta: torch.Tensor,
+                       hard: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if _compiled["step"] is None:
+        _compiled["step"] = torch.compile(_backward_step, dynamic=True, fullgraph=True)
+    step = _compiled["step"]
+    grad_v = torch.empty(grad_spikes.shape, dtype=v[0].dtype, device=v[0].device)
+    flat = grad_v.view(len(v), -1)
+    grad_leak, grad_theta = leak.new_zeros(()), theta.new_zeros(())
+    gv_next = torch.zeros_like(flat[0])
+    for t in reversed(range(len(v))):
+        d_leak, d_theta = step(v[t].view(-1), grad_spikes[t].reshape(-1), gv_next, leak, theta, flat[t], hard)
+        grad_leak += d_leak
+        grad_theta += d_theta
+        gv_next = flat[t]
+    return grad_v, grad_leak.reshape(leak.shape), grad_theta.reshape(theta.shape)
 
 
 def lif_reference(current, leak: float, theta: float, reset: Reset = "hard"):

@@ -77,5 +77,9 @@ def validate(
         y = labels.numpy()
         report["reference_accuracy"] = float(np.mean(reference.logits.argmax(1) == y))
         report["runtime_accuracy"] = float(np.mean(result.logits.argmax(1) == y))
+        with torch.no_grad():
+            float_logits = student.run(direct_images, input_spikes=input_spikes).logits.numpy()
+        # For Lava the reference is the Loihi-quantised mode: this is the quantisation's cost.
+        report["float_accuracy"] = float(np.mean(float_logits.argmax(1) == y))
     report["passed"] = report["output_agreement"] == 1.0 and report["spike_agreement"] in (None, 1.0)
     return report

@@ -155,17 +155,21 @@ def test_spike_counts_and_dynamic_batch(tmp_path):
 
 
 @pytest.mark.parametrize("encoding", ["direct", "poisson"])
-def test_run_in_chunks_equals_one_call(tmp_path, monkeypatch, encoding):
+def test_run_and_reference_in_chunks_equal_one_call(tmp_path, monkeypatch, encoding):
     student = make_student(encoding, "hard", 3)
-    images, spikes = inputs_for(student, random_images(12))
+    images = random_images(12)
     path = onnx_export.export(student, tmp_path / "s.onnx")
-    whole = onnx_export.run(path, images, spikes)
+    whole = onnx_export.run(path, images, None)
+    with torch.no_grad():
+        whole_ref = student.run(images, record=True, exact=True)  # Poisson: encoded from the images with seed 0
     monkeypatch.setattr(onnx_export, "RUN_CHUNK", 5)
-    chunked = onnx_export.run(path, images, spikes)
-    np.testing.assert_array_equal(chunked.logits, whole.logits)
-    for a, b in zip(chunked.spikes, whole.spikes):
-        assert a.shape == (3, 12, *a.shape[2:])
-        np.testing.assert_array_equal(a, b)
+    for chunked in onnx_export.run(path, images, None), onnx_export.reference(student, images, None):
+        np.testing.assert_array_equal(chunked.logits, whole.logits)
+        np.testing.assert_array_equal(chunked.logits, whole_ref.logits.numpy())
+        for a, b, r in zip(chunked.spikes, whole.spikes, whole_ref.spikes):
+            assert a.shape == (3, 12, *a.shape[2:])
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, r.numpy())
 
 
 def test_image_pool_student_round_trip(tmp_path):

@@ -107,3 +107,11 @@ def test_lif_without_autograd_gives_the_same_spikes():
         plain = lif_multistep(current, leak, theta)
     assert torch.equal(plain, lif_multistep(current, leak, theta).detach())
     assert torch.equal(plain, lif_multistep(current, 0.9, 0.6))
+
+
+def test_lif_refuses_per_neuron_parameters_and_unknown_resets():
+    current = torch.rand(3, 2, 4)
+    with pytest.raises(ValueError, match="single values"):
+        lif_multistep(current, 0.9, torch.full((4,), 0.5))
+    with pytest.raises(ValueError, match="unknown reset"):
+        lif_multistep(current, 0.9, 0.5, "none")

@@ -228,6 +228,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+METAVARS = {"data_dir": "DIR", "out": "DIR", "device": "DEVICE"}
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--config`` and one flag per ``TrainConfig`` field (help from its metadata).
 
@@ -242,18 +245,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(f"{group_name} options")
         tp, _ = _base_type(name)
-        help_text = f"{f.metadata['help']} (default: {f.default})"
-        presets = [f"{p}: {v[name]}" for p, v in PRESETS.items() if name in v]
-        if presets:
-            help_text = help_text[:-1] + f"; {', '.join(presets)})"
+        notes = [f"default: {f.default}"] if f.default is not None else []
+        notes += [f"{p}: {v[name]}" for p, v in PRESETS.items() if name in v]
+        help_text = f"{f.metadata['help']} ({'; '.join(notes)})" if notes else f.metadata["help"]
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = tp
-            kwargs["metavar"] = name.upper() if not f.metadata["choices"] else None
             if f.metadata["choices"]:
                 kwargs["choices"] = f.metadata["choices"]
+            else:
+                kwargs["metavar"] = METAVARS.get(name, {int: "N", float: "X", str: "TEXT"}[tp])
         groups[group_name].add_argument(f"--{_flag(name)}", **kwargs)
     return parser
 
