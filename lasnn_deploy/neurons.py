@@ -22,13 +22,13 @@ and step and computes the gradient above by hand (docs/performance.md has the me
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import torch
 from torch.autograd.function import once_differentiable
 
 GAMMA = 0.3
+CPU_CHUNK = 1 << 18  # neurons per slice of the CPU time loops (1 MiB of float32): fastest measured
 Reset = Literal["hard", "soft"]
 Encoding = Literal["direct", "poisson"]
 
@@ -69,6 +69,11 @@ def lif_multistep(
     return _lif_forward(current, leak, theta, reset == "hard", keep_potential=False)[0]
 
 
+def _chunk(n: int, device: torch.device) -> int:
+    """Elements per slice of the time loops: CPU_CHUNK on CPU (cache-sized), all of them elsewhere."""
+    return min(n, CPU_CHUNK) if device.type == "cpu" else n
+
+
 def _lif_forward(
     current: torch.Tensor, leak: torch.Tensor, theta: torch.Tensor, hard: bool, keep_potential: bool
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -77,25 +82,31 @@ def _lif_forward(
     Op by op into preallocated buffers, in the rounding order of the equations (``lam * u`` then
     ``+ i``, as the ONNX export writes it), so the spikes are those of the plain loop. The reset
     ``u = v - v * s`` is exact (``v - v = 0``, ``v - 0 = v``) and, unlike ``torch.where`` on a bool
-    mask, runs at the speed of an add on CPU. The potentials are kept as ``T`` step tensors rather
-    than one ``[T, ...]`` block: glibc serves blocks above 32 MiB with fresh ``mmap`` pages (a
-    page fault per 4 KiB on every training step), while step-sized blocks are reused from the heap.
+    mask, runs at the speed of an add on CPU. On CPU the neurons are taken in cache-sized slices,
+    all T steps of one slice before the next, so the state never leaves the cache. The potentials
+    are ``T`` step tensors rather than one ``[T, ...]`` block: glibc serves blocks above 32 MiB
+    with fresh ``mmap`` pages (a page fault per 4 KiB, every step), smaller ones from its heap.
     """
-    spikes = torch.empty(current.shape, dtype=current.dtype, device=current.device)
-    u = torch.zeros(current.shape[1:], dtype=current.dtype, device=current.device)
-    potentials: list[torch.Tensor] = []
-    v = torch.empty_like(u)
-    for t in range(current.shape[0]):
-        if keep_potential:
-            v = torch.empty_like(u)
-            potentials.append(v)
-        torch.mul(u, leak, out=u)
-        torch.add(u, current[t], out=v)
-        s = torch.gt(v, theta, out=spikes[t])
-        if hard:
-            torch.addcmul(v, v, s, value=-1.0, out=u)
-        else:
-            torch.addcmul(v, s, theta, value=-1.0, out=u)
+    steps, like = current.shape[0], {"dtype": current.dtype, "device": current.device}
+    spikes = torch.empty(current.shape, **like)
+    potentials = [torch.empty(current.shape[1:], **like) for _ in range(steps)] if keep_potential else []
+    flat_current, flat_spikes = current.reshape(steps, -1), spikes.view(steps, -1)
+    flat_v = [p.view(-1) for p in potentials]
+    n = flat_spikes.shape[1]
+    chunk = max(_chunk(n, current.device), 1)
+    u_buf, v_buf = torch.empty(chunk, **like), torch.empty(chunk, **like)
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        u = u_buf[: b - a].zero_()
+        for t in range(steps):
+            v = flat_v[t][a:b] if keep_potential else v_buf[: b - a]
+            torch.mul(u, leak, out=u)
+            torch.add(u, flat_current[t, a:b], out=v)
+            s = torch.gt(v, theta, out=flat_spikes[t, a:b])
+            if hard:
+                torch.addcmul(v, v, s, value=-1.0, out=u)
+            else:
+                torch.addcmul(v, s, theta, value=-1.0, out=u)
     return spikes, potentials
 
 
@@ -107,7 +118,7 @@ class LIFFunction(torch.autograd.Function):
     the gradient flows through both ``u`` and ``s`` of the reset. Forward keeps only the
     potentials before reset ``v[t]`` (one value per neuron and step; the plain loop keeps about
     three); backward rebuilds spikes, surrogate and ``u`` from them and runs the reverse
-    recurrence::
+    recurrence, in the same cache-sized slices::
 
         gu[t] = lam * gv[t+1]                                    (gu[T-1] = 0)
         gs[t] = (dL/ds[t] - gu[t] * v[t]) * sg[t]      hard:  u[t] = v[t] (1 - s[t])
@@ -130,104 +141,54 @@ class LIFFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_spikes: torch.Tensor):
         leak, theta, *v = ctx.saved_tensors
-        if _compiled["enabled"]:
-            try:
-                grads = _compiled_backward(grad_spikes, v, leak, theta, ctx.hard)
-            except Exception as err:  # no working C++ compiler, an unsupported op...: stay correct, eager
-                warnings.warn(f"the compiled LIF backward failed ({type(err).__name__}: {err}); using the eager one")
-                compile_backward(False)
-            else:
-                return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3])) + (None,)
         hard = ctx.hard
         need_leak, need_theta = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        steps = len(v)
         grad_v = torch.empty(grad_spikes.shape, dtype=v[0].dtype, device=v[0].device)
-        s, sg, gs, gu, kept = (torch.empty_like(v[0]) for _ in range(5))
+        flat_gv, flat_g = grad_v.view(steps, -1), grad_spikes.reshape(steps, -1)
+        flat_v = [p.view(-1) for p in v]
+        n = flat_gv.shape[1]
+        chunk = max(_chunk(n, grad_v.device), 1)
+        bufs = [torch.empty(chunk, dtype=v[0].dtype, device=v[0].device) for _ in range(5)]
         two_theta, slope = 2.0 * theta, GAMMA / theta
         grad_leak, grad_theta = leak.new_zeros(()), theta.new_zeros(())
-        for t in reversed(range(len(v))):
-            vt, gv = v[t], grad_v[t]
-            torch.gt(vt, theta, out=s)
-            # sg = gamma * max(0, 1 - |v - theta| / theta) = gamma / theta * max(0, min(v, 2 theta - v))
-            torch.minimum(vt, torch.sub(two_theta, vt, out=sg), out=sg).clamp_(min=0.0).mul_(slope)
-            if t == len(v) - 1:  # the last step: nothing flows back through its reset
-                torch.mul(grad_spikes[t], sg, out=gv)
+        for a in range(0, n, chunk):  # slice by slice as in forward, each slice from t = T-1 down
+            b = min(n, a + chunk)
+            s, sg, gs, gu, kept = (buf[: b - a] for buf in bufs)
+            for t in reversed(range(steps)):
+                vt, gv = flat_v[t][a:b], flat_gv[t, a:b]
+                torch.gt(vt, theta, out=s)
+                # sg = gamma * max(0, 1 - |v - theta| / theta) = gamma / theta * max(0, min(v, 2 theta - v))
+                torch.minimum(vt, torch.sub(two_theta, vt, out=sg), out=sg).clamp_(min=0.0).mul_(slope)
+                if t == steps - 1:  # the last step: nothing flows back through its reset
+                    torch.mul(flat_g[t, a:b], sg, out=gv)
+                    if need_theta:
+                        grad_theta -= gv.sum()
+                    continue
+                gv_next = flat_gv[t + 1, a:b]
+                torch.mul(gv_next, leak, out=gu)
+                if hard:  # kept = gv[t+1] (1 - s[t]): the part of dL/du[t] / lam that survives the reset
+                    torch.addcmul(gv_next, gv_next, s, value=-1.0, out=kept)
+                    if need_leak:  # v[t+1] = lam * u[t] + i[t+1],  u[t] = v[t] (1 - s[t])
+                        grad_leak += torch.dot(kept, vt)
+                else:
+                    if need_leak:  # u[t] = v[t] - theta s[t]
+                        grad_leak += torch.dot(gv_next, torch.addcmul(vt, s, theta, value=-1.0, out=kept))
+                    if need_theta:
+                        grad_theta -= torch.dot(gu, s)
+                torch.addcmul(flat_g[t, a:b], gu, vt if hard else theta, value=-1.0, out=gs).mul_(sg)
                 if need_theta:
-                    grad_theta -= gv.sum()
-                continue
-            gv_next = grad_v[t + 1]
-            torch.mul(gv_next, leak, out=gu)
-            if hard:  # kept = gv[t+1] (1 - s[t]): the part of dL/du[t] / lam that survives the reset
-                torch.addcmul(gv_next, gv_next, s, value=-1.0, out=kept)
-                if need_leak:  # v[t+1] = lam * u[t] + i[t+1],  u[t] = v[t] (1 - s[t])
-                    grad_leak += torch.dot(kept.reshape(-1), vt.reshape(-1))
-            else:
-                if need_leak:  # u[t] = v[t] - theta s[t]
-                    grad_leak += torch.dot(gv_next.reshape(-1), torch.addcmul(vt, s, theta, value=-1.0, out=kept).reshape(-1))
-                if need_theta:
-                    grad_theta -= torch.dot(gu.reshape(-1), s.reshape(-1))
-            torch.addcmul(grad_spikes[t], gu, vt if hard else theta, value=-1.0, out=gs).mul_(sg)
-            if need_theta:
-                grad_theta -= gs.sum()
-            if hard:
-                torch.addcmul(gs, kept, leak, out=gv)
-            else:
-                torch.add(gu, gs, out=gv)
+                    grad_theta -= gs.sum()
+                if hard:
+                    torch.addcmul(gs, kept, leak, out=gv)
+                else:
+                    torch.add(gu, gs, out=gv)
         return (
             grad_v if ctx.needs_input_grad[0] else None,
             grad_leak.reshape(leak.shape) if need_leak else None,
             grad_theta.reshape(theta.shape) if need_theta else None,
             None,
         )
-
-
-def _backward_step(vt, g, gv_next, leak, theta, out, hard: bool):
-    """One reverse step of ``LIFFunction`` on flat views, as plain tensor ops for ``torch.compile``.
-
-    The same equations as the eager backward; writes ``gv[t]`` into ``out`` and returns the step's
-    terms of ``dL/dlam`` and ``dL/dtheta``.
-    """
-    s = (vt > theta).to(vt.dtype)
-    sg = torch.clamp(torch.minimum(vt, 2.0 * theta - vt), min=0.0) * (GAMMA / theta)
-    gu = gv_next * leak
-    if hard:
-        kept = gv_next - gv_next * s
-        gs = (g - gu * vt) * sg
-        out.copy_(gs + kept * leak)
-        return (kept * vt).sum(), -gs.sum()
-    gs = (g - gu * theta) * sg
-    out.copy_(gu + gs)
-    return (gv_next * (vt - theta * s)).sum(), -gs.sum() - (gu * s).sum()
-
-
-_compiled: dict = {"enabled": False, "step": None}
-
-
-def compile_backward(enabled: bool = True) -> None:
-    """Fuse each step of the LIF backward into one ``torch.compile`` kernel (opt-in, training only).
-
-    Off by default because it pays only in long runs: on 2 shared CPU cores the first compile took
-    40-130 s, while the backward of a step ran about 3x faster (docs/performance.md). The forward
-    stays eager, so spikes are unchanged; gradients agree with the eager ones to float rounding.
-    If compiling or running the kernel fails, a warning is issued and the eager backward is used.
-    """
-    _compiled["enabled"] = enabled
-
-
-def _compiled_backward(grad_spikes: torch.Tensor, v: list[torch.Tensor], leak: torch.Tensor, theta: torch.Tensor,
-                       hard: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if _compiled["step"] is None:
-        _compiled["step"] = torch.compile(_backward_step, dynamic=True, fullgraph=True)
-    step = _compiled["step"]
-    grad_v = torch.empty(grad_spikes.shape, dtype=v[0].dtype, device=v[0].device)
-    flat = grad_v.view(len(v), -1)
-    grad_leak, grad_theta = leak.new_zeros(()), theta.new_zeros(())
-    gv_next = torch.zeros_like(flat[0])
-    for t in reversed(range(len(v))):
-        d_leak, d_theta = step(v[t].view(-1), grad_spikes[t].reshape(-1), gv_next, leak, theta, flat[t], hard)
-        grad_leak += d_leak
-        grad_theta += d_theta
-        gv_next = flat[t]
-    return grad_v, grad_leak.reshape(leak.shape), grad_theta.reshape(theta.shape)
 
 
 def lif_reference(current, leak: float, theta: float, reset: Reset = "hard"):

@@ -27,6 +27,16 @@ from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, SpikingStudent,
 from conftest import make_student
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread here: two threads on a shared, busy 2-core machine ran these small
+    batches about ten times slower (measured), and the float64 reference is the slow part."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_images(n: int = 24, shape=(1, 8, 8), seed: int = 0) -> torch.Tensor:
     """Uniform images; the seed is offset from the Poisson encoder's (same seed, same draws)."""
     return torch.rand((n, *shape), generator=torch.Generator().manual_seed(1000 + seed))
@@ -48,12 +58,13 @@ def assert_identical(got, ref, lo: float = 0.01, hi: float = 0.6) -> None:
     np.testing.assert_array_equal(got.logits, ref.logits)
 
 
-def ort_session(g: "onnx_export._Graph", out: str, dtype=onnx.TensorProto.DOUBLE):
+def ort_session(g: "onnx_export._Graph", out: str):
+    """A float64 graph part built by the exporter, from input ``x`` to ``out``."""
     import onnxruntime as ort
-    from onnx import helper
+    from onnx import TensorProto, helper
 
-    graph = helper.make_graph(g.nodes, "part", [helper.make_tensor_value_info("x", dtype, None)],
-                              [helper.make_tensor_value_info(out, dtype, None)], g.initializers)
+    graph = helper.make_graph(g.nodes, "part", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, None)],
+                              [helper.make_tensor_value_info(out, TensorProto.DOUBLE, None)], g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_export.OPSET)])
     model.ir_version = onnx_export.IR_VERSION
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -2,12 +2,16 @@ import numpy as np
 import pytest
 import torch
 
+from lasnn_deploy import neurons
 from lasnn_deploy.neurons import GAMMA, SpikeFn, encode, lif_multistep, lif_reference, poisson_spikes
 
 
+@pytest.mark.parametrize("chunk", [None, 4])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 @pytest.mark.parametrize("leak", [1.0, 0.75])
-def test_lif_matches_float64_reference_loop(reset, leak):
+def test_lif_matches_float64_reference_loop(reset, leak, chunk, monkeypatch):
+    if chunk:
+        monkeypatch.setattr(neurons, "CPU_CHUNK", chunk)
     gen = torch.Generator().manual_seed(1)
     current = torch.rand(12, 3, 5, generator=gen, dtype=torch.float64) * 0.8
     theta = torch.tensor(0.9, dtype=torch.float64)
@@ -68,9 +72,12 @@ def _grads(fn, current, leak, theta, reset, weights):
     return spikes.detach(), [t.grad for t in inputs]
 
 
+@pytest.mark.parametrize("chunk", [None, 7])  # 7: many CPU slices of the neurons, the last one short
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
-def test_lif_gradients_equal_the_plain_autograd_loop(reset, dtype):
+def test_lif_gradients_equal_the_plain_autograd_loop(reset, dtype, chunk, monkeypatch):
+    if chunk:
+        monkeypatch.setattr(neurons, "CPU_CHUNK", chunk)
     gen = torch.Generator().manual_seed(5)
     current = (torch.rand(9, 4, 3, 5, generator=gen, dtype=torch.float64) * 0.9).to(dtype)
     weights = torch.randn(current.shape, generator=gen, dtype=torch.float64).to(dtype)  # dL/ds, all different

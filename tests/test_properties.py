@@ -20,7 +20,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from lasnn_deploy.exporters import lava as lava_target
@@ -215,9 +215,14 @@ def test_lava_simulator_equals_the_quantised_mode(encoding, tmp_path_factory):
     @settings(max_examples=2, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(case=students(resets=("hard",), encodings=(encoding,)))
     def check(case):
+        assume(not _all_negative_dense(case[0]))  # a known bug: see the xfail test below
         _lava_run_equals_reference(*case, tmp_path_factory.mktemp("lava") / "student.h5")
 
     check()
+
+
+def _all_negative_dense(student: SpikingStudent) -> bool:
+    return any(q.kind == "linear" and not q.on_host and q.weight.max() < 0 for q in quantise(student).layers)
 
 
 def _lava_run_equals_reference(student: SpikingStudent, images: torch.Tensor, spikes: torch.Tensor | None, path) -> None:
@@ -228,3 +233,18 @@ def _lava_run_equals_reference(student: SpikingStudent, images: torch.Tensor, sp
     for name, a, b in zip(want.layer_names, want.spikes, got.spikes):
         assert np.array_equal(a, b), f"{name}: {int((a != b).sum())} spikes differ"
     np.testing.assert_array_equal(got.logits, want.logits)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="loihi_quant.quantise must put a dense layer whose weights are all negative into "
+                   "[-255, -1]: netx then uses Loihi's inhibitory sign mode, whose magnitudes clip at 255 and lose their "
+                   "last bit, so a weight of -256 runs as -254 in Lava (found by the property test above)")
+def test_lava_runs_a_dense_layer_with_only_negative_weights_exactly(tmp_path):
+    config = StudentConfig("negative", (1, 3, 3), 2, (Flatten(), Linear(9, 1), Linear(1, 2)), timesteps=4, encoding="poisson")
+    student = SpikingStudent(config, leak=1.0, thresholds=[0.3]).eval()
+    with torch.no_grad():
+        student.body[1].weight.fill_(0.5)
+        student.body[2].weight.copy_(torch.tensor([[-0.3], [-0.7]]))
+    assert _all_negative_dense(student)
+    images = torch.rand(3, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    _lava_run_equals_reference(student, images, encode(images, 4, "poisson", 0), tmp_path / "student.h5")
