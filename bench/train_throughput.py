@@ -224,8 +224,13 @@ class Trainer:
             trace = Path(tmp) / "trace.json"
             prof.export_chrome_trace(str(trace))
             events = json.loads(trace.read_text())["traceEvents"]
-        totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-        return max(totals, default=0)  # the reporter counts from zero at profiler start
+        memory = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+        if not memory:
+            return 0
+        # The allocator's running total is process-wide (it still holds blocks of earlier profiled
+        # steps), so the peak is measured from its value before this step's first event.
+        before = memory[0]["args"]["Total Allocated"] - memory[0]["args"]["Bytes"]
+        return max(e["args"]["Total Allocated"] for e in memory) - before
 
 
 def alternate(trainers: dict[str, Trainer], warmup: int, repeats: int, deadline: float) -> dict[str, dict[str, list[float]]]:

@@ -40,7 +40,7 @@ from ..atomic import atomic_path
 from ..errors import UserError
 from ..loihi_quant import LoihiNet, QuantLayer, host_bias, quantise, readout_logits, run_quantised
 from ..neurons import encode
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, check_parameters
 from . import RunResult
 
 FORMAT = "lasnn-deploy-netx/1"
@@ -53,6 +53,7 @@ def check(student: SpikingStudent, weight_percentile: float = 100.0) -> None:
 
 
 def _quantised(student: SpikingStudent, weight_percentile: float) -> LoihiNet:
+    check_parameters(student)
     for i, layer in enumerate(student.config.layers):
         if not isinstance(layer, NETX_LAYER_TYPES):
             raise UserError(f"layer {i} ({layer.type}): netx has no such layer; Lava export supports conv, linear, "

@@ -103,10 +103,16 @@ def _top(values: np.ndarray, percentile: float) -> float:
 def layer_scale(weight: np.ndarray, theta: float | None, percentile: float = 100.0) -> float:
     """Largest scale that puts the weights' ``percentile`` into [-256, 254] and theta into 17 bits."""
     top_pos, top_neg = _top(weight[weight > 0], percentile), _top(-weight[weight < 0], percentile)
-    limits = [W_MAX / top_pos if top_pos > 0 else np.inf, -W_MIN / top_neg if top_neg > 0 else np.inf]
+    limits = [W_MAX / top_pos if top_pos > 0 else np.inf, -weight_min(weight) / top_neg if top_neg > 0 else np.inf]
     if theta is not None:
         limits.append(VTH_MAX / theta)
     return float(min(limits))
+
+
+def weight_min(weight: np.ndarray) -> int:
+    """-256, or -255 for a layer with no positive weight: netx then uses Loihi's inhibitory sign
+    mode, whose 8-bit magnitudes stop at 255 (a -256 would run as -254)."""
+    return W_MIN if np.any(weight > 0) else W_MIN + 1
 
 
 def host_scale(weight: np.ndarray, theta: float) -> float:
@@ -152,12 +158,13 @@ def _quantise_layer(d: DeployedLayer, theta: float | None, percentile: float, on
         return QuantLayer(weight=d.weight.copy(), scale=scale, v_th=int(round(theta * scale)), on_host=True, **common)
     scale = layer_scale(d.weight, theta, percentile)
     rounded = np.round(d.weight * scale)
-    clipped = float(np.mean((rounded < W_MIN) | (rounded > W_MAX)))
+    w_min = weight_min(d.weight)
+    clipped = float(np.mean((rounded < w_min) | (rounded > W_MAX)))
     if clipped > MAX_CLIP_FRACTION:
-        raise UserError(f"layer {d.name}: {clipped:.1%} of its weights would clip to the 8-bit range [-256, 254] "
+        raise UserError(f"layer {d.name}: {clipped:.1%} of its weights would clip to the 8-bit range [{w_min}, {W_MAX}] "
                         f"(at most {MAX_CLIP_FRACTION:.0%} allowed); use a higher weight percentile")
     v_th = VTH_MAX if theta is None else int(round(theta * scale))
-    return QuantLayer(weight=np.clip(rounded, W_MIN, W_MAX).astype(np.int64), scale=scale, v_th=v_th,
+    return QuantLayer(weight=np.clip(rounded, w_min, W_MAX).astype(np.int64), scale=scale, v_th=v_th,
                       clip_fraction=clipped, **common)
 
 

@@ -7,7 +7,6 @@ of the one line expected. Add a row for every new way a user can get it wrong.
 
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 import subprocess
@@ -319,9 +318,7 @@ def test_the_table_is_large_and_its_ids_unique():
     assert len(set(ids)) == len(ids) >= 30
 
 
-# -- API-level refusals, for fixes that belong in files owned by others -------------------------------
-@pytest.mark.xfail(strict=True, reason="exporters/lava.py check() (or loihi_quant.quantise) must refuse NaN weights "
-                                       "itself; today only exporters.export's common check does")
+# -- API-level refusals -------------------------------
 def test_lava_check_refuses_nan_weights():
     from lasnn_deploy.exporters import lava
 
@@ -336,8 +333,7 @@ def test_lava_check_refuses_nan_weights():
 def test_entry_point_prints_one_line_and_debug_shows_the_traceback(tmp_path):
     exe = Path(sys.executable).with_name("lasnn-deploy")
     argv = [str(exe), "export", str(tmp_path / "nothing"), "--target", "onnx"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    plain, debug = (subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    plain, debug = (subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                     for a in (argv, [argv[0], "--debug", *argv[1:]]))
     _, plain_err = plain.communicate(timeout=300)
     _, debug_err = debug.communicate(timeout=300)

@@ -215,7 +215,6 @@ def test_lava_simulator_equals_the_quantised_mode(encoding, tmp_path_factory):
     @settings(max_examples=2, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(case=students(resets=("hard",), encodings=(encoding,)))
     def check(case):
-        assume(not _all_negative_dense(case[0]))  # a known bug: see the xfail test below
         _lava_run_equals_reference(*case, tmp_path_factory.mktemp("lava") / "student.h5")
 
     check()
@@ -236,9 +235,6 @@ def _lava_run_equals_reference(student: SpikingStudent, images: torch.Tensor, sp
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="loihi_quant.quantise must put a dense layer whose weights are all negative into "
-                   "[-255, -1]: netx then uses Loihi's inhibitory sign mode, whose magnitudes clip at 255 and lose their "
-                   "last bit, so a weight of -256 runs as -254 in Lava (found by the property test above)")
 def test_lava_runs_a_dense_layer_with_only_negative_weights_exactly(tmp_path):
     config = StudentConfig("negative", (1, 3, 3), 2, (Flatten(), Linear(9, 1), Linear(1, 2)), timesteps=4, encoding="poisson")
     student = SpikingStudent(config, leak=1.0, thresholds=[0.3]).eval()

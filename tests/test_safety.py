@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import ast
 import json
 import os
 import pickle
@@ -138,6 +138,34 @@ def test_yaml_config_with_a_python_tag_is_refused(tmp_path, marker, capsys):
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
     assert "is not valid" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _unsafe_loads(source: str) -> list[str]:
+    """Calls in ``source`` that can run code from a file: torch.load without weights_only=True,
+    pickle/dill/joblib loaders, yaml's unsafe loaders, np.load(allow_pickle=True)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)):
+            continue
+        owner, name = node.func.value.id, node.func.attr
+        keywords = {k.arg: k.value for k in node.keywords}
+        flag = lambda key: isinstance(keywords.get(key), ast.Constant) and keywords[key].value is True  # noqa: E731
+        if (owner == "torch" and name == "load" and not flag("weights_only")
+                or owner in ("pickle", "dill", "joblib", "cloudpickle") and name in ("load", "loads", "Unpickler")
+                or owner == "yaml" and name in ("load", "unsafe_load", "full_load", "load_all")
+                or owner in ("np", "numpy") and name == "load" and flag("allow_pickle")):
+            found.append(f"line {node.lineno}: {owner}.{name}")
+    return found
+
+
+def test_no_module_loads_files_with_a_code_running_loader():
+    root = Path(__file__).parents[1]
+    sources = [p for folder in ("lasnn_deploy", "exporters", "hw_targets") for p in (root / folder).rglob("*.py")]
+    assert len(sources) > 20
+    offending = {str(p.relative_to(root)): bad for p in sources if (bad := _unsafe_loads(p.read_text()))}
+    assert offending == {}
+    assert _unsafe_loads("import torch, pickle\ntorch.load(f)\npickle.loads(b)\ntorch.load(f, weights_only=True)") == [
+        "line 2: torch.load", "line 3: pickle.loads"]  # the scan itself finds what it looks for
 
 
 # -- (b) atomic writes -------------------------------------------------------------------------------
