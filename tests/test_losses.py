@@ -12,7 +12,7 @@ from torch import nn
 from lasnn_deploy.neurons import lif_reference
 from lasnn_deploy.student import Flatten, Linear, SpikingStudent, StudentConfig
 from lasnn_deploy.training import losses
-from lasnn_deploy.training.conversion import balance_thresholds, layer_input_current, percentile
+from lasnn_deploy.training.conversion import balance_thresholds, convert, layer_input_current, percentile
 
 
 def test_attention_map_is_channel_mean_of_squares():
@@ -150,3 +150,19 @@ def test_percentile_balancing_and_current_capture():
     values = sorted(current.flatten().tolist())  # 0.2 0.2 0.6 0.7 1.1 1.8
     assert percentile(current, 50.0) == pytest.approx(values[2])
     assert balance_thresholds(student, [x], percentile_value=50.0)[0] == pytest.approx(values[2])
+
+
+def test_conversion_scales_the_readout_by_the_product_of_thresholds_and_keeps_predictions():
+    torch.manual_seed(1)
+    cfg = StudentConfig("two", (1, 1, 3), 2, (Flatten(), Linear(3, 4), Linear(4, 3), Linear(3, 2)), timesteps=5)
+    student = SpikingStudent(cfg)
+    x = torch.rand(6, 1, 1, 3)
+    readout = student.body[3].weight.detach().clone()
+    thresholds = convert(student, [x])
+    assert torch.allclose(student.body[3].weight, readout * thresholds[0] * thresholds[1])
+    balanced = SpikingStudent(cfg)
+    balanced.load_state_dict({**student.state_dict(), "body.3.weight": readout})
+    with torch.no_grad():
+        scaled, plain = student.run(x, record=True), balanced.run(x, record=True)
+    assert all(torch.equal(a, b) for a, b in zip(scaled.spikes, plain.spikes))  # no spike changes
+    assert torch.allclose(scaled.logits, plain.logits * thresholds[0] * thresholds[1])

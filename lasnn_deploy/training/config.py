@@ -111,7 +111,7 @@ class TrainConfig:
     student_samples: int | None = _opt(None, "fine-tune on N training images per epoch, a new seeded draw each epoch (default: all)", "method")
     student_lr: float = _opt(1e-4, "student SNN learning rate", "method")
     student_weight_decay: float = _opt(0.0, "student SNN weight decay (weights only)", "method")
-    beta: float = _opt(1.0, "lasnn/lasnn-grad: weight of the attention losses, L = CE + beta/2 * sum_j L_AT,j", "method")
+    beta: float = _opt(0.1, "lasnn/lasnn-grad: weight of the attention losses, L = CE + beta/2 * sum_j L_AT,j", "method")
     temperature: float = _opt(4.0, "kd and tssd: softmax temperature of both sides", "method")
     teacher_temperature: float = _opt(4.0, "hetero-kd: temperature of the teacher's soft targets", "method")
     student_temperature: float = _opt(1.0, "hetero-kd: temperature of the student's softmax", "method")

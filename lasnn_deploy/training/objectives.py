@@ -14,7 +14,7 @@ Fine-tuning methods (all start from the converted student and use CE of the inte
 - ``lasnn``: ``CE + beta/2 * sum_j L_AT,j`` at three levels: the first, middle and last spiking
   conv layers of the student (spikes averaged over time) against the teacher's low, mid and high
   feature maps, paired by rank; a student with fewer than three conv layers uses all it has,
-  paired with the teacher's low and high (or high) maps.
+  paired with the teacher's low and high (or only its low) maps.
 - ``lasnn-grad``: the same levels, student SAMs against the teacher's input-gradient map.
 - ``tssd`` (Zuo et al.): ``CE + w tau^2 KL(p_{T'} || p_T) + w tau^2 mean_h KL(p_T || p_h)``: the
   same student run for ``T' > T`` steps without gradients (and without dropout) gives the temporal
@@ -25,8 +25,6 @@ Fine-tuning methods (all start from the converted student and use CE of the inte
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,8 +33,6 @@ from torch import nn
 from ..errors import UserError
 from ..student import Conv, SpikingStudent
 from . import losses
-
-Step = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def spread(n: int, k: int) -> list[int]:

@@ -44,7 +44,7 @@ from ..student import STUDENT_FILE, SpikingStudent, load_student, save_student
 from . import distributed
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path, load_matching_weights, save_weights
 from .config import TrainConfig, config_to_json, make_config
-from .conversion import balance_thresholds
+from .conversion import convert
 from .loop import EpochHook, batches, fit, make_optimizer, make_scheduler
 from .objectives import AnnStep, FineTune, TeacherStep
 
@@ -316,7 +316,7 @@ def _conversion_stage(run: Run, student: SpikingStudent, stages: dict) -> None:
     order = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(run.seed("conversion")))
     order = order[: cfg.balance_batches * cfg.batch_size].tolist()
     images = [x.to(run.device) for x, _ in batches(run.train_set, order, cfg.batch_size)]
-    thresholds = balance_thresholds(student, images, cfg.balance_percentile, seed=run.seed("conversion"))
+    thresholds = convert(student, images, cfg.balance_percentile, seed=run.seed("conversion"))
     seconds = time.perf_counter() - began
     began = time.perf_counter()
     evaluation = _evaluate_snn(run, student, "converted")
