@@ -143,10 +143,8 @@ CASES = [
     Case("config-toml-unknown-key", "train --config {w}/unknown-key.toml --out {out}/run", "unknown key 'learning_rate'"),
     Case("config-toml-wrong-type", "train --config {w}/wrong-type.toml --out {out}/run", "key 'student_lr' must be a number"),
     Case("config-toml-malformed", "train --config {w}/malformed.toml --out {out}/run", "is not valid"),
-    Case("resume-corrupt-config-json", "train --resume --out {w}/run-corrupt-config", "config.json",
-         xfail="training/pipeline.py: _prepare must turn an unreadable RUN/config.json into a UserError"),
-    Case("resume-config-json-not-a-mapping", "train --resume --out {w}/run-list-config", "config.json",
-         xfail="training/pipeline.py: _prepare must refuse a RUN/config.json that is not a mapping"),
+    Case("resume-corrupt-config-json", "train --resume --out {w}/run-corrupt-config", "config.json"),
+    Case("resume-config-json-not-a-mapping", "train --resume --out {w}/run-list-config", "config.json"),
 ]
 
 

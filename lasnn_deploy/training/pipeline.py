@@ -136,6 +136,17 @@ def _in_memory(dataset: Dataset, limit: int | None) -> Dataset:
     return TensorDataset(*first_samples(dataset, count))
 
 
+def _read_json_mapping(path: Path) -> dict[str, Any]:
+    """A run folder's JSON file as a dict; one clear error when it is unreadable or not a mapping."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is unreadable ({err}); train into a new --out instead of resuming") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a JSON mapping; train into a new --out instead of resuming")
+    return value
+
+
 def _prepare(config: TrainConfig, on_epoch_end: EpochHook | None) -> Run:
     folder = Path(config.out).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -145,7 +156,7 @@ def _prepare(config: TrainConfig, on_epoch_end: EpochHook | None) -> Run:
         stored = folder / CONFIG_FILE
         if not stored.is_file():
             raise UserError(f"nothing to resume in {folder}: it holds no {CONFIG_FILE}; run without --resume first")
-        before = json.loads(stored.read_text())
+        before = _read_json_mapping(stored)
         now = config.to_dict()
         differ = sorted(k for k in now if k not in RESUME_FREE and before.get(k) != now[k])
         if differ:
@@ -154,7 +165,7 @@ def _prepare(config: TrainConfig, on_epoch_end: EpochHook | None) -> Run:
                 "use the same options, or train into a new --out"
             )
         if (folder / PROGRESS_FILE).is_file():
-            progress = json.loads((folder / PROGRESS_FILE).read_text())
+            progress = _read_json_mapping(folder / PROGRESS_FILE)
     full_train = load_split(config.dataset, config.data_dir, "train")
     test_set = load_split(config.dataset, config.data_dir, "test")
     info = data_info(full_train)
