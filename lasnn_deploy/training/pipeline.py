@@ -212,8 +212,12 @@ def _fit(run: Run, name: str, module: nn.Module, params, optimizer: str, lr: flo
 
 
 def _finish_stage(run: Run, name: str) -> None:
+    """Drop the stage's checkpoint once its result file is written (and the folder if empty)."""
     if distributed.is_main_process():
-        checkpoint_path(run.folder, name).unlink(missing_ok=True)
+        path = checkpoint_path(run.folder, name)
+        path.unlink(missing_ok=True)
+        if path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()
 
 
 def _evaluate_snn(run: Run, student: SpikingStudent, desc: str) -> dict[str, float]:
