@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..neurons import poisson_spikes
+from ..neurons import poisson_inputs
 from ..student import SpikingStudent, deployed_layers
 from .counting import LayerCounts, concat_counts, count_events
 from .profile import Profile
@@ -31,12 +31,6 @@ class StudentRun:
     input_spikes: np.ndarray | None  # [N] spikes entering layer 0 (None under direct encoding)
 
 
-def input_spikes_for(images: torch.Tensor, timesteps: int, seed: int, first_index: int = 0) -> torch.Tensor:
-    """Poisson spikes ``[T, B, C, H, W]`` where sample ``i`` of the whole set is drawn with seed ``seed + i``,
-    so that the spikes of a sample do not depend on the batch it falls in."""
-    return torch.stack([poisson_spikes(x, timesteps, seed + first_index + i) for i, x in enumerate(images)], dim=1)
-
-
 @torch.no_grad()
 def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: int, seed: int = 0, batch_size: int = 64, progress: bool = True) -> StudentRun:
     """Run the student in eval mode, in batches, and count the events of every sample exactly."""
@@ -49,7 +43,7 @@ def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: i
         for start in tqdm(range(0, len(images), batch_size), desc="energy", unit="batch", disable=not progress):
             x = images[start : start + batch_size]
             if poisson:
-                trace = student.run(input_spikes=input_spikes_for(x, timesteps, seed, start), record=True)
+                trace = student.run(input_spikes=poisson_inputs(x, timesteps, seed, start), record=True)
                 entering.append(trace.input_spikes.double().sum(dim=tuple(d for d in range(trace.input_spikes.dim()) if d != 1)).numpy())
             else:
                 trace = student.run(x, timesteps=timesteps, record=True)

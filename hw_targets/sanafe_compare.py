@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..neurons import poisson_inputs
 from ..student import SpikingStudent, deployed_layers
-from .energy import StudentRun, input_spikes_for, price_layer
+from .energy import StudentRun, price_layer
 from .profile import Profile
 
 TIMEOUT_S = 900
@@ -57,7 +58,7 @@ def _spec(student: SpikingStudent, images: torch.Tensor, per_core: list[int], ti
     if direct:
         spec["inputs"] = _first_layer_current(student, images)
     else:
-        spikes = input_spikes_for(images, timesteps, seed)  # [T, S, C, H, W]
+        spikes = poisson_inputs(images, timesteps, seed)  # [T, S, C, H, W]
         spec["inputs"] = spikes.flatten(2).transpose(0, 1).numpy().astype(np.uint8)
     return spec
 
@@ -69,7 +70,7 @@ def _our_rasters(student: SpikingStudent, images: torch.Tensor, timesteps: int, 
     student.eval()
     try:
         if student.config.encoding == "poisson":
-            trace = student.run(input_spikes=input_spikes_for(images, timesteps, seed), record=True)
+            trace = student.run(input_spikes=poisson_inputs(images, timesteps, seed), record=True)
         else:
             trace = student.run(images, timesteps=timesteps, record=True)
     finally:

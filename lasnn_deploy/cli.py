@@ -127,7 +127,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         raise UserError(f"no exported file at {args.file}: create one with `lasnn-deploy export`")
     images, labels = _test_split(args)
-    report = validate(student, args.file, images, labels, seed=args.seed)
+    report = validate(student, args.file, images, labels, seed=args.seed, progress=True)
 
     def summary(r: dict) -> str:
         lines = [f"{'layer':<12}{'spike agreement':>18}"]

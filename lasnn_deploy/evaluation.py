@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .errors import UserError
+from .neurons import poisson_inputs
 from .student import SpikingStudent, check_images
 
 
@@ -23,8 +24,8 @@ def evaluate_student(
 ) -> dict[str, float]:
     """``test_accuracy`` (fraction) and ``spikes_per_sample`` (all LIF layers, all steps).
 
-    Poisson batches draw their spikes from ``seed + batch index``, so a rerun sees the same
-    spikes.
+    Poisson spikes of sample ``i`` come from seed ``seed + i`` (as in ``validate`` and
+    ``energy``), so a rerun, or another batch size, sees the same spikes.
     """
     if len(dataset) == 0:
         raise UserError("no samples to evaluate: the data split is empty")
@@ -33,8 +34,12 @@ def evaluate_student(
     student.eval()
     correct, spikes, total = 0, 0.0, 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress)):
-        trace = student.run(x, timesteps=timesteps, seed=seed + i, record=True)
+    poisson = student.config.encoding == "poisson"
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        if poisson:
+            trace = student.run(input_spikes=poisson_inputs(x, timesteps or student.config.timesteps, seed, total), record=True)
+        else:
+            trace = student.run(x, timesteps=timesteps, record=True)
         correct += int((trace.logits.argmax(1) == y).sum())
         spikes += float(sum(s.sum() for s in trace.spikes))
         total += len(y)

@@ -217,6 +217,15 @@ def poisson_spikes(x: torch.Tensor, timesteps: int, seed: int) -> torch.Tensor:
     return (noise < x.detach().cpu().float().unsqueeze(0)).to(x.dtype).to(x.device)
 
 
+def poisson_inputs(images: torch.Tensor, timesteps: int, seed: int, first_index: int = 0) -> torch.Tensor:
+    """Poisson spikes ``[T, B, ...]`` for a slice of a data set that starts at ``first_index``.
+
+    Sample ``i`` of the whole set is drawn with seed ``seed + i``, so its spikes do not depend on
+    the batch or chunk it falls in: ``evaluate``, ``validate`` and ``energy`` see the same spikes.
+    """
+    return torch.stack([poisson_spikes(x, timesteps, seed + first_index + i) for i, x in enumerate(images)], dim=1)
+
+
 def encode(x: torch.Tensor, timesteps: int, encoding: Encoding, seed: int = 0) -> torch.Tensor:
     """Input spikes ``s_0`` as ``[T, B, C, H, W]``: the analog image repeated, or Poisson spikes."""
     if encoding == "direct":
