@@ -100,10 +100,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = Subset(split, range(min(args.samples, len(split))))
     if args.timesteps is not None:
         student = student.with_config(timesteps=args.timesteps)
-    result = evaluate_student(student, split, seed=args.seed, progress=True)
-    result.update(timesteps=student.config.timesteps, encoding=student.config.encoding, dataset=args.dataset)
+    result = evaluate_student(student, split, seed=args.seed, progress=True, loihi=args.loihi)
+    result.update(timesteps=student.config.timesteps, encoding=student.config.encoding, dataset=args.dataset,
+                  mode="loihi-quantised" if args.loihi else "float")
     _print_json_or(args, result, lambda r: f"test_accuracy {r['test_accuracy']:.4f}  spikes_per_sample {r['spikes_per_sample']:.1f}  "
-                                           f"({r['samples']} samples, T={r['timesteps']}, {r['encoding']})")
+                                           f"({r['samples']} samples, T={r['timesteps']}, {r['encoding']}, {r['mode']})")
     return 0
 
 
@@ -200,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="run folder or student.safetensors")
     _add_data(p, samples_default=None)
     p.add_argument("--timesteps", type=int, help="run with this many time steps instead of the trained T")
+    p.add_argument("--loihi", action="store_true",
+                   help="run the Loihi-quantised mode (8-bit weights, integer neurons: what the Lava export computes)")
     p.add_argument("--json", type=Path, help="also write the result to this JSON file")
 
     p = add("export", cmd_export, "export a student to NIR, ONNX (time unrolled) or Lava netx HDF5",

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .errors import UserError
+from .loihi_quant import quantise, run_quantised
 from .neurons import poisson_inputs
 from .student import SpikingStudent, check_images
 
@@ -21,8 +22,12 @@ def evaluate_student(
     seed: int = 0,
     progress: bool = False,
     desc: str = "evaluate",
+    loihi: bool = False,
 ) -> dict[str, float]:
     """``test_accuracy`` (fraction) and ``spikes_per_sample`` (all LIF layers, all steps).
+
+    ``loihi=True`` runs the student's Loihi-quantised mode (8-bit weights, integer neurons: what
+    the Lava export computes) instead of the float student, to show what quantisation costs.
 
     Poisson spikes of sample ``i`` come from seed ``seed + i`` (as in ``validate`` and
     ``energy``), so a rerun, or another batch size, sees the same spikes.
@@ -35,11 +40,13 @@ def evaluate_student(
     correct, spikes, total = 0, 0.0, 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     poisson = student.config.encoding == "poisson"
+    net = quantise(student.with_config(timesteps=timesteps) if timesteps else student) if loihi else None
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        if poisson:
-            trace = student.run(input_spikes=poisson_inputs(x, timesteps or student.config.timesteps, seed, total), record=True)
+        spikes_in = poisson_inputs(x, timesteps or student.config.timesteps, seed, total) if poisson else None
+        if net is not None:
+            trace = run_quantised(net, x, input_spikes=spikes_in)
         else:
-            trace = student.run(x, timesteps=timesteps, record=True)
+            trace = student.run(None if poisson else x, timesteps=timesteps, input_spikes=spikes_in, record=True)
         correct += int((trace.logits.argmax(1) == y).sum())
         spikes += float(sum(s.sum() for s in trace.spikes))
         total += len(y)

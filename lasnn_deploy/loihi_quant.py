@@ -41,7 +41,6 @@ a summed input of 131071 weight units; bit-exactness holds through that, the log
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -253,16 +252,3 @@ def run_quantised(
 def readout_logits(v_out: np.ndarray, output_scale: float, timesteps: int) -> np.ndarray:
     """Logits ``u_out[T] / T`` from the output layer's integer voltage (float64; the same on both sides)."""
     return v_out.astype(np.float64) / (2**STATE_SHIFT * output_scale * timesteps)
-
-
-@torch.no_grad()
-def quantised_accuracy(net: LoihiNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], seed: int = 0) -> float:
-    """Test accuracy of the quantised mode over ``(images, labels)`` batches (Poisson: seed + batch index)."""
-    correct = total = 0
-    for i, (images, labels) in enumerate(batches):
-        logits = run_quantised(net, images, seed=seed + i).logits
-        correct += int((logits.argmax(1) == labels.cpu()).sum())
-        total += len(labels)
-    if total == 0:
-        raise UserError("no samples to evaluate the Loihi-quantised mode on")
-    return correct / total

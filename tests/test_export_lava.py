@@ -10,8 +10,9 @@ import torch
 from conftest import make_student
 from lasnn_deploy import exporters
 from lasnn_deploy.errors import UserError
+from lasnn_deploy.evaluation import evaluate_student
 from lasnn_deploy.exporters import lava
-from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, quantise, quantised_accuracy, run_quantised
+from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, quantise, run_quantised
 from lasnn_deploy.neurons import poisson_spikes
 from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig
 
@@ -102,7 +103,9 @@ def test_direct_quantised_mode_tracks_float_student():
     agreement = np.mean([(g.float() == w).float().mean().item() for g, w in zip(got.spikes, want.spikes)])
     assert agreement > 0.97
     labels = want.logits.argmax(1)
-    assert quantised_accuracy(quantise(student), [(images[:16], labels[:16]), (images[16:], labels[16:])]) > 0.85
+    result = evaluate_student(student, torch.utils.data.TensorDataset(images, labels), batch_size=16, loihi=True)
+    assert result["test_accuracy"] > 0.85
+    assert result["spikes_per_sample"] == pytest.approx(sum(float(s.sum()) for s in got.spikes) / 32)
 
 
 def test_refuses_soft_reset_without_writing(tmp_path):
