@@ -17,9 +17,12 @@ the module loads as is.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import io
+import logging
 import sys
 from types import CodeType, ModuleType
 
@@ -62,12 +65,22 @@ def install() -> None:
 
 
 def import_netx() -> ModuleType:
-    """Import and return ``lava.lib.dl.netx`` with the Python 3.11 fix in place."""
+    """Import and return ``lava.lib.dl.netx`` with the Python 3.11 fix in place.
+
+    slayer prints a note about an optional Prophesee toolbox and torch logs "No CUDA runtime"
+    while netx imports; neither concerns netx on CPU, so both are kept off the user's terminal.
+    """
     install()
+    extension_log = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_log.level
+    extension_log.setLevel(logging.ERROR)
     try:
-        import lava.lib.dl.netx as netx
+        with contextlib.redirect_stdout(io.StringIO()):
+            import lava.lib.dl.netx as netx
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise RuntimeError(
             f"lava-dl is not importable ({err}); install the project with `make install`"
         ) from err
+    finally:
+        extension_log.setLevel(level)
     return netx

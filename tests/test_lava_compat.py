@@ -100,3 +100,11 @@ def test_without_the_hook_lava_fails_on_python_311():
     result = subprocess.run([sys.executable, "-c", f"import {VAR_MODEL}"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0 and "mutable default" in result.stderr
+
+
+def test_importing_netx_prints_nothing():
+    """slayer's Prophesee note and torch's "No CUDA runtime" log stay off the user's terminal."""
+    code = "from lasnn_deploy.lava_compat import import_netx; import_netx()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and "CUDA" not in result.stderr and "Prophesee" not in result.stderr
