@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.student import SpikingStudent, load_student
 from lasnn_deploy.training import METHODS, PRESETS, add_train_arguments, config_from_args, make_config, train
+from lasnn_deploy.training import losses
 from lasnn_deploy.training.objectives import FineTune
 
 TINY = dict(
@@ -110,6 +112,30 @@ def test_tssd_heads_stay_outside_the_student_and_the_long_pass_changes_nothing()
     # T' steps really ran: the long pass differs from the T-step output in general
     student.eval()
     assert torch.equal(long_logits, student(x, timesteps=7))
+
+
+def test_tssd_heads_start_at_zero_and_send_no_gradient_into_the_student_at_first():
+    """The first step's student gradient comes from CE and the temporal term only: fresh weak
+    classifiers must not push random gradients into a converted student."""
+    from lasnn_deploy.models import build_student
+
+    torch.manual_seed(0)
+    student = SpikingStudent(build_student("tiny", (1, 16, 16), 10, timesteps=3, width=0.5), thresholds=[0.2, 0.2])
+    x, y = torch.rand(6, 1, 16, 16), torch.randint(0, 10, (6,))
+    tssd = FineTune(student, "tssd", make_config(method="tssd", **TINY))
+    student.eval()  # dropout off, so both passes below see the same network
+    loss, _ = tssd(x, y)
+    loss.backward()
+    assert all(float(h.weight.abs().sum()) == 0.0 for h in tssd.heads)
+    assert any(float(h.weight.grad.abs().sum()) > 0 for h in tssd.heads)  # the heads do learn
+    got = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    cfg = tssd.cfg
+    logits = student.run(x).logits
+    temporal = losses.kd_loss(logits, tssd.temporal_targets(x), cfg.temperature, cfg.temperature)
+    (F.cross_entropy(logits, y) + cfg.kd_weight * temporal).backward()
+    for g, p in zip(got, student.parameters()):
+        torch.testing.assert_close(g, p.grad)
 
 
 class _Stop(Exception):

@@ -20,7 +20,8 @@ Fine-tuning methods (all start from the converted student and use CE of the inte
   same student run for ``T' > T`` steps without gradients (and without dropout) gives the temporal
   soft targets; weak classifiers ``h`` (global average pooling of a level's time-averaged spikes,
   then a Linear) on the attention levels learn from the final output (detached), and their
-  gradient also reaches the layers below them. The heads live beside the student, never in it.
+  gradient also reaches the layers below them. The heads live beside the student, never in it,
+  and start at zero, so they learn from the output before their gradient shapes the layers.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class FineTune(nn.Module):
             shapes = student.config.shapes()
             channels = [shapes[student.config.spiking_layers[k]][0] for k in self.levels]
             self.heads = nn.ModuleList(nn.Linear(c, student.config.num_classes) for c in channels)
+            for head in self.heads:  # start at zero: a random head would push random gradients into a converted student
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
         if method in ("kd", "hetero-kd", "lasnn", "lasnn-grad") and teacher is None:
             raise ValueError(f"method {method} needs a teacher")
 
