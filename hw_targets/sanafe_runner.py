@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import sanafe
 
+CHIP_ROWS = 4  # SANA-FE's Loihi model: 8 x 4 tiles of 4 cores, 128 cores, one chip
 MAX_INPUT_CORES = 16  # Poisson input neurons are spread over at most this many cores
 NEVER = 1e300  # threshold of the output integrator
 SIM = {"timing_model": "simple", "processing_threads": 1, "spike_trace": True}
@@ -71,24 +72,38 @@ def potential_scale(spec) -> float:
     return float(2.0 ** min(16, math.floor(math.log2(2**30 / (64 * bound)))))
 
 
-def loihi_arch(input_units: int, folder: str):
+def loihi_arch(input_units: int, folder: str, rows: int = CHIP_ROWS):
     """SANA-FE's Loihi model with ``input_units`` input soma units per core instead of 1,024.
 
     Each input neuron needs a soma unit of its own; the units cost no energy or time, but building
-    128 x 1,024 of them takes seconds, so only as many as are used are kept.
+    128 x 1,024 of them takes seconds, so only as many as are used are kept. ``rows`` > 4 stretches
+    the 8 x 4 tile mesh (4 cores per tile) into one larger virtual chip for networks that need
+    several Loihi chips: SANA-FE has no model of the links between chips.
     """
     text = (resources.files("sanafe.examples") / "loihi.yaml").read_text()
+    text = text.replace("loihi_inputs[0..1023]", f"loihi_inputs[0..{input_units - 1}]")
+    text = text.replace(f"height: {CHIP_ROWS}", f"height: {rows}").replace(
+        f"loihi_tile[0..{8 * CHIP_ROWS - 1}]", f"loihi_tile[0..{8 * rows - 1}]")
     path = Path(folder) / "loihi.yaml"
-    path.write_text(text.replace("loihi_inputs[0..1023]", f"loihi_inputs[0..{input_units - 1}]"))
+    path.write_text(text)
     return sanafe.load_arch(str(path))
 
 
+def mesh_rows(spec, input_units: int) -> int:
+    """Tile rows (8 tiles of 4 cores each) that hold the network: 4 for one chip, more beyond."""
+    direct = bool(spec["direct"])
+    cores = 0 if direct else -(-int(np.prod(spec["in_shape_0"])) // input_units)
+    cores += sum(-(-int(np.prod(spec[f"out_shape_{j}"])) // int(spec[f"per_core_{j}"])) for j in range(int(spec["depth"])))
+    return max(CHIP_ROWS, -(-cores // 32))
+
+
 def build(spec, folder: str, scale: float):
-    """The chip with the network loaded, and the number of cores it occupies."""
+    """The chip with the network loaded, the number of cores it occupies and the mesh's tile rows."""
     depth, direct = int(spec["depth"]), bool(spec["direct"])
     n_in = 0 if direct else int(np.prod(spec["in_shape_0"]))
     input_units = min(1024, max(1, -(-n_in // MAX_INPUT_CORES)))
-    arch = loihi_arch(input_units, folder)
+    rows = mesh_rows(spec, input_units)
+    arch = loihi_arch(input_units, folder, rows)
     cores = arch.cores()
     net = sanafe.Network()
     groups, placement = [], []
@@ -122,13 +137,13 @@ def build(spec, folder: str, scale: float):
     for group, per_core in placement:
         n = len(group.neurons)
         if core + -(-n // per_core) > len(cores):
-            raise SystemExit(f"the network needs more than the {len(cores)} cores of SANA-FE's one-chip Loihi model")
+            raise SystemExit(f"the network needs more than the {len(cores)} cores of the SANA-FE mesh built for it")
         for i, neuron in enumerate(group.neurons):
             neuron.map_to_core(cores[core + i // per_core])
         core += -(-n // per_core)
     chip = sanafe.SpikingChip(arch)
     chip.load(net)
-    return chip, core
+    return chip, core, rows
 
 
 def simulate(chip, spec, scale: float) -> dict[str, np.ndarray]:
@@ -170,8 +185,8 @@ def main(argv: list[str]) -> None:
     spec = np.load(argv[1], allow_pickle=False)
     scale = potential_scale(spec)
     with tempfile.TemporaryDirectory() as folder:
-        chip, cores = build(spec, folder, scale)
-    np.savez(argv[2], cores=cores, scale=scale, **simulate(chip, spec, scale))
+        chip, cores, rows = build(spec, folder, scale)
+    np.savez(argv[2], cores=cores, rows=rows, scale=scale, **simulate(chip, spec, scale))
 
 
 if __name__ == "__main__":

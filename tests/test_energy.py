@@ -328,3 +328,17 @@ def test_sanafe_runs_in_its_own_process(encoding):
     assert result["samples"] == 2 and result["energy_j"] > 0 and result["spike_agreement"] == 1.0, result
     assert [l["spikes_sanafe"] for l in result["layers"]] == [l["spikes_ours"] for l in result["layers"]]
     assert math.isfinite(result["relative_difference"])
+
+
+@pytest.mark.skipif(not sanafe_available(), reason="SANA-FE (optional, GPL-3.0) is not installed")
+def test_sanafe_stretches_its_mesh_for_a_network_beyond_one_chip():
+    student = make_student("direct", timesteps=3, leak=0.75)
+    with torch.no_grad():
+        for m in student.weighted_modules():
+            m.weight.copy_(torch.round(m.weight * 16) / 16)
+    x = torch.round(torch.rand(1, 1, 8, 8) * 16) / 16
+    run = run_and_count(student, x, timesteps=3, progress=False)
+    per_core = [2] * len(deployed_layers(student))  # 2 neurons per core: 185 cores, more than one chip's 128
+    result = compare_with_sanafe(student, x, run, load_profile("loihi"), per_core, timesteps=3)
+    assert result["cores"] == 185 and "8 x 6 tiles" in result["architecture"], result
+    assert result["spike_agreement"] == 1.0
