@@ -42,6 +42,7 @@ def _energy_by_layer(reports: list[dict[str, Any]], path: Path) -> None:
             values = [l["energy_by_category_j"][cat] for l in report["layers"]]
             ax.bar(names, values, bottom=bottom, label=cat.replace("_", " "))
             bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_ylim(0, 1.08 * max(bottom, default=0.0) or 1.0)  # a zero-height top bar would pin the limit to the stack
         ax.set_title(report["hardware"])
         ax.set_ylabel("energy per sample (J)")
         ax.tick_params(axis="x", rotation=45)
