@@ -26,7 +26,6 @@ from ..student import SpikingStudent, check_parameters, check_timesteps, deploye
 from .constraints import map_to_cores
 from .counting import ann_macs
 from .energy import StudentRun, price_layer, run_and_count
-from .plots import write_plots
 from .profile import Profile, list_profiles, load_profile
 from .summary import markdown_summary
 
@@ -143,5 +142,7 @@ def energy_report(
     with atomic_path(out / JSON_FILE) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     write_text(out / MD_FILE, markdown_summary(list(reports.values())))
+    from .plots import write_plots  # matplotlib costs seconds to import: only when plots are drawn
+
     write_plots(list(reports.values()), out)
     return result

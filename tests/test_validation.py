@@ -72,3 +72,17 @@ def test_a_file_from_another_student_fails_validation(tmp_path, monkeypatch):
     assert not report["passed"]
     assert report["layers"][0]["spike_agreement"] < 1.0
     assert report["layers"][0]["spikes_runtime"] < report["layers"][0]["spikes_reference"]
+
+
+def test_the_package_offers_the_whole_data_flow_without_loading_matplotlib():
+    """train -> load -> data -> export -> validate -> energy from ``import lasnn_deploy`` alone;
+    matplotlib (seconds to import) waits until a plot is drawn."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lasnn_deploy as l; "
+            "assert all(callable(getattr(l, n)) for n in l.__all__ if n != '__version__'), l.__all__; "
+            "assert {'train', 'load_split', 'first_samples', 'export', 'validate', 'energy_report'} <= set(l.__all__); "
+            "assert 'matplotlib' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
