@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -84,7 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.config import config_from_args
 
     run = train(config_from_args(args))
-    print(f"run folder: {run}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
+        print(f"run folder: {run}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Stage checkpoints and stage results of a run folder, all written atomically.
 
 - ``checkpoints/<stage>.pt``: model, optimiser, scheduler, finished epochs, history, seconds and
-  the RNG state after the last finished epoch (``torch.save``; read back only with
+  the RNG state of every process after the last finished epoch (``torch.save``; read back only with
   ``torch.load(weights_only=True)``, which builds tensors and plain containers and runs no code).
 - ``teacher.safetensors`` / ``ann.safetensors``: finished teacher and intermediate ANN, with what
   they were trained for (architecture, data set) and their results in the file's metadata, so a
@@ -18,6 +18,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import UserError
+from . import distributed
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -49,6 +50,34 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def process_rng_states() -> dict[str, Any]:
+    """Checkpoint entries for the RNG of every process: ``rng`` (rank 0), ``world_size``, ``rng_ranks``.
+
+    A collective under several processes: every process must call it.
+    """
+    states = distributed.gather_objects(rng_state())
+    entries: dict[str, Any] = {"rng": states[0], "world_size": len(states)}
+    if len(states) > 1:
+        entries["rng_ranks"] = states
+    return entries
+
+
+def restore_process_rng_state(checkpoint: dict[str, Any], path: Path) -> None:
+    """Give this process the RNG state it had when ``checkpoint`` was written.
+
+    A checkpoint of N processes continues only under N processes: another count would change the
+    dropout draws and the Poisson spikes of each sample, and the run would no longer be the one
+    that was interrupted.
+    """
+    written = int(checkpoint.get("world_size", 1))
+    if written != distributed.world_size():
+        raise UserError(f"checkpoint {path} was written by {written} process(es) but this run has "
+                        f"{distributed.world_size()}; resume with {written} process(es) "
+                        f"({'without torchrun' if written == 1 else 'the same torchrun --nnodes/--nproc_per_node'}), "
+                        "or delete the checkpoint to restart that stage")
+    set_rng_state(checkpoint["rng_ranks"][distributed.rank()] if written > 1 else checkpoint["rng"])
 
 
 def save_weights(path: Path, module: torch.nn.Module, meta: dict[str, Any]) -> None:

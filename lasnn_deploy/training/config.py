@@ -98,7 +98,7 @@ class TrainConfig:
     ann_weight_decay: float = _opt(5e-4, "intermediate ANN weight decay", "ann")
     momentum: float = _opt(0.9, "SGD momentum (teacher and ANN)", "ann")
     schedule: str = _opt("cosine", "learning-rate schedule of every stage (step: x0.1 at 50%% and 75%% of the epochs)", "ann", SCHEDULES)
-    batch_size: int = _opt(64, "training batch size (all stages)", "ann")
+    batch_size: int = _opt(64, "training batch size of all stages; under torchrun the global batch, split evenly over the processes", "ann")
     eval_batch_size: int = _opt(256, "batch size when measuring test accuracy", "ann")
     # -- stage 3: conversion -------------------------------------------------------------------
     balance_percentile: float = _opt(

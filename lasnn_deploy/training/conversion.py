@@ -25,18 +25,23 @@ Our reading, step by step:
    This step is ours; Sengupta et al. read out spike counts, where the scale does not matter.
 
 Dropout is off (eval mode) while balancing, and Poisson inputs are drawn from a seed per batch.
+Under several processes (torchrun) each takes some of the whole batches, and the per-batch
+percentiles are reduced by an exact maximum over the processes, so the thresholds are those of one
+process balancing on all the batches.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
 from ..student import SpikingStudent
+from . import distributed
 
 MIN_THRESHOLD = 1e-3
+Batches = Sequence[torch.Tensor] | Mapping[int, torch.Tensor]  # a mapping gives each batch's index (its seed offset)
 
 
 class _CurrentCaptured(Exception):
@@ -81,7 +86,7 @@ def layer_input_current(student: SpikingStudent, layer: int, x: torch.Tensor, se
 @torch.no_grad()
 def convert(
     student: SpikingStudent,
-    batches: Sequence[torch.Tensor],
+    batches: Batches,
     percentile_value: float = 100.0,
     seed: int = 0,
 ) -> list[float]:
@@ -94,21 +99,26 @@ def convert(
 @torch.no_grad()
 def balance_thresholds(
     student: SpikingStudent,
-    batches: Sequence[torch.Tensor],
+    batches: Batches,
     percentile_value: float = 100.0,
     seed: int = 0,
 ) -> list[float]:
-    """Set the leak to 1 and every ``theta_l`` layer by layer (steps 1-4 of the module docstring)."""
+    """Set the leak to 1 and every ``theta_l`` layer by layer (steps 1-4 of the module docstring).
+
+    Batch ``b`` draws its Poisson input from ``seed + b``; ``b`` is its position in a sequence, or
+    its key in a mapping (this process's share of the batches under torchrun).
+    """
+    items = list(batches.items() if isinstance(batches, Mapping) else enumerate(batches))
     was_training = student.training
     student.eval()
     student.leak.fill_(1.0)
     thresholds = []
     for layer in range(len(student.config.spiking_layers)):
         peak = max(
-            percentile(layer_input_current(student, layer, x, seed + b), percentile_value)
-            for b, x in enumerate(batches)
+            (percentile(layer_input_current(student, layer, x, seed + b), percentile_value) for b, x in items),
+            default=-math.inf,
         )
-        theta = max(peak, MIN_THRESHOLD)
+        theta = max(distributed.all_max(peak), MIN_THRESHOLD)
         student.thresholds[layer] = theta
         thresholds.append(theta)
     student.train(was_training)

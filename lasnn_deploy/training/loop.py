@@ -1,9 +1,12 @@
 """The epoch loop shared by every trained stage: batches, progress, checkpoints and resume.
 
-Repeatability: the data order of epoch ``e`` depends only on the stage seed and ``e`` (a seeded
-``DistributedSampler``), Poisson inputs on the seed, epoch and step, and dropout on torch's global
-generator, whose state is saved with every epoch's checkpoint. A run resumed from the checkpoint
-of epoch ``e`` therefore continues exactly as the uninterrupted run would have.
+Repeatability: the data order of epoch ``e`` depends only on the stage seed and ``e``, Poisson
+inputs on the seed, epoch, step and process, and dropout and augmentation on torch's global
+generator, whose state (of every process) is saved with every epoch's checkpoint. A run resumed
+from the checkpoint of epoch ``e`` therefore continues exactly as the uninterrupted run would have.
+
+Under torchrun each process trains on its share of every global batch (``distributed.shard``)
+in DistributedDataParallel; see ``distributed`` for what keeps that equal to one process.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, process_rng_states, restore_process_rng_state, save_checkpoint
 
 EpochHook = Callable[[str, int], None]
 
@@ -31,16 +34,21 @@ class FitResult:
     seconds: float = 0.0
 
 
-def batches(dataset: Dataset, indices: list[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of ``dataset`` in the order of ``indices`` (tensor slicing for in-memory data)."""
+def batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``dataset`` in the order of ``indices`` (tensor slicing for in-memory data).
+
+    Images come in torch's default float dtype, the one modules are built in (float32 unless a
+    caller chose float64, as the multi-process equivalence test does).
+    """
+    dtype = torch.get_default_dtype()
     if isinstance(dataset, TensorDataset):
         images, labels = dataset.tensors[:2]
         for start in range(0, len(indices), batch_size):
             idx = torch.as_tensor(indices[start : start + batch_size])
-            yield images[idx], labels[idx]
+            yield images[idx].to(dtype), labels[idx]
         return
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False)
-    yield from ((x, torch.as_tensor(y)) for x, y in loader)
+    yield from ((x.to(dtype), torch.as_tensor(y)) for x, y in loader)
 
 
 def augment_batch(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
@@ -100,71 +108,91 @@ def fit(
 ) -> FitResult:
     """Train ``step_module`` (``forward(x, y, seed) -> (loss, logits)``) for ``epochs`` epochs.
 
-    After every epoch the state is checkpointed (rank 0 only) and ``on_epoch_end(name, epoch)``
-    is called; with ``resume`` the loop continues after the checkpoint's last finished epoch.
-    ``epoch_samples`` limits an epoch to the first samples of that epoch's order.
+    Only the optimiser's parameters are trained (the others are frozen meanwhile, which also keeps
+    them out of DDP). ``batch_size`` is the global batch, split over the processes. After every
+    epoch the state is checkpointed (rank 0 only) and ``on_epoch_end(name, epoch)`` is called; with
+    ``resume`` the loop continues after the checkpoint's last finished epoch. ``epoch_samples``
+    limits an epoch to the first samples of that epoch's order.
     """
     result, start = FitResult(), 0
     if resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint)
+        restore_process_rng_state(state, checkpoint)
         step_module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
         start, result.history, result.seconds = int(state["epoch"]), list(state["history"]), float(state["seconds"])
-    model = distributed.wrap_model(step_module)
-    sampler = distributed.make_sampler(len(train_set), seed=seed)
-    show = progress and distributed.is_main_process()
-    for epoch in range(start, epochs):
-        began = time.perf_counter()
-        model.train()
-        sampler.set_epoch(epoch)
-        indices = list(sampler)[:epoch_samples]
-        sums = [0.0, 0.0, 0.0]  # loss * n, correct, n
-        bar = tqdm(
-            batches(train_set, indices, batch_size),
-            total=-(-len(indices) // batch_size),
-            desc=f"{name} {epoch + 1}/{epochs}",
-            leave=False,
-            disable=not show,
-        )
-        for step, (x, y) in enumerate(bar):
-            x, y = x.to(device), y.to(device)
-            if augment:
-                x = augment_batch(x)
-            loss, logits = model(x, y, step_seed(seed, epoch, step))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step()
-            n = len(y)
-            sums[0] += float(loss.detach()) * n
-            sums[1] += float((logits.detach().argmax(1) == y).sum())
-            sums[2] += n
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.4f}")
-        bar.close()
-        scheduler.step()
-        loss_sum, correct, count = distributed.reduce_sums(sums, device)
-        result.seconds += time.perf_counter() - began
-        result.history.append({"epoch": epoch + 1, "loss": loss_sum / count, "train_accuracy": correct / count})
-        if show:
-            tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: loss {loss_sum / count:.4f}, train accuracy {correct / count:.4f}")
-        if distributed.is_main_process():
-            save_checkpoint(
-                checkpoint,
-                {
-                    "stage": name,
-                    "epoch": epoch + 1,
-                    "model": step_module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(),
-                    "history": result.history,
-                    "seconds": result.seconds,
-                },
-            )
-        distributed.barrier()
-        if on_epoch_end is not None:
-            on_epoch_end(name, epoch + 1)
+    else:
+        distributed.seed_this_process(seed)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    frozen = [p for p in step_module.parameters() if p.requires_grad and id(p) not in trained]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        model = distributed.wrap_model(step_module, device)
+        for epoch in range(start, epochs):
+            _epoch(name, model, optimizer, train_set, epoch, epochs, batch_size, seed, device, epoch_samples, augment,
+                   after_step, progress, result)
+            scheduler.step()
+            states = process_rng_states()  # a collective: every process takes part
+            if distributed.is_main_process():
+                save_checkpoint(
+                    checkpoint,
+                    {
+                        "stage": name,
+                        "epoch": epoch + 1,
+                        "model": step_module.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        **states,
+                        "history": result.history,
+                        "seconds": result.seconds,
+                    },
+                )
+            distributed.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(name, epoch + 1)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return result
+
+
+def _epoch(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, epoch: int, epochs: int,
+           batch_size: int, seed: int, device: torch.device, epoch_samples: int | None, augment: bool,
+           after_step: Callable[[], None] | None, progress: bool, result: FitResult) -> None:
+    """One epoch over this process's share of the epoch's global batches; appends to ``result``."""
+    began = time.perf_counter()
+    model.train()
+    order = distributed.epoch_order(len(train_set), seed, epoch)[:epoch_samples]
+    sizes = distributed.global_batch_sizes(len(order), batch_size)
+    show = progress and distributed.is_main_process()
+    sums = [0.0, 0.0, 0.0]  # loss * n, correct, n
+    bar = tqdm(
+        batches(train_set, distributed.shard(order, batch_size), batch_size // distributed.world_size()),
+        total=len(sizes),
+        desc=f"{name} {epoch + 1}/{epochs}",
+        leave=False,
+        disable=not show,
+    )
+    for step, ((x, y), total) in enumerate(zip(bar, sizes, strict=True)):
+        x, y = x.to(device), y.to(device)
+        if augment:
+            x = augment_batch(x)
+        loss, logits = model(x, y, step_seed(seed, epoch, step))
+        optimizer.zero_grad(set_to_none=True)
+        (loss * distributed.loss_weight(len(y), total)).backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        n = len(y)
+        sums[0] += float(loss.detach()) * n
+        sums[1] += float((logits.detach().argmax(1) == y).sum())
+        sums[2] += n
+        bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.4f}")
+    bar.close()
+    loss_sum, correct, count = distributed.reduce_sums(sums)
+    result.seconds += time.perf_counter() - began
+    result.history.append({"epoch": epoch + 1, "loss": loss_sum / count, "train_accuracy": correct / count})
+    if show:
+        tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: loss {loss_sum / count:.4f}, train accuracy {correct / count:.4f}")

@@ -17,6 +17,10 @@ the same architecture and data set (copy them into a new folder to share them be
 and refused with a clear error otherwise. Without ``--resume`` every other earlier result in the
 folder is discarded; with it, finished stages are loaded and the stage in progress continues
 from its checkpoint, provided the options that shape the result are unchanged.
+
+Launched by torchrun, every stage runs data-parallel over the processes (``distributed``): the
+global batches, the threshold balancing and the test counts equal those of one process, and only
+rank 0 writes into the run folder.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 from tqdm import tqdm
 
 from ..atomic import write_text
@@ -94,7 +98,12 @@ def train(config: TrainConfig | None = None, /, *, on_epoch_end: EpochHook | Non
         raise UserError("no run folder: pass --out (out= from Python)")
     if config.threads:
         torch.set_num_threads(config.threads)
-    run = _prepare(config, on_epoch_end)
+    with distributed.launched(_device(config.device)) as device:
+        return _train(config, device, on_epoch_end)
+
+
+def _train(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook | None) -> Path:
+    run = _prepare(config, device, on_epoch_end)
     stages: dict[str, dict[str, Any]] = {}
     teacher = _teacher_stage(run, stages) if config.needs_teacher else None
     student = _ann_stage(run, stages)
@@ -112,6 +121,7 @@ def train(config: TrainConfig | None = None, /, *, on_epoch_end: EpochHook | Non
             f"(ANN {metrics['ann_test_accuracy']:.4f}, converted {metrics['converted_test_accuracy']:.4f}), "
             f"{metrics['spikes_per_sample']:.0f} spikes/sample, {metrics['train_seconds']:.0f} s -> {run.folder}"
         )
+    distributed.barrier()  # every process returns once the run folder is complete
     return run.folder
 
 
@@ -136,6 +146,12 @@ def _in_memory(dataset: Dataset, limit: int | None) -> Dataset:
     return TensorDataset(*first_samples(dataset, count))
 
 
+def _in_default_dtype(dataset: TensorDataset) -> TensorDataset:
+    """Images in torch's default float dtype, the one the models are built in (see ``loop.batches``)."""
+    images, *rest = dataset.tensors
+    return TensorDataset(images.to(torch.get_default_dtype()), *rest)
+
+
 def _read_json_mapping(path: Path) -> dict[str, Any]:
     """A run folder's JSON file as a dict; one clear error when it is unreadable or not a mapping."""
     try:
@@ -147,7 +163,8 @@ def _read_json_mapping(path: Path) -> dict[str, Any]:
     return value
 
 
-def _prepare(config: TrainConfig, on_epoch_end: EpochHook | None) -> Run:
+def _prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook | None) -> Run:
+    distributed.check_batch_size(config.batch_size)
     folder = Path(config.out).expanduser()
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {folder} is a file; give a folder for the run")
@@ -172,9 +189,9 @@ def _prepare(config: TrainConfig, on_epoch_end: EpochHook | None) -> Run:
     run = Run(
         config=config,
         folder=folder,
-        device=_device(config.device),
+        device=device,
         train_set=_in_memory(full_train, config.train_samples),
-        test_set=TensorDataset(*first_samples(test_set, config.test_samples)),
+        test_set=_in_default_dtype(TensorDataset(*first_samples(test_set, config.test_samples))),
         info=info,
         on_epoch_end=on_epoch_end,
         progress=progress,
@@ -220,15 +237,37 @@ def _finish_stage(run: Run, name: str) -> None:
             path.parent.rmdir()
 
 
+def _test_part(run: Run) -> Subset | None:
+    """This process's contiguous share of the test set, in whole evaluation batches (None: no share)."""
+    size, count = run.config.eval_batch_size, len(run.test_set)
+    mine = distributed.share(-(-count // size))
+    return Subset(run.test_set, range(mine.start * size, min(count, mine.stop * size))) if mine else None
+
+
 def _evaluate_snn(run: Run, student: SpikingStudent, desc: str) -> dict[str, float]:
+    """``evaluate_student`` on the test set; the processes share it and sum their integer counts.
+
+    Poisson spikes of a test sample are seeded by its index in the whole set, so a share gives the
+    figures of one process evaluating everything.
+    """
     model = student if run.device.type == "cpu" else copy.deepcopy(student).cpu()
-    cfg = run.config
-    return evaluate_student(model, run.test_set, batch_size=cfg.eval_batch_size, seed=cfg.seed, progress=run.show, desc=desc)
+    cfg, part, sums = run.config, _test_part(run), [0.0, 0.0, 0.0]  # correct, spikes, samples
+    if part is not None:
+        result = evaluate_student(model, part, batch_size=cfg.eval_batch_size, seed=cfg.seed + part.indices.start,
+                                  progress=run.show, desc=desc)
+        n = result["samples"]
+        sums = [round(result["test_accuracy"] * n), round(result["spikes_per_sample"] * n), n]
+    correct, spikes, total = distributed.reduce_sums(sums)
+    return {"test_accuracy": correct / total, "spikes_per_sample": spikes / total}
 
 
 def _evaluate_ann(run: Run, model: nn.Module) -> float:
     model = model if run.device.type == "cpu" else copy.deepcopy(model).cpu()
-    return evaluate_ann(model, run.test_set, batch_size=run.config.eval_batch_size)
+    part, sums = _test_part(run), [0.0, 0.0]  # correct, samples
+    if part is not None:
+        sums = [round(evaluate_ann(model, part, batch_size=run.config.eval_batch_size) * len(part)), len(part)]
+    correct, total = distributed.reduce_sums(sums)
+    return correct / total
 
 
 # -- stages --------------------------------------------------------------------------------------
@@ -248,7 +287,7 @@ def _teacher_stage(run: Run, stages: dict) -> nn.Module:
         meta = load_matching_weights(path, teacher, expected, "teacher")
         stages["teacher"] = {**meta["result"], "loaded": True}
     else:
-        step = TeacherStep(teacher)
+        step = TeacherStep(distributed.sync_batch_norm(teacher, run.device))
         fitted = _fit(run, "teacher", step, step.parameters(), cfg.teacher_optimizer, cfg.teacher_lr,
                       cfg.teacher_weight_decay, cfg.teacher_epochs)
         began = time.perf_counter()
@@ -270,10 +309,13 @@ def _recalibrate_batch_norm(run: Run, model: nn.Module, max_batches: int = 100) 
 
     The running averages kept during training mix statistics of earlier weights; after a short
     schedule (one epoch of the quick preset) they can be far off and ruin eval-mode accuracy.
-    ``update_bn`` recomputes them as a plain mean over the batches, with the weights fixed.
+    ``update_bn`` recomputes them as a plain mean over the batches, with the weights fixed. Under
+    several processes each takes its share of every batch and the synchronised batch norm sees
+    the whole batch, so the statistics are those of one process.
     """
-    count = min(len(run.train_set), max_batches * run.config.batch_size)
-    loader = [x.to(run.device) for x, _ in batches(run.train_set, list(range(count)), run.config.batch_size)]
+    size = run.config.batch_size
+    local = distributed.shard(range(min(len(run.train_set), max_batches * size)), size)
+    loader = [x.to(run.device) for x, _ in batches(run.train_set, local, size // distributed.world_size())]
     torch.optim.swa_utils.update_bn(loader, model)
 
 
@@ -330,7 +372,10 @@ def _conversion_stage(run: Run, student: SpikingStudent, stages: dict) -> None:
     began = time.perf_counter()
     order = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(run.seed("conversion")))
     order = order[: cfg.balance_batches * cfg.batch_size].tolist()
-    images = [x.to(run.device) for x, _ in batches(run.train_set, order, cfg.batch_size)]
+    count = -(-len(order) // cfg.batch_size)
+    mine = distributed.share(count)  # whole batches per process, so each batch's percentile is exact
+    local = order[mine.start * cfg.batch_size : mine.stop * cfg.batch_size]
+    images = {b: x.to(run.device) for b, (x, _) in zip(mine, batches(run.train_set, local, cfg.batch_size))}
     thresholds = convert(student, images, cfg.balance_percentile, seed=run.seed("conversion"))
     seconds = time.perf_counter() - began
     began = time.perf_counter()
@@ -340,7 +385,7 @@ def _conversion_stage(run: Run, student: SpikingStudent, stages: dict) -> None:
         "spikes_per_sample": evaluation["spikes_per_sample"],
         "thresholds": thresholds,
         "percentile": cfg.balance_percentile,
-        "batches": len(images),
+        "batches": count,
         "seconds": seconds,
         "evaluate_seconds": time.perf_counter() - began,
     }
