@@ -132,7 +132,7 @@ def test_tssd_heads_start_at_zero_and_send_no_gradient_into_the_student_at_first
     student.zero_grad()
     cfg = tssd.cfg
     logits = student.run(x).logits
-    temporal = losses.kd_loss(logits, tssd.temporal_targets(x), cfg.temperature, cfg.temperature)
+    temporal = losses.kd_loss(logits, tssd.temporal_targets(x), cfg.tssd_temperature, cfg.tssd_temperature)
     (F.cross_entropy(logits, y) + cfg.kd_weight * temporal).backward()
     for g, p in zip(got, student.parameters()):
         torch.testing.assert_close(g, p.grad)

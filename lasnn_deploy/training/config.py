@@ -112,7 +112,8 @@ class TrainConfig:
     student_lr: float = _opt(1e-4, "student SNN learning rate", "method")
     student_weight_decay: float = _opt(0.0, "student SNN weight decay (weights only)", "method")
     beta: float = _opt(0.1, "lasnn/lasnn-grad: weight of the attention losses, L = CE + beta/2 * sum_j L_AT,j", "method")
-    temperature: float = _opt(4.0, "kd and tssd: softmax temperature of both sides", "method")
+    temperature: float = _opt(4.0, "kd: softmax temperature of both sides", "method")
+    tssd_temperature: float = _opt(1.0, "tssd: softmax temperature of its temporal and spatial terms (4 cost a point on MNIST)", "method")
     teacher_temperature: float = _opt(4.0, "hetero-kd: temperature of the teacher's soft targets", "method")
     student_temperature: float = _opt(1.0, "hetero-kd: temperature of the student's softmax", "method")
     kd_weight: float = _opt(0.5, "kd, hetero-kd, tssd: weight of the distillation terms (CE gets 1 - weight for kd)", "method")
@@ -150,7 +151,7 @@ def check_config(cfg: TrainConfig) -> None:
         if choices and value is not None and value not in choices:
             raise UserError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {value!r}")
     positive = ["batch_size", "eval_batch_size", "balance_batches", "timesteps", "student_lr", "ann_lr", "teacher_lr",
-                "temperature", "teacher_temperature", "student_temperature", "student_width", "sam_gamma"]
+                "temperature", "tssd_temperature", "teacher_temperature", "student_temperature", "student_width", "sam_gamma"]
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{_flag(name)} must be positive, got {getattr(cfg, name)}")
