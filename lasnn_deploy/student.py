@@ -6,7 +6,9 @@ per-layer thresholds. Every other target (ONNX, NIR, netx HDF5, the energy model
 through ``deployed_layers``; none of them reaches into training code.
 
 A LIF layer follows every Conv/Linear except the last, so pooling always acts on spikes (or on
-the input image) and the last Linear feeds the non-spiking output integrator.
+the input image) and the last Linear feeds the non-spiking output integrator. A ``Shortcut`` right
+after a Conv makes a residual block: it adds an earlier layer's spikes (through a 1x1 convolution
+when the shape changes) to that Conv's current, and the Conv's LIF fires after the sum.
 """
 
 from __future__ import annotations
@@ -92,8 +94,32 @@ class Dropout:
             raise UserError(f"dropout p must be a number in [0, 1), got {self.p!r}")
 
 
-LayerSpec = Union[Conv, Linear, AvgPool, Flatten, Dropout]
-LAYER_TYPES: dict[str, type] = {c.type: c for c in (Conv, Linear, AvgPool, Flatten, Dropout)}
+@dataclass(frozen=True)
+class Shortcut:
+    """Residual connection closing a block (Rathi et al. 2020's spiking ResNet basic block).
+
+    Adds the output of layer ``source`` (spikes of a LIF layer, or an average pool of them) to the
+    current of the Conv just before this spec; the LIF that would follow that Conv fires after the
+    sum. The source passes through a 1x1 convolution of ``stride`` when ``in_channels !=
+    out_channels`` or ``stride > 1`` (the projection shortcut), and as it is otherwise.
+    """
+
+    source: int
+    in_channels: int
+    out_channels: int
+    stride: int = 1
+    type: ClassVar[str] = "shortcut"
+
+    def __post_init__(self) -> None:
+        _check_fields(self, source=0, in_channels=1, out_channels=1, stride=1)
+
+    @property
+    def projects(self) -> bool:
+        return self.in_channels != self.out_channels or self.stride != 1
+
+
+LayerSpec = Union[Conv, Linear, AvgPool, Flatten, Dropout, Shortcut]
+LAYER_TYPES: dict[str, type] = {c.type: c for c in (Conv, Linear, AvgPool, Flatten, Dropout, Shortcut)}
 
 
 def layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
@@ -168,6 +194,30 @@ class StudentConfig:
             raise UserError("a student must end with a Linear layer (the output integrator's input)")
         if self.shapes()[-1] != (self.num_classes,):
             raise UserError(f"the student's output shape {list(self.shapes()[-1])} != [{self.num_classes}] classes")
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Shortcut):
+                self._check_shortcut(i, layer)
+
+    def _check_shortcut(self, i: int, spec: Shortcut) -> None:
+        """A shortcut closes a Conv's block and reads spikes that exist on hardware, of the right shape."""
+        where = f"layer {i} (shortcut): "
+        if i == 0 or not isinstance(self.layers[i - 1], Conv):
+            raise UserError(f"{where}a shortcut must directly follow the Conv whose current it adds to")
+        if spec.source >= i - 1:
+            raise UserError(f"{where}source {spec.source} must be a layer before the block's last Conv (index < {i - 1})")
+        signal = spec.source
+        while isinstance(self.layers[signal], AvgPool) and signal > 0:
+            signal -= 1
+        if signal not in self.spiking_layers:
+            raise UserError(f"{where}source {spec.source} must be a spiking layer's output, or an average pool of one")
+        shapes = self.shapes()
+        c, h, w = shapes[spec.source]
+        target = shapes[i - 1]
+        if c != spec.in_channels:
+            raise UserError(f"{where}in_channels {spec.in_channels} != the {c} channels of source layer {spec.source}")
+        if target != (spec.out_channels, (h - 1) // spec.stride + 1, (w - 1) // spec.stride + 1):
+            raise UserError(f"{where}source layer {spec.source} [{c}, {h}, {w}] at stride {spec.stride} does not give "
+                            f"the block's output {list(target)}")
 
     def shapes(self) -> list[tuple[int, ...]]:
         """Batch-free output shape of every layer, in order."""
@@ -179,8 +229,16 @@ class StudentConfig:
 
     @property
     def spiking_layers(self) -> list[int]:
-        """Indices of the Conv/Linear layers that a LIF layer follows (all but the last)."""
-        return [i for i, l in enumerate(self.layers) if isinstance(l, (Conv, Linear))][:-1]
+        """Indices of the layers that a LIF layer follows: every Conv/Linear but the last, except that
+        a Conv closing a residual block hands its LIF to the ``Shortcut`` after it."""
+        weighted = [i for i, l in enumerate(self.layers) if isinstance(l, (Conv, Linear, Shortcut))][:-1]
+        closes_block = {i - 1 for i, l in enumerate(self.layers) if isinstance(l, Shortcut)}
+        return [i for i in weighted if i not in closes_block]
+
+    @property
+    def shortcut_sources(self) -> set[int]:
+        """Indices of the layers whose output a later ``Shortcut`` adds back."""
+        return {l.source for l in self.layers if isinstance(l, Shortcut)}
 
     def replace(self, **changes: Any) -> "StudentConfig":
         return dataclasses.replace(self, **changes)
@@ -230,7 +288,28 @@ class Trace:
     input_spikes: torch.Tensor | None = None  # [T, B, C, H, W]; None for direct encoding
 
 
+class ResidualAdd(nn.Module):
+    """``current + proj(source)``: the sum a block's last LIF integrates (``proj`` is a 1x1 conv or identity).
+
+    One module, so a forward hook on it sees the whole input current of that LIF layer.
+    """
+
+    def __init__(self, spec: Shortcut):
+        super().__init__()
+        self.stride = spec.stride
+        self.proj = nn.Conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, bias=False) if spec.projects else None
+
+    def forward(self, current: torch.Tensor, source: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        if self.proj is None:
+            return current + source.to(current.dtype)
+        if exact:
+            return current + F.conv2d(source.double(), self.proj.weight.double(), stride=self.stride)
+        return current + self.proj(source)
+
+
 def _torch_layer(layer: LayerSpec) -> nn.Module:
+    if isinstance(layer, Shortcut):
+        return ResidualAdd(layer)
     if isinstance(layer, Conv):
         return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, bias=False)
     if isinstance(layer, Linear):
@@ -292,13 +371,19 @@ class SpikingStudent(nn.Module):
         else:
             h, static = encode(x, T, "poisson", seed), False
         trace = Trace(logits=torch.empty(0), input_spikes=None if static else h)
+        sources, saved = self.config.shortcut_sources, {}
         for i, (spec, module) in enumerate(zip(self.config.layers, self.body)):
             if isinstance(spec, Dropout):
                 h = self._dropout(h, spec.p, static)
                 continue
             if exact:
                 h = h.double()
-            h = self._synapses(spec, module, h, exact) if static else self._synapses(spec, module, h.flatten(0, 1), exact).unflatten(0, (T, -1))
+            if isinstance(spec, Shortcut):  # source and current are both [T, B, ...]: a LIF lies behind each
+                h = module(h.flatten(0, 1), saved[spec.source].flatten(0, 1), exact).unflatten(0, (T, -1))
+            elif static:
+                h = self._synapses(spec, module, h, exact)
+            else:
+                h = self._synapses(spec, module, h.flatten(0, 1), exact).unflatten(0, (T, -1))
             k = self._lif_index.get(i)
             if k is not None:
                 if static:
@@ -306,6 +391,8 @@ class SpikingStudent(nn.Module):
                 h = lif_multistep(h.to(self.leak.dtype), self.leak, self.thresholds[k], self.config.reset)
                 if record:
                     trace.spikes.append(h)
+            if i in sources:
+                saved[i] = h
         logits = h if static else h.mean(0)
         trace.logits = logits.to(self.leak.dtype)
         return trace
@@ -329,16 +416,18 @@ class SpikingStudent(nn.Module):
 
     def forward_ann(self, x: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Intermediate ANN: same weights, ReLU after every spiking layer. Returns logits, activations."""
-        acts = []
+        acts, sources, saved = [], self.config.shortcut_sources, {}
         for i, (spec, module) in enumerate(zip(self.config.layers, self.body)):
             if isinstance(spec, Dropout):
                 x = F.dropout(x, spec.p, self.training)
                 continue
-            x = module(x)
+            x = module(x, saved[spec.source]) if isinstance(spec, Shortcut) else module(x)
             if i in self._lif_index:
                 x = F.relu(x)
                 if record:
                     acts.append(x)
+            if i in sources:
+                saved[i] = x
         return x, acts
 
     # -- parameters --------------------------------------------------------------------------
@@ -349,7 +438,9 @@ class SpikingStudent(nn.Module):
         self.thresholds.clamp_(min=min_threshold)
 
     def weighted_modules(self) -> list[nn.Module]:
-        return [m for spec, m in zip(self.config.layers, self.body) if isinstance(spec, (Conv, Linear))]
+        """Every module with a weight, in layer order: Conv, Linear and shortcut projections."""
+        weighted = [m.proj if isinstance(m, ResidualAdd) else m for m in self.body]
+        return [m for m in weighted if isinstance(m, (nn.Conv2d, nn.Linear))]
 
     def with_config(self, **changes: Any) -> "SpikingStudent":
         """A copy that shares nothing, with run settings changed (e.g. ``timesteps``)."""
@@ -414,6 +505,8 @@ def parameter_shapes(config: StudentConfig) -> dict[str, tuple[int, ...]]:
             shapes[f"body.{i}.weight"] = (layer.out_channels, layer.in_channels, layer.kernel_size, layer.kernel_size)
         elif isinstance(layer, Linear):
             shapes[f"body.{i}.weight"] = (layer.out_features, layer.in_features)
+        elif isinstance(layer, Shortcut) and layer.projects:
+            shapes[f"body.{i}.proj.weight"] = (layer.out_channels, layer.in_channels, 1, 1)
     return {**shapes, "leak": (), "thresholds": (len(config.spiking_layers),)}
 
 
@@ -456,11 +549,26 @@ def check_images(config: StudentConfig, images: torch.Tensor, labels: torch.Tens
 
 # -- the deployed graph ----------------------------------------------------------------------
 @dataclass
+class DeployedShortcut:
+    """A residual input of a deployed layer: spikes of deployed layer ``source`` through a conv.
+
+    An identity shortcut is a 1x1 conv with identity weights; a pool between the source's LIF and
+    the shortcut is folded in like any other (kernel and stride times the pool).
+    """
+
+    weight: np.ndarray  # [out, in, k, k], float64
+    source: int  # index into the deployed layers of the LIF population read
+    in_shape: tuple[int, int, int]
+    stride: int = 1
+
+
+@dataclass
 class DeployedLayer:
     """A Conv or Linear of the deployed graph, pooling folded in, weights in float64.
 
     ``in_shape`` is what the layer reads (a Linear after a folded pool reads the unpooled,
     flattened map). ``lif`` is the index of the LIF layer that follows, None for the output layer.
+    ``shortcut``, when set, is a second input whose current joins this layer's before its LIF.
     """
 
     kind: str  # "conv" | "linear"
@@ -472,6 +580,7 @@ class DeployedLayer:
     lif: int | None = None
     source: int = 0  # index of the layer in StudentConfig.layers
     flatten_before: bool = False
+    shortcut: DeployedShortcut | None = None
 
     @property
     def name(self) -> str:
@@ -494,8 +603,15 @@ def fold_pool_into_linear(weight: np.ndarray, chw: tuple[int, int, int], k: int)
     return folded.reshape(weight.shape[0], c * h * w)
 
 
+def has_shortcuts(config: StudentConfig) -> bool:
+    return any(isinstance(l, Shortcut) for l in config.layers)
+
+
 def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
-    """The student as hardware sees it: Conv/Linear only, each AvgPool folded into the next layer."""
+    """The student as hardware sees it: Conv/Linear only, each AvgPool folded into the next layer.
+
+    A ``Shortcut`` becomes the ``shortcut`` input of the deployed Conv it closes.
+    """
     cfg = student.config
     shapes = cfg.shapes()
     weights = {i: m.weight.detach().double().cpu().numpy() for i, m in enumerate(student.body) if isinstance(cfg.layers[i], (Conv, Linear))}
@@ -503,6 +619,7 @@ def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
     out: list[DeployedLayer] = []
     shape: tuple[int, ...] = tuple(cfg.input_shape)  # shape of the real (unpooled) signal
     pool, flatten = 1, False
+    signal: dict[int, tuple[int, int, tuple[int, ...]]] = {}  # layer -> (deployed producer, pool, unpooled shape)
     for i, layer in enumerate(cfg.layers):
         if isinstance(layer, AvgPool):
             if shape[1] % (pool * layer.kernel_size) or shape[2] % (pool * layer.kernel_size):
@@ -526,4 +643,15 @@ def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
             in_shape = (int(np.prod(shape)),)
             out.append(DeployedLayer("linear", w, in_shape, shapes[i], lif=lif.get(i), source=i, flatten_before=flatten and len(shape) == 3))
             shape, pool, flatten = shapes[i], 1, False
+        elif isinstance(layer, Shortcut):
+            producer, source_pool, source_shape = signal[layer.source]
+            module = student.body[i]
+            if module.proj is None:
+                w = np.eye(layer.out_channels)[:, :, None, None]
+            else:
+                w = module.proj.weight.detach().double().cpu().numpy()
+            w, stride, _ = fold_pool_into_conv(w, source_pool, layer.stride, 0)
+            out[-1].shortcut = DeployedShortcut(w, producer, source_shape, stride)
+            out[-1].lif = lif.get(i)
+        signal[i] = (len(out) - 1, pool, shape)
     return out

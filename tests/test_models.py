@@ -7,7 +7,7 @@ import torch
 
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.models import STUDENTS, TEACHERS, build_student, build_teacher
-from lasnn_deploy.student import AvgPool, Conv, Dropout, Linear, SpikingStudent, deployed_layers
+from lasnn_deploy.student import AvgPool, Conv, Dropout, Linear, Shortcut, SpikingStudent, deployed_layers
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (1, 16, 16)]
 
@@ -21,7 +21,7 @@ def test_every_student_fits_the_data_and_folds_its_pools(name, shape):
     student = SpikingStudent(cfg)
     assert all(m.bias is None for m in student.weighted_modules())
     # every pool divides its map, so the exports' exact folding accepts the student
-    assert len(deployed_layers(student)) == len(student.weighted_modules())
+    assert len(deployed_layers(student)) == sum(isinstance(l, (Conv, Linear)) for l in cfg.layers)
     for layer, before in zip(cfg.layers, [shape] + cfg.shapes()):
         if isinstance(layer, AvgPool):
             assert before[1] % 2 == 0 and before[2] % 2 == 0
@@ -38,6 +38,15 @@ def test_vgg_depth_counts_weight_layers(name, depth):
     assert {l.p for l in cfg.layers if isinstance(l, Dropout)} == expected
 
 
+def test_resnet12_has_a_three_conv_stem_four_blocks_and_twelve_weight_layers():
+    cfg = build_student("resnet12", (3, 32, 32), 10)
+    assert sum(isinstance(l, (Conv, Linear)) for l in cfg.layers) == 12
+    assert [l.type for l in cfg.layers[:6]] == ["conv", "dropout", "conv", "dropout", "conv", "avgpool"]
+    shortcuts = [l for l in cfg.layers if isinstance(l, Shortcut)]
+    assert [(s.out_channels, s.stride, s.projects) for s in shortcuts] == [(64, 1, False), (128, 2, True), (256, 2, True), (512, 2, True)]
+    assert cfg.shapes()[-3] == (512, 2, 2) and len(cfg.spiking_layers) == 11
+
+
 def test_tiny_student_layout_and_options():
     cfg = build_student("tiny", (1, 28, 28), 10)
     assert [l.type for l in cfg.layers] == ["conv", "avgpool", "conv", "avgpool", "flatten", "linear"]
@@ -50,7 +59,7 @@ def test_tiny_student_layout_and_options():
 
 def test_unknown_names_are_user_errors():
     with pytest.raises(UserError, match="resnet12"):
-        build_student("resnet12", (3, 32, 32), 10)
+        build_student("resnet18", (3, 32, 32), 10)
     with pytest.raises(UserError, match="choose one of"):
         build_teacher("alexnet", (3, 32, 32), 10)
 

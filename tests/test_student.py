@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from conftest import make_student
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.neurons import encode, lif_reference
-from lasnn_deploy.student import (AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig, deployed_layers,
-                                  load_student, save_student)
+from lasnn_deploy.models import build_student
+from lasnn_deploy.student import (AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig,
+                                  deployed_layers, load_student, save_student)
 
 
 @torch.no_grad()
@@ -15,11 +16,16 @@ def reference_forward(student: SpikingStudent, s0: np.ndarray) -> tuple[np.ndarr
     """Float64 step-by-step run of SPEC section 1 from the layer list, with torch functional ops."""
     cfg, leak = student.config, student.leak.item()
     thetas = student.thresholds.detach().double().numpy()
-    spikes, lif = [], {i: k for k, i in enumerate(cfg.spiking_layers)}
+    spikes, lif, outputs = [], {i: k for k, i in enumerate(cfg.spiking_layers)}, {}
     T = s0.shape[0]
     h = torch.from_numpy(s0)
     for i, (spec, mod) in enumerate(zip(cfg.layers, student.body)):
-        if isinstance(spec, Conv):
+        if isinstance(spec, Shortcut):
+            source = outputs[spec.source]
+            if mod.proj is not None:
+                source = torch.stack([F.conv2d(source[t], mod.proj.weight.double(), stride=spec.stride) for t in range(T)])
+            h = h + source
+        elif isinstance(spec, Conv):
             h = torch.stack([F.conv2d(h[t], mod.weight.double(), stride=spec.stride, padding=spec.padding) for t in range(T)])
         elif isinstance(spec, Linear):
             h = torch.stack([h[t] @ mod.weight.double().T for t in range(T)])
@@ -30,6 +36,7 @@ def reference_forward(student: SpikingStudent, s0: np.ndarray) -> tuple[np.ndarr
         if i in lif:
             h = torch.from_numpy(lif_reference(h.numpy(), leak, thetas[lif[i]], cfg.reset))
             spikes.append(h.numpy())
+        outputs[i] = h
     return h.numpy().sum(0) / T, spikes
 
 
@@ -46,6 +53,84 @@ def test_student_matches_float64_reference(encoding, reset):
         assert np.array_equal(got.numpy(), want)
     assert np.allclose(trace.logits.numpy(), logits, atol=1e-12)
     assert 0.02 < np.mean([s.mean() for s in spikes]) < 0.6
+
+
+def small_resnet(seed: int = 0) -> SpikingStudent:
+    """resnet12 at width 1/8 on 8x8 images: an identity shortcut behind a pool, then projections."""
+    torch.manual_seed(seed)
+    student = SpikingStudent(build_student("resnet12", (1, 8, 8), 10, timesteps=6, width=0.125))
+    with torch.no_grad():
+        for m in student.weighted_modules():
+            m.weight.normal_(0.0, 0.5)
+        student.thresholds.fill_(1.0)
+        student.leak.fill_(0.9)
+    return student.double().eval()
+
+
+def test_residual_student_matches_float64_reference():
+    student = small_resnet()
+    assert [type(l).__name__ for l in student.config.layers].count("Shortcut") == 4
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        trace = student.run(x, record=True)
+    logits, spikes = reference_forward(student, encode(x, 6, "direct").numpy())
+    assert len(trace.spikes) == len(spikes) == 11  # 3 stem + 2 per block
+    for got, want in zip(trace.spikes, spikes):
+        assert np.array_equal(got.numpy(), want)
+    assert np.allclose(trace.logits.numpy(), logits, atol=1e-12)
+    assert all(0.05 < s.mean() < 0.8 for s in spikes)  # every layer, blocks included, really spikes
+
+
+def test_deployed_residual_graph_computes_the_student():
+    """Folded pools and the identity-as-1x1 shortcut give the same spikes, step by step, in float64."""
+    student = small_resnet(1)
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        trace = student.run(x, record=True)
+    deployed = deployed_layers(student)
+    assert [d.shortcut is not None for d in deployed].count(True) == 4
+    identity = deployed[4].shortcut  # block 1 reads the stem's pooled spikes: eye(C) spread over the 2x2 pool
+    assert identity.weight.shape[2:] == (2, 2) and identity.stride == 2 and identity.source == 2
+    thetas, leak = student.thresholds.detach().double().numpy(), float(student.leak.detach())
+    spikes: list[torch.Tensor] = []
+    h = encode(x, 6, "direct")
+    for d in deployed:
+        inp = h.flatten(2) if d.kind == "linear" else h
+        w = torch.from_numpy(d.weight)
+        current = (torch.stack([F.conv2d(inp[t], w, stride=d.stride, padding=d.padding) for t in range(6)])
+                   if d.kind == "conv" else inp @ w.T)
+        if d.shortcut is not None:
+            src, sw = spikes[d.shortcut.source], torch.from_numpy(d.shortcut.weight)
+            current = current + torch.stack([F.conv2d(src[t], sw, stride=d.shortcut.stride) for t in range(6)])
+        h = current if d.lif is None else torch.from_numpy(lif_reference(current.numpy(), leak, thetas[d.lif]))
+        spikes.append(h)
+    for got, want in zip(trace.spikes, spikes):
+        assert np.array_equal(got.numpy(), want.numpy())
+    assert np.allclose(trace.logits.numpy(), h.mean(0).numpy(), atol=1e-12)
+
+
+def test_residual_student_saves_and_loads(tmp_path):
+    student = small_resnet().float()
+    back = load_student(save_student(student, tmp_path / "s.safetensors"))
+    assert back.config == student.config
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), back.state_dict().values()))
+    assert "body.13.proj.weight" in back.state_dict()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (Shortcut(0, 1, 2), "must directly follow the Conv"),
+    (Shortcut(3, 2, 2), "must be a layer before"),
+    (Shortcut(0, 2, 2, 2), "does not give"),
+    (Shortcut(0, 3, 2), "in_channels 3"),
+])
+def test_bad_shortcuts_are_refused(bad, message):
+    layers = [Conv(1, 2, 3, 1, 1), Conv(2, 2, 3, 1, 1), Conv(2, 2, 3, 1, 1), Flatten(), Linear(2 * 16, 3)]
+    if message == "must directly follow the Conv":
+        layers.insert(4, bad)
+    else:
+        layers.insert(3, bad)
+    with pytest.raises(UserError, match=message):
+        StudentConfig("bad", (1, 4, 4), 3, tuple(layers))
 
 
 def test_save_load_round_trip(tmp_path, student):

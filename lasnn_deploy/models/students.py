@@ -10,8 +10,9 @@ the exports fold each pool into the next layer exactly and refuse a pool that le
 
 ``VGG-N`` counts weight layers: N - 1 - len(hidden) convolutions, the hidden Linears, the output
 Linear. The convolution plans follow Rathi et al. (VGG9, VGG16); VGG5 and VGG7 are their shallower
-kin. ResNet12 is not offered: its skip connections cannot be written as the feed-forward layer list
-that ``StudentConfig`` (and every export) describes.
+kin. ResNet12 follows Rathi et al.'s spiking ResNets: a stem of three 3x3 convolutions and a pool,
+then four basic blocks (64, 128, 256, 512 channels, strides 1, 2, 2, 2; conv-LIF-dropout-conv, plus
+the block input through a ``Shortcut``, then LIF), then the output Linear: 3 + 8 + 1 weight layers.
 
 ``width`` scales every channel and hidden-unit count (at least 1), so the same shape can be trained
 small on a CPU; ``dropout`` replaces both dropout rates (0 removes the Dropout layers).
@@ -23,7 +24,7 @@ from typing import Callable, Sequence, Union
 
 from ..errors import UserError
 from ..neurons import Encoding, Reset
-from ..student import AvgPool, Conv, Dropout, Flatten, LayerSpec, Linear, StudentConfig
+from ..student import AvgPool, Conv, Dropout, Flatten, LayerSpec, Linear, Shortcut, StudentConfig
 
 POOL = "A"
 CONV_DROPOUT = 0.2
@@ -105,6 +106,63 @@ def _builder(arch: str, convs: Plan, hidden: Sequence[int], conv_dropout: float,
     return build
 
 
+RESNET12_STEM = (64, 64, 64)
+RESNET12_BLOCKS = ((64, 1), (128, 2), (256, 2), (512, 2))  # (channels, stride) of each basic block
+
+
+def resnet_layers(
+    input_shape: Sequence[int],
+    num_classes: int,
+    stem: Sequence[int],
+    blocks: Sequence[tuple[int, int]],
+    *,
+    width: float = 1.0,
+    dropout: float = CONV_DROPOUT,
+) -> tuple[LayerSpec, ...]:
+    """Layer specs of a spiking ResNet: stem convs, a pool (if it divides the map), basic blocks, Linear."""
+    if width <= 0:
+        raise UserError(f"student width must be positive, got {width}")
+    channels, h, w = (int(s) for s in input_shape)
+    layers: list[LayerSpec] = []
+    for k, units in enumerate(stem):
+        out = _scaled(units, width)
+        layers.append(Conv(channels, out, 3, 1, 1))
+        if dropout > 0 and k < len(stem) - 1:
+            layers.append(Dropout(dropout))
+        channels = out
+    if h % 2 == 0 and w % 2 == 0:
+        layers.append(AvgPool(2))
+        h, w = h // 2, w // 2
+    for units, stride in blocks:
+        out, source = _scaled(units, width), len(layers) - 1
+        layers.append(Conv(channels, out, 3, stride, 1))
+        if dropout > 0:
+            layers.append(Dropout(dropout))
+        layers.append(Conv(out, out, 3, 1, 1))
+        layers.append(Shortcut(source, channels, out, stride))
+        channels, h, w = out, (h - 1) // stride + 1, (w - 1) // stride + 1
+    layers += [Flatten(), Linear(channels * h * w, num_classes)]
+    return tuple(layers)
+
+
+def resnet12(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    timesteps: int = 8,
+    encoding: Encoding = "direct",
+    reset: Reset = "hard",
+    width: float = 1.0,
+    dropout: float | None = None,
+) -> StudentConfig:
+    """The resnet12 student: stem convs [64, 64, 64], pool, blocks 64/1, 128/2, 256/2, 512/2, Linear."""
+    if dropout is not None and not 0 <= dropout < 1:
+        raise UserError(f"student dropout must be in [0, 1), got {dropout}")
+    layers = resnet_layers(input_shape, num_classes, RESNET12_STEM, RESNET12_BLOCKS, width=width,
+                           dropout=CONV_DROPOUT if dropout is None else dropout)
+    return StudentConfig("resnet12", tuple(input_shape), num_classes, layers, timesteps, encoding, reset)
+
+
 StudentBuilder = Callable[..., StudentConfig]
 
 STUDENTS: dict[str, StudentBuilder] = {
@@ -122,6 +180,7 @@ STUDENTS: dict[str, StudentBuilder] = {
         CONV_DROPOUT,
         HIDDEN_DROPOUT,
     ),
+    "resnet12": resnet12,
 }
 
 
