@@ -15,6 +15,8 @@ Layout (what ``lava.lib.dl.netx.hdf5.Network`` reads; shapes (C, H, W), conv par
     host/    (direct only) the first layer, weight in float64; attrs kind, stride, padding, scale,
              v_th, out_shape: ``run`` turns images into the input block's bias with them
 
+A residual student (``Shortcut`` layers) is refused: netx chains each block to the next only.
+
 The last dense is the output integrator (no leak, vThMant = 2**17 - 1, never fires): its voltage
 after step T gives the logits. Root attributes: format, timesteps, encoding, input_shape,
 num_classes, v_decay, weight_percentile, layer_names, scales, lif_layers, output_scale.
@@ -40,7 +42,7 @@ from ..atomic import atomic_path
 from ..errors import UserError
 from ..loihi_quant import LoihiNet, QuantLayer, host_bias, quantise, readout_logits, run_quantised
 from ..neurons import encode
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, check_parameters
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, check_parameters
 from . import RunResult
 
 FORMAT = "lasnn-deploy-netx/1"
@@ -55,6 +57,9 @@ def check(student: SpikingStudent, weight_percentile: float = 100.0) -> None:
 def _quantised(student: SpikingStudent, weight_percentile: float) -> LoihiNet:
     check_parameters(student)
     for i, layer in enumerate(student.config.layers):
+        if isinstance(layer, Shortcut):
+            raise UserError(f"lava-dl netx describes feed-forward layer chains; {student.config.arch} has residual "
+                            f"shortcuts (layer {i}): export it to onnx or nir instead")
         if not isinstance(layer, NETX_LAYER_TYPES):
             raise UserError(f"layer {i} ({layer.type}): netx has no such layer; Lava export supports conv, linear, "
                             "avgpool (folded into the next layer), flatten and dropout")

@@ -1,12 +1,17 @@
 r"""NIR target (SPEC section 3, "NIR"): the student as a ``nir.NIRGraph``, run in snnTorch's importer.
 
 The graph is a chain ``Input -> (Conv2d | AvgPool2d | Flatten | Linear | LIF)* -> Output`` built
-straight from the student's layers (Dropout is dropped, it is the identity at inference). It ends
+straight from the student's layers (Dropout is dropped, it is the identity at inference), plus one
+branch per residual block: a ``Shortcut`` is a 1x1 ``Conv2d`` node (``shortcut<i>``, zero bias; an
+identity shortcut has identity weights) from the node holding its source's output (a LIF, or the
+AvgPool after one) into the block's LIF, which thus has two incoming edges; NIR sums them, and
+snnTorch's importer (nirtorch's graph executor) adds them before the LIF. The metadata names the
+shortcut nodes (``shortcuts``), so that reading a graph back tells branch from chain. It ends
 at the last ``Linear``: the output integrator ``u_out[T] = sum_t W_out s_L[t]`` is the sum of the
 graph's output over the ``T`` steps, so ``logits = sum_t output[t] / T``. No ``I``/``LI`` node is
 written because snnTorch 1.0's importer maps neither. The metadata says so (``output_form``) and
 carries what the graph itself cannot: ``dt``, ``timesteps``, ``encoding``, ``input_shape``,
-``num_classes``, the student's exact ``leak`` and ``arch``.
+``num_classes``, the student's exact ``leak``, ``arch`` and the shortcut node names.
 
 Neurons follow NIR's LIF ``tau dv/dt = (v_leak - v) + r I`` discretised by forward Euler with
 ``dt = 1e-4`` (the dt snnTorch's importer assumes)::
@@ -38,7 +43,7 @@ import torch
 from ..atomic import atomic_path
 from ..errors import UserError
 from ..neurons import encode
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, StudentConfig
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
 from . import RunResult
 
 FORMAT = "lasnn-deploy-nir/1"
@@ -90,12 +95,24 @@ def check(student: SpikingStudent) -> None:
         if not np.isfinite(theta) or theta <= 0:
             raise UserError(f"layer {i}: threshold {theta} must be a finite positive number for NIR's reset-to-zero LIF")
     for i, module in enumerate(student.body):
-        if isinstance(cfg.layers[i], (Conv, Linear)) and not torch.isfinite(module.weight).all():
+        if not all(torch.isfinite(p).all() for p in module.parameters()):  # Conv, Linear, shortcut projection
             raise UserError(f"layer {i} ({cfg.layers[i].type}): weights contain NaN or inf; retrain or fix the student")
 
 
+def _conv_node(weight: np.ndarray, input_hw: tuple[int, ...], stride: int, padding: int) -> nir.Conv2d:
+    return nir.Conv2d(input_shape=input_hw, weight=weight, stride=stride, padding=padding, dilation=1, groups=1,
+                      bias=np.zeros(weight.shape[0], dtype=np.float32))
+
+
+def _shortcut_weight(spec: Shortcut, module: torch.nn.Module) -> np.ndarray:
+    """The 1x1 kernel of a shortcut: its projection, or the identity."""
+    if module.proj is None:
+        return np.eye(spec.out_channels, dtype=np.float32)[:, :, None, None]
+    return module.proj.weight.detach().cpu().numpy().astype(np.float32)
+
+
 def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
-    """The student as a chain of NIR nodes (see the module docstring for the mapping)."""
+    """The student as NIR nodes: a chain, plus a branch per shortcut (see the module docstring)."""
     cfg = student.config
     shapes = cfg.shapes()
     tau, r = leak_to_tau(float(student.leak.detach()))
@@ -104,6 +121,7 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
     nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array(cfg.input_shape)})}
     edges: list[tuple[str, str]] = []
     previous, shape = "input", tuple(cfg.input_shape)
+    produced: dict[int, str] = {}  # layer index -> the node holding that layer's output
 
     def add(name: str, node: nir.NIRNode) -> None:
         nonlocal previous
@@ -117,8 +135,7 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
         name = f"{layer.type}{i}"
         if isinstance(layer, Conv):
             weight = module.weight.detach().cpu().numpy().astype(np.float32)
-            add(name, nir.Conv2d(input_shape=shape[1:], weight=weight, stride=layer.stride, padding=layer.padding,
-                                 dilation=1, groups=1, bias=np.zeros(layer.out_channels, dtype=np.float32)))
+            add(name, _conv_node(weight, shape[1:], layer.stride, layer.padding))
         elif isinstance(layer, Linear):
             add(name, nir.Linear(weight=module.weight.detach().cpu().numpy().astype(np.float32)))
         elif isinstance(layer, AvgPool):
@@ -126,11 +143,17 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
             add(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0])))
         elif isinstance(layer, Flatten):
             add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
+        elif isinstance(layer, Shortcut):  # a branch, not a link of the chain: its LIF gets a second input
+            nodes[name] = _conv_node(_shortcut_weight(layer, module), shapes[layer.source][1:], layer.stride, 0)
+            edges.append((produced[layer.source], name))
         shape = shapes[i]
         if i in lif_of:
             zeros = np.zeros(shape, dtype=np.float32)
             add(f"lif{i}", nir.LIF(tau=np.full(shape, tau), r=np.full(shape, r), v_leak=zeros, v_reset=zeros.copy(),
                                    v_threshold=np.full(shape, thresholds[lif_of[i]])))
+            if isinstance(layer, Shortcut):
+                edges.append((name, previous))
+        produced[i] = previous
     add("output", nir.Output(output_type={"output": np.array([cfg.num_classes])}))
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=_metadata(student))
 
@@ -148,6 +171,7 @@ def _metadata(student: SpikingStudent) -> dict[str, Any]:
         "num_classes": cfg.num_classes,
         "leak": float(student.leak.detach()),
         "output_form": OUTPUT_FORM,
+        "shortcuts": " ".join(f"shortcut{i}" for i, l in enumerate(cfg.layers) if isinstance(l, Shortcut)),
         "readout": "logits = sum over the T steps of the Output node / T (the output integrator)",
         "neuron": "LIF, forward Euler at dt: v[t] = (1 - dt/tau) v[t-1] + (r dt/tau) I[t]; reset to v_reset",
     }
@@ -203,11 +227,19 @@ def _settings(graph: nir.NIRGraph, where: Any) -> dict[str, Any]:
     return settings
 
 
+def _shortcut_names(graph: nir.NIRGraph) -> list[str]:
+    """The shortcut nodes the metadata names (none in a feed-forward student's graph)."""
+    meta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    return str(meta.get("shortcuts", "")).split()
+
+
 def _chain(graph: nir.NIRGraph, where: Any) -> list[str]:
-    """Node names from the Input to the Output; the graphs we write are simple chains."""
+    """Node names from the Input to the Output, leaving out the shortcut branches."""
+    branches = set(_shortcut_names(graph))
     successors: dict[str, list[str]] = {}
     for src, dst in graph.edges:
-        successors.setdefault(src, []).append(dst)
+        if src not in branches and dst not in branches:
+            successors.setdefault(src, []).append(dst)
     inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if len(inputs) != 1:
         raise UserError(f"{where}: expected one Input node, found {len(inputs)}; {EXPORT_HINT}")
@@ -215,9 +247,35 @@ def _chain(graph: nir.NIRGraph, where: Any) -> list[str]:
     while not isinstance(graph.nodes[chain[-1]], nir.Output):
         nxt = successors.get(chain[-1], [])
         if len(nxt) != 1 or nxt[0] in chain:
-            raise UserError(f"{where}: node {chain[-1]!r} does not lead to exactly one next node; only chains are supported")
+            raise UserError(f"{where}: node {chain[-1]!r} does not lead to exactly one next node; only a chain "
+                            "with the shortcut branches its metadata names is supported")
         chain.append(nxt[0])
     return chain
+
+
+def _layout(graph: nir.NIRGraph, where: Any) -> tuple[list[str], dict[str, str]]:
+    """The chain (see :func:`_chain`) and, for each LIF node a shortcut feeds, that shortcut node.
+
+    Each shortcut must be a Conv2d from a node of the chain into a later LIF of it, and the graph
+    must hold nothing else: no other node or edge, so what runs is what a student computes.
+    """
+    chain = _chain(graph, where)
+    position = {name: k for k, name in enumerate(chain)}
+    into: dict[str, str] = {}
+    for name in _shortcut_names(graph):
+        ins = [src for src, dst in graph.edges if dst == name]
+        outs = [dst for src, dst in graph.edges if src == name]
+        ok = (isinstance(graph.nodes.get(name), nir.Conv2d) and len(ins) == len(outs) == 1 and ins[0] in position
+              and outs[0] in position and 0 < position[ins[0]] < position[outs[0]] and outs[0] not in into
+              and isinstance(graph.nodes[outs[0]], nir.LIF))
+        if not ok:
+            raise UserError(f"{where}: shortcut {name!r} must be a Conv2d node with one edge from the chain (after "
+                            f"its Input) into one later LIF node; {EXPORT_HINT}")
+        into[outs[0]] = name
+    n_edges = len(chain) - 1 + 2 * len(into)  # the chain's links, and two per shortcut
+    if len(graph.nodes) != len(chain) + len(into) or not len(graph.edges) == len(set(graph.edges)) == n_edges:
+        raise UserError(f"{where}: the graph has nodes or edges outside its chain and shortcut branches; {EXPORT_HINT}")
+    return chain, into
 
 
 def _one_value(values: np.ndarray, what: str, where: str) -> float:
@@ -232,6 +290,30 @@ def _pair(value: Any, what: str, where: str) -> int:
     if pair[0] != pair[1]:
         raise UserError(f"{where}: {what} {pair.tolist()} is not square; the student supports square ones only")
     return int(pair[0])
+
+
+def _conv_spec(node: nir.Conv2d, where: str) -> Conv:
+    """The student Conv a Conv2d node expresses; refuses what a student's Conv has not (bias, dilation...)."""
+    plain = not isinstance(node.padding, str) and np.all(np.asarray(node.dilation) == 1) and node.groups == 1
+    if not plain or np.any(node.bias != 0):
+        raise UserError(f"{where}: only convolutions with integer padding, no dilation, one group and no bias "
+                        "are supported")
+    return Conv(node.weight.shape[1], node.weight.shape[0], _pair(node.weight.shape[2:], "kernel", where),
+                _pair(node.stride, "stride", where), _pair(node.padding, "padding", where))
+
+
+def _shortcut_spec(node: nir.Conv2d, source: int, where: str) -> Shortcut:
+    """The Shortcut a shortcut branch's Conv2d expresses: a 1x1 kernel without padding, the identity
+    when channels and size do not change (a student has no weights there)."""
+    conv = _conv_spec(node, where)
+    if conv.kernel_size != 1 or conv.padding != 0:
+        raise UserError(f"{where}: a shortcut must be a 1x1 convolution without padding, got "
+                        f"{conv.kernel_size}x{conv.kernel_size} with padding {conv.padding}")
+    spec = Shortcut(source, conv.in_channels, conv.out_channels, conv.stride)
+    if not spec.projects and not np.array_equal(node.weight[:, :, 0, 0], np.eye(spec.out_channels)):
+        raise UserError(f"{where}: a shortcut that keeps channels and size is the identity in a student, "
+                        "but its weights are not the identity matrix")
+    return spec
 
 
 def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
@@ -254,16 +336,13 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
     leaks: list[float] = []
     taus: list[np.float32] = []
     lif_after: list[int] = []  # index of the layer each LIF node follows
-    for name in _chain(graph, "the NIR graph")[1:-1]:
+    layer_of: dict[str, int] = {}  # chain node -> the layer whose output it holds
+    chain, into = _layout(graph, "the NIR graph")
+    for name in chain[1:-1]:
         node, where = graph.nodes[name], f"NIR node {name!r}"
         if isinstance(node, nir.Conv2d):
-            plain = not isinstance(node.padding, str) and np.all(np.asarray(node.dilation) == 1) and node.groups == 1
-            if not plain or np.any(node.bias != 0):
-                raise UserError(f"{where}: only convolutions with integer padding, no dilation, one group and no bias "
-                                "are supported")
             weights[len(layers)] = node.weight
-            layers.append(Conv(node.weight.shape[1], node.weight.shape[0], _pair(node.weight.shape[2:], "kernel", where),
-                               _pair(node.stride, "stride", where), _pair(node.padding, "padding", where)))
+            layers.append(_conv_spec(node, where))
         elif isinstance(node, nir.Linear):
             weights[len(layers)] = node.weight
             layers.append(Linear(node.weight.shape[1], node.weight.shape[0]))
@@ -275,6 +354,11 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
         elif isinstance(node, nir.Flatten):
             layers.append(Flatten())
         elif isinstance(node, nir.LIF):
+            if name in into:  # the block's Shortcut comes between its last Conv and this LIF
+                branch = into[name]
+                source = layer_of[next(src for src, dst in graph.edges if dst == branch)]
+                weights[len(layers)] = graph.nodes[branch].weight
+                layers.append(_shortcut_spec(graph.nodes[branch], source, f"NIR node {branch!r}"))
             if np.any(node.v_leak != 0) or np.any(node.v_reset != 0):
                 raise UserError(f"{where}: v_leak and v_reset must be 0 for a student LIF")
             gain = _one_value(node.r, "r", where) * dt / _one_value(node.tau, "tau", where)
@@ -286,6 +370,7 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
             lif_after.append(len(layers) - 1)
         else:
             raise UserError(f"{where}: node type {type(node).__name__} is not part of a lasnn-deploy student")
+        layer_of[name] = len(layers) - 1
     if len(set(leaks)) > 1:
         raise UserError(f"the NIR graph's LIF layers have different leaks {sorted(set(leaks))}; a student shares one")
     config = StudentConfig(settings["arch"], settings["input_shape"], settings["num_classes"], tuple(layers),
@@ -297,7 +382,9 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
     student = SpikingStudent(config, leak=settings["leak"] if exact else leaks[0], thresholds=thresholds)
     with torch.no_grad():
         for i, weight in weights.items():
-            student.body[i].weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
+            module = student.body[i].proj if isinstance(layers[i], Shortcut) else student.body[i]
+            if module is not None:  # None: an identity shortcut, checked to be one
+                module.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
     return student.eval()
 
 
@@ -339,16 +426,18 @@ def run(path: str | Path, images: Any = None, input_spikes: Any = None) -> RunRe
 
     Samples go in unbatched (``[C, H, W]``) because the importer builds NIR's batch-free
     ``Flatten(start_dim=0)`` literally, which would flatten a batch axis too. Spikes are read with
-    forward hooks on the imported ``snn.Leaky`` modules.
+    forward hooks on the imported ``snn.Leaky`` modules. A LIF fed by a shortcut is named after
+    the shortcut node (``shortcut<i>``, as the student names that layer); the importer's graph
+    executor adds the LIF's two inputs before the neuron.
     """
     path = Path(path)
     graph, settings = read_graph(path)
     if settings["dt"] != DT:
         raise UserError(f"{path} uses dt = {settings['dt']}, but snnTorch's importer assumes dt = {DT}; {EXPORT_HINT}")
     steps = _input_steps(images, input_spikes, settings, path)
-    chain = _chain(graph, path)
+    chain, into = _layout(graph, path)
     lif_names = [n for n in chain if isinstance(graph.nodes[n], nir.LIF)]
-    layer_names = [chain[chain.index(n) - 1] for n in lif_names]
+    layer_names = [into.get(n, chain[chain.index(n) - 1]) for n in lif_names]
     net = snntorch_module(graph).eval()
     from snntorch.utils import reset as reset_state  # importable once snntorch_module succeeded
 

@@ -14,6 +14,9 @@ Layout of the graph (``T`` steps, batch ``B`` dynamic):
 - every Conv/Linear after the first LIF runs once on the spikes of all steps ``[T * B, ...]``;
   its current is split into ``T`` step currents for the LIF recurrence, whose step spikes are
   concatenated again (value ``lif<k>_spikes``, ``[T * B, ...]``);
+- a ``Shortcut`` adds the tensor its source layer produced earlier in the walk (spikes cast to
+  float64, or their float64 pool), through a float64 1x1 convolution when it projects, to the
+  block's float64 conv current, before that current's one rounding at the LIF;
 - outputs ``logits [B, K]`` (``sum_t W_out s_L[t] / T``) and ``spike_count_<k> [B]`` per LIF layer.
 
 Rounding ("round once", metadata ``currents: float64-rounded``). Plain float32 Conv/MatMul kernels
@@ -43,7 +46,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..atomic import atomic_path
 from ..errors import UserError
 from ..neurons import encode
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, check_parameters
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, check_parameters
 from . import RunResult
 
 FORMAT = "lasnn-deploy-onnx/2"  # /1: float32 currents (not spike-exact)
@@ -92,6 +95,8 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
     T = cfg.timesteps
     weights = {i: m.weight.detach().cpu().double().numpy() for i, m in enumerate(student.body)
                if isinstance(cfg.layers[i], (Conv, Linear))}
+    weights.update({i: m.proj.weight.detach().cpu().double().numpy() for i, m in enumerate(student.body)
+                    if isinstance(cfg.layers[i], Shortcut) and m.proj is not None})
     lif_index = {layer: k for k, layer in enumerate(cfg.spiking_layers)}
     leak = g.const(student.leak.detach().cpu().float().numpy(), "leak")
     thresholds = student.thresholds.detach().cpu().float().numpy()
@@ -105,6 +110,7 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
         h, static = g.op("Reshape", "spikes", g.const(np.array([-1, *cfg.input_shape], np.int64))), False
     is_double = False
     outputs = []
+    sources, saved = cfg.shortcut_sources, {}  # saved: shortcut source layer -> (its output, is it float64)
     for i, spec in enumerate(cfg.layers):
         if isinstance(spec, Dropout):
             continue  # identity at inference
@@ -118,8 +124,12 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
             h = g.avgpool(h, spec.kernel_size, shapes[i])
         elif isinstance(spec, Flatten):
             h = g.op("Flatten", h, axis=1)
+        elif isinstance(spec, Shortcut):
+            h = g.op("Add", h, g.shortcut(*saved[spec.source], weights.get(i), spec.stride, shapes[i]))
         k = lif_index.get(i)
         if k is None:
+            if i in sources:
+                saved[i] = (h, is_double)
             continue
         current = g.op("Cast", h, to=TensorProto.FLOAT)  # the one rounding of the current
         currents = [current] * T if static else g.split(current, T)
@@ -129,6 +139,8 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
         per_step = g.op("Reshape", h, g.const(np.array([T, -1, neurons], np.int64)))
         g.op("ReduceSum", per_step, g.const(np.array([0, 2], np.int64)), keepdims=0, name=f"spike_count_{k}")
         outputs.append(helper.make_tensor_value_info(f"spike_count_{k}", TensorProto.FLOAT, [BATCH]))
+        if i in sources:
+            saved[i] = (h, False)
     if not static:  # output integrator: u_out[T] / T, the float64 mean over steps like torch's mean(0)
         per_step = g.op("Reshape", h, g.const(np.array([T, -1, cfg.num_classes], np.int64)))
         total = g.op("ReduceSum", per_step, g.const(np.array([0], np.int64)), keepdims=0)
@@ -209,6 +221,12 @@ class _Graph:
                 total = part if total is None else self.op("Add", total, part)
         y = self.op("Reshape", total, self.ints(out_channels, -1, *out_shape[1:]))
         return self.op("Transpose", y, perm=[1, 0, 2, 3])
+
+    def shortcut(self, source: str, is_double: bool, weight: np.ndarray | None, stride: int,
+                 out_shape: tuple[int, int, int]) -> str:
+        """A residual input in float64: the source as it is, or through its 1x1 projection ``weight``."""
+        x = source if is_double else self.op("Cast", source, to=TensorProto.DOUBLE)
+        return x if weight is None else self.conv(x, weight, stride, 0, out_shape)
 
     def avgpool(self, h: str, k: int, out_shape: tuple[int, int, int]) -> str:
         """Float64 average pool: the window's slices added row by row, then divided by ``k * k`` (torch's order)."""

@@ -10,6 +10,10 @@ Mapping assumptions (Loihi-1 style; see docs/energy.md):
   ``weight_bits`` of synaptic memory (a lower bound: Loihi's synapse formats add index bits);
 - the input axons of a core are the distinct presynaptic neurons its neurons read (the union of
   their receptive fields for a conv, all inputs for a linear layer);
+- a layer that closes a residual block has a second axon group, its shortcut's source population
+  (another LIF layer's spikes): its fan-in, synapses and axons are those of its conv plus those of
+  the shortcut (a 1x1 projection reads every source channel at one position; an identity reads one
+  channel, over the folded pool's window when a pool lies between);
 - the first layer under direct encoding reads no spikes: the host computes it and drives its
   neurons through their bias, so it needs compartments but no synapses or axons; Poisson input
   spikes come from the host and need no cores either;
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..student import DeployedLayer
-from .counting import fan_in
+from .counting import fan_in, is_identity
 from .profile import Limits
 
 
@@ -52,18 +56,17 @@ class Deployment:
     violations: list[str] = field(default_factory=list)
 
 
-class _Footprint:
-    """Counts the distinct input neurons read by a run of consecutive output neurons of a layer."""
+class _ConvAxons:
+    """Counts the distinct neurons of one input (an axon group) read by a run of consecutive output
+    neurons through a conv; ``identity``: output channel c reads input channel c only."""
 
-    def __init__(self, layer: DeployedLayer):
-        self.layer = layer
-        if layer.kind == "conv":
-            c_in, h, w = layer.in_shape
-            _, ho, wo = layer.out_shape
-            k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
-            self.rows = self._touch(h, ho, k, s, p)  # [Ho, H]: output row reads input row
-            self.cols = self._touch(w, wo, k, s, p)
-            self.c_in, self.plane = c_in, ho * wo
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], k: int, s: int, p: int, identity: bool = False):
+        c_in, h, w = in_shape
+        _, ho, wo = out_shape
+        self.rows = self._touch(h, ho, k, s, p)  # [Ho, H]: output row reads input row
+        self.cols = self._touch(w, wo, k, s, p)
+        self.c_in, self.plane, self.identity = c_in, ho * wo, identity
+        self.whole_plane = self._touched(np.arange(self.plane))
 
     @staticmethod
     def _touch(size_in: int, size_out: int, k: int, s: int, p: int) -> np.ndarray:
@@ -74,17 +77,48 @@ class _Footprint:
             touch[o, valid] = 1
         return touch
 
-    def axons(self, start: int, stop: int) -> int:
-        if self.layer.kind != "conv":
-            return self.layer.in_shape[0]
+    def _touched(self, positions: np.ndarray) -> int:
+        """Input positions of one channel read by the output positions ``positions`` of one plane."""
         mask = np.zeros(self.plane, dtype=np.int64)
-        if stop - start >= self.plane:
-            mask[:] = 1
-        else:
-            idx = np.arange(start, stop) % self.plane
-            mask[idx] = 1
+        mask[positions] = 1
         mask = mask.reshape(self.rows.shape[0], self.cols.shape[0])
-        return int(np.count_nonzero(self.rows.T @ mask @ self.cols)) * self.c_in
+        return int(np.count_nonzero(self.rows.T @ mask @ self.cols))
+
+    def axons(self, start: int, stop: int) -> int:
+        if not self.identity:  # every output channel reads every input channel: union over the planes
+            return self._touched(np.arange(start, min(stop, start + self.plane)) % self.plane) * self.c_in
+        total = 0
+        for c in range(start // self.plane, (stop - 1) // self.plane + 1):
+            a, b = max(start, c * self.plane), min(stop, (c + 1) * self.plane)
+            total += self.whole_plane if b - a == self.plane else self._touched(np.arange(a, b) % self.plane)
+        return total
+
+
+class _DenseAxons:
+    """Every output neuron of a linear layer reads every input."""
+
+    def __init__(self, inputs: int):
+        self.inputs = inputs
+
+    def axons(self, start: int, stop: int) -> int:
+        return self.inputs
+
+
+class _Footprint:
+    """Counts the distinct input neurons read by a run of consecutive output neurons of a layer: its
+    main input's, plus its shortcut's (spikes of another population, so another axon group)."""
+
+    def __init__(self, layer: DeployedLayer):
+        if layer.kind == "conv":
+            self.groups = [_ConvAxons(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)]
+        else:
+            self.groups = [_DenseAxons(layer.in_shape[0])]
+        sc = layer.shortcut
+        if sc is not None:
+            self.groups.append(_ConvAxons(sc.in_shape, layer.out_shape, sc.weight.shape[-1], sc.stride, 0, is_identity(sc)))
+
+    def axons(self, start: int, stop: int) -> int:
+        return sum(g.axons(start, stop) for g in self.groups)
 
 
 def _fits(n: int, fi: np.ndarray, footprint: _Footprint | None, mem_bits: int, axon_limit: int, bits: int) -> str | None:

@@ -8,7 +8,12 @@ accumulate. Per deployed layer and per sample:
 - ``synops``: synaptic events caused by the spikes entering the layer, i.e. every input spike times
   the number of synapses it reaches (borders included: a spike near the edge of a padded conv
   reaches fewer outputs). Equal to summing, over time and output channels, the convolution of the
-  spike map with an all-ones kernel of the folded shape;
+  spike map with an all-ones kernel of the folded shape. A layer that closes a residual block has a
+  second input, its shortcut: the spikes of an earlier LIF layer through a 1x1 projection (each
+  spike reaches every output channel at its position), or as identity (one synapse per spike, to
+  its own channel), a pool before it folded in. Those events are the layer's too
+  (``shortcut_synops`` says how many), so a LIF layer's fan-out is its next layer's synapses plus
+  those of every shortcut that reads it;
 - ``macs``: dense multiply-accumulates where the input is analog: the first layer under direct
   encoding, counted once per sample (the host computes it once; its result is constant over time);
 - ``neuron_updates``: neurons x T.
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..student import Conv, DeployedLayer, Linear, StudentConfig, Trace
+from ..student import Conv, DeployedLayer, DeployedShortcut, Linear, Shortcut, StudentConfig, Trace
 
 
 def _axis_taps(size_in: int, size_out: int, kernel: int, stride: int, padding: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,17 +60,46 @@ def conv_fan_in(in_shape: tuple[int, int, int], out_shape: tuple[int, int, int],
 
 
 def reach(layer: DeployedLayer) -> np.ndarray:
-    """Synapses each input neuron of a deployed layer reaches, shaped like its input."""
+    """Synapses each input neuron of a deployed layer's main input reaches, shaped like that input."""
     if layer.kind == "conv":
         return conv_reach(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
     return np.full(layer.in_shape, layer.out_shape[0], dtype=np.int64)
 
 
+def is_identity(shortcut: DeployedShortcut) -> bool:
+    """Whether a shortcut connects each channel to itself only (identity, maybe through a folded pool).
+
+    Read from its weight, where an identity is the identity matrix over channels; a projection
+    connects every channel pair (one whose weights happened to be diagonal would be an identity in effect).
+    """
+    channels = np.any(shortcut.weight != 0, axis=(2, 3))
+    return channels.shape[0] == channels.shape[1] and np.array_equal(channels, np.eye(len(channels), dtype=bool))
+
+
+def _shortcut_channels(shortcut: DeployedShortcut) -> tuple[int, int]:
+    """(output channels each input channel reaches, input channels each output channel reads)."""
+    c_out, c_in = shortcut.weight.shape[:2]
+    return (1, 1) if is_identity(shortcut) else (c_out, c_in)
+
+
+def shortcut_reach(layer: DeployedLayer) -> np.ndarray:
+    """Synapses each neuron of the shortcut's source reaches through it, shaped like the source."""
+    sc = layer.shortcut
+    out_channels, _ = _shortcut_channels(sc)
+    return conv_reach(sc.in_shape, (out_channels, *layer.out_shape[1:]), sc.weight.shape[-1], sc.stride, 0)
+
+
 def fan_in(layer: DeployedLayer) -> np.ndarray:
-    """Synapses into each output neuron of a deployed layer, shaped like its output."""
+    """Synapses into each output neuron of a deployed layer (main input and shortcut), shaped like its output."""
     if layer.kind == "conv":
-        return conv_fan_in(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
-    return np.full(layer.out_shape, layer.in_shape[0], dtype=np.int64)
+        fi = conv_fan_in(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
+    else:
+        fi = np.full(layer.out_shape, layer.in_shape[0], dtype=np.int64)
+    if layer.shortcut is not None:
+        sc = layer.shortcut
+        _, in_channels = _shortcut_channels(sc)
+        fi = fi + conv_fan_in((in_channels, *sc.in_shape[1:]), layer.out_shape, sc.weight.shape[-1], sc.stride, 0)
+    return fi
 
 
 def synapse_count(layer: DeployedLayer) -> int:
@@ -75,7 +109,9 @@ def synapse_count(layer: DeployedLayer) -> int:
 
 def ann_macs(config: StudentConfig) -> dict[int, int]:
     """Dense MACs of the intermediate ANN, per Conv/Linear (keyed by layer index), on the student's
-    own graph: pooled maps as the layers read them, pooling itself costing no MAC."""
+    own graph: pooled maps as the layers read them, pooling itself costing no MAC. A shortcut's 1x1
+    projection counts with the Conv whose current it joins (as on the deployed graph); an identity
+    shortcut is an addition, which costs no MAC, like pooling."""
     shapes = config.shapes()
     out: dict[int, int] = {}
     shape: tuple[int, ...] = tuple(config.input_shape)
@@ -84,6 +120,8 @@ def ann_macs(config: StudentConfig) -> dict[int, int]:
             out[i] = int(conv_fan_in(shape, shapes[i], layer.kernel_size, layer.stride, layer.padding).sum())
         elif isinstance(layer, Linear):
             out[i] = layer.in_features * layer.out_features
+        elif isinstance(layer, Shortcut) and layer.projects:
+            out[i - 1] += int(conv_fan_in(shapes[layer.source], shapes[i], 1, layer.stride, 0).sum())
         shape = shapes[i]
     return out
 
@@ -97,9 +135,10 @@ class LayerCounts:
     neurons: int
     timesteps: int
     spikes: np.ndarray
-    synops: np.ndarray
+    synops: np.ndarray  # shortcut events included
     macs: np.ndarray
     spiking: bool
+    shortcut_synops: np.ndarray | None = None  # None: the layer has no shortcut
 
     @property
     def neuron_updates(self) -> int:
@@ -120,7 +159,7 @@ def count_events(layers: list[DeployedLayer], trace: Trace, timesteps: int) -> l
 
     The input of deployed layer 0 is ``trace.input_spikes`` when present (Poisson, or given
     spikes) and otherwise the analog image (direct encoding: MACs, once per sample); the input of
-    layer j > 0 is the spike output of layer j - 1.
+    layer j > 0 is the spike output of layer j - 1, plus the spikes of its shortcut's source.
     """
     batch = trace.logits.shape[0]
     counts = []
@@ -130,12 +169,20 @@ def count_events(layers: list[DeployedLayer], trace: Trace, timesteps: int) -> l
         if source is None:
             synops, macs = zeros, np.full(batch, float(synapse_count(layer)))
         else:
-            weights = torch.from_numpy(reach(layer).reshape(-1).astype(np.float64))
-            synops, macs = (_per_sample(source) @ weights).numpy(), zeros
+            synops, macs = _events(source, reach(layer)), zeros
+        shortcut = None
+        if layer.shortcut is not None:
+            shortcut = _events(trace.spikes[layers[layer.shortcut.source].lif], shortcut_reach(layer))
+            synops = synops + shortcut
         spikes = _per_sample(trace.spikes[layer.lif]).sum(1).numpy() if layer.lif is not None else zeros
         neurons = int(np.prod(layer.out_shape))
-        counts.append(LayerCounts(layer.name, layer.kind, neurons, timesteps, spikes, synops, macs, layer.lif is not None))
+        counts.append(LayerCounts(layer.name, layer.kind, neurons, timesteps, spikes, synops, macs, layer.lif is not None, shortcut))
     return counts
+
+
+def _events(spikes: torch.Tensor, reach_of: np.ndarray) -> np.ndarray:
+    """Per-sample synaptic events of spikes ``[T, B, ...]``, each reaching ``reach_of`` synapses."""
+    return (_per_sample(spikes) @ torch.from_numpy(reach_of.reshape(-1).astype(np.float64))).numpy()
 
 
 def concat_counts(parts: list[list[LayerCounts]]) -> list[LayerCounts]:
@@ -148,6 +195,7 @@ def concat_counts(parts: list[list[LayerCounts]]) -> list[LayerCounts]:
             np.concatenate([p[k].synops for p in parts]),
             np.concatenate([p[k].macs for p in parts]),
             c.spiking,
+            None if c.shortcut_synops is None else np.concatenate([p[k].shortcut_synops for p in parts]),
         )
         for k, c in enumerate(first)
     ]

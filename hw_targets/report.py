@@ -62,6 +62,8 @@ def profile_report(run: StudentRun, student: SpikingStudent, profile: Profile, *
             "energy_by_category_j": {k: float(np.mean(v)) for k, v in by_cat.items()},
             "ann_macs": ann[source],
         })
+        if c.shortcut_synops is not None:
+            layers[-1]["shortcut_synops"] = float(np.mean(c.shortcut_synops))
     total_mean, total_std = _stat(total)
     ann_total = sum(ann.values())
     report: dict[str, Any] = {
@@ -113,8 +115,12 @@ def energy_report(
         raise UserError(f"images must be [N, {', '.join(map(str, cfg.input_shape))}] with N >= 1, got {list(images.shape)}")
     if labels is not None and len(labels) != len(images):
         raise UserError(f"{len(labels)} labels for {len(images)} images: give one label per image")
-    if sanafe_samples and "loihi" not in [p.name for p in profiles]:
-        raise UserError("the SANA-FE comparison is against the loihi profile: use --hw loihi or --hw all")
+    if sanafe_samples:
+        from .sanafe_compare import check_feed_forward
+
+        if "loihi" not in [p.name for p in profiles]:
+            raise UserError("the SANA-FE comparison is against the loihi profile: use --hw loihi or --hw all")
+        check_feed_forward(student)
     deployed_layers(student)  # raises on a pool that cannot be folded, before any work
     check_parameters(student)
     out = Path(out_dir)

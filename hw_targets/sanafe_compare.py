@@ -5,6 +5,7 @@ to ``sanafe_runner`` in a separate process through an ``.npz`` file, and its ene
 rasters come back the same way. SANA-FE's Loihi model (its ``loihi.yaml``, fitted to the real chip)
 simulates the same weights, thresholds, leak and input spikes (Poisson) or host-computed first-layer
 currents (direct), so its spikes can be checked against ours before its energy is compared.
+Feed-forward students only: residual ones are refused (``check_feed_forward``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..neurons import poisson_inputs
-from ..student import SpikingStudent, deployed_layers
+from ..student import SpikingStudent, deployed_layers, has_shortcuts
 from .energy import StudentRun, price_layer
 from .profile import Profile
 
@@ -32,6 +34,15 @@ RUNNER = Path(__file__).with_name("sanafe_runner.py")
 def sanafe_available() -> bool:
     """Whether SANA-FE is installed (checked without importing it)."""
     return importlib.util.find_spec("sanafe") is not None
+
+
+def check_feed_forward(student: SpikingStudent) -> None:
+    """Refuse a residual student: SANA-FE, like Loihi, delays every hop by one step, so a shortcut
+    edge would deliver its source's spikes a step early for every layer it skips, and SANA-FE would
+    simulate another network (relay neurons to delay them would add energy of their own)."""
+    if has_shortcuts(student.config):
+        raise UserError(f"SANA-FE comparison supports feed-forward students only; {student.config.arch} has residual "
+                        "shortcuts: run the energy report without --sanafe")
 
 
 @torch.no_grad()
@@ -84,6 +95,7 @@ def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: Stud
     ``run`` holds our counts (its first samples are these images), ``per_core`` the neurons per core
     of each deployed layer from ``map_to_cores``, so that both place the network alike.
     """
+    check_feed_forward(student)
     if not sanafe_available():
         return {"skipped": "SANA-FE is not installed (optional extra `sanafe`); no second estimate"}
     samples = len(images)

@@ -32,6 +32,18 @@ LIF whose bias is its input). Its scale fits the bias mantissa (signed 13 bits) 
 [0, 1]: ``s_1 = min(4095 / max_j sum_i |W_ji|_sign, 131071 / theta_1)``, bias = round(i * s_1).
 Poisson encoding: the first layer runs on chip on the input spikes like any other.
 
+Residual blocks: a layer that closes one also reads its shortcut, the spikes of an earlier LIF
+layer through the deployed shortcut conv (a 1x1 projection, or the identity as an identity matrix
+over channels, a pool before it folded in). Both currents join before the same LIF, so both are
+quantised with the layer's one scale: ``s_l`` is the smaller of the two weight sets' scales (each
+in [-256, 254], theta in 17 bits) and ``W_sc_int = clip(round(W_sc * s_l), -256, 254)``. On chip
+each is a Conv of its own (its output wrapping to 24 bits) into the neuron's input, where they add::
+
+    a = wrap24(W_int (x) s_prev) + wrap24(W_sc_int (x) s_source)
+
+netx's HDF5 cannot describe that graph (the Lava export refuses it); this mode is what a Lava
+network of Conv and LIF processes wired the same way runs.
+
 Output layer: an on-chip Dense whose neuron never leaks (vDecay = 0), never fires (vThMant at its
 maximum) and has no synaptic memory, so its voltage after step T is ``64 s_out * sum_t W s_L[t]``:
 ``logits = v / (64 s_out T)``, computable on both sides. (The voltage saturates at 2**23 - 1, i.e.
@@ -60,6 +72,15 @@ MAX_CLIP_FRACTION = 0.01  # refuse a layer when more of its weights would clip
 
 
 @dataclass
+class QuantShortcut:
+    """The residual input of a quantised layer: spikes of LIF layer ``lif`` through a conv, in the layer's scale."""
+
+    weight: np.ndarray  # int64 [out, in, k, k]
+    lif: int  # index of the LIF layer read, as in Trace.spikes
+    stride: int = 1
+
+
+@dataclass
 class QuantLayer:
     """One deployed layer in integers. ``weight`` is int64, or float64 for the host layer."""
 
@@ -76,6 +97,7 @@ class QuantLayer:
     on_host: bool = False
     is_output: bool = False
     clip_fraction: float = 0.0
+    shortcut: QuantShortcut | None = None
 
 
 @dataclass
@@ -144,27 +166,42 @@ def quantise(student: SpikingStudent, weight_percentile: float = 100.0) -> Loihi
             raise UserError(f"layer {d.name}: threshold {theta} is not positive; Loihi's vThMant is unsigned")
         if not np.any(d.weight):
             raise UserError(f"layer {d.name}: all weights are zero, which netx cannot map to a weight exponent")
-        layers.append(_quantise_layer(d, theta, weight_percentile, on_host=direct and idx == 0))
+        shortcut_lif = None if d.shortcut is None else deployed[d.shortcut.source].lif
+        layers.append(_quantise_layer(d, theta, weight_percentile, on_host=direct and idx == 0, shortcut_lif=shortcut_lif))
     return LoihiNet(layers, int(np.clip(round((1 - lam) * DECAY_UNITY), 0, DECAY_UNITY - 1)), cfg.timesteps,
                     cfg.encoding, tuple(cfg.input_shape), cfg.num_classes, lif_names)
 
 
-def _quantise_layer(d: DeployedLayer, theta: float | None, percentile: float, on_host: bool) -> QuantLayer:
+def _quantise_layer(d: DeployedLayer, theta: float | None, percentile: float, on_host: bool,
+                    shortcut_lif: int | None = None) -> QuantLayer:
     common = dict(name=d.name, kind=d.kind, in_shape=d.in_shape, out_shape=d.out_shape, stride=d.stride,
                   padding=d.padding, flatten_before=d.flatten_before, is_output=theta is None)
     if on_host:
         scale = host_scale(d.weight, theta)
         return QuantLayer(weight=d.weight.copy(), scale=scale, v_th=int(round(theta * scale)), on_host=True, **common)
     scale = layer_scale(d.weight, theta, percentile)
-    rounded = np.round(d.weight * scale)
-    w_min = weight_min(d.weight)
-    clipped = float(np.mean((rounded < w_min) | (rounded > W_MAX)))
-    if clipped > MAX_CLIP_FRACTION:
-        raise UserError(f"layer {d.name}: {clipped:.1%} of its weights would clip to the 8-bit range [{w_min}, {W_MAX}] "
+    if d.shortcut is not None:  # its current joins this layer's before the same LIF: one scale for both
+        scale = min(scale, layer_scale(d.shortcut.weight, None, percentile))
+    weight, clipped = _integer_weights(d.weight, scale)
+    shortcut, size = None, d.weight.size
+    if d.shortcut is not None:
+        shortcut_weight, shortcut_clipped = _integer_weights(d.shortcut.weight, scale)
+        shortcut = QuantShortcut(shortcut_weight, shortcut_lif, d.shortcut.stride)
+        clipped, size = clipped + shortcut_clipped, size + d.shortcut.weight.size
+    fraction = clipped / size
+    if fraction > MAX_CLIP_FRACTION:
+        raise UserError(f"layer {d.name}: {fraction:.1%} of its weights would clip to the 8-bit range [{weight_min(d.weight)}, {W_MAX}] "
                         f"(at most {MAX_CLIP_FRACTION:.0%} allowed); use a higher weight percentile")
     v_th = VTH_MAX if theta is None else int(round(theta * scale))
-    return QuantLayer(weight=np.clip(rounded, w_min, W_MAX).astype(np.int64), scale=scale, v_th=v_th,
-                      clip_fraction=clipped, **common)
+    return QuantLayer(weight=weight, scale=scale, v_th=v_th, clip_fraction=fraction, shortcut=shortcut, **common)
+
+
+def _integer_weights(weight: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
+    """``weight * scale`` rounded and clipped to netx's range (int64), and how many entries clipped."""
+    rounded = np.round(weight * scale)
+    w_min = weight_min(weight)
+    clipped = int(np.count_nonzero((rounded < w_min) | (rounded > W_MAX)))
+    return np.clip(rounded, w_min, W_MAX).astype(np.int64), clipped
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -185,9 +222,18 @@ def _apply(layer: QuantLayer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def synaptic_input(layer: QuantLayer, spikes: torch.Tensor) -> torch.Tensor:
     """Integer input ``a`` of an on-chip layer for spikes ``[N, ...]``, as Lava's Dense/Conv deliver it."""
     a = _apply(layer, spikes.double(), torch.from_numpy(layer.weight.astype(np.float64))).to(torch.int64)
-    if layer.kind == "conv":  # lava.proc.conv: a_buf = signed_clamp(a, bits=24), a wrap-around
-        a = torch.remainder(a + STATE_LIMIT // 2, STATE_LIMIT) - STATE_LIMIT // 2
-    return a
+    return _wrap_conv(a) if layer.kind == "conv" else a
+
+
+def shortcut_input(shortcut: QuantShortcut, spikes: torch.Tensor) -> torch.Tensor:
+    """Integer input a shortcut adds for its source's spikes ``[N, C, H, W]``: a Conv of its own."""
+    weight = torch.from_numpy(shortcut.weight.astype(np.float64))
+    return _wrap_conv(F.conv2d(spikes.double(), weight, stride=shortcut.stride).to(torch.int64))
+
+
+def _wrap_conv(a: torch.Tensor) -> torch.Tensor:
+    """lava.proc.conv: a_buf = signed_clamp(a, bits=24), a wrap-around."""
+    return torch.remainder(a + STATE_LIMIT // 2, STATE_LIMIT) - STATE_LIMIT // 2
 
 
 def _wrap24(u: torch.Tensor) -> torch.Tensor:
@@ -240,6 +286,9 @@ def run_quantised(
         trace, on_chip = Trace(logits=torch.empty(0), input_spikes=s0), net.layers
     for layer in on_chip:
         a = synaptic_input(layer, spikes.flatten(0, 1)).unflatten(0, (T, -1))
+        if layer.shortcut is not None:
+            source = trace.spikes[layer.shortcut.lif]
+            a = a + shortcut_input(layer.shortcut, source.flatten(0, 1)).unflatten(0, (T, -1))
         if layer.is_output:
             _, v = loihi_lif(a, 0, layer.v_th)
             trace.logits = torch.from_numpy(readout_logits(v.numpy(), layer.scale, T))

@@ -336,6 +336,10 @@ class SpikingStudent(nn.Module):
         self.leak = nn.Parameter(torch.tensor(float(leak)))
         self.thresholds = nn.Parameter(torch.tensor(thresholds if thresholds is not None else [1.0] * n, dtype=torch.float32))
         self._lif_index = {layer: k for k, layer in enumerate(config.spiking_layers)}
+        for module in self.weighted_modules():
+            # He init (fan-in, ReLU gain) as Rathi et al.: without batch norm or bias, PyTorch's default
+            # shrinks the signal ~2.5x per layer (vgg16's ANN output std 6e-8, resnet12's ANN stuck at chance)
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
 
     # -- running -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, timesteps: int | None = None, seed: int = 0) -> torch.Tensor:

@@ -21,7 +21,9 @@ from lasnn_deploy.hw_targets.profile import list_profiles, load_profile
 from lasnn_deploy.hw_targets.report import energy_report
 from lasnn_deploy.hw_targets.sanafe_compare import compare_with_sanafe, sanafe_available
 from lasnn_deploy.neurons import poisson_spikes
-from lasnn_deploy.student import Conv, Flatten, Linear, SpikingStudent, StudentConfig, Trace, deployed_layers
+from lasnn_deploy.student import (AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig, Trace,
+                                  deployed_layers, save_student)
+from test_student import small_resnet
 
 SPEC_KEYS = {"hardware", "timesteps", "samples", "layers", "total_energy_j", "ann_macs", "ann_energy_j", "profile"}
 LAYER_KEYS = {"name", "neurons", "spikes", "firing_rate", "synops", "macs", "neuron_updates", "energy_j"}
@@ -119,6 +121,147 @@ def test_ann_macs_on_the_pooled_graph():
     cfg = make_student().config
     got = ann_macs(cfg)
     assert got == {0: ref_dense_macs(cfg.layers[0], (1, 8, 8)), 3: ref_dense_macs(cfg.layers[3], (4, 4, 4)), 6: 24 * 12, 7: 12 * 5}
+
+
+def tiny_resnet() -> SpikingStudent:
+    """Two residual blocks on 1x4x4: an identity shortcut behind a pool, then a 1x1 stride-2 projection.
+
+    LIF populations A..F: A conv0 [2,4,4], B conv2 [2,2,2] (pool folded), C conv3 + identity from
+    pool(A) [2,2,2], D conv5 [3,2,2], E conv6 [4,1,1], F conv7 + projection from D [4,1,1].
+    """
+    layers = (Conv(1, 2, 3, 1, 1), AvgPool(2), Conv(2, 2, 3, 1, 1), Conv(2, 2, 3, 1, 1), Shortcut(1, 2, 2),
+              Conv(2, 3, 1), Conv(3, 4, 3, 2, 1), Conv(4, 4, 1), Shortcut(5, 3, 4, 2), Flatten(), Linear(4, 2))
+    cfg = StudentConfig("tiny-resnet", (1, 4, 4), 2, layers, timesteps=2, encoding="poisson")
+    return SpikingStudent(cfg).eval()
+
+
+def test_residual_hand_fixed_spikes_give_exact_counts():
+    """A shortcut's synapses count in the layer it feeds: identity 1 per spike, projection C_out per spike."""
+    student = tiny_resnet()
+    layers = deployed_layers(student)
+    assert [d.name for d in layers] == ["conv0", "conv2", "conv3", "conv5", "conv6", "conv7", "linear10"]
+    assert [None if d.shortcut is None else d.shortcut.source for d in layers] == [None, None, 0, None, None, 3, None]
+    T, B = 2, 2
+    x_in = torch.zeros(T, B, 1, 4, 4)
+    x_in[0, 0, 0, 0, 0] = x_in[1, 0, 0, 1, 1] = 1  # corner (2 x 4 synapses) and interior (2 x 9)
+    x_in[0, 1, 0, 0, 2] = 1  # edge (2 x 6)
+    a = torch.zeros(T, B, 2, 4, 4)
+    a[0, 0, 0, 0, 0] = a[1, 0, 1, 3, 3] = a[0, 0, 1, 1, 2] = 1  # 3 spikes
+    a[1, 1, 0] = 1  # 16 spikes
+    b = torch.zeros(T, B, 2, 2, 2)
+    b[0, 0, 1, 1, 0] = 1
+    b[1, 1, 0] = 1
+    b[0, 1, 1, 0, 0] = 1
+    c = torch.zeros(T, B, 2, 2, 2)
+    c[:, 0, 0, 0, 1] = 1
+    d = torch.zeros(T, B, 3, 2, 2)
+    d[0, 0, 0, 0, 0] = d[1, 0, 2, 0, 0] = d[0, 0, 1, 1, 1] = 1  # 2 of 3 at (0, 0), where the stride-2 1x1 reads
+    d[0, 1] = 1  # 12 spikes, 3 at (0, 0)
+    e = torch.zeros(T, B, 4, 1, 1)
+    e[0, 0, :2] = 1
+    e[1, 1, 3] = 1
+    f = torch.zeros(T, B, 4, 1, 1)
+    f[:, 0, 1:3] = 1
+    trace = Trace(logits=torch.zeros(B, 2), spikes=[a, b, c, d, e, f], input_spikes=x_in)
+    counts = count_events(layers, trace, T)
+
+    # By hand. conv0: 8 + 18 and 12. conv2 (pool folded): every A spike lands in a pooled cell read
+    # by all 2x2 outputs of both channels (8). conv3: a B spike reaches all 2x2 outputs x 2 channels
+    # (8), and each A spike 1 synapse through the identity (2x2 pool window, own channel). conv5:
+    # 1x1 to 3 channels. conv6: 3x3 stride 2 on 2x2 -> 1x1 reaches 4 channels from anywhere.
+    # conv7: 1x1 from E to 4 channels, and 4 per D spike at (0, 0) through the projection.
+    shortcut = [None, None, [3, 16], None, None, [4 * 2, 4 * 3], None]
+    synops = [[26, 12], [8 * 3, 8 * 16], [8 * 1 + 3, 8 * 5 + 16], [3 * 2, 0], [4 * 3, 4 * 12], [4 * 2 + 8, 4 * 1 + 12], [2 * 4, 0]]
+    spikes = [[3, 16], [1, 5], [2, 0], [3, 12], [2, 1], [4, 0], [0, 0]]
+    for count, want_shortcut, want_synops, want_spikes in zip(counts, shortcut, synops, spikes):
+        assert np.array_equal(count.synops, want_synops), count.name
+        assert np.array_equal(count.spikes, want_spikes), count.name
+        assert (count.shortcut_synops is None) == (want_shortcut is None), count.name
+        if want_shortcut is not None:
+            assert np.array_equal(count.shortcut_synops, want_shortcut), count.name
+    # Fan-out: population A's spikes reach 8 synapses of conv2 and 1 of conv3's shortcut each.
+    assert np.array_equal(counts[1].synops + counts[2].shortcut_synops, [9 * 3, 9 * 16])
+    profile = load_profile("loihi")
+    got = sum(price_layer(counts[5], profile).values())
+    assert all(close(got[i], ref_energy(spikes[5][i], synops[5][i], 0, 4 * T, profile)) for i in range(B))
+
+
+def test_residual_core_mapping_counts_the_shortcut_axon_group(tmp_path):
+    limits = load_profile(_write(tmp_path, GOOD + TINY_LIMITS)).limits
+    d = map_to_cores(deployed_layers(tiny_resnet()), limits, weight_bits=8, direct_encoding=False)
+    # conv3's neuron (c, y, x) reads all of B ([2,2,2], 8) and its own channel's 2x2 window of A.
+    conv3 = [{("B", i) for i in range(8)} | {("A", ch, 2 * y + dy, 2 * x + dx) for dy in (0, 1) for dx in (0, 1)}
+             for ch in range(2) for y in range(2) for x in range(2)]
+    # conv7's neuron reads all of E ([4,1,1]) and D's 3 channels at (0, 0).
+    conv7 = [{("E", i) for i in range(4)} | {("D", ch) for ch in range(3)} for _ in range(4)]
+    for m, fields in ((d.layers[2], conv3), (d.layers[5], conv7)):
+        n = m.neurons_per_core
+        assert m.synapses == sum(map(len, fields)) and m.max_fan_in == max(map(len, fields)), m.name
+        assert _chunks_fit(fields, n, 256, 12, 8) and (n == len(fields) or not _chunks_fit(fields, n + 1, 256, 12, 8)), m.name
+    # By hand: conv3 has 8 + 4 = 12 synapses per neuron; two neighbours would fit 24 of 32 bytes but
+    # read 8 + 8 = 16 axons, beyond 12. conv7: 4 + 3 per neuron, all four in one core.
+    assert (d.layers[2].neurons_per_core, d.layers[2].limited_by, d.layers[2].cores) == (1, "input axons", 8)
+    assert (d.layers[5].synapses, d.layers[5].neurons_per_core, d.layers[5].cores) == (28, 4, 1)
+    assert d.violations == ["conv2: fan-in 32 exceeds 12 input axons per core"]  # the folded pool: 2 x 4x4 inputs
+
+
+def test_residual_ann_macs_count_projections_with_their_block():
+    cfg = tiny_resnet().config
+    # conv7: 1x1 4 -> 4 on 1x1, plus the projection 3 -> 4 reading one position; the identity costs none.
+    assert ann_macs(cfg) == {0: ref_dense_macs(cfg.layers[0], (1, 4, 4)), 2: ref_dense_macs(cfg.layers[2], (2, 2, 2)),
+                             3: ref_dense_macs(cfg.layers[3], (2, 2, 2)), 5: 2 * 3 * 4, 6: 3 * 4 * 4,
+                             7: 4 * 4 + 3 * 4, 10: 4 * 2}
+
+
+def _ones_shortcut(spikes: torch.Tensor, weight: np.ndarray, stride: int) -> np.ndarray:
+    """Independent shortcut synops: spikes through the shortcut's connectivity (non-zero channel pairs)."""
+    ones = torch.from_numpy((np.abs(weight).sum(axis=(2, 3), keepdims=True) != 0) * np.ones_like(weight))
+    s = spikes.double()
+    return torch.stack([F.conv2d(s[t], ones, stride=stride) for t in range(len(s))]).sum(dim=(0, 2, 3, 4)).numpy()
+
+
+def test_report_on_a_resnet_student(tmp_path):
+    student = small_resnet().float()
+    x = torch.rand(3, 1, 8, 8)
+    result = energy_report(student, x, torch.arange(3), hw="loihi", out_dir=tmp_path, batch_size=2, progress=False)
+    with torch.no_grad():
+        trace = student.run(x, record=True)
+    layers = deployed_layers(student)
+    for j, (d, got) in enumerate(zip(layers, result["layers"])):
+        if d.shortcut is None:
+            assert "shortcut_synops" not in got
+            continue
+        sc = d.shortcut
+        want = _ones_shortcut(trace.spikes[layers[sc.source].lif], sc.weight, sc.stride)
+        assert close(got["shortcut_synops"], want.mean()), d.name
+        main = ref_synops(trace.spikes[layers[j - 1].lif], student.config.layers[d.source], 1)
+        assert close(got["synops"], (main + want).mean()), d.name
+    identity = result["layers"][4]  # reads the stem's pooled spikes: one synapse per spike of conv4
+    assert close(identity["shortcut_synops"], trace.spikes[2].sum().item() / 3)
+    assert result["violations"] == [] and result["cores"] >= len(layers)
+    assert result["ann_macs"] == sum(ann_macs(student.config).values())
+    assert json.loads((tmp_path / "energy.json").read_text()) == json.loads(json.dumps(result))
+    assert "| conv8 |" in (tmp_path / "energy.md").read_text()
+
+
+def test_energy_cli_on_a_resnet_digits_student(tmp_path, capsys):
+    from lasnn_deploy.cli import main
+    from lasnn_deploy.models import build_student
+
+    torch.manual_seed(0)
+    student = SpikingStudent(build_student("resnet12", (1, 16, 16), 10, timesteps=4, width=0.125)).eval()
+    path = save_student(student, tmp_path / "student.safetensors")
+    assert main(["energy", str(path), "--dataset", "digits", "--samples", "4", "--hw", "all", "--out", str(tmp_path / "e")]) == 0
+    result = json.loads((tmp_path / "e" / "energy.json").read_text())
+    assert result["samples"] == 4 and sum("shortcut_synops" in l for l in result["reports"]["loihi"]["layers"]) == 4
+
+
+def test_sanafe_refuses_a_residual_student_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="SANA-FE comparison supports feed-forward students only") as err:
+        energy_report(small_resnet().float(), torch.rand(2, 1, 8, 8), hw="loihi", out_dir=out, sanafe_samples=1, progress=False)
+    assert "without --sanafe" in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists()
 
 
 # -- report ----------------------------------------------------------------------------------------

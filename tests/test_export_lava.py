@@ -14,7 +14,8 @@ from lasnn_deploy.evaluation import evaluate_student
 from lasnn_deploy.exporters import lava
 from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, quantise, run_quantised
 from lasnn_deploy.neurons import poisson_spikes
-from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig
+from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
+from test_student import small_resnet
 
 
 @pytest.mark.parametrize("encoding", ["direct", "poisson"])
@@ -93,6 +94,50 @@ def test_quantised_mode_equals_float64_student_with_representable_weights():
         assert torch.equal(g.double(), w.detach())
         assert 0 < w.mean() < 0.9
     assert torch.equal(got.logits, want.logits.detach())
+
+
+def representable_resnet() -> SpikingStudent:
+    """Two residual blocks (an identity behind a pool, a stride-2 projection) whose folded weights are
+    n / 256 and thresholds m / 256: the identity through the 2x2 pool is eye / 4, 64 at scale 256."""
+    layers = (Conv(1, 3, 3, 1, 1), AvgPool(2), Conv(3, 3, 3, 1, 1), Conv(3, 3, 3, 1, 1), Shortcut(1, 3, 3),
+              Conv(3, 4, 3, 2, 1), Conv(4, 4, 3, 1, 1), Shortcut(4, 3, 4, 2), Flatten(), Linear(16, 4))
+    cfg = StudentConfig("exact-resnet", (1, 8, 8), 4, layers, timesteps=5, encoding="poisson")
+    student = SpikingStudent(cfg, leak=0.5, thresholds=[40 / 256, 20 / 256, 30 / 256, 25 / 256, 30 / 256]).double()
+    gen = torch.Generator().manual_seed(1)
+    pools = [1, 4, 1, 1, 1, 1, 1]  # conv0, conv2 (behind the pool), conv3, conv5, conv6, projection 7, linear9
+    for k, (m, area) in enumerate(zip(student.weighted_modules(), pools)):
+        n = torch.randint(-30, 31, m.weight.shape, generator=gen).double()
+        if k != 5:  # the projection shares conv6's scale: its own largest weight is far from the edge
+            n.view(-1)[0] = W_MAX
+        with torch.no_grad():
+            m.weight.copy_(n * area / 256)
+    return student.eval()
+
+
+def test_residual_quantised_mode_equals_float64_student_with_representable_weights():
+    """Shortcuts quantised in their layer's scale: with representable weights the mode is exact."""
+    student = representable_resnet()
+    net = quantise(student)
+    assert [q.scale for q in net.layers] == [256.0] * 6
+    identity, projection = net.layers[2].shortcut, net.layers[4].shortcut
+    assert identity.weight.shape == (3, 3, 2, 2) and identity.stride == 2 and identity.lif == 0
+    assert np.array_equal(identity.weight, 64 * np.eye(3, dtype=np.int64)[:, :, None, None].repeat(2, 2).repeat(2, 3))
+    assert np.array_equal(projection.weight, np.round(student.body[7].proj.weight.detach().numpy() * 256)) and projection.lif == 2
+    spikes_in = poisson_spikes(torch.rand(16, 1, 8, 8, dtype=torch.float64), 5, seed=1)
+    want = student.run(input_spikes=spikes_in, record=True)
+    got = run_quantised(net, input_spikes=spikes_in)
+    for g, w in zip(got.spikes, want.spikes):
+        assert torch.equal(g.double(), w.detach())
+        assert 0 < w.mean() < 0.9
+    assert torch.equal(got.logits, want.logits.detach())
+
+
+def test_refuses_a_residual_student_without_writing(tmp_path):
+    with pytest.raises(UserError) as err:
+        exporters.export(small_resnet().float(), "lava", tmp_path / "net.h5")
+    assert str(err.value) == ("lava-dl netx describes feed-forward layer chains; resnet12 has residual shortcuts "
+                              "(layer 9): export it to onnx or nir instead")
+    assert not list(tmp_path.iterdir())
 
 
 def test_direct_quantised_mode_tracks_float_student():

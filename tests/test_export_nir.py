@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ import lasnn_deploy.exporters.nir as nir_target
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import export
 from lasnn_deploy.neurons import encode
-from lasnn_deploy.student import Dropout
+from lasnn_deploy.student import Dropout, Shortcut, SpikingStudent, StudentConfig
+from lasnn_deploy.validation import validate
+from test_student import small_resnet
 
 nir = nir_target.nir
 
@@ -143,4 +146,80 @@ def test_reading_back_refuses_a_graph_that_is_no_student(tmp_path):
     graph.nodes.pop("lif6")
     graph.edges = [e for e in graph.edges if "lif6" not in e] + [("linear6", "linear7")]
     with pytest.raises(UserError, match=r"LIF nodes after layers \[0, 2\].*\[0, 2, 5\]"):
+        nir_target.student_from_nir(graph)
+
+
+def resnet_student(encoding: str = "direct") -> SpikingStudent:
+    """``small_resnet`` in float32: an identity shortcut behind a pool, then three projections."""
+    return small_resnet().float().with_config(encoding=encoding).eval()
+
+
+def without_dropout(config: StudentConfig) -> StudentConfig:
+    """``config`` as a NIR graph gives it back: Dropout left out, shortcut sources renumbered."""
+    kept = [i for i, layer in enumerate(config.layers) if not isinstance(layer, Dropout)]
+    new_index = {old: new for new, old in enumerate(kept)}
+    layers = [config.layers[i] for i in kept]
+    renumber = lambda l: dataclasses.replace(l, source=new_index[l.source]) if isinstance(l, Shortcut) else l
+    return config.replace(layers=tuple(map(renumber, layers)))
+
+
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+def test_snntorch_importer_runs_a_residual_student(tmp_path, encoding):
+    """export + validate as the CLI runs them: nirtorch's executor adds a LIF's two inputs (block conv +
+    shortcut), so every spike of every layer equals the float student's, blocks included."""
+    student = resnet_student(encoding)
+    n = 4
+    report = validate(student, export(student, "nir", tmp_path / "r.nir"), images(n))
+    assert report["passed"] and report["spike_agreement"] == 1.0 and report["max_abs_logit_error"] <= 1e-5
+    names = [layer["name"] for layer in report["layers"]]
+    assert names[4::2] == ["shortcut9", "shortcut13", "shortcut17", "shortcut21"]
+    shapes = student.config.shapes()
+    for layer, i in zip(report["layers"], student.config.spiking_layers):
+        assert layer["spike_agreement"] == 1.0, layer["name"]
+        rate = layer["spikes_reference"] / (6 * n * np.prod(shapes[i]))
+        assert 0.05 < rate < 0.6, f"{layer['name']} fires {rate:.3f}: the test would not exercise the neuron"
+
+
+def test_residual_graph_survives_write_and_read(tmp_path):
+    """Every shortcut is a 1x1 Conv2d branch from its source node into the block's LIF (identity
+    weights for the identity one), and the student comes back exactly from the file."""
+    student = resnet_student("poisson")
+    path = nir_target.export(student, tmp_path / "r.nir")
+    graph = nir.read(path)
+    assert graph.metadata["shortcuts"] == "shortcut9 shortcut13 shortcut17 shortcut21"
+    into = {dst: sorted(src for src, d in graph.edges if d == dst) for dst in ("lif9", "lif13", "lif17", "lif21")}
+    assert into == {"lif9": ["conv8", "shortcut9"], "lif13": ["conv12", "shortcut13"],
+                    "lif17": ["conv16", "shortcut17"], "lif21": ["conv20", "shortcut21"]}
+    assert {(s, d) for s, d in graph.edges if d.startswith("shortcut")} == {
+        ("avgpool5", "shortcut9"), ("lif9", "shortcut13"), ("lif13", "shortcut17"), ("lif17", "shortcut21")}
+    identity = graph.nodes["shortcut9"]
+    assert identity.weight.shape == (8, 8, 1, 1) and np.array_equal(identity.weight[:, :, 0, 0], np.eye(8))
+    assert np.array_equal(graph.nodes["shortcut13"].weight, student.body[13].proj.weight.detach().numpy())
+    assert list(graph.nodes["shortcut13"].stride) == [2, 2]
+
+    back = nir_target.student_from_nir(path)
+    assert back.config == without_dropout(student.config)
+    assert back.leak.item() == student.leak.item() and torch.equal(back.thresholds, student.thresholds)
+    assert len(back.weighted_modules()) == len(student.weighted_modules()) == 15  # 11 convs, 3 projections, 1 linear
+    for a, b in zip(student.weighted_modules(), back.weighted_modules()):
+        assert torch.equal(a.weight, b.weight)
+    with torch.no_grad():
+        x = images(2)
+        assert torch.equal(back(x), student(x))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda g: g.nodes["shortcut9"].weight.__imul__(2), "weights are not the identity matrix"),
+    (lambda g: g.edges.append(("shortcut9", "lif10")), "shortcut 'shortcut9' must be a Conv2d node"),
+    (lambda g: g.edges.remove(("shortcut9", "lif9")), "shortcut 'shortcut9' must be a Conv2d node"),
+    (lambda g: g.metadata.update(shortcuts="shortcut9 shortcut13"), "'lif13' does not lead to exactly one next node"),
+    (lambda g: (g.edges.remove(("avgpool5", "shortcut9")), g.edges.append(("input", "shortcut9"))),
+     r"one edge from the chain \(after its Input\)"),
+    (lambda g: (g.nodes.update(stray=g.nodes["shortcut9"]), g.edges.append(("stray", "lif6"))),
+     "nodes or edges outside"),
+])
+def test_reading_back_refuses_a_residual_graph_that_is_no_student(change, message):
+    graph = nir_target.to_nir_graph(resnet_student())
+    change(graph)
+    with pytest.raises(UserError, match=message):
         nir_target.student_from_nir(graph)

@@ -20,11 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from lasnn_deploy.errors import UserError
+from lasnn_deploy.exporters import export
 from lasnn_deploy.exporters import onnx as onnx_export
 from lasnn_deploy.neurons import encode
 from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig
+from lasnn_deploy.validation import validate
 
 from conftest import make_student
+from test_student import small_resnet
 
 
 @pytest.fixture(autouse=True)
@@ -318,3 +321,39 @@ def test_check_names_the_layer_with_bad_weights():
     with pytest.raises(UserError, match=r"body\.3\.weight"):
         onnx_export.check(student)
     onnx_export.check(make_student(reset="soft"))  # soft reset is expressible in ONNX
+
+
+def resnet_student(encoding: str) -> SpikingStudent:
+    """``small_resnet`` in float32: an identity shortcut behind a pool, then three projections."""
+    return small_resnet().float().with_config(encoding=encoding).eval()
+
+
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+def test_resnet_student_is_bit_exact_in_onnxruntime(tmp_path, encoding):
+    """export + validate as the CLI runs them; then every spike and logit against ``run(exact=True)``."""
+    student = resnet_student(encoding)
+    images, spikes = inputs_for(student, random_images(6))
+    path = export(student, "onnx", tmp_path / "r.onnx")
+    report = validate(student, path, random_images(6))
+    assert report["passed"] and report["spike_agreement"] == 1.0
+    got, ref = onnx_export.run(path, images, spikes), onnx_export.reference(student, images, spikes)
+    assert got.layer_names[4::2] == ["shortcut9", "shortcut13", "shortcut17", "shortcut21"]
+    assert_identical(got, ref)
+
+
+def test_resnet_file_holds_every_weight_and_projection_in_float64(tmp_path, monkeypatch):
+    """Weights in the file = Conv + Linear + 1x1 projections (identity shortcuts add none); the size
+    check counts the projections too."""
+    student = resnet_student("direct")
+    model = onnx.load(str(onnx_export.export(student, tmp_path / "r.onnx")))
+    weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE and np.prod(t.dims) > 1]
+    total = sum(v.numel() for k, v in student.state_dict().items() if k.endswith("weight"))
+    projections = sum(v.numel() for k, v in student.state_dict().items() if k.endswith("proj.weight"))
+    assert projections == 8 * 16 + 16 * 32 + 32 * 64
+    assert sum(int(np.prod(t.dims)) for t in weights) == total
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Greater") == 6 * 11  # T steps x LIF layers, block LIFs included
+    assert ops.count("MatMul") == 9 * 11 + 3 + 1  # 3x3 convs, 1x1 projections, the linear
+    monkeypatch.setattr(onnx_export, "MAX_BYTES", 8 * (total - 1))
+    with pytest.raises(UserError, match=f"{total:,} weights"):
+        onnx_export.check(student)

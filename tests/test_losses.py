@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from lasnn_deploy.neurons import lif_reference
-from lasnn_deploy.student import Flatten, Linear, SpikingStudent, StudentConfig
+from lasnn_deploy.student import Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
 from lasnn_deploy.training import losses
-from lasnn_deploy.training.conversion import balance_thresholds, convert, layer_input_current, percentile
+from lasnn_deploy.training.conversion import balance_thresholds, convert, layer_input_current, percentile, rate_scales
 
 
 def test_attention_map_is_channel_mean_of_squares():
@@ -166,3 +166,34 @@ def test_conversion_scales_the_readout_by_the_product_of_thresholds_and_keeps_pr
         scaled, plain = student.run(x, record=True), balanced.run(x, record=True)
     assert all(torch.equal(a, b) for a, b in zip(scaled.spikes, plain.spikes))  # no spike changes
     assert torch.allclose(scaled.logits, plain.logits * thresholds[0] * thresholds[1])
+
+
+def _residual_block_student() -> SpikingStudent:
+    """conv - LIF - [conv - LIF - conv + identity shortcut from the first LIF] - LIF - readout, 1x1 kernels."""
+    layers = (Conv(1, 3, 1), Conv(3, 3, 1), Conv(3, 3, 1), Shortcut(0, 3, 3), Flatten(), Linear(12, 2))
+    torch.manual_seed(3)
+    student = SpikingStudent(StudentConfig("block", (1, 2, 2), 2, layers, timesteps=400, reset="soft"))
+    with torch.no_grad():
+        student.body[0].weight.copy_(torch.tensor([1.0, 0.5, 2.0]).reshape(3, 1, 1, 1))
+        student.body[1].weight.copy_(torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.6, 0.2], [0.1, 0.1, 0.9]]).reshape(3, 3, 1, 1))
+        student.body[2].weight.copy_(torch.tensor([[0.4, 0.1, 0.0], [0.2, 0.5, 0.1], [0.1, 0.3, 0.3]]).reshape(3, 3, 1, 1))
+    return student
+
+
+def test_conversion_puts_both_branches_of_a_residual_block_on_one_scale():
+    student = _residual_block_student()
+    x = torch.rand(16, 1, 2, 2)
+    with torch.no_grad():
+        _, acts = student.forward_ann(x, record=True)
+    conv2 = student.body[2].weight.detach().clone()
+    readout = student.body[5].weight.detach().clone()
+    thresholds = convert(student, [x])
+    scales = rate_scales(student.config, thresholds)
+    # the block's LIF continues from the block input's scale, not from the first LIF's
+    assert scales == pytest.approx([thresholds[0], thresholds[0] * thresholds[1], thresholds[0] * thresholds[2]])
+    assert torch.allclose(student.body[2].weight, conv2 * thresholds[1])  # second conv rescaled by theta_1
+    assert torch.allclose(student.body[5].weight, readout * scales[-1])
+    with torch.no_grad():
+        spikes = student.run(x, record=True).spikes
+    for rate, act, scale in zip(spikes, acts, scales):  # soft-reset IF at T = 400: rate * Lambda ~ ANN activation
+        assert torch.allclose(rate.mean(0) * scale, act, atol=0.02 * float(act.max()) + 3 * scale / 400)

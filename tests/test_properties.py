@@ -9,7 +9,8 @@ direct or Poisson input. For each target, what it promises:
   float64-current mode) bit for bit, and its logits within float32 rounding.
 - Lava: the Loihi-quantised mode (``loihi_quant.run_quantised``) equals an independent int64 numpy
   implementation of Lava's bit-accurate CUBA LIF (SPEC section 3, ``PyLifModelBitAcc``) over the
-  folded integer weights; a few students also go through the real Lava simulator.
+  folded integer weights; a few students also go through the real Lava simulator. Random residual
+  students (resnet12 at width 1/8) check the quantised mode's shortcuts the same way.
 - NIR: ``nir.write`` then ``nir.read`` and ``student_from_nir`` give back every parameter exactly.
 """
 
@@ -26,7 +27,8 @@ from hypothesis import strategies as st
 from lasnn_deploy.exporters import lava as lava_target
 from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import onnx as onnx_target
-from lasnn_deploy.loihi_quant import LoihiNet, QuantLayer, quantise, run_quantised
+from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, LoihiNet, QuantLayer, quantise, run_quantised
+from lasnn_deploy.models import build_student
 from lasnn_deploy.neurons import encode
 from lasnn_deploy.student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, StudentConfig, deployed_layers
 
@@ -79,6 +81,11 @@ def students(draw, resets=("hard", "soft"), encodings=("direct", "poisson")) -> 
     leak = draw(st.one_of(st.just(1.0), st.floats(0.01, 1.0)))
     thresholds = draw(st.lists(st.floats(0.02, 1.0), min_size=len(config.spiking_layers),
                                max_size=len(config.spiking_layers)))
+    return _with_random_weights(draw, config, leak, thresholds)
+
+
+def _with_random_weights(draw, config: StudentConfig, leak: float, thresholds: list[float]):
+    """The student of ``config`` with drawn weights, ``BATCH`` images and its input spikes (Poisson) or None."""
     gain, seed = draw(st.floats(1.0, 5.0)), draw(st.integers(0, 2**31 - 1))
     student = SpikingStudent(config, leak=leak, thresholds=thresholds)
     generator = torch.Generator().manual_seed(seed)
@@ -89,6 +96,16 @@ def students(draw, resets=("hard", "soft"), encodings=("direct", "poisson")) -> 
     images = torch.rand(BATCH, *config.input_shape, generator=generator)
     spikes = encode(images, config.timesteps, "poisson", seed) if config.encoding == "poisson" else None
     return student.eval(), images, spikes
+
+
+@st.composite
+def residual_students(draw) -> tuple[SpikingStudent, torch.Tensor, torch.Tensor | None]:
+    """resnet12 at width 1/8 (an identity shortcut behind a pool, three strided projections), drawn like ``students``."""
+    config = build_student("resnet12", (draw(st.integers(1, 2)), 8, 8), draw(st.integers(2, 5)), width=0.125,
+                           timesteps=draw(st.integers(1, 6)), encoding=draw(st.sampled_from(("direct", "poisson"))))
+    leak = draw(st.one_of(st.just(1.0), st.floats(0.01, 1.0)))
+    n = len(config.spiking_layers)
+    return _with_random_weights(draw, config, leak, draw(st.lists(st.floats(0.02, 1.0), min_size=n, max_size=n)))
 
 
 # -- ONNX ------------------------------------------------------------------------------------------
@@ -159,13 +176,21 @@ def loihi_lif(drive: np.ndarray, v_decay: int, v_th: int, *, synaptic: bool) -> 
 
 def _synapses(layer: QuantLayer, x: np.ndarray) -> np.ndarray:
     """Conv (im2col) or dense of ``x [N, ...]`` with the layer's weights, in the weights' dtype."""
-    w = layer.weight
     if layer.kind == "linear":
-        return x.reshape(len(x), -1) @ w.T
-    p, s, k = layer.padding, layer.stride, w.shape[-1]
+        return x.reshape(len(x), -1) @ layer.weight.T
+    return _conv(x, layer.weight, layer.stride, layer.padding)
+
+
+def _conv(x: np.ndarray, w: np.ndarray, s: int, p: int) -> np.ndarray:
+    k = w.shape[-1]
     padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(2, 3))[:, :, ::s, ::s]
     return np.einsum("nchwij,ocij->nohw", windows, w)
+
+
+def _wrap_conv(a: np.ndarray) -> np.ndarray:
+    """Lava's Conv clamps its output to signed 24 bits by wrapping."""
+    return (a + STATE) % (2 * STATE) - STATE
 
 
 def reimplemented_lava(net: LoihiNet, images: np.ndarray, input_spikes: np.ndarray | None):
@@ -181,8 +206,11 @@ def reimplemented_lava(net: LoihiNet, images: np.ndarray, input_spikes: np.ndarr
         spikes = input_spikes.astype(np.int64)
     for layer in layers:
         a = np.stack([_synapses(layer, s_t) for s_t in spikes])
-        if layer.kind == "conv":  # Lava's Conv clamps its output to signed 24 bits by wrapping
-            a = (a + STATE) % (2 * STATE) - STATE
+        if layer.kind == "conv":
+            a = _wrap_conv(a)
+        if layer.shortcut is not None:  # a Conv of its own from an earlier LIF layer, into the same neurons
+            sc = layer.shortcut
+            a = a + _wrap_conv(np.stack([_conv(s_t, sc.weight, sc.stride, 0) for s_t in recorded[sc.lif]]))
         out, v = loihi_lif(a, 0 if layer.is_output else net.v_decay, layer.v_th, synaptic=True)
         if layer.is_output:
             return recorded, v / (64 * layer.scale * T)
@@ -194,7 +222,26 @@ def reimplemented_lava(net: LoihiNet, images: np.ndarray, input_spikes: np.ndarr
 @EXAMPLES
 @given(case=students(resets=("hard",)))
 def test_loihi_quantised_mode_equals_an_int64_reimplementation(case):
+    _check_quantised_mode(*case)
+
+
+@settings(EXAMPLES, max_examples=25)
+@given(case=residual_students())
+def test_loihi_quantised_residual_mode_equals_an_int64_reimplementation(case):
     student, images, spikes = case
+    net = quantise(student)
+    thetas = student.thresholds.detach().double().numpy()
+    residual = [(q, d) for q, d in zip(net.layers, deployed_layers(student)) if d.shortcut is not None]
+    assert len(residual) == 4
+    for q, d in residual:  # the shortcut in the layer's own scale, which is the largest that fits both
+        assert q.shortcut.weight.dtype == np.int64 and np.abs(q.shortcut.weight - d.shortcut.weight * q.scale).max() <= 0.5
+        edges = [w for w in (q.weight, q.shortcut.weight) if w.max() == W_MAX or w.min() in (W_MIN, W_MIN + 1)]
+        assert edges or q.v_th == VTH_MAX, q.name
+        assert q.v_th == round(thetas[d.lif] * q.scale)
+    _check_quantised_mode(student, images, spikes)
+
+
+def _check_quantised_mode(student: SpikingStudent, images: torch.Tensor, spikes: torch.Tensor | None) -> None:
     net = quantise(student)
     for q, d in zip(net.layers, deployed_layers(student)):  # weights are the folded ones, rounded, unclipped
         if not q.on_host:

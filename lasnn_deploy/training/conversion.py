@@ -15,14 +15,21 @@ Our reading, step by step:
    same way before hybrid fine-tuning).
 4. A layer whose current never exceeds zero keeps a tiny positive threshold, as the SNN's
    thresholds must stay positive.
-5. The output layer's weights (the non-spiking readout) are multiplied by the product of all
-   thresholds. A converted layer fires at about ``a_l / Lambda_l`` of its ANN activation, with
-   ``Lambda_l = theta_1 ... theta_l``, so without this the integrated logits are ``Lambda_L``
+5. The output layer's weights (the non-spiking readout) are multiplied by ``Lambda_L``. A
+   converted layer fires at about ``a_l / Lambda_l`` of its ANN activation, with ``Lambda_l =
+   theta_1 ... theta_l`` along a chain, so without this the integrated logits are ``Lambda_L``
    times smaller than the ANN's. Scaling the readout changes no spike and no prediction (the
    converted accuracy is that of threshold balancing alone), but CE and KD fine-tuning then
    start from logits of the right scale: on MNIST the starting CE drops from 1.75 to 0.48, and
    one fine-tuning epoch gains accuracy instead of losing 1.5 points while doubling the spikes.
    This step is ours; Sengupta et al. read out spike counts, where the scale does not matter.
+
+Residual blocks (our reading; Hu et al. 2018 normalise shortcuts for the same reason): the block's
+LIF sums its second conv, which reads the first LIF's spikes (rate ``a / Lambda_1``), and the
+shortcut, which reads the block input (rate ``a / Lambda_in``, ``Lambda_1 = Lambda_in theta_1``).
+The ANN adds the two at one scale, so before that LIF is balanced the second conv's weights are
+multiplied by ``Lambda_1 / Lambda_in``; both branches then arrive in units of ``1 / Lambda_in``, the
+identity shortcut stays an identity, and the block's LIF gets ``Lambda = Lambda_in theta``.
 
 Dropout is off (eval mode) while balancing, and Poisson inputs are drawn from a seed per batch.
 Under several processes (torchrun) each takes some of the whole batches, and the per-batch
@@ -37,7 +44,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..student import SpikingStudent
+from ..student import Shortcut, SpikingStudent, StudentConfig
 from . import distributed
 
 MIN_THRESHOLD = 1e-3
@@ -92,8 +99,31 @@ def convert(
 ) -> list[float]:
     """Threshold balancing, then the readout scaled by the product of the thresholds (steps 1-5)."""
     thresholds = balance_thresholds(student, batches, percentile_value, seed)
-    student.weighted_modules()[-1].weight.mul_(math.prod(thresholds))
+    student.weighted_modules()[-1].weight.mul_(rate_scales(student.config, thresholds)[-1])
     return thresholds
+
+
+def rate_scales(config: StudentConfig, thresholds: Sequence[float]) -> list[float]:
+    """``Lambda`` of every LIF layer: a converted layer fires at ``a / Lambda`` of its ANN activation.
+
+    Along a chain ``Lambda_k = Lambda_{k-1} theta_k``; a block's LIF (a ``Shortcut``) continues from
+    the block input's ``Lambda`` (see the module docstring). Input: ``Lambda = 1``. With fewer
+    thresholds than LIF layers (balancing in progress), the scales of the first ones.
+    """
+    site = {i: k for k, i in enumerate(config.spiking_layers)}
+    scales: list[float] = []
+    for k, i in enumerate(config.spiking_layers[: len(thresholds)]):
+        layer = config.layers[i]
+        before = source_site(config, layer.source, site) if isinstance(layer, Shortcut) else k - 1
+        scales.append((scales[before] if before >= 0 else 1.0) * thresholds[k])
+    return scales
+
+
+def source_site(config: StudentConfig, index: int, site: Mapping[int, int]) -> int:
+    """The LIF layer (index among spiking layers) whose spikes layer ``index`` passes on (through pools)."""
+    while index not in site:
+        index -= 1
+    return site[index]
 
 
 @torch.no_grad()
@@ -112,8 +142,14 @@ def balance_thresholds(
     was_training = student.training
     student.eval()
     student.leak.fill_(1.0)
-    thresholds = []
-    for layer in range(len(student.config.spiking_layers)):
+    thresholds: list[float] = []
+    config = student.config
+    site = {i: k for k, i in enumerate(config.spiking_layers)}
+    for layer, index in enumerate(config.spiking_layers):
+        spec = config.layers[index]
+        if isinstance(spec, Shortcut):  # both branches in units of the block input's rate first
+            scales = rate_scales(config, thresholds)
+            student.body[index - 1].weight.mul_(scales[layer - 1] / scales[source_site(config, spec.source, site)])
         peak = max(
             (percentile(layer_input_current(student, layer, x, seed + b), percentile_value) for b, x in items),
             default=-math.inf,

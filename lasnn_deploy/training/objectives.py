@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..student import Conv, SpikingStudent
+from ..student import Conv, Shortcut, SpikingStudent
 from . import losses
 
 
@@ -44,9 +44,12 @@ def spread(n: int, k: int) -> list[int]:
 
 
 def attention_levels(student: SpikingStudent) -> list[int]:
-    """Indices (into the spiking layers) of the student's low, mid and high conv spike maps."""
+    """Indices (into the spiking layers) of the student's low, mid and high conv spike maps.
+
+    In a residual student the output of a block (its ``Shortcut``'s LIF) is a conv map like any other.
+    """
     cfg = student.config
-    convs = [k for k, i in enumerate(cfg.spiking_layers) if isinstance(cfg.layers[i], Conv)]
+    convs = [k for k, i in enumerate(cfg.spiking_layers) if isinstance(cfg.layers[i], (Conv, Shortcut))]
     if not convs:
         raise UserError(f"the {cfg.arch} student has no spiking conv layer to distil attention into; use kd or hybrid")
     return [convs[i] for i in spread(len(convs), 3)]
