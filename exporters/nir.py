@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -389,9 +390,9 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
 
 
 # -- running ---------------------------------------------------------------------------------
-def _as_tensor(x: Any, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """Images or spikes given as numpy arrays or tensors -> float32 tensors on ``device``."""
-    return None if x is None else torch.as_tensor(x, dtype=torch.float32, device=device)
+def _as_tensor(x: Any) -> torch.Tensor | None:
+    """Images or spikes given as numpy arrays or tensors -> float32 CPU tensors (snnTorch runs on CPU)."""
+    return None if x is None else torch.as_tensor(x, dtype=torch.float32, device="cpu")
 
 
 def _input_steps(images: Any, input_spikes: Any, settings: dict[str, Any], where: Path) -> torch.Tensor:
@@ -445,24 +446,58 @@ def run(path: str | Path, images: Any = None, input_spikes: Any = None) -> RunRe
     for n in lif_names:
         net.get_submodule(n).register_forward_hook(lambda m, i, out, n=n: recorded[n].append(out.detach()))
     T, B = steps.shape[:2]
-    logits = []
+    outputs = []  # per sample [T, K]
     with torch.no_grad():
         for b in range(B):
             reset_state(net)
-            logits.append(torch.stack([net(steps[t, b])[0] for t in range(T)]).mean(0))
+            outputs.append(torch.stack([net(steps[t, b])[0] for t in range(T)]))
+    logits = torch.stack(outputs, 1).mean(0)  # over [T, B, K], as the student averages (same float32 sums)
     spikes = [torch.stack(recorded[n]).unflatten(0, (B, T)).transpose(0, 1).numpy() for n in lif_names]
-    return RunResult(logits=torch.stack(logits).numpy(), spikes=spikes, layer_names=layer_names)
+    return RunResult(logits=logits.numpy(), spikes=spikes, layer_names=layer_names)
+
+
+class _Unbatched(torch.nn.Module):
+    """``module`` on one image at a time, without a batch axis, as snnTorch's importer calls it.
+
+    PyTorch's float32 CPU kernels pick their algorithm (and so their summation order) by input
+    shape: a conv on a batch of ``T * B`` images and one on a single ``[C, H, W]`` image round
+    most outputs differently in the last bits, and ``nn.Linear`` on one ``[F]`` vector is a
+    matrix-vector product. Called per image, the reference's currents are the runtime's bit for bit.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.module(x) for x in h])
+
+
+def runtime_order(student: SpikingStudent) -> SpikingStudent:
+    """A CPU copy of ``student`` whose synaptic layers run image by image, as in :func:`run`.
+
+    Conv, Linear, AvgPool and shortcut projections are wrapped in :class:`_Unbatched`; the LIF
+    recurrence is element-wise and the residual add a sum of two terms, so neither depends on
+    the batch. Same weights, same float32 arithmetic: only the order of each kernel's sums changes.
+    """
+    copy = deepcopy(student).cpu().eval()
+    for i, layer in enumerate(copy.config.layers):
+        if isinstance(layer, (Conv, Linear, AvgPool)):
+            copy.body[i] = _Unbatched(copy.body[i])
+        elif isinstance(layer, Shortcut) and copy.body[i].proj is not None:
+            copy.body[i].proj = _Unbatched(copy.body[i].proj)
+    return copy
 
 
 def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = None) -> RunResult:
-    """What the NIR graph promises: the float PyTorch student on the same input (eval mode)."""
-    cfg, device = student.config, student.leak.device
-    was_training = student.training
-    student.eval()
-    try:
-        with torch.no_grad():
-            trace = student.run(_as_tensor(images, device), input_spikes=_as_tensor(input_spikes, device), record=True)
-    finally:
-        student.train(was_training)
+    """What the NIR graph promises: the float32 student on the same input, in snnTorch's order.
+
+    The student (eval mode, ``run(exact=False)``) computed as :func:`runtime_order` does, one image
+    and one step at a time: a float32 kernel's rounding depends on the batch it runs on, and one
+    last-bit difference at a threshold tie flips a spike (docs/semantics.md, "NIR").
+    """
+    cfg = student.config
+    with torch.no_grad():
+        trace = runtime_order(student).run(_as_tensor(images), input_spikes=_as_tensor(input_spikes), record=True)
     names = [f"{cfg.layers[i].type}{i}" for i in cfg.spiking_layers]
-    return RunResult(logits=trace.logits.cpu().numpy(), spikes=[s.cpu().numpy() for s in trace.spikes], layer_names=names)
+    return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names)
