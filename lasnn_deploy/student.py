@@ -205,10 +205,7 @@ class StudentConfig:
             raise UserError(f"{where}a shortcut must directly follow the Conv whose current it adds to")
         if spec.source >= i - 1:
             raise UserError(f"{where}source {spec.source} must be a layer before the block's last Conv (index < {i - 1})")
-        signal = spec.source
-        while isinstance(self.layers[signal], AvgPool) and signal > 0:
-            signal -= 1
-        if signal not in self.spiking_layers:
+        if self.source_lif(spec.source) is None:
             raise UserError(f"{where}source {spec.source} must be a spiking layer's output, or an average pool of one")
         shapes = self.shapes()
         c, h, w = shapes[spec.source]
@@ -234,6 +231,14 @@ class StudentConfig:
         weighted = [i for i, l in enumerate(self.layers) if isinstance(l, (Conv, Linear, Shortcut))][:-1]
         closes_block = {i - 1 for i, l in enumerate(self.layers) if isinstance(l, Shortcut)}
         return [i for i in weighted if i not in closes_block]
+
+    def source_lif(self, index: int) -> int | None:
+        """The LIF layer (index among the spiking layers) whose spikes layer ``index`` outputs,
+        directly or through average pools; None when its output is not a LIF layer's spikes."""
+        while isinstance(self.layers[index], AvgPool) and index > 0:
+            index -= 1
+        lifs = self.spiking_layers
+        return lifs.index(index) if index in lifs else None
 
     @property
     def shortcut_sources(self) -> set[int]:

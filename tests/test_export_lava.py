@@ -72,21 +72,24 @@ def representable_student() -> SpikingStudent:
               Linear(6, 4))
     cfg = StudentConfig("exact", (1, 8, 8), 4, layers, timesteps=5, encoding="poisson")
     student = SpikingStudent(cfg, leak=0.5, thresholds=[40 / 256, 20 / 256, 30 / 256]).double()
-    gen = torch.Generator().manual_seed(0)
-    pools = [1, 4, 4, 1]  # folded weight = weight / pool area
-    for m, area in zip(student.weighted_modules(), pools):
+    return _representable_weights(student, pools=[1, 4, 4, 1], seed=0)  # folded weight = weight / pool area
+
+
+def _representable_weights(student: SpikingStudent, pools: list[int], seed: int, unpinned: int | None = None) -> SpikingStudent:
+    """Weights n * pool area / 256 (n in [-30, 30]), whose folded form is n / 256; the first entry of
+    every weight set but ``unpinned`` is W_MAX, which pins its scale to 254 / (254 / 256) = 256."""
+    gen = torch.Generator().manual_seed(seed)
+    for k, (m, area) in enumerate(zip(student.weighted_modules(), pools)):
         n = torch.randint(-30, 31, m.weight.shape, generator=gen).double()
-        n.view(-1)[0] = W_MAX  # pins the scale to 254 / (254 / 256) = 256
+        if k != unpinned:
+            n.view(-1)[0] = W_MAX
         with torch.no_grad():
             m.weight.copy_(n * area / 256)
     return student.eval()
 
 
-def test_quantised_mode_equals_float64_student_with_representable_weights():
-    """Pool folding, integer synapses, the truncating leak and the readout are exact here."""
-    student = representable_student()
-    net = quantise(student)
-    assert [q.scale for q in net.layers] == [256.0] * 4 and net.v_decay == 2048
+def _assert_quantised_mode_exact(student: SpikingStudent, net) -> None:
+    """The quantised mode equals the float64 student spike for spike and logit for logit, every layer firing."""
     spikes_in = poisson_spikes(torch.rand(16, 1, 8, 8, dtype=torch.float64), 5, seed=1)
     want = student.run(input_spikes=spikes_in, record=True)
     got = run_quantised(net, input_spikes=spikes_in)
@@ -96,6 +99,14 @@ def test_quantised_mode_equals_float64_student_with_representable_weights():
     assert torch.equal(got.logits, want.logits.detach())
 
 
+def test_quantised_mode_equals_float64_student_with_representable_weights():
+    """Pool folding, integer synapses, the truncating leak and the readout are exact here."""
+    student = representable_student()
+    net = quantise(student)
+    assert [q.scale for q in net.layers] == [256.0] * 4 and net.v_decay == 2048
+    _assert_quantised_mode_exact(student, net)
+
+
 def representable_resnet() -> SpikingStudent:
     """Two residual blocks (an identity behind a pool, a stride-2 projection) whose folded weights are
     n / 256 and thresholds m / 256: the identity through the 2x2 pool is eye / 4, 64 at scale 256."""
@@ -103,15 +114,9 @@ def representable_resnet() -> SpikingStudent:
               Conv(3, 4, 3, 2, 1), Conv(4, 4, 3, 1, 1), Shortcut(4, 3, 4, 2), Flatten(), Linear(16, 4))
     cfg = StudentConfig("exact-resnet", (1, 8, 8), 4, layers, timesteps=5, encoding="poisson")
     student = SpikingStudent(cfg, leak=0.5, thresholds=[40 / 256, 20 / 256, 30 / 256, 25 / 256, 30 / 256]).double()
-    gen = torch.Generator().manual_seed(1)
-    pools = [1, 4, 1, 1, 1, 1, 1]  # conv0, conv2 (behind the pool), conv3, conv5, conv6, projection 7, linear9
-    for k, (m, area) in enumerate(zip(student.weighted_modules(), pools)):
-        n = torch.randint(-30, 31, m.weight.shape, generator=gen).double()
-        if k != 5:  # the projection shares conv6's scale: its own largest weight is far from the edge
-            n.view(-1)[0] = W_MAX
-        with torch.no_grad():
-            m.weight.copy_(n * area / 256)
-    return student.eval()
+    # conv0, conv2 (behind the pool), conv3, conv5, conv6, projection 7, linear9; the projection shares
+    # conv6's scale, so its own largest weight stays far from the edge
+    return _representable_weights(student, pools=[1, 4, 1, 1, 1, 1, 1], seed=1, unpinned=5)
 
 
 def test_residual_quantised_mode_equals_float64_student_with_representable_weights():
@@ -123,13 +128,7 @@ def test_residual_quantised_mode_equals_float64_student_with_representable_weigh
     assert identity.weight.shape == (3, 3, 2, 2) and identity.stride == 2 and identity.lif == 0
     assert np.array_equal(identity.weight, 64 * np.eye(3, dtype=np.int64)[:, :, None, None].repeat(2, 2).repeat(2, 3))
     assert np.array_equal(projection.weight, np.round(student.body[7].proj.weight.detach().numpy() * 256)) and projection.lif == 2
-    spikes_in = poisson_spikes(torch.rand(16, 1, 8, 8, dtype=torch.float64), 5, seed=1)
-    want = student.run(input_spikes=spikes_in, record=True)
-    got = run_quantised(net, input_spikes=spikes_in)
-    for g, w in zip(got.spikes, want.spikes):
-        assert torch.equal(g.double(), w.detach())
-        assert 0 < w.mean() < 0.9
-    assert torch.equal(got.logits, want.logits.detach())
+    _assert_quantised_mode_exact(student, net)
 
 
 def test_refuses_a_residual_student_without_writing(tmp_path):

@@ -77,7 +77,13 @@ def plan_layers(
     return tuple(layers)
 
 
-def _builder(arch: str, convs: Plan, hidden: Sequence[int], conv_dropout: float, hidden_dropout: float):
+LayerPlan = Callable[[Sequence[int], int, float, Union[float, None]], tuple[LayerSpec, ...]]
+StudentBuilder = Callable[..., StudentConfig]
+
+
+def _builder(arch: str, plan: LayerPlan, doc: str) -> StudentBuilder:
+    """A student builder: options checked, layers from ``plan(input_shape, num_classes, width, dropout)``."""
+
     def build(
         input_shape: Sequence[int],
         num_classes: int,
@@ -90,7 +96,19 @@ def _builder(arch: str, convs: Plan, hidden: Sequence[int], conv_dropout: float,
     ) -> StudentConfig:
         if dropout is not None and not 0 <= dropout < 1:
             raise UserError(f"student dropout must be in [0, 1), got {dropout}")
-        layers = plan_layers(
+        layers = plan(input_shape, num_classes, width, dropout)
+        return StudentConfig(arch, tuple(input_shape), num_classes, layers, timesteps, encoding, reset)
+
+    build.__name__ = arch.replace("-", "_")
+    build.__doc__ = doc
+    return build
+
+
+def _vgg(arch: str, convs: Plan, hidden: Sequence[int], conv_dropout: float, hidden_dropout: float) -> StudentBuilder:
+    """A VGG-style student (``plan_layers``); ``dropout`` replaces both rates when given."""
+
+    def plan(input_shape: Sequence[int], num_classes: int, width: float, dropout: float | None) -> tuple[LayerSpec, ...]:
+        return plan_layers(
             input_shape,
             num_classes,
             convs,
@@ -99,11 +117,8 @@ def _builder(arch: str, convs: Plan, hidden: Sequence[int], conv_dropout: float,
             conv_dropout=conv_dropout if dropout is None else dropout,
             hidden_dropout=hidden_dropout if dropout is None else dropout,
         )
-        return StudentConfig(arch, tuple(input_shape), num_classes, layers, timesteps, encoding, reset)
 
-    build.__name__ = arch.replace("-", "_")
-    build.__doc__ = f"The {arch} student: convs {list(convs)}, hidden Linears {list(hidden)}."
-    return build
+    return _builder(arch, plan, f"The {arch} student: convs {list(convs)}, hidden Linears {list(hidden)}.")
 
 
 RESNET12_STEM = (64, 64, 64)
@@ -145,42 +160,31 @@ def resnet_layers(
     return tuple(layers)
 
 
-def resnet12(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    timesteps: int = 8,
-    encoding: Encoding = "direct",
-    reset: Reset = "hard",
-    width: float = 1.0,
-    dropout: float | None = None,
-) -> StudentConfig:
-    """The resnet12 student: stem convs [64, 64, 64], pool, blocks 64/1, 128/2, 256/2, 512/2, Linear."""
-    if dropout is not None and not 0 <= dropout < 1:
-        raise UserError(f"student dropout must be in [0, 1), got {dropout}")
-    layers = resnet_layers(input_shape, num_classes, RESNET12_STEM, RESNET12_BLOCKS, width=width,
-                           dropout=CONV_DROPOUT if dropout is None else dropout)
-    return StudentConfig("resnet12", tuple(input_shape), num_classes, layers, timesteps, encoding, reset)
+def _resnet12_plan(input_shape: Sequence[int], num_classes: int, width: float, dropout: float | None) -> tuple[LayerSpec, ...]:
+    return resnet_layers(input_shape, num_classes, RESNET12_STEM, RESNET12_BLOCKS, width=width,
+                         dropout=CONV_DROPOUT if dropout is None else dropout)
 
-
-StudentBuilder = Callable[..., StudentConfig]
 
 STUDENTS: dict[str, StudentBuilder] = {
     # conv16-LIF-pool-conv32-LIF-pool-linear: seconds per epoch on a CPU, for tests and the demo.
-    "tiny": _builder("tiny", [16, POOL, 32, POOL], [], 0.0, 0.0),
+    "tiny": _vgg("tiny", [16, POOL, 32, POOL], [], 0.0, 0.0),
     # LaSNN Table I / II "3Conv, 2Linear".
-    "3conv2linear": _builder("3conv2linear", [64, POOL, 128, POOL, 256, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
-    "vgg5": _builder("vgg5", [64, POOL, 128, 128, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
-    "vgg7": _builder("vgg7", [64, 64, POOL, 128, 128, POOL, 256, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
-    "vgg9": _builder("vgg9", [64, POOL, 128, 256, POOL, 256, 512, POOL, 512, POOL, 512], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
-    "vgg16": _builder(
+    "3conv2linear": _vgg("3conv2linear", [64, POOL, 128, POOL, 256, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
+    "vgg5": _vgg("vgg5", [64, POOL, 128, 128, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
+    "vgg7": _vgg("vgg7", [64, 64, POOL, 128, 128, POOL, 256, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
+    "vgg9": _vgg("vgg9", [64, POOL, 128, 256, POOL, 256, 512, POOL, 512, POOL, 512], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
+    "vgg16": _vgg(
         "vgg16",
         [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512],
         [4096, 4096],
         CONV_DROPOUT,
         HIDDEN_DROPOUT,
     ),
-    "resnet12": resnet12,
+    "resnet12": _builder(
+        "resnet12",
+        _resnet12_plan,
+        "The resnet12 student: stem convs [64, 64, 64], pool, blocks 64/1, 128/2, 256/2, 512/2, Linear.",
+    ),
 }
 
 

@@ -97,7 +97,7 @@ def convert(
     percentile_value: float = 100.0,
     seed: int = 0,
 ) -> list[float]:
-    """Threshold balancing, then the readout scaled by the product of the thresholds (steps 1-5)."""
+    """Threshold balancing, then the readout scaled by the last LIF layer's ``Lambda`` (steps 1-5)."""
     thresholds = balance_thresholds(student, batches, percentile_value, seed)
     student.weighted_modules()[-1].weight.mul_(rate_scales(student.config, thresholds)[-1])
     return thresholds
@@ -110,20 +110,12 @@ def rate_scales(config: StudentConfig, thresholds: Sequence[float]) -> list[floa
     the block input's ``Lambda`` (see the module docstring). Input: ``Lambda = 1``. With fewer
     thresholds than LIF layers (balancing in progress), the scales of the first ones.
     """
-    site = {i: k for k, i in enumerate(config.spiking_layers)}
     scales: list[float] = []
     for k, i in enumerate(config.spiking_layers[: len(thresholds)]):
         layer = config.layers[i]
-        before = source_site(config, layer.source, site) if isinstance(layer, Shortcut) else k - 1
+        before = config.source_lif(layer.source) if isinstance(layer, Shortcut) else k - 1
         scales.append((scales[before] if before >= 0 else 1.0) * thresholds[k])
     return scales
-
-
-def source_site(config: StudentConfig, index: int, site: Mapping[int, int]) -> int:
-    """The LIF layer (index among spiking layers) whose spikes layer ``index`` passes on (through pools)."""
-    while index not in site:
-        index -= 1
-    return site[index]
 
 
 @torch.no_grad()
@@ -144,12 +136,11 @@ def balance_thresholds(
     student.leak.fill_(1.0)
     thresholds: list[float] = []
     config = student.config
-    site = {i: k for k, i in enumerate(config.spiking_layers)}
     for layer, index in enumerate(config.spiking_layers):
         spec = config.layers[index]
         if isinstance(spec, Shortcut):  # both branches in units of the block input's rate first
             scales = rate_scales(config, thresholds)
-            student.body[index - 1].weight.mul_(scales[layer - 1] / scales[source_site(config, spec.source, site)])
+            student.body[index - 1].weight.mul_(scales[layer - 1] / scales[config.source_lif(spec.source)])
         peak = max(
             (percentile(layer_input_current(student, layer, x, seed + b), percentile_value) for b, x in items),
             default=-math.inf,
