@@ -291,6 +291,7 @@ class Trace:
     logits: torch.Tensor
     spikes: list[torch.Tensor] = field(default_factory=list)  # each [T, B, ...]
     input_spikes: torch.Tensor | None = None  # [T, B, C, H, W]; None for direct encoding
+    outputs: torch.Tensor | None = None  # [T, B, K]: the readout's input current per step; logits are their mean
 
 
 class ResidualAdd(nn.Module):
@@ -402,8 +403,8 @@ class SpikingStudent(nn.Module):
                     trace.spikes.append(h)
             if i in sources:
                 saved[i] = h
-        logits = h if static else h.mean(0)
-        trace.logits = logits.to(self.leak.dtype)
+        trace.outputs = None if static else h.to(self.leak.dtype)
+        trace.logits = (h if static else h.mean(0)).to(self.leak.dtype)
         return trace
 
     @staticmethod

@@ -92,38 +92,35 @@ def test_converted_thresholds_are_recorded(shared_run):
     assert converted.leak.item() == 1.0
 
 
-def test_tssd_heads_stay_outside_the_student_and_the_long_pass_changes_nothing():
-    cfg = make_config(method="tssd", tssd_timesteps=7, **TINY)
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+def test_tssd_student_is_the_first_t_steps_of_the_long_run_and_heads_stay_outside(encoding):
+    """One T'-step run serves both outputs: its first T steps must be what inference computes."""
     from lasnn_deploy.models import build_student
 
-    student = SpikingStudent(build_student("tiny", (1, 16, 16), 10, timesteps=3, width=0.5))
-    objective = FineTune(student, "tssd", cfg)
+    torch.manual_seed(0)
+    student = SpikingStudent(build_student("tiny", (1, 16, 16), 10, timesteps=3, width=0.5, encoding=encoding),
+                             thresholds=[0.2, 0.2]).double().eval()
+    objective = FineTune(student, "tssd", make_config(method="tssd", tssd_timesteps=7, **TINY)).double()
     assert len(objective.heads) == 2  # one weak classifier per conv level of the tiny student
     assert set(student.state_dict()) == set(SpikingStudent(student.config).state_dict())
     assert any(k.startswith("heads.") for k in objective.state_dict())
-    before = {k: v.clone() for k, v in student.state_dict().items()}
-    student.train()
-    x = torch.rand(4, 1, 16, 16)
-    long_logits = objective.temporal_targets(x)
-    assert long_logits.shape == (4, 10) and not long_logits.requires_grad
-    assert student.training  # the mode is restored
-    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
-    assert all(p.grad is None for p in student.parameters())
-    # T' steps really ran: the long pass differs from the T-step output in general
-    student.eval()
-    assert torch.equal(long_logits, student(x, timesteps=7))
+    x, y = torch.rand(4, 1, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    _, logits = objective(x, y, seed=5)
+    assert torch.equal(logits, student.run(x, seed=5).logits)
+    assert not torch.equal(logits, student.run(x, timesteps=7, seed=5).logits)  # T' steps really ran
 
 
-def test_tssd_heads_start_at_zero_and_send_no_gradient_into_the_student_at_first():
-    """The first step's student gradient comes from CE and the temporal term only: fresh weak
-    classifiers must not push random gradients into a converted student."""
+def test_tssd_loss_is_ce_on_both_outputs_plus_temporal_kd_while_the_heads_are_zero():
+    """At the first step the student's gradient comes from CE on the T- and T'-step outputs and
+    the temporal term; fresh weak classifiers must not push random gradients into a converted
+    student. The reference runs T and T' steps separately, in float64."""
     from lasnn_deploy.models import build_student
 
     torch.manual_seed(0)
     student = SpikingStudent(build_student("tiny", (1, 16, 16), 10, timesteps=3, width=0.5), thresholds=[0.2, 0.2])
-    x, y = torch.rand(6, 1, 16, 16), torch.randint(0, 10, (6,))
-    tssd = FineTune(student, "tssd", make_config(method="tssd", **TINY))
-    student.eval()  # dropout off, so both passes below see the same network
+    student = student.double().eval()  # dropout off, so the reference runs see the same network
+    x, y = torch.rand(6, 1, 16, 16, dtype=torch.float64), torch.randint(0, 10, (6,))
+    tssd = FineTune(student, "tssd", make_config(method="tssd", **TINY)).double()
     loss, _ = tssd(x, y)
     loss.backward()
     assert all(float(h.weight.detach().abs().sum()) == 0.0 for h in tssd.heads)
@@ -131,9 +128,9 @@ def test_tssd_heads_start_at_zero_and_send_no_gradient_into_the_student_at_first
     got = [p.grad.clone() for p in student.parameters()]
     student.zero_grad()
     cfg = tssd.cfg
-    logits = student.run(x).logits
-    temporal = losses.kd_loss(logits, tssd.temporal_targets(x), cfg.tssd_temperature, cfg.tssd_temperature)
-    (F.cross_entropy(logits, y) + cfg.kd_weight * temporal).backward()
+    short, long = student(x), student(x, timesteps=6)
+    temporal = losses.kd_loss(short, long.detach(), cfg.tssd_temperature, cfg.tssd_temperature)
+    (F.cross_entropy(short, y) + F.cross_entropy(long, y) + cfg.kd_weight * temporal).backward()
     for g, p in zip(got, student.parameters()):
         torch.testing.assert_close(g, p.grad)
 

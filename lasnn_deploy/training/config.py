@@ -113,12 +113,12 @@ class TrainConfig:
     student_weight_decay: float = _opt(0.0, "student SNN weight decay (weights only)", "method")
     beta: float = _opt(0.1, "lasnn/lasnn-grad: weight of the attention losses, L = CE + beta/2 * sum_j L_AT,j", "method")
     temperature: float = _opt(4.0, "kd: softmax temperature of both sides", "method")
-    tssd_temperature: float = _opt(1.0, "tssd: softmax temperature of its temporal and spatial terms (4 cost a point on MNIST)", "method")
+    tssd_temperature: float = _opt(1.0, "tssd: softmax temperature of its temporal and spatial terms", "method")
     teacher_temperature: float = _opt(4.0, "hetero-kd: temperature of the teacher's soft targets", "method")
     student_temperature: float = _opt(1.0, "hetero-kd: temperature of the student's softmax", "method")
     kd_weight: float = _opt(0.5, "kd, hetero-kd, tssd: weight of the distillation terms (CE gets 1 - weight for kd)", "method")
     sam_gamma: float = _opt(0.5, "lasnn-grad: decay of the spike activation map's contribution score", "method")
-    tssd_timesteps: int | None = _opt(None, "tssd: time steps T' > T of the temporal teacher pass (default 2T)", "method")
+    tssd_timesteps: int | None = _opt(None, "tssd: time steps T' > T of the training run whose first T steps are the student (default 2T)", "method")
 
     def __post_init__(self) -> None:
         check_config(self)
