@@ -68,10 +68,17 @@ def _stop_after_first_ann_epoch(stage: str, epoch: int) -> None:
         raise _Stop
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all held open while choosing, so no job reuses another's port
+    (a port closed moments ago may still be in TIME_WAIT and refuse the next job's store)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _watch_writes(root: str, seen: list[str]):
@@ -131,7 +138,8 @@ def _worker(rank: int, world: int, jobs: list[dict], root: str) -> None:
 
 
 def _launch(jobs: list[dict], root: Path) -> None:
-    mp.spawn(_worker, args=(2, [dict(job, port=_free_port()) for job in jobs], str(root)), nprocs=2, join=True)
+    ports = _free_ports(len(jobs))
+    mp.spawn(_worker, args=(2, [dict(job, port=p) for job, p in zip(jobs, ports)], str(root)), nprocs=2, join=True)
 
 
 def _in_float64(**options) -> Path:
