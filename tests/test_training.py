@@ -176,6 +176,29 @@ def test_resume_refuses_changed_options_and_empty_folders(shared_run, tmp_path):
         train(out=str(tmp_path / "empty"), resume=True, **TINY)
 
 
+def test_resuming_a_checkpoint_of_another_objective_is_one_clear_error(shared_run, tmp_path):
+    """An epoch checkpoint from an older tssd (three weak classifiers) is refused by name, not a traceback."""
+    folder = _seeded_folder(shared_run, tmp_path / "old-tssd")
+    options = dict(TINY, method="tssd", student_epochs=2)
+
+    def stop(stage: str, epoch: int) -> None:
+        if stage == "finetune" and epoch == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(out=str(folder), on_epoch_end=stop, **options)
+    path = folder / "checkpoints" / "finetune.pt"
+    state = torch.load(path, weights_only=True)
+    state["model"]["heads.2.weight"] = torch.zeros(10, 4)  # a parameter this version's objective lacks
+    torch.save(state, path)
+    with pytest.raises(UserError, match=r"finetune\.pt does not fit this stage .*heads\.2\.weight.*delete it"):
+        train(out=str(folder), resume=True, **options)
+    torch.save([state["epoch"]], path)  # readable, but not a checkpoint at all
+    with pytest.raises(UserError, match=r"finetune\.pt holds a list, not a stage checkpoint"):
+        train(out=str(folder), resume=True, **options)
+    assert not (folder / "student.safetensors").exists()
+
+
 def test_a_teacher_file_for_another_architecture_is_refused(shared_run, tmp_path):
     folder = _seeded_folder(shared_run, tmp_path / "other")
     with pytest.raises(UserError, match="teacher.safetensors holds a teacher trained for something else.*resnet20"):

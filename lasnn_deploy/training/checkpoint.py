@@ -34,9 +34,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which and how to recover
         raise UserError(f"checkpoint {path} cannot be read ({str(err).splitlines()[0]}); delete it to restart that stage") from None
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a stage checkpoint; "
+                        "delete it to restart that stage")
+    return state
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -64,7 +68,7 @@ def process_rng_states() -> dict[str, Any]:
     return entries
 
 
-def restore_process_rng_state(checkpoint: dict[str, Any], path: Path) -> None:
+def _restore_process_rng_state(checkpoint: dict[str, Any], path: Path) -> None:
     """Give this process the RNG state it had when ``checkpoint`` was written.
 
     A checkpoint of N processes continues only under N processes: another count would change the
@@ -78,6 +82,29 @@ def restore_process_rng_state(checkpoint: dict[str, Any], path: Path) -> None:
                         f"({'without torchrun' if written == 1 else 'the same torchrun --nnodes/--nproc_per_node'}), "
                         "or delete the checkpoint to restart that stage")
     set_rng_state(checkpoint["rng_ranks"][distributed.rank()] if written > 1 else checkpoint["rng"])
+
+
+def restore_training_state(state: dict[str, Any], path: Path, module: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer,
+                           scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[Any], float]:
+    """Continue from an epoch checkpoint: RNG, model, optimiser and scheduler state restored.
+
+    Returns (finished epochs, history, seconds). A checkpoint that is readable but does not fit
+    this stage (written by another version of it, say a training objective with other auxiliary
+    parameters) is one line naming the file, not a traceback from ``load_state_dict``.
+    """
+    try:
+        _restore_process_rng_state(state, path)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return int(state["epoch"]), list(state["history"]), float(state["seconds"])
+    except (AttributeError, KeyError, TypeError, RuntimeError, ValueError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # load_state_dict's first line only names the module; the next one names the keys or shapes
+        detail = (lines[1:] or lines or [type(err).__name__])[0]
+        reason = f"no {err} entry" if isinstance(err, KeyError) else detail
+        raise UserError(f"checkpoint {path} does not fit this stage ({reason}); delete it to restart that stage") from None
 
 
 def save_weights(path: Path, module: torch.nn.Module, meta: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, process_rng_states, restore_process_rng_state, save_checkpoint
+from .checkpoint import load_checkpoint, process_rng_states, restore_training_state, save_checkpoint
 
 EpochHook = Callable[[str, int], None]
 
@@ -117,11 +117,8 @@ def fit(
     result, start = FitResult(), 0
     if resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint)
-        restore_process_rng_state(state, checkpoint)
-        step_module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, result.history, result.seconds = int(state["epoch"]), list(state["history"]), float(state["seconds"])
+        start, result.history, result.seconds = restore_training_state(state, checkpoint, step_module, optimizer,
+                                                                        scheduler)
     else:
         distributed.seed_this_process(seed)
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
