@@ -84,6 +84,18 @@ def _restore_process_rng_state(checkpoint: dict[str, Any], path: Path) -> None:
     set_rng_state(checkpoint["rng_ranks"][distributed.rank()] if written > 1 else checkpoint["rng"])
 
 
+def _error_detail(err: Exception) -> str:
+    """The line of an error message that says what is wrong.
+
+    ``load_state_dict``'s first line only names the module ("Error(s) in loading state_dict for
+    X:"); the next one names the keys or shapes that do not fit.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return lines[1]
+    return lines[0] if lines else type(err).__name__
+
+
 def restore_training_state(state: dict[str, Any], path: Path, module: torch.nn.Module,
                            optimizer: torch.optim.Optimizer,
                            scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[Any], float]:
@@ -100,10 +112,7 @@ def restore_training_state(state: dict[str, Any], path: Path, module: torch.nn.M
         scheduler.load_state_dict(state["scheduler"])
         return int(state["epoch"]), list(state["history"]), float(state["seconds"])
     except (AttributeError, KeyError, TypeError, RuntimeError, ValueError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        # load_state_dict's first line only names the module; the next one names the keys or shapes
-        detail = (lines[1:] or lines or [type(err).__name__])[0]
-        reason = f"no {err} entry" if isinstance(err, KeyError) else detail
+        reason = f"no {err} entry" if isinstance(err, KeyError) else _error_detail(err)
         raise UserError(f"checkpoint {path} does not fit this stage ({reason}); delete it to restart that stage") from None
 
 
@@ -143,5 +152,5 @@ def load_matching_weights(path: Path, module: torch.nn.Module, expected: dict[st
     try:
         module.load_state_dict(tensors)
     except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit the {what} ({str(err).splitlines()[0]}); delete it to retrain") from None
+        raise UserError(f"{path}: weights do not fit the {what} ({_error_detail(err)}); delete it to retrain") from None
     return meta
