@@ -47,27 +47,40 @@ def _check_fields(spec: Any, **minimums: int) -> None:
         object.__setattr__(spec, name, _checked_int(getattr(spec, name), f"{spec.type} {name}", minimum))
 
 
+def _check_bias(spec: Any) -> None:
+    if not isinstance(spec.bias, bool):
+        raise UserError(f"{spec.type} bias must be true or false, got {spec.bias!r}")
+
+
 @dataclass(frozen=True)
 class Conv:
+    """Convolution; with ``bias`` its per-channel ``b`` is a constant input current every step."""
+
     in_channels: int
     out_channels: int
     kernel_size: int
     stride: int = 1
     padding: int = 0
+    bias: bool = False
     type: ClassVar[str] = "conv"
 
     def __post_init__(self) -> None:
         _check_fields(self, in_channels=1, out_channels=1, kernel_size=1, stride=1, padding=0)
+        _check_bias(self)
 
 
 @dataclass(frozen=True)
 class Linear:
+    """Fully connected layer; with ``bias`` its ``b`` is a constant input current every step."""
+
     in_features: int
     out_features: int
+    bias: bool = False
     type: ClassVar[str] = "linear"
 
     def __post_init__(self) -> None:
         _check_fields(self, in_features=1, out_features=1)
+        _check_bias(self)
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,11 @@ LAYER_TYPES: dict[str, type] = {c.type: c for c in (Conv, Linear, AvgPool, Flatt
 
 
 def layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
-    return {"type": layer.type, **dataclasses.asdict(layer)}
+    """The layer as JSON data; ``bias`` only when true, so bias-free files stay as they were."""
+    d = {"type": layer.type, **dataclasses.asdict(layer)}
+    if d.get("bias") is False:
+        del d["bias"]
+    return d
 
 
 def layer_from_dict(d: dict[str, Any]) -> LayerSpec:
@@ -317,9 +334,10 @@ def _torch_layer(layer: LayerSpec) -> nn.Module:
     if isinstance(layer, Shortcut):
         return ResidualAdd(layer)
     if isinstance(layer, Conv):
-        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, bias=False)
+        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                         bias=layer.bias)
     if isinstance(layer, Linear):
-        return nn.Linear(layer.in_features, layer.out_features, bias=False)
+        return nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
     if isinstance(layer, AvgPool):
         return nn.AvgPool2d(layer.kernel_size)
     if isinstance(layer, Flatten):
@@ -346,6 +364,8 @@ class SpikingStudent(nn.Module):
             # He init (fan-in, ReLU gain) as Rathi et al.: without batch norm or bias, PyTorch's default
             # shrinks the signal ~2.5x per layer (vgg16's ANN output std 6e-8, resnet12's ANN stuck at chance)
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     # -- running -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, timesteps: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -409,13 +429,14 @@ class SpikingStudent(nn.Module):
 
     @staticmethod
     def _synapses(spec: LayerSpec, module: nn.Module, h: torch.Tensor, exact: bool) -> torch.Tensor:
-        """One layer's synaptic operation; in float64 with float64 weights when ``exact``."""
+        """One layer's synaptic operation plus its bias ``W*s + b``; in float64 with float64 weights when ``exact``."""
         if not exact or not isinstance(spec, (Conv, Linear)):
             return module(h)
         weight = module.weight.double()
+        bias = None if module.bias is None else module.bias.double()
         if isinstance(spec, Conv):
-            return F.conv2d(h, weight, stride=spec.stride, padding=spec.padding)
-        return F.linear(h, weight)
+            return F.conv2d(h, weight, bias, stride=spec.stride, padding=spec.padding)
+        return F.linear(h, weight, bias)
 
     def _dropout(self, h: torch.Tensor, p: float, static: bool) -> torch.Tensor:
         if not self.training or p == 0:
@@ -515,6 +536,8 @@ def parameter_shapes(config: StudentConfig) -> dict[str, tuple[int, ...]]:
             shapes[f"body.{i}.weight"] = (layer.out_channels, layer.in_channels, layer.kernel_size, layer.kernel_size)
         elif isinstance(layer, Linear):
             shapes[f"body.{i}.weight"] = (layer.out_features, layer.in_features)
+        if isinstance(layer, (Conv, Linear)) and layer.bias:
+            shapes[f"body.{i}.bias"] = (shapes[f"body.{i}.weight"][0],)
         elif isinstance(layer, Shortcut) and layer.projects:
             shapes[f"body.{i}.proj.weight"] = (layer.out_channels, layer.in_channels, 1, 1)
     return {**shapes, "leak": (), "thresholds": (len(config.spiking_layers),)}
@@ -579,6 +602,7 @@ class DeployedLayer:
     ``in_shape`` is what the layer reads (a Linear after a folded pool reads the unpooled,
     flattened map). ``lif`` is the index of the LIF layer that follows, None for the output layer.
     ``shortcut``, when set, is a second input whose current joins this layer's before its LIF.
+    ``bias``, when set, is a constant current ``[out]`` (per channel for a conv) added every step.
     """
 
     kind: str  # "conv" | "linear"
@@ -591,6 +615,7 @@ class DeployedLayer:
     source: int = 0  # index of the layer in StudentConfig.layers
     flatten_before: bool = False
     shortcut: DeployedShortcut | None = None
+    bias: np.ndarray | None = None  # [out], float64
 
     @property
     def name(self) -> str:
@@ -625,6 +650,8 @@ def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
     cfg = student.config
     shapes = cfg.shapes()
     weights = {i: m.weight.detach().double().cpu().numpy() for i, m in enumerate(student.body) if isinstance(cfg.layers[i], (Conv, Linear))}
+    biases = {i: m.bias.detach().double().cpu().numpy() for i, m in enumerate(student.body)
+              if isinstance(cfg.layers[i], (Conv, Linear)) and m.bias is not None}
     lif = {i: k for k, i in enumerate(cfg.spiking_layers)}
     out: list[DeployedLayer] = []
     shape: tuple[int, ...] = tuple(cfg.input_shape)  # shape of the real (unpooled) signal
@@ -644,14 +671,15 @@ def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
             w, stride, padding = weights[i], layer.stride, layer.padding
             if pool > 1:
                 w, stride, padding = fold_pool_into_conv(w, pool, stride, padding)
-            out.append(DeployedLayer("conv", w, shape, shapes[i], stride, padding, lif.get(i), i))
+            out.append(DeployedLayer("conv", w, shape, shapes[i], stride, padding, lif.get(i), i, bias=biases.get(i)))
             shape, pool = shapes[i], 1
         elif isinstance(layer, Linear):
             w = weights[i]
             if pool > 1:
                 w = fold_pool_into_linear(w, shape, pool)
             in_shape = (int(np.prod(shape)),)
-            out.append(DeployedLayer("linear", w, in_shape, shapes[i], lif=lif.get(i), source=i, flatten_before=flatten and len(shape) == 3))
+            out.append(DeployedLayer("linear", w, in_shape, shapes[i], lif=lif.get(i), source=i,
+                                     flatten_before=flatten and len(shape) == 3, bias=biases.get(i)))
             shape, pool, flatten = shapes[i], 1, False
         elif isinstance(layer, Shortcut):
             producer, source_pool, source_shape = signal[layer.source]
