@@ -33,6 +33,7 @@ from ..data import DATASETS
 from ..errors import UserError
 from ..models import STUDENTS, TEACHERS
 from ..student import MAX_TIMESTEPS
+from .intermediate import INTERMEDIATES
 
 METHODS = ("conversion", "hybrid", "kd", "hetero-kd", "lasnn", "lasnn-grad", "tssd")
 TEACHER_METHODS = frozenset({"kd", "hetero-kd", "lasnn", "lasnn-grad"})
@@ -102,6 +103,11 @@ class TrainConfig:
     teacher_lr: float = _opt(0.1, "teacher learning rate", "teacher")
     teacher_weight_decay: float = _opt(5e-4, "teacher weight decay", "teacher")
     # -- stage 2: intermediate ANN ---------------------------------------------------------------
+    intermediate: str = _opt(
+        "plain", "intermediate ANN: plain (the LaSNN paper's: ReLU, no bias, no batch norm), bn (batch norm, folded into "
+        "a per-channel bias at conversion) or qcfs (bn with Bu et al.'s clip-floor-shift activation; the clips "
+        "give the thresholds)", "ann", INTERMEDIATES)
+    qcfs_levels: int | None = _opt(None, "qcfs: quantisation levels L of the activation (default: --timesteps)", "ann")
     ann_epochs: int = _opt(100, "intermediate ANN training epochs (the best on the validation split is kept)", "ann")
     ann_steps: int | None = _opt(None, "train the intermediate ANN for about N optimiser steps instead (whole epochs)", "ann")
     ann_optimizer: str = _opt("sgd", "intermediate ANN optimiser", "ann", OPTIMIZERS)
@@ -172,11 +178,17 @@ def check_config(cfg: TrainConfig) -> None:
                  "ann_weight_decay", "student_weight_decay"]:
         if getattr(cfg, name) < 0:
             raise UserError(f"--{_flag(name)} must not be negative, got {getattr(cfg, name)}")
-    for name in ["train_samples", "test_samples", "student_samples", "threads", "teacher_steps", "ann_steps", "patience"]:
+    for name in ["train_samples", "test_samples", "student_samples", "threads", "teacher_steps", "ann_steps", "patience",
+                 "qcfs_levels"]:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(cfg, name)}")
     if cfg.timesteps > MAX_TIMESTEPS:
         raise UserError(f"--timesteps must be at most {MAX_TIMESTEPS}, got {cfg.timesteps}")
+    if cfg.intermediate != "qcfs" and cfg.qcfs_levels is not None:
+        raise UserError(f"--qcfs-levels applies to --intermediate qcfs only, not {cfg.intermediate}; drop it or use qcfs")
+    if cfg.intermediate == "qcfs" and cfg.balance_percentile is not None:
+        raise UserError("--balance-percentile cannot apply to --intermediate qcfs: its learned clips give the thresholds; "
+                        "drop the percentile or use --intermediate bn")
     if not 0 < cfg.validation_fraction < 1:
         raise UserError(f"--validation-fraction must be in (0, 1), got {cfg.validation_fraction}")
     if cfg.balance_percentile is not None and not 0 < cfg.balance_percentile <= 100:

@@ -54,12 +54,13 @@ from . import distributed
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path, load_matching_weights, save_weights
 from .config import BALANCE_CANDIDATES, TrainConfig, config_to_json, make_config
 from .conversion import convert
+from .intermediate import IntermediateAnn, fold_batch_norm
 from .loop import EpochHook, FitResult, Selection, batches, fit, make_optimizer, make_scheduler
-from .objectives import AnnStep, FineTune, TeacherStep
+from .objectives import FineTune, TeacherStep
 
 TEACHER_FILE, ANN_FILE, CONVERTED_FILE = "teacher.safetensors", "ann.safetensors", "converted.safetensors"
 CONFIG_FILE, PROGRESS_FILE, METRICS_FILE = "config.json", "progress.json", "metrics.json"
-TEACHER_FORMAT, ANN_FORMAT = "lasnn-deploy-teacher/1", "lasnn-deploy-ann/1"
+TEACHER_FORMAT, ANN_FORMAT = "lasnn-deploy-teacher/1", "lasnn-deploy-ann/2"  # ann/2: the IntermediateAnn's state
 STAGE_SEEDS = {"teacher": 1, "ann": 2, "conversion": 3, "finetune": 4, "validation": 5}
 # Options that change nothing a finished stage computed; they may differ on --resume.
 RESUME_FREE = {"resume", "progress", "threads", "device", "eval_batch_size", "out"}
@@ -112,8 +113,8 @@ def _train(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook | 
     run = _prepare(config, device, on_epoch_end)
     stages: dict[str, dict[str, Any]] = {}
     teacher = _teacher_stage(run, stages) if config.needs_teacher else None
-    student = _ann_stage(run, stages)
-    _conversion_stage(run, student, stages)
+    student, clips = _ann_stage(run, stages)
+    _conversion_stage(run, student, clips, stages)
     if config.method != "conversion":
         _finetune_stage(run, student, teacher, stages)
     elif distributed.is_main_process():
@@ -374,42 +375,53 @@ def _student_config(run: Run):
         reset=cfg.reset,
         width=cfg.student_width,
         dropout=cfg.student_dropout,
+        bias=cfg.intermediate != "plain",
     )
 
 
-def _ann_stage(run: Run, stages: dict) -> SpikingStudent:
+def _ann_stage(run: Run, stages: dict) -> tuple[SpikingStudent, list[float] | None]:
+    """The trained intermediate ANN folded into a student (and a QCFS ANN's clips, else None)."""
     cfg = run.config
     torch.manual_seed(run.seed("ann"))
-    student = SpikingStudent(_student_config(run)).to(run.device)
+    levels = cfg.qcfs_levels or cfg.timesteps if cfg.intermediate == "qcfs" else None
+    ann = IntermediateAnn(SpikingStudent(_student_config(run)), cfg.intermediate, levels).to(run.device)
+    student = SpikingStudent(ann.student.config).to(run.device)
     arch = student.config.to_dict()
     expected = {
         "format": ANN_FORMAT,
         "architecture": {k: arch[k] for k in ("arch", "input_shape", "num_classes", "layers")},
+        "intermediate": cfg.intermediate,
+        "levels": levels,
         "dataset": cfg.dataset,
     }
     path = run.folder / ANN_FILE
     if path.is_file():
-        meta = load_matching_weights(path, student, expected, "intermediate ANN")
+        meta = load_matching_weights(path, ann, expected, "intermediate ANN")
         stages["ann"] = {**meta["result"], "loaded": True}
-        return student
-    step = AnnStep(student)
-    weights = [p for m in student.weighted_modules() for p in m.parameters()]
+        return _folded(ann, student)
+    step = distributed.sync_batch_norm(ann, run.device)
     epochs = stage_epochs(run, cfg.ann_epochs, cfg.ann_steps)
-    fitted = _fit(run, "ann", step, weights, cfg.ann_optimizer, cfg.ann_lr, cfg.ann_weight_decay, epochs,
-                  select=Selection(lambda: _evaluate_ann(run, step, run.val_set)))
+    fitted = _fit(run, "ann", step, ann.trained_parameters(), cfg.ann_optimizer, cfg.ann_lr, cfg.ann_weight_decay,
+                  epochs, after_step=ann.clamp_parameters_, select=Selection(lambda: _evaluate_ann(run, ann, run.val_set)))
     began = time.perf_counter()
-    accuracy = _evaluate_ann(run, step)
+    accuracy = _evaluate_ann(run, ann)
     result = {"test_accuracy": accuracy, "validation_accuracy": fitted.best_score, "best_epoch": fitted.best_epoch,
               "seconds": fitted.seconds, "epochs": epochs, "evaluate_seconds": time.perf_counter() - began,
               "history": fitted.history}
     if distributed.is_main_process():
-        save_weights(path, student, {**expected, "result": result})
+        save_weights(path, ann, {**expected, "result": result})
     _finish_stage(run, "ann")
     stages["ann"] = {**result, "loaded": False}
-    return student
+    return _folded(ann, student)
 
 
-def _conversion_stage(run: Run, student: SpikingStudent, stages: dict) -> None:
+def _folded(ann: IntermediateAnn, student: SpikingStudent) -> tuple[SpikingStudent, list[float] | None]:
+    ann.eval()
+    fold_batch_norm(ann, student)
+    return student, None if ann.clips is None else ann.clips.detach().cpu().tolist()
+
+
+def _conversion_stage(run: Run, student: SpikingStudent, clips: list[float] | None, stages: dict) -> None:
     cfg = run.config
     path = run.folder / CONVERTED_FILE
     if cfg.resume and "conversion" in run.progress and path.is_file():
@@ -423,11 +435,11 @@ def _conversion_stage(run: Run, student: SpikingStudent, stages: dict) -> None:
     mine = distributed.share(count)  # whole batches per process, so each batch's percentile is exact
     local = order[mine.start * cfg.batch_size : mine.stop * cfg.batch_size]
     images = {b: x.to(run.device) for b, (x, _) in zip(mine, batches(run.train_set, local, cfg.batch_size))}
-    candidates = BALANCE_CANDIDATES if cfg.balance_percentile is None else (cfg.balance_percentile,)
+    candidates = BALANCE_CANDIDATES if cfg.balance_percentile is None and clips is None else (cfg.balance_percentile,)
     ann_state, scores, best = copy.deepcopy(student.state_dict()), {}, None
     for p in candidates:
         student.load_state_dict(ann_state)
-        thresholds = convert(student, images, p, seed=run.seed("conversion"))
+        thresholds = convert(student, images, p or 100.0, seed=run.seed("conversion"), clips=clips)
         if len(candidates) > 1:  # one given percentile needs no validation run
             scores[str(p)] = _evaluate_snn(run, student, f"balance {p}", run.val_set)["test_accuracy"]
         if best is None or scores[str(p)] > best[0]:
