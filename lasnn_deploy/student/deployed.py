@@ -37,6 +37,7 @@ class DeployedLayer:
     ``in_shape`` is what the layer reads (a Linear after a folded pool reads the unpooled,
     flattened map). ``lif`` is the index of the LIF layer that follows, None for the output layer.
     ``shortcut``, when set, is a second input whose current joins this layer's before its LIF.
+    ``bias``, when set, is a constant current ``[out]`` (per channel for a conv) added every step.
     """
 
     kind: str  # "conv" | "linear"
@@ -49,6 +50,7 @@ class DeployedLayer:
     source: int = 0  # index of the layer in StudentConfig.layers
     flatten_before: bool = False
     shortcut: DeployedShortcut | None = None
+    bias: np.ndarray | None = None  # [out], float64
 
     @property
     def name(self) -> str:
@@ -83,6 +85,8 @@ def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
     cfg = student.config
     shapes = cfg.shapes()
     weights = {i: m.weight.detach().double().cpu().numpy() for i, m in enumerate(student.body) if isinstance(cfg.layers[i], (Conv, Linear))}
+    biases = {i: m.bias.detach().double().cpu().numpy() for i, m in enumerate(student.body)
+              if isinstance(cfg.layers[i], (Conv, Linear)) and m.bias is not None}
     lif = {i: k for k, i in enumerate(cfg.spiking_layers)}
     out: list[DeployedLayer] = []
     shape: tuple[int, ...] = tuple(cfg.input_shape)  # shape of the real (unpooled) signal
@@ -102,14 +106,15 @@ def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
             w, stride, padding = weights[i], layer.stride, layer.padding
             if pool > 1:
                 w, stride, padding = fold_pool_into_conv(w, pool, stride, padding)
-            out.append(DeployedLayer("conv", w, shape, shapes[i], stride, padding, lif.get(i), i))
+            out.append(DeployedLayer("conv", w, shape, shapes[i], stride, padding, lif.get(i), i, bias=biases.get(i)))
             shape, pool = shapes[i], 1
         elif isinstance(layer, Linear):
             w = weights[i]
             if pool > 1:
                 w = fold_pool_into_linear(w, shape, pool)
             in_shape = (int(np.prod(shape)),)
-            out.append(DeployedLayer("linear", w, in_shape, shapes[i], lif=lif.get(i), source=i, flatten_before=flatten and len(shape) == 3))
+            out.append(DeployedLayer("linear", w, in_shape, shapes[i], lif=lif.get(i), source=i,
+                                     flatten_before=flatten and len(shape) == 3, bias=biases.get(i)))
             shape, pool, flatten = shapes[i], 1, False
         elif isinstance(layer, Shortcut):
             producer, source_pool, source_shape = signal[layer.source]

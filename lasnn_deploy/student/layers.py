@@ -34,6 +34,11 @@ def _check_fields(spec: Any, **minimums: int) -> None:
         object.__setattr__(spec, name, _checked_int(getattr(spec, name), f"{spec.type} {name}", minimum))
 
 
+def _check_bias(spec: Any) -> None:
+    if not isinstance(spec.bias, bool):
+        raise UserError(f"{spec.type} bias must be true or false, got {spec.bias!r}")
+
+
 def layer_name(kind: str, index: int) -> str:
     """The name of layer ``index`` of type ``kind`` (``conv0``, ``linear5``) in every export and report."""
     return f"{kind}{index}"
@@ -41,15 +46,19 @@ def layer_name(kind: str, index: int) -> str:
 
 @dataclass(frozen=True)
 class Conv:
+    """Convolution; with ``bias`` its per-channel ``b`` is a constant input current every step."""
+
     in_channels: int
     out_channels: int
     kernel_size: int
     stride: int = 1
     padding: int = 0
+    bias: bool = False
     type: ClassVar[str] = "conv"
 
     def __post_init__(self) -> None:
         _check_fields(self, in_channels=1, out_channels=1, kernel_size=1, stride=1, padding=0)
+        _check_bias(self)
 
     def out_shape(self, shape: tuple[int, ...], where: str = "") -> tuple[int, ...]:
         if len(shape) != 3 or shape[0] != self.in_channels:
@@ -61,20 +70,26 @@ class Conv:
         return (self.out_channels, h, w)
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"weight": (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)}
+        weight = {"weight": (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)}
+        return {**weight, "bias": (self.out_channels,)} if self.bias else weight
 
     def build(self) -> nn.Module:
-        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, bias=False)
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         bias=self.bias)
 
 
 @dataclass(frozen=True)
 class Linear:
+    """Fully connected layer; with ``bias`` its ``b`` is a constant input current every step."""
+
     in_features: int
     out_features: int
+    bias: bool = False
     type: ClassVar[str] = "linear"
 
     def __post_init__(self) -> None:
         _check_fields(self, in_features=1, out_features=1)
+        _check_bias(self)
 
     def out_shape(self, shape: tuple[int, ...], where: str = "") -> tuple[int, ...]:
         if len(shape) != 1 or shape[0] != self.in_features:
@@ -82,10 +97,11 @@ class Linear:
         return (self.out_features,)
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"weight": (self.out_features, self.in_features)}
+        weight = {"weight": (self.out_features, self.in_features)}
+        return {**weight, "bias": (self.out_features,)} if self.bias else weight
 
     def build(self) -> nn.Module:
-        return nn.Linear(self.in_features, self.out_features, bias=False)
+        return nn.Linear(self.in_features, self.out_features, bias=self.bias)
 
 
 @dataclass(frozen=True)
@@ -201,7 +217,11 @@ LAYER_TYPES: dict[str, type] = {c.type: c for c in (Conv, Linear, AvgPool, Flatt
 
 
 def layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
-    return {"type": layer.type, **dataclasses.asdict(layer)}
+    """The layer as JSON data; ``bias`` only when true, so bias-free files stay as they were."""
+    d = {"type": layer.type, **dataclasses.asdict(layer)}
+    if d.get("bias") is False:
+        del d["bias"]
+    return d
 
 
 def layer_from_dict(d: dict[str, Any]) -> LayerSpec:

@@ -46,6 +46,8 @@ class SpikingStudent(nn.Module):
             # He init (fan-in, ReLU gain) as Rathi et al.: without batch norm or bias, PyTorch's default
             # shrinks the signal ~2.5x per layer (vgg16's ANN output std 6e-8, resnet12's ANN stuck at chance)
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     # -- running -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, timesteps: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -109,13 +111,14 @@ class SpikingStudent(nn.Module):
 
     @staticmethod
     def _synapses(spec: LayerSpec, module: nn.Module, h: torch.Tensor, exact: bool) -> torch.Tensor:
-        """One layer's synaptic operation; in float64 with float64 weights when ``exact``."""
+        """One layer's synaptic operation plus its bias ``W*s + b``; in float64 with float64 weights when ``exact``."""
         if not exact or not isinstance(spec, (Conv, Linear)):
             return module(h)
         weight = module.weight.double()
+        bias = None if module.bias is None else module.bias.double()
         if isinstance(spec, Conv):
-            return F.conv2d(h, weight, stride=spec.stride, padding=spec.padding)
-        return F.linear(h, weight)
+            return F.conv2d(h, weight, bias, stride=spec.stride, padding=spec.padding)
+        return F.linear(h, weight, bias)
 
     def _dropout(self, h: torch.Tensor, p: float, static: bool) -> torch.Tensor:
         if not self.training or p == 0:
