@@ -454,14 +454,16 @@ def test_loihi_flags_fan_in_beyond_4096_axons():
 
 # -- SANA-FE ---------------------------------------------------------------------------------------
 @pytest.mark.skipif(not sanafe_available(), reason="SANA-FE (optional, GPL-3.0) is not installed")
-@pytest.mark.parametrize("encoding", ["direct", "poisson"])
-def test_sanafe_runs_in_its_own_process(encoding):
-    # Weights, leak and pixels on a 1/16 grid: every sum is exact in float32 (SANA-FE's precision)
+@pytest.mark.parametrize("encoding,bias", [("direct", False), ("poisson", False), ("direct", True), ("poisson", True)])
+def test_sanafe_runs_in_its_own_process(encoding, bias):
+    # Weights, biases, leak and pixels on a 1/16 grid: every sum is exact in float32 (SANA-FE's precision)
     # whatever the order of accumulation, so the two simulators must agree spike for spike.
-    student = make_student(encoding, timesteps=4, leak=0.75)
+    student = make_student(encoding, timesteps=4, leak=0.75, bias=bias)
     with torch.no_grad():
         for m in student.weighted_modules():
             m.weight.copy_(torch.round(m.weight * 16) / 16)
+            if bias:
+                m.bias.copy_(torch.round(m.bias * 16 * 3) / 16)  # up to +-0.19: every layer's spikes change
     x = torch.round(torch.rand(2, 1, 8, 8) * 16) / 16
     run = run_and_count(student, x, timesteps=4, seed=3, progress=False)
     loihi = load_profile("loihi")
