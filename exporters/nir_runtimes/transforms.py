@@ -12,7 +12,8 @@ and checks on it. Node names are kept, so layers are named alike in every flavou
   potential scaled by ``1/r``: same spikes, reset to 0 unchanged), for importers that ignore ``r``.
   ``steps`` writes ``tau`` in steps for an exact exponential decay ``exp(-1/tau) = lam``.
 - :func:`dense`: every Conv2d, pool and Flatten as a dense ``Linear`` on the flattened (C, H, W)
-  vector (its matrix is the layer applied to the unit vectors), for importers whose convolution
+  vector (its matrix is the layer applied to the unit vectors; a conv bias makes it an ``Affine``
+  with the bias repeated over H x W), for importers whose convolution
   layout, pooling or per-neuron parameter checks break on 3-D layers.
 - :func:`affine`: ``Linear`` as ``Affine`` with a zero bias, for importers that map only ``Affine``.
 """
@@ -63,11 +64,13 @@ def sum_pools(graph: nir.NIRGraph) -> nir.NIRGraph:
             scale = (scale or 1.0) / area
             node = nir.SumPool2d(kernel_size=np.asarray(node.kernel_size), stride=np.asarray(node.stride),
                                  padding=np.asarray(node.padding))
-        elif isinstance(node, (nir.Conv2d, nir.Linear)) and scale is not None:
-            weight = (np.asarray(node.weight, dtype=np.float64) * scale).astype(np.float32)
+        elif isinstance(node, (nir.Conv2d, nir.Linear, nir.Affine)) and scale is not None:
+            weight = (np.asarray(node.weight, dtype=np.float64) * scale).astype(np.float32)  # the bias stays
             if isinstance(node, nir.Conv2d):
                 node = nir.Conv2d(input_shape=node.input_shape, weight=weight, stride=node.stride,
                                   padding=node.padding, dilation=node.dilation, groups=node.groups, bias=node.bias)
+            elif isinstance(node, nir.Affine):
+                node = nir.Affine(weight=weight, bias=node.bias)
             else:
                 node = nir.Linear(weight=weight)
             scale = None
@@ -116,7 +119,9 @@ def dense(graph: nir.NIRGraph) -> nir.NIRGraph:
     nodes: dict[str, nir.NIRNode] = {chain[0]: nir.Input(input_type={"input": np.array([int(np.prod(shape))])})}
     for name in chain[1:]:
         node = graph.nodes[name]
+        bias = None
         if isinstance(node, nir.Conv2d):
+            bias = np.asarray(node.bias, dtype=np.float32) if node.bias is not None and np.any(node.bias) else None
             w = torch.as_tensor(np.asarray(node.weight), dtype=torch.float64)
             stride, padding = tuple(np.atleast_1d(node.stride).tolist()), tuple(np.atleast_1d(node.padding).tolist())
             op = lambda x, w=w, s=stride, p=padding: F.conv2d(x, w, stride=s, padding=p)  # noqa: E731
@@ -130,7 +135,7 @@ def dense(graph: nir.NIRGraph) -> nir.NIRGraph:
             nodes[name] = nir.LIF(**{key: np.asarray(getattr(node, key)).reshape(-1)
                                      for key in ("tau", "r", "v_leak", "v_reset", "v_threshold")})
             continue
-        elif isinstance(node, nir.Linear):
+        elif isinstance(node, (nir.Linear, nir.Affine)):
             nodes[name] = node
             shape = (node.weight.shape[0],)
             continue
@@ -139,7 +144,9 @@ def dense(graph: nir.NIRGraph) -> nir.NIRGraph:
             continue
         with torch.no_grad():
             shape_out = tuple(op(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:])
-        nodes[name] = nir.Linear(weight=_matrix(op, shape))
+        weight = _matrix(op, shape)
+        nodes[name] = nir.Linear(weight=weight) if bias is None else \
+            nir.Affine(weight=weight, bias=np.repeat(bias, int(np.prod(shape_out[1:]))))  # (C, H, W) order
         shape = shape_out
     shapes = " ".join(f"{n}={','.join(map(str, np.asarray(graph.nodes[n].v_threshold).shape))}"
                       for n in chain if isinstance(graph.nodes[n], nir.LIF))
