@@ -145,7 +145,7 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
     for i, (layer, module) in enumerate(zip(cfg.layers, student.body)):
         if isinstance(layer, Dropout):
             continue
-        name = f"{layer.type}{i}"
+        name = cfg.layer_name(i)
         if isinstance(layer, Conv):
             weight = module.weight.detach().cpu().numpy().astype(np.float32)
             add(name, _conv_node(weight, shape[1:], layer.stride, layer.padding, _bias(module)))
@@ -521,5 +521,5 @@ def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = N
     cfg = student.config
     with torch.no_grad():
         trace = runtime_order(student).run(_as_tensor(images), input_spikes=_as_tensor(input_spikes), record=True)
-    names = [f"{cfg.layers[i].type}{i}" for i in cfg.spiking_layers]
+    names = [cfg.layer_name(i) for i in cfg.spiking_layers]
     return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names)

@@ -62,8 +62,7 @@ RUN_CHUNK = 256  # samples per onnxruntime call in ``run``: bounds the float64 i
 
 def lif_layer_names(student: SpikingStudent) -> list[str]:
     """Names of the LIF layers, after the Conv/Linear they follow (``conv0``, ``linear6``...)."""
-    layers = student.config.layers
-    return [f"{layers[i].type}{i}" for i in student.config.spiking_layers]
+    return [student.config.layer_name(i) for i in student.config.spiking_layers]
 
 
 def check(student: SpikingStudent) -> None:

@@ -178,7 +178,7 @@ def quantise(student: SpikingStudent, weight_percentile: float = 100.0) -> Loihi
             raise UserError(f"layer {d.name}: threshold {theta} is not positive; Loihi's vThMant is unsigned")
         if not np.any(d.weight):
             raise UserError(f"layer {d.name}: all weights are zero, which netx cannot map to a weight exponent")
-        shortcut_lif = None if d.shortcut is None else deployed[d.shortcut.source].lif
+        shortcut_lif = None if d.shortcut is None else deployed[d.shortcut.producer].lif
         layers.append(_quantise_layer(d, theta, weight_percentile, on_host=direct and idx == 0, shortcut_lif=shortcut_lif))
     return LoihiNet(layers, int(np.clip(round((1 - lam) * DECAY_UNITY), 0, DECAY_UNITY - 1)), cfg.timesteps,
                     cfg.encoding, tuple(cfg.input_shape), cfg.num_classes, lif_names)

@@ -140,7 +140,7 @@ def test_residual_hand_fixed_spikes_give_exact_counts():
     student = tiny_resnet()
     layers = deployed_layers(student)
     assert [d.name for d in layers] == ["conv0", "conv2", "conv3", "conv5", "conv6", "conv7", "linear10"]
-    assert [None if d.shortcut is None else d.shortcut.source for d in layers] == [None, None, 0, None, None, 3, None]
+    assert [None if d.shortcut is None else d.shortcut.producer for d in layers] == [None, None, 0, None, None, 3, None]
     T, B = 2, 2
     x_in = torch.zeros(T, B, 1, 4, 4)
     x_in[0, 0, 0, 0, 0] = x_in[1, 0, 0, 1, 1] = 1  # corner (2 x 4 synapses) and interior (2 x 9)
@@ -232,7 +232,7 @@ def test_report_on_a_resnet_student(tmp_path):
             assert "shortcut_synops" not in got
             continue
         sc = d.shortcut
-        want = _ones_shortcut(trace.spikes[layers[sc.source].lif], sc.weight, sc.stride)
+        want = _ones_shortcut(trace.spikes[layers[sc.producer].lif], sc.weight, sc.stride)
         assert close(got["shortcut_synops"], want.mean()), d.name
         main = ref_synops(trace.spikes[layers[j - 1].lif], student.config.layers[d.source], 1)
         assert close(got["synops"], (main + want).mean()), d.name
