@@ -84,3 +84,35 @@ def write_plots(reports: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     _energy_by_layer(reports, paths[1])
     _snn_vs_ann(reports, paths[2])
     return paths
+
+
+def pareto_plot(result: dict[str, Any], path: Path) -> None:
+    """Accuracy against energy per inference (dynamic + static where known), one panel per profile
+    with known energy, one marker per method, each point labelled with its T, the Pareto front drawn."""
+    from .tradeoff import pareto_front
+
+    def energy(row: dict[str, Any], name: str) -> float | None:
+        e = row["energy"][name]
+        return e["energy_with_static_j"] if e["energy_with_static_j"] is not None else e["dynamic_energy_j"]
+
+    names = [n for n in result["hardware"] if all(energy(r, n) is not None for r in result["rows"])] or result["hardware"][:1]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
+    methods = sorted({r["method"] for r in result["rows"]})
+    for ax, name in zip(axes[0], names):
+        rows = [r for r in result["rows"] if energy(r, name) is not None]
+        for marker, method in zip("os^Dv<>p", methods):
+            mine = [r for r in rows if r["method"] == method]
+            ax.plot([energy(r, name) for r in mine], [r["accuracy"] for r in mine], marker, label=method)
+            for r in mine:
+                ax.annotate(f"T={r['timesteps']}", (energy(r, name), r["accuracy"]), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+        points = [(energy(r, name), r["accuracy"]) for r in rows]
+        front = [points[i] for i in pareto_front(points)]
+        if front:
+            ax.step([p[0] for p in front], [p[1] for p in front], "k--", where="post", linewidth=0.8, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("energy per inference (J)" + (", dynamic + static" if rows and rows[0]["energy"][name]["static_energy_j"] is not None else ""))
+        ax.set_ylabel("accuracy")
+        ax.set_title(name)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(f"Accuracy against energy ({result['samples']} samples)")
+    _save(fig, path)
