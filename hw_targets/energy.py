@@ -34,10 +34,10 @@ class StudentRun:
 
 @torch.no_grad()
 def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: int, seed: int = 0, batch_size: int = 64,
-                  progress: bool = True, observers: Sequence[Callable[[Trace], None]] = ()) -> StudentRun:
+                  progress: bool = True, observers: Sequence[Callable[[Trace, torch.Tensor], None]] = ()) -> StudentRun:
     """Run the student in eval mode, in batches, and count the events of every sample exactly.
 
-    Each observer (e.g. ``traffic.TrafficCounter.add``) also sees every batch's trace."""
+    Each observer (e.g. ``traffic.TrafficCounter.add``) also sees every batch's trace and images."""
     layers = deployed_layers(student)
     poisson = student.config.encoding == "poisson"
     parts, predictions, entering = [], [], []
@@ -53,11 +53,21 @@ def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: i
                 trace = student.run(x, timesteps=timesteps, record=True)
             parts.append(count_events(layers, trace, timesteps))
             for observe in observers:
-                observe(trace)
+                observe(trace, x)
             predictions.append(trace.logits.argmax(1).cpu().numpy())
     finally:
         student.train(was_training)
     return StudentRun(concat_counts(parts), timesteps, student.config.encoding, np.concatenate(predictions), np.concatenate(entering) if poisson else None)
+
+
+@torch.no_grad()
+def first_layer_current(student: SpikingStudent, images: torch.Tensor) -> torch.Tensor:
+    """The host-computed input current of deployed layer 0 (direct encoding), computed by the
+    student's own modules in its own precision: what drives the first layer as a bias."""
+    h = images.to(student.leak.dtype)
+    for module in list(student.body)[: deployed_layers(student)[0].source + 1]:
+        h = module(h)  # pools, flatten, dropout (eval: identity) and the first Conv/Linear
+    return h.flatten(1)
 
 
 def price_layer(counts: LayerCounts, profile: Profile, traffic: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..student import SpikingStudent, check_parameters, check_timesteps, deploye
 from .baselines import baseline_entries
 from .constraints import map_to_cores
 from .counting import ann_macs
-from .energy import StudentRun, price_layer, run_and_count
+from .energy import StudentRun, first_layer_current, price_layer, run_and_count
 from .placement import place
 from .profile import Profile, list_profiles, load_profile
 from .summary import markdown_summary
@@ -56,7 +57,7 @@ def traffic_counter(student: SpikingStudent, profile: Profile, *, timesteps: int
                       [m.neurons_per_core for m in deployment.layers], profile,
                       0 if direct else int(np.prod(student.config.input_shape)))
     return TrafficCounter(layers, placement, timesteps, direct, student.config.reset == "hard",
-                          profile if profile.latency is not None else None)
+                          profile if profile.latency is not None else None, partial(first_layer_current, student) if direct else None)
 
 
 def _known(value: float) -> float | None:

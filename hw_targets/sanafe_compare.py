@@ -24,7 +24,7 @@ import torch
 from ..errors import UserError
 from ..neurons import poisson_inputs
 from ..student import SpikingStudent, deployed_layers, has_shortcuts
-from .energy import StudentRun, price_layer
+from .energy import StudentRun, first_layer_current, price_layer
 from .profile import Profile
 from .traffic import TrafficCounter
 
@@ -44,16 +44,6 @@ def check_feed_forward(student: SpikingStudent) -> None:
     if has_shortcuts(student.config):
         raise UserError(f"SANA-FE comparison supports feed-forward students only; {student.config.arch} has residual "
                         "shortcuts: run the energy report without --sanafe")
-
-
-@torch.no_grad()
-def _first_layer_current(student: SpikingStudent, images: torch.Tensor) -> np.ndarray:
-    """The host-computed input current of deployed layer 0 per sample, flattened: computed by the
-    student's own modules in its own precision, so that SANA-FE integrates the very same values."""
-    h = images.to(student.leak.dtype)
-    for module in list(student.body)[: deployed_layers(student)[0].source + 1]:
-        h = module(h)  # pools, flatten, dropout (eval: identity) and the first Conv/Linear
-    return h.flatten(1).double().cpu().numpy()
 
 
 def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter, timesteps: int, seed: int) -> dict[str, np.ndarray]:
@@ -79,7 +69,7 @@ def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter
             f"threshold_{j}": thresholds[layer.lif] if layer.lif is not None else np.inf, f"per_core_{j}": per_core[j],
         })
     if direct:
-        spec["inputs"] = _first_layer_current(student, images)
+        spec["inputs"] = first_layer_current(student, images).double().cpu().numpy()
     else:
         spikes = poisson_inputs(images, timesteps, seed)  # [T, S, C, H, W]
         spec["inputs"] = spikes.flatten(2).transpose(0, 1).numpy().astype(np.uint8)

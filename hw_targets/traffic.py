@@ -9,8 +9,8 @@ Counted exactly from the recorded spikes, per sample, on a ``placement.Placement
 - ``accesses``: every neuron of a layer at every step the chip runs per sample, ``S = T + depth``
   (Poisson input, which enters through one more hop) or ``T + depth - 1`` (direct), since each
   layer adds a step of latency (``lag``: layer j integrates its inputs from step ``lag_j`` on);
-- ``updates``: neuron-steps whose neuron has a non-zero input, a bias (the host-computed first
-  layer under direct encoding) or a non-zero potential left from the step before (set by any input,
+- ``updates``: neuron-steps whose neuron has a non-zero input, a non-zero bias (the host-computed
+  first-layer current under direct encoding: zero where the image is blank) or a non-zero potential left from the step before (set by any input,
   cleared by a hard reset when it fires), as Loihi and SANA-FE skip the update of a resting neuron.
   A potential that an input brings back to exactly zero is not seen (measure zero in float).
 
@@ -22,6 +22,7 @@ as the busiest core's larger share, plus the barrier synchronisation for the til
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,7 +132,7 @@ class TrafficCounter:
     """Counts messages, hops and neuron activity (and, with latencies, the time of every step) batch by batch."""
 
     def __init__(self, layers: list[DeployedLayer], placement: Placement, timesteps: int, direct: bool, hard_reset: bool,
-                 latency_profile: Profile | None = None):
+                 latency_profile: Profile | None = None, first_current: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.layers, self.placement, self.T, self.direct, self.hard = layers, placement, timesteps, direct, hard_reset
         self.depth = len(layers)
         self.steps = timesteps + self.depth - (1 if direct else 0)
@@ -153,10 +154,11 @@ class TrafficCounter:
                 self.sent[link.source] = self.sent[link.source] + link.messages
         self.traffic = [LayerTraffic() for _ in layers]
         self.latency = latency_profile
+        self.first_current = first_current  # direct encoding: images -> layer 0's bias; None: every bias non-zero
         self.step_times: list[np.ndarray] = []  # [S, B] per batch
 
-    def add(self, trace: Trace) -> None:
-        """Count one batch (``student.run(..., record=True)``)."""
+    def add(self, trace: Trace, images: torch.Tensor | None = None) -> None:
+        """Count one batch (``student.run(..., record=True)``) of ``images``."""
         B = trace.logits.shape[0]
         T = self.T
         pops: dict[int, torch.Tensor] = {}
@@ -188,8 +190,10 @@ class TrafficCounter:
             for key, value in totals.items():
                 getattr(traffic, key).append(np.broadcast_to(value, (B,)).astype(np.float64))
             received = events > 0
-            if self.direct and j == 0:
-                received = torch.ones_like(received)  # the host-computed current is a bias at every step
+            if self.direct and j == 0:  # the host-computed current is a bias at every step
+                bias = (torch.ones(B, n, dtype=torch.bool) if self.first_current is None or images is None
+                        else (self.first_current(images).reshape(B, n) != 0))
+                received = bias.unsqueeze(0).expand(T, B, n)
             fired = pops[j] > 0
             nonzero = torch.zeros(B, n, dtype=torch.bool)
             updated = torch.zeros(T, B, n, dtype=torch.bool)
