@@ -7,9 +7,13 @@ UV := .tools/bin/uv
 endif
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install spyx demo test test-fast bench clean
 
-install: .venv/.synced
+install: .venv/.synced spyx
+
+# Spyx (JAX, numpy >= 2) cannot share .venv/ with Lava (numpy < 2): its own locked environment,
+# run by `validate --runtime spyx` in a subprocess (docs/interop.md).
+spyx: .venv-spyx/.synced
 
 .tools/bin/uv:
 	PIP_CONFIG_FILE=/dev/null python3 -m pip install --quiet --disable-pip-version-check --target .tools/lib uv
@@ -17,6 +21,10 @@ install: .venv/.synced
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --python 3.11
+	touch $@
+
+.venv-spyx/.synced: envs/spyx/pyproject.toml envs/spyx/uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.venv-spyx $(UV) sync --locked --python 3.11 --project envs/spyx
 	touch $@
 
 demo: install
@@ -32,4 +40,4 @@ bench: install
 	.venv/bin/python bench/train_throughput.py
 
 clean:
-	rm -rf .venv .tools runs
+	rm -rf .venv .venv-spyx .tools runs

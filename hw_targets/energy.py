@@ -1,7 +1,8 @@
 """Run the student on a set of images, count its events per sample, and price them on a profile.
 
 ``energy = sum_l synops_l E_synop + macs_l E_mac + neuron_updates_l E_neuron + spikes_l E_spike``
-(SPEC section 4), per sample, so that means and spreads over the samples come out together.
+(SPEC section 4), per sample, so that means and spreads over the samples come out together; plus
+``bias_inputs_l E_bias`` for a layer with a bias, when the profile's bias figure is known.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def price_layer(counts: LayerCounts, profile: Profile, traffic: dict[str, np.nda
     ``network`` is 0. With a layer's ``traffic.TrafficCounter`` counts: ``neuron_updates`` is
     accesses x E_neuron + updates x E_neuron_update, ``network`` the messages carrying spikes into
     the layer x E_message plus their hops x E_hop. A conv layer's events cost ``synop_conv`` when
-    the profile gives it.
+    the profile gives it. ``bias_inputs`` appears only for a layer with a bias on a profile whose
+    bias figure is known; with an unknown figure the term is left out (the report says so).
     """
     synop = profile.e("synop_conv") if counts.kind == "conv" else profile.e_synop
     n = len(counts.spikes)
@@ -87,10 +89,13 @@ def price_layer(counts: LayerCounts, profile: Profile, traffic: dict[str, np.nda
         neuron = traffic["accesses"] * profile.e_neuron + traffic["updates"] * profile.e("neuron_update")
         network = (traffic["messages"] * profile.e("message") + traffic["hops_ew"] * profile.e("hop_ew")
                    + traffic["hops_ns"] * profile.e("hop_ns"))
-    return {
+    priced = {
         "synops": counts.synops * synop,
         "macs": counts.macs * profile.e_mac,
         "neuron_updates": np.broadcast_to(neuron, (n,)).astype(np.float64),
         "spikes": counts.spikes * profile.e_spike,
         "network": np.broadcast_to(network, (n,)).astype(np.float64),
     }
+    if counts.bias_inputs and profile.bias_known:
+        priced["bias_inputs"] = np.full(len(counts.spikes), counts.bias_inputs * profile.e_bias)
+    return priced

@@ -8,6 +8,8 @@ A profile file (``hw_targets/profiles/<name>.toml``) holds::
     [energy.mac]     joules, source                         # one dense multiply-accumulate
     [energy.neuron]  joules, source                         # one neuron state update
     [energy.spike]   joules, source                         # one emitted spike
+    [energy.bias]    joules (or "unknown"), source; optional     # one bias input: a neuron's constant
+                                                                # current at one step (no synaptic event)
     [limits.*]       optional, all or none: cores_per_chip, compartments_per_core,
                      synaptic_memory_per_core_bytes, input_axons_per_core (value, source each)
                      and weight_bits (min, max, source)
@@ -45,7 +47,8 @@ from ..errors import UserError
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 ENERGY_KEYS = ("synop", "mac", "neuron", "spike")
-OPTIONAL_ENERGY = ("synop_conv", "neuron_update", "message", "hop_ew", "hop_ns")
+BIAS_KEY = "bias"  # optional: absent or "unknown" both mean the figure is unknown
+OPTIONAL_ENERGY = ("synop_conv", "neuron_update", "message", "hop_ew", "hop_ns", BIAS_KEY)
 NETWORK_ENERGY = ("message", "hop_ew", "hop_ns")
 MESH_KEYS = ("cores_per_tile", "tiles_x", "tiles_y")
 LATENCY_KEYS = ("neuron", "neuron_update", "spike", "message_out", "message_in", "synop", "synop_conv")
@@ -119,7 +122,7 @@ class Profile:
 
     name: str
     description: str
-    energy: dict[str, Figure]  # keys: synop, mac, neuron, spike and any of OPTIONAL_ENERGY
+    energy: dict[str, Figure]  # keys: synop, mac, neuron, spike and any of OPTIONAL_ENERGY (NaN: unknown)
     limits: Limits | None
     path: Path
     mesh: Mesh | None = None
@@ -158,6 +161,15 @@ class Profile:
     @property
     def e_spike(self) -> float:
         return self.energy["spike"].value
+
+    @property
+    def e_bias(self) -> float:
+        """Joules per bias input; NaN when the profile does not know it."""
+        return self.energy[BIAS_KEY].value if BIAS_KEY in self.energy else math.nan
+
+    @property
+    def bias_known(self) -> bool:
+        return not math.isnan(self.e_bias)
 
     def to_dict(self) -> dict[str, Any]:
         """The figures used, in joules, with their sources (the ``profile`` entry of energy.json)."""
@@ -205,12 +217,13 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
     def fail(key: str, problem: str) -> UserError:
         return UserError(f"{path}: key '{key}' {problem}")
 
-    def table(d: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+    def table(d: dict[str, Any], key: str, allowed: set[str], optional: frozenset[str] = frozenset()) -> dict[str, Any]:
         if not isinstance(d, dict):
             raise fail(key, f"must be a table, got {type(d).__name__}")
-        unknown = sorted(set(d) - allowed)
+        unknown = sorted(set(d) - allowed - optional)
         if unknown:
-            raise fail(f"{key}.{unknown[0]}" if key else unknown[0], f"is unknown (allowed here: {', '.join(sorted(allowed))})")
+            raise fail(f"{key}.{unknown[0]}" if key else unknown[0],
+                       f"is unknown (allowed here: {', '.join(sorted(allowed | optional))})")
         missing = sorted(allowed - set(d))
         if missing:
             raise fail(f"{key}.{missing[0]}" if key else missing[0], "is missing")

@@ -79,6 +79,12 @@ def markdown_summary(reports: list[dict[str, Any]]) -> str:
                           f"north-south hops, {n['interchip']:,.0f} messages between chips; {r['steps_per_inference']} steps per "
                           f"inference (T plus the pipeline's depth), throughput {r['throughput_per_s'] or 0:,.1f} inferences/s "
                           "one sample at a time."]
+        biased = sum(l.get("bias_inputs", 0) for l in r["layers"])
+        if biased:
+            priced = ("unknown on this profile, left out of the total" if "unpriced" in r
+                      else f"{_j(r['profile']['energy_j']['bias']['joules'])} each, in the total")
+            lines += ["", f"Bias inputs (a neuron's constant current at one step, no synaptic event): "
+                          f"{biased:,} per sample, {priced}."]
         lines += ["", "Figures used:", ""]
         lines += [f"- {k}: {_j(f['joules']) if f['joules'] != 'unknown' else 'unknown'} ({f['source']})" for k, f in r["profile"]["energy_j"].items()]
         lines += [f"- latency {k}: {_s(f['seconds']) if f['seconds'] != 'unknown' else 'unknown'} ({f['source']})"

@@ -9,8 +9,9 @@ Counted exactly from the recorded spikes, per sample, on a ``placement.Placement
 - ``accesses``: every neuron of a layer at every step the chip runs per sample, ``S = T + depth``
   (Poisson input, which enters through one more hop) or ``T + depth - 1`` (direct), since each
   layer adds a step of latency (``lag``: layer j integrates its inputs from step ``lag_j`` on);
-- ``updates``: neuron-steps whose neuron has a non-zero input, a non-zero bias (the host-computed
-  first-layer current under direct encoding: zero where the image is blank) or a non-zero potential left from the step before (set by any input,
+- ``updates``: neuron-steps whose neuron has a non-zero input, a non-zero bias (the layer's own, on
+  during the T steps its inputs arrive, as our SANA-FE runner sets it; under direct encoding the
+  host-computed first-layer current, zero where the image is blank) or a non-zero potential left from the step before (set by any input,
   cleared by a hard reset when it fires), as Loihi and SANA-FE skip the update of a resting neuron.
   A potential that an input brings back to exactly zero is not seen (measure zero in float).
 
@@ -144,7 +145,7 @@ class TrafficCounter:
                 src = placement.input if j == 0 else placement.layers[j - 1]
                 links.append(make_link(j - 1, src, layer.in_shape, placement.layers[j], layer, placement))
             if layer.shortcut is not None:
-                s = layer.shortcut.source
+                s = layer.shortcut.producer
                 links.append(make_link(s, placement.layers[s], layer.shortcut.in_shape, placement.layers[j], layer, placement, True))
             self.links.append(links)
         # messages each neuron of a population sends per spike, over all the layers that read it
@@ -190,10 +191,13 @@ class TrafficCounter:
             for key, value in totals.items():
                 getattr(traffic, key).append(np.broadcast_to(value, (B,)).astype(np.float64))
             received = events > 0
-            if self.direct and j == 0:  # the host-computed current is a bias at every step
+            if self.direct and j == 0:  # the host-computed current (its bias included) is a bias at every step
                 bias = (torch.ones(B, n, dtype=torch.bool) if self.first_current is None or images is None
                         else (self.first_current(images).reshape(B, n) != 0))
                 received = bias.unsqueeze(0).expand(T, B, n)
+            elif layer.bias is not None:  # a layer's own bias is on during the T steps of its inputs
+                per_neuron = np.broadcast_to(layer.bias.reshape(-1, *([1] * (len(layer.out_shape) - 1))), layer.out_shape)
+                received = received | torch.from_numpy(per_neuron.reshape(-1) != 0)
             fired = pops[j] > 0
             nonzero = torch.zeros(B, n, dtype=torch.bool)
             updated = torch.zeros(T, B, n, dtype=torch.bool)

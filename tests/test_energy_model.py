@@ -114,12 +114,21 @@ def test_int8_and_fp32_baselines_and_the_break_even_rate(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """The demo's digits run, shortened (one epoch per stage)."""
-    from lasnn_deploy.demo import DEMO_OPTIONS, FAST_OVERRIDES
-    from lasnn_deploy.training import train
+    """A run folder shaped like the demo's (its tiny student on digits, the converted SNN beside the
+    fine-tuned one, the method in config.json), without the training, so that the test stays fast."""
+    from lasnn_deploy.models import build_student
 
     out = tmp_path_factory.mktemp("digits") / "run"
-    return train(dataset="digits", out=str(out), method="lasnn", seed=0, progress=False, **{**DEMO_OPTIONS, **FAST_OVERRIDES})
+    out.mkdir()
+    torch.manual_seed(0)
+    cfg = build_student("tiny", (1, 16, 16), 10, timesteps=4)
+    converted = SpikingStudent(cfg, thresholds=[0.4] * len(cfg.spiking_layers)).eval()
+    save_student(converted, out / "converted.safetensors")
+    with torch.no_grad():
+        converted.thresholds.mul_(0.5)  # "fine-tuned": another network, more spikes
+    save_student(converted, out / "student.safetensors")
+    (out / "config.json").write_text(json.dumps({"method": "lasnn", "dataset": "digits"}))
+    return out
 
 
 def test_tradeoff_command_on_the_digits_demo(digits_run, tmp_path, capsys):

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_student
+from conftest import make_student, randomise_biases, with_bias
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.neurons import encode, lif_reference
 from lasnn_deploy.models import build_student
@@ -27,8 +27,12 @@ def reference_forward(student: SpikingStudent, s0: np.ndarray) -> tuple[np.ndarr
             h = h + source
         elif isinstance(spec, Conv):
             h = torch.stack([F.conv2d(h[t], mod.weight.double(), stride=spec.stride, padding=spec.padding) for t in range(T)])
+            if spec.bias:  # u[t] = lam u[t-1] + W s[t] + b: a constant current every step
+                h = h + mod.bias.double()[:, None, None]
         elif isinstance(spec, Linear):
             h = torch.stack([h[t] @ mod.weight.double().T for t in range(T)])
+            if spec.bias:
+                h = h + mod.bias.double()
         elif isinstance(spec, AvgPool):
             h = torch.stack([F.avg_pool2d(h[t], spec.kernel_size) for t in range(T)])
         elif isinstance(spec, Flatten):
@@ -55,13 +59,55 @@ def test_student_matches_float64_reference(encoding, reset):
     assert 0.02 < np.mean([s.mean() for s in spikes]) < 0.6
 
 
-def small_resnet(seed: int = 0) -> SpikingStudent:
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("exact", [False, True])
+def test_biased_student_matches_float64_reference(encoding, reset, exact):
+    """u[t] = lam u[t-1] + W s[t] + b, in the training mode (torch layers) and the exact mode (float64 ops)."""
+    student = make_student(encoding, reset, timesteps=6, bias=True).double()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        trace = student.run(x, seed=5, record=True, exact=exact)
+    s0 = trace.input_spikes if encoding == "poisson" else encode(x, 6, "direct")
+    logits, spikes = reference_forward(student, s0.numpy())
+    for got, want in zip(trace.spikes, spikes):
+        assert np.array_equal(got.numpy(), want)
+    assert np.allclose(trace.logits.numpy(), logits, atol=1e-12)
+    with torch.no_grad():  # the biases really change the spikes and the readout
+        for m in student.weighted_modules():
+            m.bias.zero_()
+        unbiased = student.run(x, seed=5, record=True, exact=exact)
+    assert not all(torch.equal(a, b) for a, b in zip(trace.spikes, unbiased.spikes))
+    assert not torch.allclose(trace.logits, unbiased.logits)
+
+
+def test_bias_is_written_only_when_true(tmp_path):
+    plain, biased = make_student(), make_student(bias=True)
+    assert all("bias" not in layer for layer in plain.config.to_dict()["layers"])
+    assert [layer.get("bias") for layer in biased.config.to_dict()["layers"] if layer["type"] in ("conv", "linear")] == [True] * 4
+    back = load_student(save_student(biased, tmp_path / "b.safetensors"))
+    assert back.config == biased.config and "body.7.bias" in back.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(biased.state_dict().values(), back.state_dict().values()))
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(back.run(x, exact=True).logits, biased.run(x, exact=True).logits)
+
+
+def test_bias_flag_must_be_a_bool():
+    with pytest.raises(UserError, match="bias must be true or false"):
+        StudentConfig.from_dict({**make_student().config.to_dict(), "layers": [
+            {"type": "flatten"}, {"type": "linear", "in_features": 64, "out_features": 5, "bias": "yes"}]})
+
+
+def small_resnet(seed: int = 0, bias: bool = False) -> SpikingStudent:
     """resnet12 at width 1/8 on 8x8 images: an identity shortcut behind a pool, then projections."""
     torch.manual_seed(seed)
-    student = SpikingStudent(build_student("resnet12", (1, 8, 8), 10, timesteps=6, width=0.125))
+    config = build_student("resnet12", (1, 8, 8), 10, timesteps=6, width=0.125)
+    student = SpikingStudent(with_bias(config) if bias else config)
     with torch.no_grad():
         for m in student.weighted_modules():
             m.weight.normal_(0.0, 0.5)
+        randomise_biases(student, 0.3)
         student.thresholds.fill_(1.0)
         student.leak.fill_(0.9)
     return student.double().eval()
@@ -81,16 +127,17 @@ def test_residual_student_matches_float64_reference():
     assert all(0.05 < s.mean() < 0.8 for s in spikes)  # every layer, blocks included, really spikes
 
 
-def test_deployed_residual_graph_computes_the_student():
-    """Folded pools and the identity-as-1x1 shortcut give the same spikes, step by step, in float64."""
-    student = small_resnet(1)
+@pytest.mark.parametrize("bias", [False, True])
+def test_deployed_residual_graph_computes_the_student(bias):
+    """Folded pools, the identity-as-1x1 shortcut and biases give the same spikes, step by step, in float64."""
+    student = small_resnet(1, bias)
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         trace = student.run(x, record=True)
     deployed = deployed_layers(student)
     assert [d.shortcut is not None for d in deployed].count(True) == 4
     identity = deployed[4].shortcut  # block 1 reads the stem's pooled spikes: eye(C) spread over the 2x2 pool
-    assert identity.weight.shape[2:] == (2, 2) and identity.stride == 2 and identity.source == 2
+    assert identity.weight.shape[2:] == (2, 2) and identity.stride == 2 and identity.producer == 2
     thetas, leak = student.thresholds.detach().double().numpy(), float(student.leak.detach())
     spikes: list[torch.Tensor] = []
     h = encode(x, 6, "direct")
@@ -99,8 +146,11 @@ def test_deployed_residual_graph_computes_the_student():
         w = torch.from_numpy(d.weight)
         current = (torch.stack([F.conv2d(inp[t], w, stride=d.stride, padding=d.padding) for t in range(6)])
                    if d.kind == "conv" else inp @ w.T)
+        assert (d.bias is not None) == bias
+        if bias:
+            current = current + torch.from_numpy(d.bias).reshape(-1, *[1] * (current.dim() - 3))
         if d.shortcut is not None:
-            src, sw = spikes[d.shortcut.source], torch.from_numpy(d.shortcut.weight)
+            src, sw = spikes[d.shortcut.producer], torch.from_numpy(d.shortcut.weight)
             current = current + torch.stack([F.conv2d(src[t], sw, stride=d.shortcut.stride) for t in range(6)])
         h = current if d.lif is None else torch.from_numpy(lif_reference(current.numpy(), leak, thetas[d.lif]))
         spikes.append(h)
