@@ -55,15 +55,32 @@ def _snntorch(kind: str, seed: int) -> Foreign:
         return snn.Leaky(beta=torch.full(shape, beta), threshold=torch.full(shape, theta), init_hidden=True,
                          reset_mechanism="zero")
 
-    if kind == "conv":
+    if kind in ("conv", "int"):
         net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), leaky((4, 16, 16)), nn.AvgPool2d(2),
                             nn.Flatten(), nn.Linear(256, 10, bias=False))
+        if kind == "int":  # Loihi-representable: see representable()
+            net[1] = leaky((4, 16, 16), beta=0.5, theta=40 / 256)
     else:
         net = nn.Sequential(nn.Flatten(), nn.Linear(256, 32, bias=False), leaky((32,)), nn.Linear(32, 10, bias=False),
                             leaky((10,), theta=0.3))
     _init(net, seed, 1.0)
+    if kind == "int":
+        representable(net[0], net[4], seed)
     graph = export_to_nir(net, torch.rand(1, *SHAPE), ignore_dims=[0])
     return Foreign(net, graph, [m for m in net if isinstance(m, snn.Leaky)])
+
+
+@torch.no_grad()
+def representable(conv: nn.Conv2d, linear: nn.Linear, seed: int) -> None:
+    """Weights that netx stores exactly: the conv's n / 256 and the linear's 4 n / 256 (n in [-30, 30]),
+    whose fold with the 2x2 average pool is n / 256; each layer's first weight is 254 / 256 (times 4),
+    which pins the Lava export's scale to 256. With leak 0.5 and thresholds m / 256, float32 sums are
+    exact and the integer network computes the same spikes as the float one."""
+    gen = torch.Generator().manual_seed(seed)
+    for module, area in ((conv, 1), (linear, 4)):
+        n = torch.randint(-30, 31, module.weight.shape, generator=gen).float()
+        n.view(-1)[0] = 254
+        module.weight.copy_(n * area / 256)
 
 
 def _spikingjelly(kind: str, seed: int) -> Foreign:
@@ -92,8 +109,9 @@ def _sinabs(kind: str, seed: int) -> Foreign:
                             sl.SumPool2d(2), nn.Flatten(), nn.Linear(256, 10, bias=False))
     else:
         net = nn.Sequential(nn.Flatten(), nn.Linear(256, 32, bias=False),
-                            sl.LIFSqueeze(tau_mem=4.0, batch_size=1, spike_threshold=0.1, **one),
-                            nn.Linear(32, 10, bias=False), sl.LIFSqueeze(tau_mem=4.0, batch_size=1, spike_threshold=0.05, **one))
+                            sl.LIFSqueeze(tau_mem=torch.full((32,), 4.0), batch_size=1, spike_threshold=torch.full((32,), 0.1), **one),
+                            nn.Linear(32, 10, bias=False),
+                            sl.LIFSqueeze(tau_mem=torch.full((10,), 4.0), batch_size=1, spike_threshold=torch.full((10,), 0.05), **one))
     _init(net, seed, 1.0)
     graph = sinabs.to_nir(net, torch.rand(1, *SHAPE))
     sinabs.reset_states(net)
@@ -116,8 +134,18 @@ def _norse(kind: str, seed: int) -> Foreign:
     return Foreign(net, graph, [m for m in net if isinstance(m, norse.LIFBoxCell)])
 
 
-def simulate(library: str, f: Foreign, images: torch.Tensor, timesteps: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The library's own run of ``f.net`` on ``images`` (direct encoding: the image at every step).
+def write(graph: nir.NIRGraph, path) -> None:
+    """``nir.write``; Sinabs' ``to_nir`` leaves Conv2d ``input_shape`` and some types undefined, which
+    ``nir.write`` cannot store, so its graphs get nir's own ``infer_types()`` first."""
+    undefined = [n for n in graph.nodes.values() if getattr(n, "input_shape", 0) is None
+                 or any(v is None for v in (n.input_type or {}).values())]
+    if undefined:
+        graph.infer_types()
+    nir.write(path, graph)
+
+
+def simulate(library: str, f: Foreign, steps: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The library's own run of ``f.net`` on the per-step input ``steps`` ``[T, B, C, H, W]``.
 
     Returns logits ``[B, K]`` (the output summed over the steps / T) and spikes ``[T, B, ...]`` per neuron layer.
     """
@@ -130,16 +158,15 @@ def simulate(library: str, f: Foreign, images: torch.Tensor, timesteps: int) -> 
             import sinabs
 
             per_sample = []
-            for x in images:
+            for b in range(steps.shape[1]):
                 sinabs.reset_states(f.net)
-                per_sample.append(f.net(x.unsqueeze(0).expand(timesteps, *x.shape)))
+                per_sample.append(f.net(steps[:, b]))
             outputs = list(torch.stack(per_sample, 1))  # per step [B, K]
             spikes = [list(torch.stack(layer, 1)) for layer in spikes]  # each sample's [T, ...] -> per step [B, ...]
         elif library == "norse":
             state = None
-            x = images if isinstance(f.net[0], nn.Conv2d) else images.flatten(1)
-            for _ in range(timesteps):
-                out, state = f.net(x, state)
+            for x in steps:
+                out, state = f.net(x if isinstance(f.net[0], nn.Conv2d) else x.flatten(1), state)
                 outputs.append(out.flatten(1))
         else:
             if library == "spikingjelly":
@@ -150,8 +177,8 @@ def simulate(library: str, f: Foreign, images: torch.Tensor, timesteps: int) -> 
                 from snntorch import utils
 
                 utils.reset(f.net)
-            for _ in range(timesteps):
-                out = f.net(images)
+            for x in steps:
+                out = f.net(x)
                 outputs.append(out[0] if isinstance(out, tuple) else out)
     for h in hooks:
         h.remove()
