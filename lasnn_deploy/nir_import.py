@@ -122,7 +122,7 @@ def _neuron(node: nir.NIRNode, name: str, conv: Convention) -> _Neuron:
         step = (1 - math.exp(-dt / tau)) if conv.exact else dt / tau
         lam = 1.0 - step
         if not 0 < lam <= 1:
-            raise UserError(f"{_where(name)}: dt = {dt} against tau = {tau} gives leak {lam:.6g}, outside (0, 1]: "
+            raise UserError(f"{_where(name)}: dt = {dt:.6g} against tau = {tau:.6g} gives leak {lam:.6g}, outside (0, 1]: "
                             f"a wrong dt for this file; {HINT}")
         gain, drive = r * step, step * v_leak
         if isinstance(node, nir.CubaLIF):
