@@ -12,8 +12,10 @@ Layout (what ``lava.lib.dl.netx.hdf5.Network`` reads; shapes (C, H, W), conv par
              type=flatten         before a dense that reads a [C, H, W] map
              type=dense, shape, weight [out, in], neuron/...
     neuron   type=CUBA, iDecay=4096, vDecay, vThMant, refDelay=1, gradedSpike=False
-    host/    (direct only) the first layer, weight in float64; attrs kind, stride, padding, scale,
-             v_th, out_shape: ``run`` turns images into the input block's bias with them
+    layer/i/bias  (a layer with a bias) its bias mantissas [out], int; netx sets them as the
+             neurons' bias_mant (per channel for a conv) with its fixed bias_exp 6
+    host/    (direct only) the first layer, weight (and bias, if any) in float64; attrs kind, stride,
+             padding, scale, v_th, out_shape: ``run`` turns images into the input block's bias with them
 
 A residual student (``Shortcut`` layers) is refused: netx chains each block to the next only.
 
@@ -100,6 +102,8 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
         host, on_chip = net.layers[0], net.layers[1:]
         h = f.create_group("host")
         h.create_dataset("weight", data=host.weight)
+        if host.bias is not None:
+            h.create_dataset("bias", data=host.bias)
         h.attrs.update(kind=host.kind, stride=host.stride, padding=host.padding, scale=host.scale, v_th=host.v_th,
                        out_shape=host.out_shape)
     for q in on_chip:
@@ -120,6 +124,8 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
             continue
         g.create_dataset("shape", data=np.array(q.out_shape))
         g.create_dataset("weight", data=q.weight)
+        if q.bias is not None:  # netx: the neurons' bias_mant (per channel for a conv), bias_exp 6
+            g.create_dataset("bias", data=q.bias)
         if kind == "conv":
             for key, value in (("stride", q.stride), ("padding", q.padding), ("dilation", 1)):
                 g.create_dataset(key, data=np.array([value, value]))
@@ -132,7 +138,7 @@ def _host_layer(f: h5py.File) -> QuantLayer:
     a = f["host"].attrs
     return QuantLayer(name="host", kind=str(a["kind"]), weight=f["host/weight"][()], scale=float(a["scale"]),
                       v_th=int(a["v_th"]), in_shape=(), out_shape=tuple(a["out_shape"]), stride=int(a["stride"]),
-                      padding=int(a["padding"]), on_host=True)
+                      padding=int(a["padding"]), on_host=True, bias=f["host/bias"][()] if "host/bias" in f else None)
 
 
 def read_metadata(path: str | Path) -> dict:

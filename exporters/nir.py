@@ -13,6 +13,11 @@ written because snnTorch 1.0's importer maps neither. The metadata says so (``ou
 carries what the graph itself cannot: ``dt``, ``timesteps``, ``encoding``, ``input_shape``,
 ``num_classes``, the student's exact ``leak``, ``arch`` and the shortcut node names.
 
+A layer's bias (a constant current every step) is the ``bias`` of its ``Conv2d`` node (zero for a
+bias-free conv), and a ``Linear`` with a bias is an ``Affine`` node: NIR's ``W x + b``, which
+snnTorch imports as an ``nn.Linear`` with that bias. Reading back, a Conv2d with any nonzero bias
+is a biased Conv; an all-zero bias reads as none (it computes the same).
+
 Neurons follow NIR's LIF ``tau dv/dt = (v_leak - v) + r I`` discretised by forward Euler with
 ``dt = 1e-4`` (the dt snnTorch's importer assumes)::
 
@@ -100,9 +105,16 @@ def check(student: SpikingStudent) -> None:
             raise UserError(f"layer {i} ({cfg.layers[i].type}): weights contain NaN or inf; retrain or fix the student")
 
 
-def _conv_node(weight: np.ndarray, input_hw: tuple[int, ...], stride: int, padding: int) -> nir.Conv2d:
+def _conv_node(weight: np.ndarray, input_hw: tuple[int, ...], stride: int, padding: int,
+               bias: np.ndarray | None = None) -> nir.Conv2d:
+    """A Conv2d node; a bias-free conv gets NIR's zero bias (adding 0 is exact in every runtime)."""
+    bias = np.zeros(weight.shape[0], dtype=np.float32) if bias is None else bias
     return nir.Conv2d(input_shape=input_hw, weight=weight, stride=stride, padding=padding, dilation=1, groups=1,
-                      bias=np.zeros(weight.shape[0], dtype=np.float32))
+                      bias=bias)
+
+
+def _bias(module: torch.nn.Module) -> np.ndarray | None:
+    return None if module.bias is None else module.bias.detach().cpu().numpy().astype(np.float32)
 
 
 def _shortcut_weight(spec: Shortcut, module: torch.nn.Module) -> np.ndarray:
@@ -133,12 +145,13 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
     for i, (layer, module) in enumerate(zip(cfg.layers, student.body)):
         if isinstance(layer, Dropout):
             continue
-        name = f"{layer.type}{i}"
+        name = cfg.layer_name(i)
         if isinstance(layer, Conv):
             weight = module.weight.detach().cpu().numpy().astype(np.float32)
-            add(name, _conv_node(weight, shape[1:], layer.stride, layer.padding))
-        elif isinstance(layer, Linear):
-            add(name, nir.Linear(weight=module.weight.detach().cpu().numpy().astype(np.float32)))
+            add(name, _conv_node(weight, shape[1:], layer.stride, layer.padding, _bias(module)))
+        elif isinstance(layer, Linear):  # W s + b is NIR's Affine, W s its Linear
+            weight = module.weight.detach().cpu().numpy().astype(np.float32)
+            add(name, nir.Linear(weight=weight) if module.bias is None else nir.Affine(weight=weight, bias=_bias(module)))
         elif isinstance(layer, AvgPool):
             k = layer.kernel_size
             add(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0])))
@@ -294,19 +307,21 @@ def _pair(value: Any, what: str, where: str) -> int:
 
 
 def _conv_spec(node: nir.Conv2d, where: str) -> Conv:
-    """The student Conv a Conv2d node expresses; refuses what a student's Conv has not (bias, dilation...)."""
+    """The student Conv a Conv2d node expresses (with a bias when any is nonzero); refuses what a
+    student's Conv has not (dilation, groups, string padding)."""
     plain = not isinstance(node.padding, str) and np.all(np.asarray(node.dilation) == 1) and node.groups == 1
-    if not plain or np.any(node.bias != 0):
-        raise UserError(f"{where}: only convolutions with integer padding, no dilation, one group and no bias "
-                        "are supported")
+    if not plain:
+        raise UserError(f"{where}: only convolutions with integer padding, no dilation and one group are supported")
     return Conv(node.weight.shape[1], node.weight.shape[0], _pair(node.weight.shape[2:], "kernel", where),
-                _pair(node.stride, "stride", where), _pair(node.padding, "padding", where))
+                _pair(node.stride, "stride", where), _pair(node.padding, "padding", where), bias=bool(np.any(node.bias)))
 
 
 def _shortcut_spec(node: nir.Conv2d, source: int, where: str) -> Shortcut:
     """The Shortcut a shortcut branch's Conv2d expresses: a 1x1 kernel without padding, the identity
     when channels and size do not change (a student has no weights there)."""
     conv = _conv_spec(node, where)
+    if conv.bias:
+        raise UserError(f"{where}: a shortcut adds no bias (its block's conv carries it); its Conv2d bias must be 0")
     if conv.kernel_size != 1 or conv.padding != 0:
         raise UserError(f"{where}: a shortcut must be a 1x1 convolution without padding, got "
                         f"{conv.kernel_size}x{conv.kernel_size} with padding {conv.padding}")
@@ -333,6 +348,7 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
     dt = settings["dt"]
     layers: list = []
     weights: dict[int, np.ndarray] = {}
+    biases: dict[int, np.ndarray] = {}
     thresholds: list[float] = []
     leaks: list[float] = []
     taus: list[np.float32] = []
@@ -344,9 +360,13 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
         if isinstance(node, nir.Conv2d):
             weights[len(layers)] = node.weight
             layers.append(_conv_spec(node, where))
-        elif isinstance(node, nir.Linear):
+            if layers[-1].bias:
+                biases[len(layers) - 1] = node.bias
+        elif isinstance(node, (nir.Linear, nir.Affine)):
             weights[len(layers)] = node.weight
-            layers.append(Linear(node.weight.shape[1], node.weight.shape[0]))
+            layers.append(Linear(node.weight.shape[1], node.weight.shape[0], bias=isinstance(node, nir.Affine)))
+            if isinstance(node, nir.Affine):
+                biases[len(layers) - 1] = node.bias
         elif isinstance(node, nir.AvgPool2d):
             k = _pair(node.kernel_size, "kernel", where)
             if _pair(node.stride, "stride", where) != k or _pair(node.padding, "padding", where) != 0:
@@ -386,6 +406,8 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
             module = student.body[i].proj if isinstance(layers[i], Shortcut) else student.body[i]
             if module is not None:  # None: an identity shortcut, checked to be one
                 module.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
+        for i, bias in biases.items():
+            student.body[i].bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
     return student.eval()
 
 
@@ -499,5 +521,5 @@ def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = N
     cfg = student.config
     with torch.no_grad():
         trace = runtime_order(student).run(_as_tensor(images), input_spikes=_as_tensor(input_spikes), record=True)
-    names = [f"{cfg.layers[i].type}{i}" for i in cfg.spiking_layers]
+    names = [cfg.layer_name(i) for i in cfg.spiking_layers]
     return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names)

@@ -17,7 +17,9 @@ Layout of the graph (``T`` steps, batch ``B`` dynamic):
 - a ``Shortcut`` adds the tensor its source layer produced earlier in the walk (spikes cast to
   float64, or their float64 pool), through a float64 1x1 convolution when it projects, to the
   block's float64 conv current, before that current's one rounding at the LIF;
-- outputs ``logits [B, K]`` (``sum_t W_out s_L[t] / T``) and ``spike_count_<k> [B]`` per LIF layer.
+- a Conv or Linear with a bias ``Add``s it (float64, ``[C, 1, 1]`` for a conv) right after its
+  synaptic sum, as ``run(exact=True)`` does, so the bias is inside the current's one rounding;
+- outputs ``logits [B, K]`` (``sum_t (W_out s_L[t] + b) / T``) and ``spike_count_<k> [B]`` per LIF layer.
 
 Rounding ("round once", metadata ``currents: float64-rounded``). Plain float32 Conv/MatMul kernels
 of PyTorch (oneDNN, MKL) and onnxruntime (MLAS) add their terms in different orders, so a spike
@@ -60,15 +62,14 @@ RUN_CHUNK = 256  # samples per onnxruntime call in ``run``: bounds the float64 i
 
 def lif_layer_names(student: SpikingStudent) -> list[str]:
     """Names of the LIF layers, after the Conv/Linear they follow (``conv0``, ``linear6``...)."""
-    layers = student.config.layers
-    return [f"{layers[i].type}{i}" for i in student.config.spiking_layers]
+    return [student.config.layer_name(i) for i in student.config.spiking_layers]
 
 
 def check(student: SpikingStudent) -> None:
     """ONNX expresses every student (soft reset included); refuse only what one file cannot hold."""
     check_parameters(student)
-    params = sum(m.weight.numel() for m in student.weighted_modules())
-    if params * 8 > MAX_BYTES:  # weights are stored in float64
+    params = sum(p.numel() for m in student.weighted_modules() for p in (m.weight, m.bias) if p is not None)
+    if params * 8 > MAX_BYTES:  # weights and biases are stored in float64
         raise UserError(f"the student has {params:,} weights, more than one .onnx file can hold "
                         "(2 GiB in float64); use a smaller student")
 
@@ -97,6 +98,8 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
                if isinstance(cfg.layers[i], (Conv, Linear))}
     weights.update({i: m.proj.weight.detach().cpu().double().numpy() for i, m in enumerate(student.body)
                     if isinstance(cfg.layers[i], Shortcut) and m.proj is not None})
+    biases = {i: m.bias.detach().cpu().double().numpy() for i, m in enumerate(student.body)
+              if isinstance(cfg.layers[i], (Conv, Linear)) and m.bias is not None}
     lif_index = {layer: k for k, layer in enumerate(cfg.spiking_layers)}
     leak = g.const(student.leak.detach().cpu().float().numpy(), "leak")
     thresholds = student.thresholds.detach().cpu().float().numpy()
@@ -120,6 +123,9 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
             h = g.conv(h, weights[i], spec.stride, spec.padding, shapes[i])
         elif isinstance(spec, Linear):
             h = g.op("MatMul", h, g.const(np.ascontiguousarray(weights[i].T), f"weight{i}"))
+        if i in biases:  # W * s + b in float64, like run(exact=True); [C, 1, 1] broadcasts over a conv's map
+            bias = biases[i].reshape(-1, 1, 1) if isinstance(spec, Conv) else biases[i]
+            h = g.op("Add", h, g.const(bias, f"bias{i}"))
         elif isinstance(spec, AvgPool):
             h = g.avgpool(h, spec.kernel_size, shapes[i])
         elif isinstance(spec, Flatten):

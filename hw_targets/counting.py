@@ -172,7 +172,7 @@ def count_events(layers: list[DeployedLayer], trace: Trace, timesteps: int) -> l
             synops, macs = _events(source, reach(layer)), zeros
         shortcut = None
         if layer.shortcut is not None:
-            shortcut = _events(trace.spikes[layers[layer.shortcut.source].lif], shortcut_reach(layer))
+            shortcut = _events(trace.spikes[layers[layer.shortcut.producer].lif], shortcut_reach(layer))
             synops = synops + shortcut
         spikes = _per_sample(trace.spikes[layer.lif]).sum(1).numpy() if layer.lif is not None else zeros
         neurons = int(np.prod(layer.out_shape))

@@ -4,7 +4,8 @@ SANA-FE (GPL-3.0, optional) is never imported here: the deployed network and the
 to ``sanafe_runner`` in a separate process through an ``.npz`` file, and its energies and spike
 rasters come back the same way. SANA-FE's Loihi model (its ``loihi.yaml``, fitted to the real chip)
 simulates the same weights, thresholds, leak and input spikes (Poisson) or host-computed first-layer
-currents (direct), so its spikes can be checked against ours before its energy is compared.
+currents (direct), so its spikes can be checked against ours before its energy is compared. A
+layer's bias goes as each neuron's SANA-FE ``bias``, on during that layer's T steps only.
 Feed-forward students only: residual ones are refused (``check_feed_forward``).
 """
 
@@ -66,6 +67,9 @@ def _spec(student: SpikingStudent, images: torch.Tensor, per_core: list[int], ti
             f"out_shape_{j}": np.array(layer.out_shape), f"stride_{j}": layer.stride, f"padding_{j}": layer.padding,
             f"threshold_{j}": thresholds[layer.lif] if layer.lif is not None else np.inf, f"per_core_{j}": per_core[j],
         })
+        if layer.bias is not None and not (direct and j == 0):  # the host's current already holds layer 0's
+            per_neuron = layer.bias.reshape(-1, 1, 1) if layer.kind == "conv" else layer.bias
+            spec[f"bias_{j}"] = np.broadcast_to(per_neuron, layer.out_shape).reshape(-1).copy()
     if direct:
         spec["inputs"] = _first_layer_current(student, images)
     else:

@@ -12,7 +12,10 @@ never fires. Neurons are placed on SANA-FE's Loihi cores in the same greedy (C, 
 neurons-per-core as ``constraints.map_to_cores``. Poisson input spikes come from SANA-FE input
 neurons replaying the given spike trains; under direct encoding the host-computed first layer
 drives layer 0 through its bias for T steps. Each layer adds one step of latency, so a sample runs
-T + depth (direct: T + depth - 1) steps.
+T + depth (direct: T + depth - 1) steps. A layer with a bias (``bias_<j>``, per neuron) gets it as
+SANA-FE's per-neuron ``bias``, switched on only during the T steps its inputs arrive in (layer j's
+window starts at step j, direct, or j + 1, Poisson): a bias on before its first input would charge
+the neuron early and on after its window would make it fire when ours has stopped.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def potential_scale(spec) -> float:
     largest = float(np.abs(spec["inputs"]).max(initial=0.0)) if bool(spec["direct"]) else 0.0
     for j in range(depth):
         w = np.abs(spec[f"weight_{j}"])
-        largest = max(largest, float(w.reshape(w.shape[0], -1).sum(axis=1).max()))
+        bias = float(np.abs(spec[f"bias_{j}"]).max()) if f"bias_{j}" in spec else 0.0
+        largest = max(largest, float(w.reshape(w.shape[0], -1).sum(axis=1).max()) + bias)
     thresholds = [float(spec[f"threshold_{j}"]) for j in range(depth) if np.isfinite(spec[f"threshold_{j}"])]
     bound = max([T * largest, *thresholds, 1e-30])
     return float(2.0 ** min(16, math.floor(math.log2(2**30 / (64 * bound)))))
@@ -154,21 +158,29 @@ def simulate(chip, spec, scale: float) -> dict[str, np.ndarray]:
     groups = chip.mapped_neuron_groups
     energy = {k: [] for k in ("total", "synapse", "dendrite", "soma", "network")}
     rasters = [np.zeros((len(inputs), steps, int(np.prod(spec[f"out_shape_{j}"]))), dtype=bool) for j in range(depth)]
+    biases = {j: spec[f"bias_{j}"] * scale for j in range(depth) if f"bias_{j}" in spec}
     for s, x in enumerate(inputs):
         chip.reset()
+        windows = {j: (j if direct else j + 1, b) for j, b in biases.items()}  # layer -> (first step, bias)
         if direct:
-            for neuron, b in zip(groups["layer0"], (x * scale).tolist()):
-                neuron.set_attributes(model_attributes={"bias": b})
-            parts = [chip.sim(T, **SIM)]
-            for neuron in groups["layer0"]:
-                neuron.set_attributes(model_attributes={"bias": 0.0})
-            parts.append(chip.sim(steps - T, **SIM))
+            windows[0] = (0, x * scale)
         else:
             trains = np.zeros((steps, x.shape[1]), dtype=bool)
             trains[:T] = x.astype(bool)
             for neuron, train in zip(groups["input"], trains.T.tolist()):
                 neuron.set_attributes(model_attributes={"spikes": train})
-            parts = [chip.sim(steps, **SIM)]
+        changes: dict[int, list[tuple[int, np.ndarray]]] = {}  # step -> (layer, bias from that step on)
+        for j, (start, bias) in windows.items():
+            changes.setdefault(start, []).append((j, bias))
+            changes.setdefault(start + T, []).append((j, np.zeros_like(bias)))
+        parts, done = [], 0
+        for step in sorted({*changes, steps}):
+            if step > done:
+                parts.append(chip.sim(step - done, **SIM))
+                done = step
+            for j, bias in changes.get(step, []):  # those at ``steps`` clear the biases for the next sample
+                for neuron, b in zip(groups[f"layer{j}"], bias.tolist()):
+                    neuron.set_attributes(model_attributes={"bias": b})
         for k in energy:
             energy[k].append(sum(p["energy"][k] for p in parts))
         for t, fired in enumerate(step for p in parts for step in p["spike_trace"]):

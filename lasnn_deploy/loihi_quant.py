@@ -5,9 +5,11 @@ its accuracy cost against the float student is reported separately.
 
 Quantisation, per deployed layer ``l`` (``deployed_layers``: Conv/Linear, pooling folded in)::
 
-    s_l      = min(254 / w+_l, 256 / w-_l, 131071 / theta_l)   per-layer scale; w+, w-: the largest
-                                                               positive and |negative| weight
+    s_l      = min(254 / w+_l, 256 / w-_l, 131071 / theta_l,   per-layer scale; w+, w-: the largest
+                   4095 / b+_l, 4096 / b-_l)                   positive and |negative| weight; b+, b-:
+                                                               bias (when the layer has one)
     W_int    = clip(round(W_l * s_l), -256, 254)               netx's 8-bit range
+    b_int    = round(b_l * s_l)                                biasMant: signed 13 bits, never clips
     vThMant  = round(theta_l * s_l)                            17-bit unsigned threshold mantissa
     vDecay   = clip(round((1 - lam) * 4096), 0, 4095)          one leak for the net (12 bits)
     iDecay   = 4096                                            no synaptic memory: u = this step's input
@@ -20,16 +22,20 @@ Lava's bit-accurate LIF (``lava.proc.lif.models.PyLifModelBitAcc``, tag ``fixed_
 
     a = W_int (x) s_prev                  integer; a Conv's output wraps to signed 24 bits
     u = wrap24(a << 6)                    iDecay = 4096 erases the previous u
-    v = trunc(v * (4096 - vDecay) / 4096) + u + (bias << 6)     trunc: towards zero (sign * (|x| >> 12))
+    v = trunc(v * (4096 - vDecay) / 4096) + u + (b_int << 6)    trunc: towards zero (sign * (|x| >> 12))
     v = clip(v, -(2**23 - 1), 2**23 - 1)
     s = v > (vThMant << 6);  v = 0 where s
 
-This is SPEC section 1 with ``lam = 1 - vDecay / 4096`` in units of ``1 / (64 s_l)``.
+This is SPEC section 1 with ``lam = 1 - vDecay / 4096`` in units of ``1 / (64 s_l)``. A layer's
+bias ``b`` (a constant current every step) is the neuron's bias mantissa ``b_int`` with netx's
+fixed exponent 6: the same units as the synaptic input ``a << 6``. It joins ``v`` before the clip,
+every step, the output layer included (``v_out = 64 s_out sum_t (W s_L[t] + b)``).
 
 Direct encoding: the first layer sees the analog image, the same at every step, so the host
 computes it once and hands it to the first LIF as a constant bias (netx's ``input`` block is a
 LIF whose bias is its input). Its scale fits the bias mantissa (signed 13 bits) for any input in
-[0, 1]: ``s_1 = min(4095 / max_j sum_i |W_ji|_sign, 131071 / theta_1)``, bias = round(i * s_1).
+[0, 1]: ``s_1 = min(4095 / max_j (b_j + sum_i |W_ji|_sign), 131071 / theta_1)`` (the sum over the
+weights of one sign, ``b_j`` the layer's bias or 0), bias = round((W x + b) * s_1).
 Poisson encoding: the first layer runs on chip on the input spikes like any other.
 
 Residual blocks: a layer that closes one also reads its shortcut, the spikes of an earlier LIF
@@ -98,6 +104,7 @@ class QuantLayer:
     is_output: bool = False
     clip_fraction: float = 0.0
     shortcut: QuantShortcut | None = None
+    bias: np.ndarray | None = None  # [out]: biasMant (int64) on chip, the float64 bias on the host
 
 
 @dataclass
@@ -121,12 +128,16 @@ def _top(values: np.ndarray, percentile: float) -> float:
     return float(np.percentile(values, percentile)) if values.size else 0.0
 
 
-def layer_scale(weight: np.ndarray, theta: float | None, percentile: float = 100.0) -> float:
-    """Largest scale that puts the weights' ``percentile`` into [-256, 254] and theta into 17 bits."""
+def layer_scale(weight: np.ndarray, theta: float | None, percentile: float = 100.0,
+                bias: np.ndarray | None = None) -> float:
+    """Largest scale that puts the weights' ``percentile`` into [-256, 254], theta into 17 bits and
+    every bias into the signed 13-bit bias mantissa (a bias is never clipped)."""
     top_pos, top_neg = _top(weight[weight > 0], percentile), _top(-weight[weight < 0], percentile)
     limits = [W_MAX / top_pos if top_pos > 0 else np.inf, -weight_min(weight) / top_neg if top_neg > 0 else np.inf]
     if theta is not None:
         limits.append(VTH_MAX / theta)
+    if bias is not None and bias.size:
+        limits += [BIAS_MAX / bias.max() if bias.max() > 0 else np.inf, -BIAS_MIN / -bias.min() if bias.min() < 0 else np.inf]
     return float(min(limits))
 
 
@@ -136,10 +147,11 @@ def weight_min(weight: np.ndarray) -> int:
     return W_MIN if np.any(weight > 0) else W_MIN + 1
 
 
-def host_scale(weight: np.ndarray, theta: float) -> float:
+def host_scale(weight: np.ndarray, theta: float, bias: np.ndarray | None = None) -> float:
     """Scale of the host-computed first layer: any image in [0, 1] gives a bias within 13 bits."""
     rows = weight.reshape(weight.shape[0], -1)
-    bound = max(np.clip(rows, 0, None).sum(1).max(), -np.clip(rows, None, 0).sum(1).min())
+    b = np.zeros(len(rows)) if bias is None else bias
+    bound = max((np.clip(rows, 0, None).sum(1) + b).max(), -(np.clip(rows, None, 0).sum(1) + b).min(), 0.0)
     return float(min(BIAS_MAX / bound if bound > 0 else np.inf, VTH_MAX / theta))
 
 
@@ -166,7 +178,7 @@ def quantise(student: SpikingStudent, weight_percentile: float = 100.0) -> Loihi
             raise UserError(f"layer {d.name}: threshold {theta} is not positive; Loihi's vThMant is unsigned")
         if not np.any(d.weight):
             raise UserError(f"layer {d.name}: all weights are zero, which netx cannot map to a weight exponent")
-        shortcut_lif = None if d.shortcut is None else deployed[d.shortcut.source].lif
+        shortcut_lif = None if d.shortcut is None else deployed[d.shortcut.producer].lif
         layers.append(_quantise_layer(d, theta, weight_percentile, on_host=direct and idx == 0, shortcut_lif=shortcut_lif))
     return LoihiNet(layers, int(np.clip(round((1 - lam) * DECAY_UNITY), 0, DECAY_UNITY - 1)), cfg.timesteps,
                     cfg.encoding, tuple(cfg.input_shape), cfg.num_classes, lif_names)
@@ -177,9 +189,10 @@ def _quantise_layer(d: DeployedLayer, theta: float | None, percentile: float, on
     common = dict(name=d.name, kind=d.kind, in_shape=d.in_shape, out_shape=d.out_shape, stride=d.stride,
                   padding=d.padding, flatten_before=d.flatten_before, is_output=theta is None)
     if on_host:
-        scale = host_scale(d.weight, theta)
-        return QuantLayer(weight=d.weight.copy(), scale=scale, v_th=int(round(theta * scale)), on_host=True, **common)
-    scale = layer_scale(d.weight, theta, percentile)
+        scale = host_scale(d.weight, theta, d.bias)
+        return QuantLayer(weight=d.weight.copy(), scale=scale, v_th=int(round(theta * scale)), on_host=True,
+                          bias=None if d.bias is None else d.bias.copy(), **common)
+    scale = layer_scale(d.weight, theta, percentile, d.bias)
     if d.shortcut is not None:  # its current joins this layer's before the same LIF: one scale for both
         scale = min(scale, layer_scale(d.shortcut.weight, None, percentile))
     weight, clipped = _integer_weights(d.weight, scale)
@@ -193,7 +206,9 @@ def _quantise_layer(d: DeployedLayer, theta: float | None, percentile: float, on
         raise UserError(f"layer {d.name}: {fraction:.1%} of its weights would clip to the 8-bit range [{weight_min(d.weight)}, {W_MAX}] "
                         f"(at most {MAX_CLIP_FRACTION:.0%} allowed); use a higher weight percentile")
     v_th = VTH_MAX if theta is None else int(round(theta * scale))
-    return QuantLayer(weight=weight, scale=scale, v_th=v_th, clip_fraction=fraction, shortcut=shortcut, **common)
+    bias = None if d.bias is None else np.round(d.bias * scale).astype(np.int64)  # within 13 bits by the scale
+    return QuantLayer(weight=weight, scale=scale, v_th=v_th, clip_fraction=fraction, shortcut=shortcut, bias=bias,
+                      **common)
 
 
 def _integer_weights(weight: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
@@ -209,7 +224,19 @@ def host_bias(layer: QuantLayer, images: torch.Tensor | np.ndarray) -> torch.Ten
     """Direct encoding: the first layer's current for ``images`` ``[B, C, H, W]`` as bias mantissas (int64)."""
     x = torch.as_tensor(images).detach().cpu().double()
     current = _apply(layer, x, torch.from_numpy(np.asarray(layer.weight, dtype=np.float64)))
+    if layer.bias is not None:  # W x + b, the float student's first current
+        current = current + _per_neuron(layer, torch.from_numpy(np.asarray(layer.bias, dtype=np.float64)))
     return torch.round(current * layer.scale).clamp(BIAS_MIN, BIAS_MAX).to(torch.int64)
+
+
+def _per_neuron(layer: QuantLayer, bias: torch.Tensor) -> torch.Tensor:
+    """A bias ``[out]`` shaped to broadcast over a layer's ``[N, ...]`` output (per channel for a conv)."""
+    return bias.reshape(-1, 1, 1) if layer.kind == "conv" else bias
+
+
+def bias_mantissa(layer: QuantLayer) -> torch.Tensor | None:
+    """An on-chip layer's bias mantissas, shaped to broadcast over its ``[N, ...]`` output; None without a bias."""
+    return None if layer.bias is None else _per_neuron(layer, torch.from_numpy(layer.bias.astype(np.int64)))
 
 
 def _apply(layer: QuantLayer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -242,19 +269,22 @@ def _wrap24(u: torch.Tensor) -> torch.Tensor:
     return torch.where(wrapped <= -STATE_LIMIT, u + 2 * STATE_LIMIT, wrapped)
 
 
-def loihi_lif(current: torch.Tensor, v_decay: int, v_th: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bit-accurate CUBA LIF with iDecay = 4096 over ``current`` ``[T, ...]`` (int64).
+def loihi_lif(current: torch.Tensor, v_decay: int, v_th: int,
+              bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bit-accurate CUBA LIF with iDecay = 4096 over ``current`` ``[T, ...]`` (int64), plus the
+    bias mantissa ``bias`` (broadcast over ``current[t]``) at exponent 6 every step.
 
     Returns the spikes ``[T, ...]`` (int8) and the voltage after the last step.
     """
     v = torch.zeros_like(current[0])
     threshold = v_th << STATE_SHIFT
+    effective_bias = 0 if bias is None else bias << STATE_SHIFT
     spikes = []
     for a in current:
         u = _wrap24(a << STATE_SHIFT)
         decayed = v * (DECAY_UNITY - v_decay)
         v = torch.sign(decayed) * (decayed.abs() >> 12)
-        v = (v + u).clamp(-STATE_LIMIT + 1, STATE_LIMIT - 1)
+        v = (v + u + effective_bias).clamp(-STATE_LIMIT + 1, STATE_LIMIT - 1)
         s = v > threshold
         v = torch.where(s, torch.zeros_like(v), v)
         spikes.append(s.to(torch.int8))
@@ -290,10 +320,10 @@ def run_quantised(
             source = trace.spikes[layer.shortcut.lif]
             a = a + shortcut_input(layer.shortcut, source.flatten(0, 1)).unflatten(0, (T, -1))
         if layer.is_output:
-            _, v = loihi_lif(a, 0, layer.v_th)
+            _, v = loihi_lif(a, 0, layer.v_th, bias_mantissa(layer))
             trace.logits = torch.from_numpy(readout_logits(v.numpy(), layer.scale, T))
         else:
-            spikes, _ = loihi_lif(a, net.v_decay, layer.v_th)
+            spikes, _ = loihi_lif(a, net.v_decay, layer.v_th, bias_mantissa(layer))
             trace.spikes.append(spikes)
     return trace
 

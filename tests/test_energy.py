@@ -140,7 +140,7 @@ def test_residual_hand_fixed_spikes_give_exact_counts():
     student = tiny_resnet()
     layers = deployed_layers(student)
     assert [d.name for d in layers] == ["conv0", "conv2", "conv3", "conv5", "conv6", "conv7", "linear10"]
-    assert [None if d.shortcut is None else d.shortcut.source for d in layers] == [None, None, 0, None, None, 3, None]
+    assert [None if d.shortcut is None else d.shortcut.producer for d in layers] == [None, None, 0, None, None, 3, None]
     T, B = 2, 2
     x_in = torch.zeros(T, B, 1, 4, 4)
     x_in[0, 0, 0, 0, 0] = x_in[1, 0, 0, 1, 1] = 1  # corner (2 x 4 synapses) and interior (2 x 9)
@@ -232,7 +232,7 @@ def test_report_on_a_resnet_student(tmp_path):
             assert "shortcut_synops" not in got
             continue
         sc = d.shortcut
-        want = _ones_shortcut(trace.spikes[layers[sc.source].lif], sc.weight, sc.stride)
+        want = _ones_shortcut(trace.spikes[layers[sc.producer].lif], sc.weight, sc.stride)
         assert close(got["shortcut_synops"], want.mean()), d.name
         main = ref_synops(trace.spikes[layers[j - 1].lif], student.config.layers[d.source], 1)
         assert close(got["synops"], (main + want).mean()), d.name
@@ -454,14 +454,16 @@ def test_loihi_flags_fan_in_beyond_4096_axons():
 
 # -- SANA-FE ---------------------------------------------------------------------------------------
 @pytest.mark.skipif(not sanafe_available(), reason="SANA-FE (optional, GPL-3.0) is not installed")
-@pytest.mark.parametrize("encoding", ["direct", "poisson"])
-def test_sanafe_runs_in_its_own_process(encoding):
-    # Weights, leak and pixels on a 1/16 grid: every sum is exact in float32 (SANA-FE's precision)
+@pytest.mark.parametrize("encoding,bias", [("direct", False), ("poisson", False), ("direct", True), ("poisson", True)])
+def test_sanafe_runs_in_its_own_process(encoding, bias):
+    # Weights, biases, leak and pixels on a 1/16 grid: every sum is exact in float32 (SANA-FE's precision)
     # whatever the order of accumulation, so the two simulators must agree spike for spike.
-    student = make_student(encoding, timesteps=4, leak=0.75)
+    student = make_student(encoding, timesteps=4, leak=0.75, bias=bias)
     with torch.no_grad():
         for m in student.weighted_modules():
             m.weight.copy_(torch.round(m.weight * 16) / 16)
+            if bias:
+                m.bias.copy_(torch.round(m.bias * 16 * 3) / 16)  # up to +-0.19: every layer's spikes change
     x = torch.round(torch.rand(2, 1, 8, 8) * 16) / 16
     run = run_and_count(student, x, timesteps=4, seed=3, progress=False)
     loihi = load_profile("loihi")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import h5py
 import numpy as np
 import pytest
@@ -175,3 +177,43 @@ def test_run_refuses_foreign_files_and_wrong_inputs(tmp_path):
     path = lava.export(make_student("poisson"), tmp_path / "net.h5")
     with pytest.raises(UserError, match=r"expects input spikes \[4, B, 1, 8, 8\], got \[3, 2, 1, 8, 8\]"):
         lava.run(path, input_spikes=torch.zeros(3, 2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+def test_biased_student_runs_bit_exact_in_lava(tmp_path, encoding):
+    """Biases as netx's bias mantissas (exponent 6): 32 samples, every spike and logit of the Lava
+    simulator equal to the quantised mode; the biases change what both compute."""
+    student = make_student(encoding, timesteps=4, bias=True, seed=1)
+    images = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    spikes_in = poisson_spikes(images, 4, seed=3) if encoding == "poisson" else None
+    path = exporters.export(student, "lava", tmp_path / "net.h5")
+    with h5py.File(path) as f:
+        assert f["layer/1/bias"].shape == ((6,) if encoding == "direct" else (4,)) and f["layer/1/bias"].dtype.kind == "i"
+        assert ("host/bias" in f) == (encoding == "direct")
+    got = lava.run(path, images, spikes_in)
+    want = lava.reference(student, images, spikes_in)
+    for name, g, w in zip(want.layer_names, got.spikes, want.spikes):
+        assert g.shape == w.shape and g.shape[:2] == (4, 32), name
+        assert np.array_equal(g, w), name
+        assert 0 < w.mean() < 0.6, name
+    assert np.array_equal(got.logits, want.logits)
+    unbiased = make_student(encoding, timesteps=4, seed=1)
+    assert not np.array_equal(lava.reference(unbiased, images, spikes_in).logits, want.logits)
+
+
+def test_quantised_mode_equals_float64_student_with_representable_biases():
+    """Biases n / 256 are whole bias mantissas at scale 256: the quantised mode stays exact, readout included."""
+    student = representable_student()
+    cfg = student.config
+    biased = SpikingStudent(cfg.replace(layers=tuple(dataclasses.replace(l, bias=True) if isinstance(l, (Conv, Linear))
+                                                     else l for l in cfg.layers)),
+                            leak=0.5, thresholds=student.thresholds.tolist()).double()
+    state = student.state_dict()
+    gen = torch.Generator().manual_seed(2)
+    for m, name in zip(biased.weighted_modules(), ["body.0", "body.2", "body.5", "body.6"]):
+        state[f"{name}.bias"] = torch.randint(-12, 13, m.bias.shape, generator=gen).double() / 256
+    biased.load_state_dict(state)
+    net = quantise(biased.eval())
+    assert [q.scale for q in net.layers] == [256.0] * 4
+    assert all(q.bias is not None and np.any(q.bias) for q in net.layers)
+    _assert_quantised_mode_exact(biased, net)

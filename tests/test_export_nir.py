@@ -269,3 +269,41 @@ def test_reading_back_refuses_a_residual_graph_that_is_no_student(change, messag
     change(graph)
     with pytest.raises(UserError, match=message):
         nir_target.student_from_nir(graph)
+
+
+def test_biased_student_is_conv2d_bias_and_affine_and_runs_spike_exact_in_snntorch(tmp_path):
+    """u = lam u + W s + b: a conv's bias is its Conv2d node's, a Linear with a bias is an Affine;
+    snnTorch reproduces every spike and logit, and the student comes back exactly from the file."""
+    student = make_student(encoding="direct", timesteps=5, bias=True, seed=2)
+    path = export(student, "nir", tmp_path / "b.nir")
+    graph = nir.read(path)
+    kinds = [type(graph.nodes[n]).__name__ for n in nir_target._chain(graph, path)]
+    assert kinds == ["Input", "Conv2d", "LIF", "AvgPool2d", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine", "LIF",
+                     "Affine", "Output"]
+    assert np.array_equal(graph.nodes["conv0"].bias, student.body[0].bias.detach().numpy())
+    assert np.array_equal(graph.nodes["linear7"].bias, student.body[7].bias.detach().numpy())
+    x = images(6)
+    report = validate(student, path, x)
+    assert report["passed"] and report["spike_agreement"] == 1.0 and report["max_abs_logit_error"] == 0.0
+    assert all(0 < layer["spikes_reference"] for layer in report["layers"])
+    back = nir_target.student_from_nir(path)
+    assert back.config == without_dropout(student.config)
+    for a, b in zip(student.weighted_modules(), back.weighted_modules()):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    unbiased = make_student(encoding="direct", timesteps=5, seed=2)  # same weights, no bias: other spikes
+    assert not np.array_equal(nir_target.reference(unbiased, x).logits, nir_target.run(path, x).logits)
+
+
+def test_biased_residual_student_runs_spike_exact_in_snntorch(tmp_path):
+    student = small_resnet(bias=True).float().eval()
+    report = validate(student, export(student, "nir", tmp_path / "r.nir"), images(4))
+    assert report["passed"] and report["spike_agreement"] == 1.0 and report["max_abs_logit_error"] == 0.0
+    back = nir_target.student_from_nir(tmp_path / "r.nir")
+    assert back.config == without_dropout(student.config)
+
+
+def test_a_shortcut_with_a_bias_is_refused():
+    graph = nir_target.to_nir_graph(resnet_student())
+    graph.nodes["shortcut13"].bias[0] = 0.5
+    with pytest.raises(UserError, match="a shortcut adds no bias"):
+        nir_target.student_from_nir(graph)

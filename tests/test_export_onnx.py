@@ -323,15 +323,46 @@ def test_check_names_the_layer_with_bad_weights():
     onnx_export.check(make_student(reset="soft"))  # soft reset is expressible in ONNX
 
 
-def resnet_student(encoding: str) -> SpikingStudent:
+@pytest.mark.parametrize("encoding,reset", [("direct", "hard"), ("poisson", "soft"), ("direct", "soft")])
+def test_biased_student_is_bit_exact(tmp_path, encoding, reset):
+    """u = lam u + W s + b: the biases' Add nodes inside the one rounding, spikes and logits bit for bit."""
+    student = make_student(encoding, reset, 6, seed=4, bias=True)
+    images, spikes = inputs_for(student, random_images(seed=4))
+    got = onnx_export.run(onnx_export.export(student, tmp_path / "s.onnx"), images, spikes)
+    assert_identical(got, onnx_export.reference(student, images, spikes))
+    unbiased = copy.deepcopy(student)
+    with torch.no_grad():
+        for m in unbiased.weighted_modules():
+            m.bias.zero_()
+    assert not np.array_equal(got.logits, onnx_export.reference(unbiased, images, spikes).logits)
+
+
+def test_dyadic_biased_student_matches_the_float64_student(tmp_path):
+    """Weights and biases on a 2^-6 grid: every current is exact, so the file equals the float64 student."""
+    student = make_student("direct", "hard", 5, leak=0.5, seed=3, bias=True)
+    with torch.no_grad():
+        for m in student.weighted_modules():
+            m.weight.copy_(torch.round(m.weight * 64) / 64)
+            m.bias.copy_(torch.round(m.bias * 64) / 64)
+        student.thresholds.copy_(torch.tensor([0.3125, 0.1875, 0.1875]))
+    assert all(m.bias.abs().max() > 0 for m in student.weighted_modules())
+    images = torch.round(random_images() * 16) / 16
+    got = onnx_export.run(onnx_export.export(student, tmp_path / "s.onnx"), images, None)
+    ref64 = onnx_export.reference(copy.deepcopy(student).double(), images, None)
+    for s, r in zip(got.spikes, ref64.spikes):
+        np.testing.assert_array_equal(s, r)
+    np.testing.assert_allclose(got.logits, ref64.logits, rtol=0, atol=1e-6)
+
+
+def resnet_student(encoding: str, bias: bool = False) -> SpikingStudent:
     """``small_resnet`` in float32: an identity shortcut behind a pool, then three projections."""
-    return small_resnet().float().with_config(encoding=encoding).eval()
+    return small_resnet(bias=bias).float().with_config(encoding=encoding).eval()
 
 
-@pytest.mark.parametrize("encoding", ["direct", "poisson"])
-def test_resnet_student_is_bit_exact_in_onnxruntime(tmp_path, encoding):
+@pytest.mark.parametrize("encoding,bias", [("direct", False), ("poisson", False), ("direct", True)])
+def test_resnet_student_is_bit_exact_in_onnxruntime(tmp_path, encoding, bias):
     """export + validate as the CLI runs them; then every spike and logit against ``run(exact=True)``."""
-    student = resnet_student(encoding)
+    student = resnet_student(encoding, bias)
     images, spikes = inputs_for(student, random_images(6))
     path = export(student, "onnx", tmp_path / "r.onnx")
     report = validate(student, path, random_images(6))

@@ -137,7 +137,7 @@ def test_deployed_residual_graph_computes_the_student(bias):
     deployed = deployed_layers(student)
     assert [d.shortcut is not None for d in deployed].count(True) == 4
     identity = deployed[4].shortcut  # block 1 reads the stem's pooled spikes: eye(C) spread over the 2x2 pool
-    assert identity.weight.shape[2:] == (2, 2) and identity.stride == 2 and identity.source == 2
+    assert identity.weight.shape[2:] == (2, 2) and identity.stride == 2 and identity.producer == 2
     thetas, leak = student.thresholds.detach().double().numpy(), float(student.leak.detach())
     spikes: list[torch.Tensor] = []
     h = encode(x, 6, "direct")
@@ -150,7 +150,7 @@ def test_deployed_residual_graph_computes_the_student(bias):
         if bias:
             current = current + torch.from_numpy(d.bias).reshape(-1, *[1] * (current.dim() - 3))
         if d.shortcut is not None:
-            src, sw = spikes[d.shortcut.source], torch.from_numpy(d.shortcut.weight)
+            src, sw = spikes[d.shortcut.producer], torch.from_numpy(d.shortcut.weight)
             current = current + torch.stack([F.conv2d(src[t], sw, stride=d.shortcut.stride) for t in range(6)])
         h = current if d.lif is None else torch.from_numpy(lif_reference(current.numpy(), leak, thetas[d.lif]))
         spikes.append(h)
