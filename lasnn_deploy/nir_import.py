@@ -263,11 +263,9 @@ def _conv_readout(b: _Builder, input_shape: tuple[int, int, int]) -> None:
 
 
 def _shape_before(input_shape: tuple[int, int, int], layers: list) -> tuple[int, ...]:
-    from .student import out_shape
-
     shape: tuple[int, ...] = tuple(input_shape)
     for layer in layers:
-        shape = out_shape(layer, shape)
+        shape = layer.out_shape(shape)
     return shape
 
 
@@ -381,6 +379,17 @@ def student_from_any_nir(source: str | os.PathLike | nir.NIRGraph, library: str 
         return student_from_nir(graph)
     arch = f"nir:{Path(source).stem}" if not isinstance(source, nir.NIRGraph) else "nir-import"
     return student_from_foreign_nir(graph, convention_for(graph, library, dt), timesteps, encoding, arch, input_shape)
+
+
+def load_nir_student(path: str | os.PathLike) -> SpikingStudent:
+    """A ``.nir`` file given where a model goes: ours, or one whose metadata says its ``dt``; other
+    libraries' files need their exporter named, which only ``lasnn-deploy import --from`` does."""
+    graph = read_nir(path)
+    meta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    if "dt" not in meta:
+        raise UserError(f"{path} does not say its time step (metadata key 'dt'): run `lasnn-deploy import {path} "
+                        "--from LIBRARY --out RUN` and pass RUN instead")
+    return student_from_any_nir(graph)
 
 
 def import_nir(source: str | os.PathLike | nir.NIRGraph, out: str | os.PathLike, library: str | None = None,

@@ -240,3 +240,15 @@ def test_bad_nir_input_is_one_line_exit_2_and_nothing_written(files, argv, fragm
     assert code == 2 and len(lines) == 1 and lines[0].startswith("lasnn-deploy import: error:"), err
     assert fragment in lines[0], lines[0]
     assert sorted(p.name for p in files.iterdir()) == before, "a refused import wrote something"
+
+
+def test_a_nir_file_is_accepted_where_a_model_is(tmp_path, capsys):
+    """``export`` takes our own NIR file as the model; a foreign one without a dt names the import command."""
+    student = make_student(seed=2)
+    path = export(student, "nir", tmp_path / "student.nir")
+    code, out, err = run_cli(capsys, "export", path, "--target", "onnx", "--out", tmp_path / "student.onnx")
+    assert code == 0 and (tmp_path / "student.onnx").is_file(), err
+    if importlib.util.find_spec("snntorch") is not None:
+        fn.write(_graph(), tmp_path / "foreign.nir")
+        code, _, err = run_cli(capsys, "export", tmp_path / "foreign.nir", "--target", "onnx", "--out", tmp_path / "f.onnx")
+        assert code == 2 and "lasnn-deploy import" in err and not (tmp_path / "f.onnx").exists()
