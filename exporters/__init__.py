@@ -25,15 +25,18 @@ import numpy as np
 from ..errors import UserError
 
 TARGETS = {"onnx": ".onnx", "nir": ".nir", "lava": ".h5"}
+LAVA_SUFFIXES = (".h5", ".hdf5", ".net")  # lava-dl's own examples name netx files *.net
 
 
 @dataclass
 class RunResult:
-    """Logits ``[B, K]`` and, where the runtime exposes them, spikes ``[T, B, ...]`` per LIF layer."""
+    """Logits ``[B, K]``, spikes ``[T, B, ...]`` per LIF layer (named) and, where the runtime exposes
+    them, the potentials before reset, same shapes."""
 
     logits: np.ndarray
     spikes: list[np.ndarray] | None = None
     layer_names: list[str] = field(default_factory=list)
+    potentials: list[np.ndarray] | None = None
 
 
 def target_module(target: str) -> ModuleType:
@@ -47,9 +50,9 @@ def target_of_file(path: str | Path) -> str:
     """Guess the target from a file's suffix (``.onnx``, ``.nir``, ``.h5``)."""
     suffix = Path(path).suffix.lower()
     for target, ext in TARGETS.items():
-        if suffix == ext or (target == "lava" and suffix == ".hdf5"):
+        if suffix == ext or (target == "lava" and suffix in LAVA_SUFFIXES):
             return target
-    raise UserError(f"cannot tell the target of {path}: expected a file ending in .onnx, .nir or .h5")
+    raise UserError(f"cannot tell the target of {path}: expected a file ending in .onnx, .nir, .h5 or .net")
 
 
 def export(student, target: str, path: str | Path) -> Path:
@@ -61,7 +64,7 @@ def export(student, target: str, path: str | Path) -> Path:
 
     module = target_module(target)
     path = Path(path)
-    suffixes = (TARGETS[target], ".hdf5") if target == "lava" else (TARGETS[target],)
+    suffixes = LAVA_SUFFIXES if target == "lava" else (TARGETS[target],)
     if path.suffix.lower() not in suffixes:
         raise UserError(f"the {target} export must end in {' or '.join(suffixes)}, got {path}; "
                         f"pass --out NAME{TARGETS[target]} (validate tells the target by the suffix)")
