@@ -46,8 +46,6 @@ def measure(library: str, kind: str, images: torch.Tensor, timesteps: int, folde
     steps = spikes_in if kind == "int" else images.unsqueeze(0).expand(timesteps, *images.shape)
     x = None if kind == "int" else images
     logits, spikes = fn.simulate(library, f, steps)
-    names = [f"lif{k}" for k in range(len(spikes))]
-    foreign = RunResult(logits=logits, spikes=spikes, layer_names=names)
     source = f.graph
     if library != "norse":
         source = folder / f"{library}_{kind}.nir"
@@ -55,6 +53,8 @@ def measure(library: str, kind: str, images: torch.Tensor, timesteps: int, folde
     run = folder / f"{library}_{kind}"
     import_nir(source, run, library=library, timesteps=timesteps, encoding=encoding, input_shape=fn.SHAPE)
     student = load_student(run)
+    names = [f"{student.config.layers[i].type}{i}" for i in student.config.spiking_layers]
+    foreign = RunResult(logits=logits, spikes=spikes, layer_names=names)
     row = {"library": library, "net": kind, "layers": [l.type for l in student.config.layers],
            "leak": float(student.leak), "rates": [float(s.mean()) for s in spikes]}
     with torch.no_grad():
@@ -64,7 +64,7 @@ def measure(library: str, kind: str, images: torch.Tensor, timesteps: int, folde
         path = export(student, target, run / f"student{suffix}")
         module = target_module(target)
         result = module.run(path, x, spikes_in)
-        row[target] = compare(foreign, RunResult(result.logits, result.spikes, names))
+        row[target] = compare(foreign, result)
         row[f"{target}_validate"] = compare(module.reference(student, x, spikes_in), result)  # what validate checks
     return row
 

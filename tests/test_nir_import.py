@@ -63,7 +63,20 @@ def imported(library: str, f: fn.Foreign, tmp_path: Path, capsys, encoding: str 
     return load_student(run)
 
 
+def names(student: SpikingStudent) -> list[str]:
+    """The LIF layers' names every runtime reports (the layer each LIF follows)."""
+    return [f"{student.config.layers[i].type}{i}" for i in student.config.spiking_layers]
+
+
+def traced(student: SpikingStudent, images=None, input_spikes=None) -> RunResult:
+    with torch.no_grad():
+        trace = student.run(images, input_spikes=input_spikes, record=True)
+    return RunResult(trace.logits.numpy(), [s.numpy() for s in trace.spikes], names(student))
+
+
 def assert_same(foreign: RunResult, got: RunResult) -> None:
+    """Spikes and classes identical to the library's; ``foreign`` takes ``got``'s layer names."""
+    foreign = RunResult(foreign.logits, foreign.spikes, list(got.layer_names))
     report = compare(foreign, got)
     assert report["output_agreement"] == 1.0 and report["spike_agreement"] == 1.0, report
     assert report["max_abs_logit_error"] < 1e-5
@@ -79,9 +92,7 @@ def test_foreign_export_imports_as_a_student_that_computes_what_the_library_does
     logits, spikes = fn.simulate(library, f, steps)
     foreign = RunResult(logits, spikes)
     student = imported(library, f, tmp_path, capsys)
-    with torch.no_grad():
-        trace = student.run(images, record=True)
-    assert_same(foreign, RunResult(trace.logits.numpy(), [s.numpy() for s in trace.spikes]))
+    assert_same(foreign, traced(student, images))
     onnx_file = export(student, "onnx", tmp_path / "run" / "student.onnx")
     assert_same(foreign, target_module("onnx").run(onnx_file, images))
 
@@ -117,10 +128,8 @@ def test_biases_come_in_as_student_biases(images, tmp_path, capsys):
     g = fn.Foreign(biased, export_to_nir(biased, torch.rand(1, *fn.SHAPE), ignore_dims=[0]), [biased[1]])
     student = imported("snntorch", g, tmp_path, capsys)
     assert student.config.layers[0].bias and student.config.layers[-1].bias
-    with torch.no_grad():
-        trace = student.run(images, record=True)
     steps = images.unsqueeze(0).expand(T, *images.shape)
-    assert_same(RunResult(*fn.simulate("snntorch", g, steps)), RunResult(trace.logits.numpy(), [s.numpy() for s in trace.spikes]))
+    assert_same(RunResult(*fn.simulate("snntorch", g, steps)), traced(student, images))
 
 
 @needs("spikingjelly")
@@ -139,11 +148,8 @@ def test_cubalif_with_an_instant_synapse_is_a_lif_and_one_with_memory_is_refused
     instant = fn.Foreign(body, sj_export(body, torch.rand(1, *fn.SHAPE)), [cuba])
     assert any(isinstance(n, nir.CubaLIF) for n in instant.graph.nodes.values())
     student = student_from_any_nir(instant.graph, library="spikingjelly", timesteps=T)
-    with torch.no_grad():
-        trace = student.run(images, record=True)
     steps = images.unsqueeze(0).expand(T, *images.shape)
-    foreign = RunResult(*fn.simulate("spikingjelly", instant, steps))
-    assert_same(foreign, RunResult(trace.logits.numpy(), [s.numpy() for s in trace.spikes]))
+    assert_same(RunResult(*fn.simulate("spikingjelly", instant, steps)), traced(student, images))
 
     syn = snn.Synaptic(alpha=torch.full((32,), 0.5), beta=torch.full((32,), 0.9), threshold=torch.full((32,), 0.5),
                        init_hidden=True, reset_mechanism="zero")
