@@ -24,8 +24,9 @@ to 0. The chain ``Input -> ... -> Output`` is read node by node:
   Sinabs counts ``tau`` in steps (``dt = 1``) and decays exactly: ``lam = exp(-dt/tau)``, input
   gain ``r (1 - lam)`` (its ``norm_input``). Norse 1.1.0 writes ``tau = dt / tau_mem_inv`` (so the
   time constant is ``tau / dt``) and an ``IF``'s ``r = 1`` for a gain of 1 per step. So ``lam`` is
-  ``1 - dt/tau`` (or ``exp(-dt/tau)``), the input gain ``g`` multiplies the preceding layer's weights and bias (skipped when it is 1 to
-  float32 rounding, as every exporter that writes ``r = tau/dt`` means), and a constant drive
+  ``1 - dt/tau`` (or ``exp(-dt/tau)``), the input gain ``g`` multiplies the preceding layer's
+  weights and bias (skipped when it is 1 to float32 rounding, as every exporter that writes
+  ``r = tau/dt`` means), and a constant drive
   ``(dt/tau) v_leak`` joins the bias. A CubaLIF reduces to a LIF only when its synapse keeps no
   current from one step to the next (``tau_syn = dt``, snnTorch's ``alpha = 0``); then
   ``g = w_in r dt / tau_mem``.
