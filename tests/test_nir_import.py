@@ -283,6 +283,12 @@ def test_a_nir_file_is_accepted_where_a_model_is(tmp_path, capsys):
         code, _, err = run_cli(capsys, "export", tmp_path / "foreign.nir", "--target", "onnx",
                                "--out", tmp_path / "f.onnx")
         assert code == 2 and "lasnn-deploy import" in err and not (tmp_path / "f.onnx").exists()
+        g = _graph()
+        g.metadata = {"dt": 1e-4}  # a foreign file that says its dt is read as plain NIR at that dt
+        fn.write(g, tmp_path / "with_dt.nir")
+        assert load_student(tmp_path / "with_dt.nir").state_dict().keys() == \
+            student_from_any_nir(g, library="snntorch").state_dict().keys()
+        assert float(load_student(tmp_path / "with_dt.nir").leak) == np.float32(0.9)
 
 
 @needs("norse")
