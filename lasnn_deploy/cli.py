@@ -111,13 +111,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .exporters import TARGETS, export
+    from .exporters import get_target
     from .student import load_student
 
+    target = get_target(args.target)
     student = load_student(args.model)
     folder = args.model if args.model.is_dir() else args.model.parent
-    out = args.out or folder / f"student{TARGETS.get(args.target, '')}"
-    path = export(student, args.target, out)
+    path = target.export(student, args.out or folder / f"student{target.suffixes[0]}")
     print(f"wrote {args.target} export: {path}")
     return 0
 

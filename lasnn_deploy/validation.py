@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .exporters import RunResult, target_module, target_of_file
+from .exporters import RunResult, get_target, target_of_file
 from .neurons import poisson_inputs
 from .student import SpikingStudent, check_images, check_parameters
 
@@ -96,7 +96,7 @@ def validate(
     spike and every predicted class identical.
     """
     target = target_of_file(path)
-    module = target_module(target)
+    module = get_target(target)
     check_parameters(student)
     check_images(student.config, images, labels)
     student = student.eval()
@@ -108,8 +108,7 @@ def validate(
         x = images[start:start + CHUNK]
         input_spikes = poisson_inputs(x, cfg.timesteps, seed, start) if cfg.encoding == "poisson" else None
         direct_images = x if input_spikes is None else None
-        with torch.no_grad():
-            reference = module.reference(student, direct_images, input_spikes)
+        reference = module.reference(student, direct_images, input_spikes)
         result = module.run(Path(path), direct_images, input_spikes)
         agreement.add(reference, result)
         if labels is not None:
