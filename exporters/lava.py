@@ -51,7 +51,7 @@ FORMAT = "lasnn-deploy-netx/1"
 NETX_LAYER_TYPES = (Conv, Linear, AvgPool, Flatten, Dropout)  # AvgPool folded, Dropout dropped
 
 
-def _check(student: SpikingStudent, weight_percentile: float = 100.0, **_: object) -> None:
+def _check(student: SpikingStudent, weight_percentile: float = 100.0) -> None:
     """Raise ``UserError`` naming the layer when netx cannot express ``student`` or its quantisation fails."""
     _quantised(student, weight_percentile)
 
@@ -67,7 +67,7 @@ def _quantised(student: SpikingStudent, weight_percentile: float) -> LoihiNet:
     return quantise(student, weight_percentile)
 
 
-def _export(student: SpikingStudent, path: Path, weight_percentile: float = 100.0, **_: object) -> Path:
+def _export(student: SpikingStudent, path: Path, weight_percentile: float = 100.0) -> Path:
     """Write the Loihi-quantised (checked) student as a netx HDF5 file, atomically."""
     net = quantise(student, weight_percentile)
     with atomic_path(path) as tmp:
@@ -152,7 +152,7 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def _run(path: Path, images: torch.Tensor | None = None, input_spikes: torch.Tensor | None = None,
-         seed: int = 0, **_: object) -> RunResult:
+         seed: int = 0) -> RunResult:
     """Run the netx file in Lava's fixed-point simulator on ``images`` (direct) or ``input_spikes`` (Poisson).
 
     Spikes come back as ``[T, B, ...]`` per LIF layer in torch's layout, logits as ``[B, K]``.
@@ -267,7 +267,19 @@ class LavaTarget(Target):
 
     name, suffixes = "lava", (".h5", ".hdf5", ".net")
     options = {"weight_percentile": 100.0, "seed": 0}
-    _check, _export, _run, _reference = map(staticmethod, (_check, _export, _run, _reference))
+
+    def _check(self, student: SpikingStudent) -> None:
+        _check(student, self.settings["weight_percentile"])
+
+    def _export(self, student: SpikingStudent, path: Path) -> Path:
+        return _export(student, path, self.settings["weight_percentile"])
+
+    def _run(self, path: Path, images: torch.Tensor | None, input_spikes: torch.Tensor | None) -> RunResult:
+        return _run(path, images, input_spikes, self.settings["seed"])
+
+    def _reference(self, student: SpikingStudent, images: torch.Tensor | None,
+                   input_spikes: torch.Tensor | None) -> RunResult:
+        return _reference(student, images, input_spikes, self.settings["weight_percentile"], self.settings["seed"])
 
 
 TARGET = LavaTarget()

@@ -519,10 +519,34 @@ def _reference(student: SpikingStudent, images: Any = None, input_spikes: Any = 
 
 
 class NirTarget(Target):
-    """The student as a NIR graph (``nir.write``), run in snnTorch's NIR importer; spike-exact in float32."""
+    """The student as a NIR graph (``nir.write``), run in a NIR importer; spike-exact in float32.
+
+    Option ``runtime``: the importer (``exporters.nir_runtimes.RUNTIMES``) that runs the file and whose
+    order of computation the reference follows; None: the one a flavoured file was written for, else snnTorch.
+    """
 
     name, suffixes = "nir", (".nir",)
-    _check, _export, _run, _reference = map(staticmethod, (_check, _export, _run, _reference))
+    options = {"runtime": None}
+    _check, _export = staticmethod(_check), staticmethod(_export)
+
+    @classmethod
+    def for_file(cls, path: str | Path, runtime: str | None = None) -> "NirTarget":
+        """The target with the runtime resolved for the file at ``path`` (its own, or the one asked for)."""
+        from .nir_runtimes import runtime_of
+
+        return cls(runtime=runtime_of(read_graph(path)[0], runtime, path))
+
+    def _run(self, path: Path, images: Any, input_spikes: Any) -> RunResult:
+        from . import nir_runtimes
+
+        return nir_runtimes.run(path, images, input_spikes, runtime=self.settings["runtime"])
+
+    def _reference(self, student: SpikingStudent, images: Any, input_spikes: Any) -> RunResult:
+        if self.settings["runtime"] is None:
+            return _reference(student, images, input_spikes)
+        from . import nir_runtimes
+
+        return nir_runtimes.reference(student, images, input_spikes, runtime=self.settings["runtime"])
 
 
 TARGET = NirTarget()

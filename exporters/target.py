@@ -14,8 +14,8 @@ target's own step). The public methods run the shared checks and call the target
 - ``reference(student, images, input_spikes)``: ``_reference``, what the target promises to
   reproduce, computed in PyTorch without gradients (the float student, or its Loihi-quantised mode).
 
-Target-specific settings are declared in ``options`` (name -> default) and given to the
-constructor; each step receives them as keyword arguments.
+Target-specific settings are declared in ``options`` (name -> default), given to the constructor
+and read by the target's steps from ``self.settings``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ from ..errors import UserError
 
 @dataclass
 class RunResult:
-    """Logits ``[B, K]`` and, where the runtime exposes them, spikes ``[T, B, ...]`` per LIF layer."""
+    """Logits ``[B, K]``, spikes ``[T, B, ...]`` per LIF layer (named) and, where the runtime exposes
+    them, the potentials before reset, same shapes."""
 
     logits: np.ndarray
     spikes: list[np.ndarray] | None = None
     layer_names: list[str] = field(default_factory=list)
+    potentials: list[np.ndarray] | None = None
 
 
 class Target:
@@ -53,11 +55,16 @@ class Target:
             raise UserError(f"the {self.name} target has no option {', '.join(unknown)} (its options: {known})")
         self.settings = {**self.options, **options}
 
+    @classmethod
+    def for_file(cls, path: str | Path, **options: Any) -> "Target":
+        """The target that runs the file at ``path`` (a target may read options from the file itself)."""
+        return cls(**options)
+
     def check(self, student: Any) -> None:
         from ..student import check_parameters
 
         check_parameters(student)
-        self._check(student, **self.settings)
+        self._check(student)
 
     def export(self, student: Any, path: str | Path) -> Path:
         path = Path(path)
@@ -67,24 +74,24 @@ class Target:
         if path.is_dir():
             raise UserError(f"--out {path} is a folder; give a file name ending in {self.suffixes[0]}")
         self.check(student)
-        return self._export(student, path, **self.settings)
+        return self._export(student, path)
 
     def run(self, path: str | Path, images: Any = None, input_spikes: Any = None) -> RunResult:
-        return self._run(Path(path), images, input_spikes, **self.settings)
+        return self._run(Path(path), images, input_spikes)
 
     def reference(self, student: Any, images: Any = None, input_spikes: Any = None) -> RunResult:
         with torch.no_grad():
-            return self._reference(student, images, input_spikes, **self.settings)
+            return self._reference(student, images, input_spikes)
 
-    # -- each target's own steps (options arrive as keyword arguments) ---------------------------
-    def _check(self, student: Any, **options: Any) -> None:
+    # -- each target's own steps -----------------------------------------------------------------
+    def _check(self, student: Any) -> None:
         raise NotImplementedError
 
-    def _export(self, student: Any, path: Path, **options: Any) -> Path:
+    def _export(self, student: Any, path: Path) -> Path:
         raise NotImplementedError
 
-    def _run(self, path: Path, images: Any, input_spikes: Any, **options: Any) -> RunResult:
+    def _run(self, path: Path, images: Any, input_spikes: Any) -> RunResult:
         raise NotImplementedError
 
-    def _reference(self, student: Any, images: Any, input_spikes: Any, **options: Any) -> RunResult:
+    def _reference(self, student: Any, images: Any, input_spikes: Any) -> RunResult:
         raise NotImplementedError

@@ -16,7 +16,10 @@ accumulate. Per deployed layer and per sample:
   those of every shortcut that reads it;
 - ``macs``: dense multiply-accumulates where the input is analog: the first layer under direct
   encoding, counted once per sample (the host computes it once; its result is constant over time);
-- ``neuron_updates``: neurons x T.
+- ``neuron_updates``: neurons x T;
+- ``bias_inputs``: neurons x T for a layer with a bias, else 0. A bias is a constant input current
+  that every neuron of the layer receives at every step (``u = lam u + W s + b``): an input to the
+  neuron, not a synaptic event (no spike carries it), so it is a term of its own.
 
 "Synapse" means a real connection: a kernel tap that falls on the zero padding is no synapse, and
 a MAC count is the number of real connections (a dense input that spikes everywhere once makes
@@ -139,6 +142,7 @@ class LayerCounts:
     macs: np.ndarray
     spiking: bool
     shortcut_synops: np.ndarray | None = None  # None: the layer has no shortcut
+    bias_inputs: int = 0  # per sample: neurons x T when the layer has a bias
 
     @property
     def neuron_updates(self) -> int:
@@ -176,7 +180,9 @@ def count_events(layers: list[DeployedLayer], trace: Trace, timesteps: int) -> l
             synops = synops + shortcut
         spikes = _per_sample(trace.spikes[layer.lif]).sum(1).numpy() if layer.lif is not None else zeros
         neurons = int(np.prod(layer.out_shape))
-        counts.append(LayerCounts(layer.name, layer.kind, neurons, timesteps, spikes, synops, macs, layer.lif is not None, shortcut))
+        bias_inputs = neurons * timesteps if layer.bias is not None else 0
+        counts.append(LayerCounts(layer.name, layer.kind, neurons, timesteps, spikes, synops, macs, layer.lif is not None, shortcut,
+                                  bias_inputs))
     return counts
 
 
@@ -196,6 +202,7 @@ def concat_counts(parts: list[list[LayerCounts]]) -> list[LayerCounts]:
             np.concatenate([p[k].macs for p in parts]),
             c.spiking,
             None if c.shortcut_synops is None else np.concatenate([p[k].shortcut_synops for p in parts]),
+            c.bias_inputs,
         )
         for k, c in enumerate(first)
     ]

@@ -1,7 +1,8 @@
 """Run the student on a set of images, count its events per sample, and price them on a profile.
 
 ``energy = sum_l synops_l E_synop + macs_l E_mac + neuron_updates_l E_neuron + spikes_l E_spike``
-(SPEC section 4), per sample, so that means and spreads over the samples come out together.
+(SPEC section 4), per sample, so that means and spreads over the samples come out together; plus
+``bias_inputs_l E_bias`` for a layer with a bias, when the profile's bias figure is known.
 """
 
 from __future__ import annotations
@@ -55,10 +56,17 @@ def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: i
 
 
 def price_layer(counts: LayerCounts, profile: Profile) -> dict[str, np.ndarray]:
-    """Per-sample energy of one layer in joules, by event category."""
-    return {
+    """Per-sample energy of one layer in joules, by event category.
+
+    ``bias_inputs`` appears only for a layer with a bias on a profile whose bias figure is known;
+    with an unknown figure the term is left out (the report says so) rather than guessed.
+    """
+    priced = {
         "synops": counts.synops * profile.e_synop,
         "macs": counts.macs * profile.e_mac,
         "neuron_updates": np.full(len(counts.spikes), counts.neuron_updates * profile.e_neuron),
         "spikes": counts.spikes * profile.e_spike,
     }
+    if counts.bias_inputs and profile.bias_known:
+        priced["bias_inputs"] = np.full(len(counts.spikes), counts.bias_inputs * profile.e_bias)
+    return priced

@@ -8,6 +8,8 @@ A profile file (``hw_targets/profiles/<name>.toml``) holds::
     [energy.mac]     joules, source                         # one dense multiply-accumulate
     [energy.neuron]  joules, source                         # one neuron state update
     [energy.spike]   joules, source                         # one emitted spike
+    [energy.bias]    joules (or "unknown"), source; optional     # one bias input: a neuron's constant
+                                                                # current at one step (no synaptic event)
     [limits.*]       optional, all or none: cores_per_chip, compartments_per_core,
                      synaptic_memory_per_core_bytes, input_axons_per_core (value, source each)
                      and weight_bits (min, max, source)
@@ -29,6 +31,8 @@ from ..errors import UserError
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 ENERGY_KEYS = ("synop", "mac", "neuron", "spike")
+BIAS_KEY = "bias"  # optional: absent or "unknown" both mean the figure is unknown
+UNKNOWN = "unknown"
 COUNT_LIMITS = ("cores_per_chip", "compartments_per_core", "synaptic_memory_per_core_bytes", "input_axons_per_core")
 
 
@@ -64,7 +68,7 @@ class Profile:
 
     name: str
     description: str
-    energy: dict[str, Figure]  # keys: synop, mac, neuron, spike
+    energy: dict[str, Figure]  # keys: synop, mac, neuron, spike; bias when the file gives it (NaN: unknown)
     limits: Limits | None
     path: Path
 
@@ -84,12 +88,22 @@ class Profile:
     def e_spike(self) -> float:
         return self.energy["spike"].value
 
+    @property
+    def e_bias(self) -> float:
+        """Joules per bias input; NaN when the profile does not know it."""
+        return self.energy[BIAS_KEY].value if BIAS_KEY in self.energy else math.nan
+
+    @property
+    def bias_known(self) -> bool:
+        return not math.isnan(self.e_bias)
+
     def to_dict(self) -> dict[str, Any]:
         """The figures used, in joules, with their sources (the ``profile`` entry of energy.json)."""
         out: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
-            "energy_j": {k: {"joules": f.value, "source": f.source} for k, f in self.energy.items()},
+            "energy_j": {k: {"joules": UNKNOWN if math.isnan(f.value) else f.value, "source": f.source}
+                         for k, f in self.energy.items()},
         }
         if self.limits is not None:
             out["limits"] = self.limits.to_dict()
@@ -122,12 +136,13 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
     def fail(key: str, problem: str) -> UserError:
         return UserError(f"{path}: key '{key}' {problem}")
 
-    def table(d: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+    def table(d: dict[str, Any], key: str, allowed: set[str], optional: frozenset[str] = frozenset()) -> dict[str, Any]:
         if not isinstance(d, dict):
             raise fail(key, f"must be a table, got {type(d).__name__}")
-        unknown = sorted(set(d) - allowed)
+        unknown = sorted(set(d) - allowed - optional)
         if unknown:
-            raise fail(f"{key}.{unknown[0]}" if key else unknown[0], f"is unknown (allowed here: {', '.join(sorted(allowed))})")
+            raise fail(f"{key}.{unknown[0]}" if key else unknown[0],
+                       f"is unknown (allowed here: {', '.join(sorted(allowed | optional))})")
         missing = sorted(allowed - set(d))
         if missing:
             raise fail(f"{key}.{missing[0]}" if key else missing[0], "is missing")
@@ -154,11 +169,14 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
     top = {"name", "description", "energy"} | ({"limits"} if "limits" in data else set())
     table(data, "", top)
     name = text(data, "name", "name")
-    energy_table = table(data["energy"], "energy", set(ENERGY_KEYS))
+    energy_table = table(data["energy"], "energy", set(ENERGY_KEYS), frozenset({BIAS_KEY}))
     energy = {}
-    for key in ENERGY_KEYS:
+    for key in (*ENERGY_KEYS, BIAS_KEY):
+        if key not in energy_table:
+            continue
         fig = table(energy_table[key], f"energy.{key}", {"joules", "source"})
-        energy[key] = Figure(number(fig, "joules", f"energy.{key}.joules"), text(fig, "source", f"energy.{key}.source"))
+        joules = math.nan if key == BIAS_KEY and fig["joules"] == UNKNOWN else number(fig, "joules", f"energy.{key}.joules")
+        energy[key] = Figure(joules, text(fig, "source", f"energy.{key}.source"))
     limits = None
     if "limits" in data:
         lim = table(data["limits"], "limits", set(COUNT_LIMITS) | {"weight_bits"})

@@ -47,8 +47,15 @@ def markdown_summary(reports: list[dict[str, Any]]) -> str:
         for l in r["layers"]:
             c = l["energy_by_category_j"]
             lines.append(f"| {l['name']} | {_j(c['synops'])} | {_j(c['macs'])} | {_j(c['neuron_updates'])} | {_j(c['spikes'])} | {_j(l['energy_j'])} |")
+        biased = sum(l.get("bias_inputs", 0) for l in r["layers"])
+        if biased:
+            priced = ("unknown on this profile, left out of the total" if "unpriced" in r
+                      else f"{_j(r['profile']['energy_j']['bias']['joules'])} each, in the total")
+            lines += ["", f"Bias inputs (a neuron's constant current at one step, no synaptic event): "
+                          f"{biased:,} per sample, {priced}."]
         lines += ["", "Figures used:", ""]
-        lines += [f"- {k}: {_j(f['joules'])} ({f['source']})" for k, f in r["profile"]["energy_j"].items()]
+        lines += [f"- {k}: {f['joules'] if isinstance(f['joules'], str) else _j(f['joules'])} ({f['source']})"
+                  for k, f in r["profile"]["energy_j"].items()]
         if "cores" in r:
             per_layer = ", ".join(f"{m['name']} {m['cores']} ({m['neurons_per_core']}/core, {m['limited_by']})" for m in r["mapping"]["layers"])
             lines += ["", f"Deployment with {r['mapping']['weight_bits']}-bit weights: {r['cores']} cores on {r['chips']} chip(s); {per_layer}."]

@@ -16,6 +16,9 @@ from typing import Callable, Sequence
 from . import __version__
 from .errors import UserError
 
+# exporters.nir_runtimes.RUNTIMES, named here so that --help does not import torch (a test keeps them equal)
+RUNTIME_NAMES = ("snntorch", "spikingjelly", "norse", "sinabs", "spyx")
+
 DATASET_HELP = "data set: digits (bundled, default), mnist, fashion-mnist, cifar10, cifar100, imagefolder"
 DATA_DIR_HELP = (
     "folder with the data set's official files: the folder holding MNIST/ (or MNIST/ itself), "
@@ -117,7 +120,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     target = get_target(args.target)
     student = load_student(args.model)
     folder = args.model if args.model.is_dir() else args.model.parent
-    path = target.export(student, args.out or folder / f"student{target.suffixes[0]}")
+    out = args.out or folder / f"student{target.suffixes[0]}"
+    if args.nir_for is not None:
+        from .exporters import nir_runtimes
+
+        if args.target != "nir":
+            raise UserError(f"--nir-for writes a NIR file for one runtime; it needs --target nir, not {args.target}")
+        path = nir_runtimes.export(student, out, args.nir_for)
+        print(f"wrote nir export for {args.nir_for}: {path}")
+        return 0
+    path = target.export(student, out)
     print(f"wrote {args.target} export: {path}")
     return 0
 
@@ -130,13 +142,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         raise UserError(f"no exported file at {args.file}: create one with `lasnn-deploy export`")
     images, labels = _test_split(args)
-    report = validate(student, args.file, images, labels, seed=args.seed, progress=True)
+    if args.trace is not None and args.trace.is_dir():
+        raise UserError(f"--trace {args.trace} is a folder; give a file name such as golden.h5")
+    report = validate(student, args.file, images, labels, seed=args.seed, progress=True, runtime=args.runtime,
+                      trace=args.trace)
 
     def summary(r: dict) -> str:
-        lines = [f"{'layer':<12}{'spike agreement':>18}"]
+        lines = [f"FAILED: the runtime's layers are not the reference's: {p}" for p in r["layer_mismatch"]]
+        if r["first_divergence"]:
+            d = r["first_divergence"]
+            potentials = ", ".join(f"{side} potential {d[f'potential_{side}']:.9g}" for side in ("reference", "runtime")
+                                   if f"potential_{side}" in d)
+            lines.append(f"first divergence: layer {d['layer']}, step {d['step']}, sample {d['sample']}, neuron "
+                         f"{tuple(d['neuron'])}: spike {d['spike_reference']:g} in the reference, "
+                         f"{d['spike_runtime']:g} in the runtime" + (f" ({potentials})" if potentials else ""))
+        lines += [f"{'layer':<12}{'spike agreement':>18}"]
         lines += [f"{l['name']:<12}{l['spike_agreement']:>18.6f}" for l in r["layers"]]
-        spikes = "not exposed" if r["spike_agreement"] is None else f"{r['spike_agreement']:.6f}"
-        lines.append(f"{r['target']}: output_agreement {r['output_agreement']:.6f}  spike_agreement {spikes}  "
+        spikes = "not compared" if r["spike_agreement"] is None else f"{r['spike_agreement']:.6f}"
+        target = r["target"] + (f" in {r['runtime']}" if "runtime" in r else "")
+        lines.append(f"{target}: output_agreement {r['output_agreement']:.6f}  spike_agreement {spikes}  "
                      f"max_abs_logit_error {r['max_abs_logit_error']:.3g}  ({r['samples']} samples)  "
                      + ("PASSED" if r["passed"] else "FAILED: the export does not reproduce PyTorch"))
         if "runtime_accuracy" in r:
@@ -212,13 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="run folder or student.safetensors")
     p.add_argument("--target", required=True, help="nir | onnx | lava")
     p.add_argument("--out", type=Path, help="output file (default: student.<ext> in the run folder)")
+    p.add_argument("--nir-for", metavar="RUNTIME", choices=RUNTIME_NAMES,
+                   help="with --target nir: an equivalent graph that RUNTIME's importer runs as it ships "
+                   f"({', '.join(RUNTIME_NAMES)}; docs/interop.md); default: the plain NIR file")
 
     p = add("validate", cmd_validate, "run an export in its own runtime and compare its spikes with PyTorch (exit 1 on disagreement)",
             "lasnn-deploy validate runs/mnist runs/mnist/student.onnx --dataset mnist --data-dir ../shared/data --samples 256 --json v.json")
     p.add_argument("model", type=Path, help="run folder or student.safetensors")
-    p.add_argument("file", type=Path, help="the exported file (.onnx, .nir or .h5)")
+    p.add_argument("file", type=Path, help="the exported file (.onnx, .nir, or .h5 / .net for netx)")
     _add_data(p, samples_default=64)
     p.add_argument("--json", type=Path, help="write the full report (SPEC section 5) to this JSON file")
+    p.add_argument("--runtime", choices=RUNTIME_NAMES,
+                   help="NIR importer to run a .nir file in (default: the one it was exported for, else snntorch)")
+    p.add_argument("--trace", type=Path, metavar="FILE",
+                   help="also write the reference's spikes per LIF layer as a golden trace (NIR data, HDF5)")
 
     p = add("energy", cmd_energy, "spikes, synaptic operations, energy and deployability on named hardware",
             "lasnn-deploy energy runs/mnist --dataset mnist --data-dir ../shared/data --hw all --out runs/mnist/energy")

@@ -487,3 +487,49 @@ def test_sanafe_stretches_its_mesh_for_a_network_beyond_one_chip():
     result = compare_with_sanafe(student, x, run, load_profile("loihi"), per_core, timesteps=3)
     assert result["cores"] == 185 and "8 x 6 tiles" in result["architecture"], result
     assert result["spike_agreement"] == 1.0
+
+
+# -- bias ------------------------------------------------------------------------------------------
+def test_a_bias_is_its_own_term_priced_per_profile(tmp_path):
+    """A biased layer's neurons get one bias input per step (neurons x T), no synaptic event: the other
+    counts are those of the biased run's own spikes, and each profile prices the new term with its own
+    figure, or leaves it out and says so when its figure is unknown."""
+    T, x = 4, torch.rand(3, 1, 8, 8)
+    biased, plain = make_student(timesteps=T, bias=True), make_student(timesteps=T)
+    result = energy_report(biased, x, hw="all", out_dir=tmp_path / "b", progress=False)
+    assert [l["bias_inputs"] for l in result["reports"]["cmos45"]["layers"]] == [256 * T, 96 * T, 12 * T, 5 * T]
+    with torch.no_grad():
+        trace = biased.run(x, record=True)
+    for name, report in result["reports"].items():
+        profile = load_profile(name)
+        total = 0.0
+        for layer, spikes in zip(report["layers"], [*trace.spikes, torch.zeros(1, 3)]):
+            assert close(layer["spikes"], float(spikes.sum()) / 3)
+            c = layer["energy_by_category_j"]
+            expected = layer["synops"] * profile.e_synop + layer["macs"] * profile.e_mac + \
+                layer["neuron_updates"] * profile.e_neuron + layer["spikes"] * profile.e_spike
+            if profile.bias_known:
+                assert close(c["bias_inputs"], layer["bias_inputs"] * profile.e_bias)
+                expected += layer["bias_inputs"] * profile.e_bias
+            else:
+                assert "bias_inputs" not in c
+            assert close(layer["energy_j"], expected)
+            total += expected
+        assert close(report["total_energy_j"], total)
+        assert ("unpriced" in report) == (not profile.bias_known), name
+    assert result["reports"]["truenorth"]["unpriced"]["bias_inputs"] == (256 + 96 + 12 + 5) * T
+    assert close(result["reports"]["cmos45"]["layers"][1]["energy_by_category_j"]["bias_inputs"], 96 * T * 0.9e-12)
+    md = (tmp_path / "b" / "energy.md").read_text()
+    assert "1,476 per sample, unknown on this profile, left out of the total" in md
+    # bias-free: no bias term anywhere, the report as before
+    unbiased = energy_report(plain, x, hw="truenorth", out_dir=tmp_path / "p", progress=False)
+    assert "unpriced" not in unbiased and all("bias_inputs" not in l for l in unbiased["layers"])
+    assert all(set(l["energy_by_category_j"]) == {"synops", "macs", "neuron_updates", "spikes"} for l in unbiased["layers"])
+    assert "Bias inputs" not in (tmp_path / "p" / "energy.md").read_text()
+
+
+def test_profile_bias_figure_is_optional_and_may_be_unknown(tmp_path):
+    assert not load_profile(_write(tmp_path, GOOD.split("[energy.bias]")[0])).bias_known  # absent: unknown
+    assert load_profile("cmos45").e_bias == 0.9e-12 and not load_profile("truenorth").bias_known
+    with pytest.raises(UserError, match="energy.mac.joules' must be a non-negative number"):
+        load_profile(_write(tmp_path, GOOD.replace("joules = 4.6e-12", 'joules = "unknown"', 1)))

@@ -35,22 +35,22 @@ class Toy(Target):
     name, suffixes, options = "toy", (".toy", ".npy"), {"scale": 1.0}
     calls: list[str] = []
 
-    def _check(self, student, scale):
+    def _check(self, student):
         self.calls.append("check")
-        if scale <= 0:
+        if self.settings["scale"] <= 0:
             raise UserError("scale must be positive")
 
-    def _export(self, student, path, scale):
+    def _export(self, student, path):
         self.calls.append("export")
         path.write_bytes(b"toy")
         return path
 
-    def _run(self, path, images, input_spikes, scale):
-        return RunResult(logits=np.full((len(images), 2), scale))
+    def _run(self, path, images, input_spikes):
+        return RunResult(logits=np.full((len(images), 2), self.settings["scale"]))
 
-    def _reference(self, student, images, input_spikes, scale):
+    def _reference(self, student, images, input_spikes):
         assert not torch.is_grad_enabled()
-        return RunResult(logits=np.full((len(images), 2), scale))
+        return RunResult(logits=np.full((len(images), 2), self.settings["scale"]))
 
 
 def test_a_new_target_is_one_class_and_one_registry_entry(monkeypatch, tmp_path, student):

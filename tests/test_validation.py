@@ -86,3 +86,107 @@ def test_the_package_offers_the_whole_data_flow_without_loading_matplotlib():
             "assert 'matplotlib' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+# -- a validate that cannot be fooled ----------------------------------------------------------
+from unittest import mock  # noqa: E402
+
+import numpy as np  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from lasnn_deploy.exporters import RunResult, target_of_file  # noqa: E402
+from lasnn_deploy.exporters import nir as nir_target  # noqa: E402
+from lasnn_deploy.exporters import nir_runtimes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    student = make_student("direct", "hard", 3)
+    return student, onnx_export.export(student, tmp_path_factory.mktemp("v") / "s.onnx")
+
+
+def tampered(result: RunResult, how: str, k: int) -> RunResult:
+    names, spikes = list(result.layer_names), list(result.spikes)
+    k %= len(names)
+    if how == "drop":
+        del names[k], spikes[k]
+    elif how == "rename":
+        names[k] = names[k] + "_x"
+    elif how == "swap" and len(names) > 1:
+        j = (k + 1) % len(names)
+        names[k], names[j], spikes[k], spikes[j] = names[j], names[k], spikes[j], spikes[k]
+    elif how == "extra":
+        names.append("ghost"), spikes.append(spikes[k])
+    elif how == "reshape":
+        spikes[k] = spikes[k].reshape(spikes[k].shape[0], spikes[k].shape[1], -1)[..., :-1]  # one neuron short
+    else:  # no names at all
+        names = []
+    return RunResult(result.logits, spikes, names)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(how=st.sampled_from(["drop", "rename", "swap", "extra", "reshape", "unnamed"]), k=st.integers(0, 5))
+def test_a_runtime_that_drops_or_renames_a_layer_fails_validation(onnx_file, how, k):
+    student, path = onnx_file
+    images, labels = images_and_labels(5)
+    real_run = onnx_export._run  # the target's own step, which validate reaches through OnnxTarget.run
+    with mock.patch.object(onnx_export.OnnxTarget, "_run", staticmethod(lambda *a, **kw: tampered(real_run(*a, **kw), how, k))):
+        report = validation.validate(student, path, images, labels)
+    assert not report["passed"]
+    assert report["layer_mismatch"] and report["spike_agreement"] is None
+    honest = validation.validate(student, path, images, labels)
+    assert honest["passed"] and not honest["layer_mismatch"]
+    if how == "drop":
+        dropped = honest["layers"][k % len(honest["layers"])]["name"]
+        assert any(dropped in line and "missing" in line for line in report["layer_mismatch"])
+
+
+def test_first_divergence_names_a_planted_threshold_tie(tmp_path):
+    """A neuron whose potential equals the threshold exactly does not fire (v > theta); the file's
+    threshold one float32 step lower makes it fire there, and nowhere earlier."""
+    student = make_student("direct", "hard", 4)
+    images, labels = images_and_labels(6)
+    v = nir_runtimes.reference(student, images).potentials[0]  # conv0, [T, B, C, H, W]
+    flat = v[0, 0].reshape(-1)
+    n = int(np.flatnonzero(flat > 0)[0])  # sample 0, step 0: every neuron before it has v <= 0
+    tie = float(flat[n])
+    with torch.no_grad():
+        student.thresholds[0] = tie
+    planted = copy.deepcopy(student)
+    with torch.no_grad():
+        planted.thresholds[0] = float(np.nextafter(np.float32(tie), np.float32(0)))
+    path = nir_target.export(planted, tmp_path / "tie.nir")
+    report = validation.validate(student, path, images, labels)
+    d = report["first_divergence"]
+    assert not report["passed"] and report["spike_agreement"] < 1.0
+    neuron = [int(i) for i in np.unravel_index(n, v.shape[2:])]
+    assert (d["layer"], d["step"], d["sample"], d["neuron"]) == ("conv0", 0, 0, neuron)
+    assert (d["spike_reference"], d["spike_runtime"]) == (0.0, 1.0)
+    assert d["potential_reference"] == tie == float(student.thresholds[0])
+
+
+def test_trace_is_the_references_spikes_as_nir_data(tmp_path):
+    student = make_student("poisson", "hard", 4)
+    images, labels = images_and_labels(7)
+    path = nir_target.export(student, tmp_path / "s.nir")
+    report = validation.validate(student, path, images, labels, trace=tmp_path / "golden.h5")
+    data = nir_target.nir.read_data(tmp_path / "golden.h5")
+    reference = nir_runtimes.reference(student, None, poisson_inputs(images, 4, 0, 0))
+    assert report["passed"] and sorted(data.nodes) == ["lif0", "lif3", "lif6"]
+    for name, spikes in zip(["lif0", "lif3", "lif6"], reference.spikes):
+        grid = data.nodes[name].observables["spikes"]
+        assert grid.dt == 1e-4 and grid.data.dtype == bool and grid.data.shape == (7, 4, spikes[0, 0].size)
+        assert np.array_equal(grid.data, spikes.reshape(4, 7, -1).transpose(1, 0, 2) > 0)
+    assert all(name in nir_target.nir.read(path).nodes for name in data.nodes)  # named after the file's LIF nodes
+
+
+def test_a_netx_file_named_net_is_a_lava_file(tmp_path):
+    from lasnn_deploy.exporters import export
+
+    assert target_of_file("model.net") == "lava"
+    student = make_student("poisson", "hard", 3)
+    path = export(student, "lava", tmp_path / "student.net")
+    images, labels = images_and_labels(3)
+    report = validation.validate(student, path, images, labels)
+    assert report["target"] == "lava" and report["passed"]

@@ -1,0 +1,179 @@
+"""NIR runtimes that ``validate --runtime NAME`` runs a NIR file in, and the flavoured files
+``export --target nir --nir-for NAME`` writes for them (docs/interop.md).
+
+One small module per runtime, each with the same three names:
+
+- ``flavour(graph) -> nir.NIRGraph``: the plain student graph rewritten (``transforms``) into an
+  equivalent one the runtime's importer runs as it ships (the graph itself when it needs nothing).
+- ``run(graph, settings, steps) -> Recorded``: the importer, as it ships, on the input of every step
+  ``[T, B, C, H, W]``: the graph's output per step and the spikes of every LIF node.
+- ``BATCHED``: whether the importer takes a batch (then the reference computes each step's layers on
+  the whole batch, as the runtime does; else one image at a time, ``exporters.nir.runtime_order``).
+
+The default ``export --target nir`` file stays plain NIR, run in snnTorch. A flavoured file records
+its runtime in the metadata (``nir_for``), and ``validate`` refuses to run it in another.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import nir
+import numpy as np
+import torch
+
+from ...atomic import atomic_path
+from ...errors import UserError
+from ...neurons import _lif_forward
+from ...student import AvgPool, Conv, Linear, Shortcut, SpikingStudent
+from ..target import RunResult
+from .. import nir as nir_target
+from . import transforms
+
+RUNTIMES = {  # name: the extra that installs it
+    "snntorch": "a core dependency (snntorch==1.0.0)",
+    "spikingjelly": "lasnn-deploy[spikingjelly]",
+    "norse": "lasnn-deploy[norse]",
+    "sinabs": "lasnn-deploy[sinabs]",
+    "spyx": "its own environment: `make spyx` builds .venv-spyx/",
+}
+DEFAULT = "snntorch"
+
+
+@dataclass
+class Recorded:
+    """What a runtime gives back: the output per step ``[T, B, K]`` and spikes per LIF node ``[T, B, ...]``."""
+
+    outputs: np.ndarray
+    spikes: dict[str, np.ndarray]
+    potentials: dict[str, np.ndarray] | None = None
+
+
+def runtime_module(name: str) -> ModuleType:
+    """The adapter module of runtime ``name``; one clear line for an unknown name."""
+    if name not in RUNTIMES:
+        raise UserError(f"unknown NIR runtime {name!r}: choose one of {', '.join(RUNTIMES)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def missing(name: str, err: Exception) -> UserError:
+    """The error for a runtime whose library is not installed."""
+    return UserError(f"the {name} runtime is not installed ({err}); install {RUNTIMES[name]} (make install does)")
+
+
+def flavoured_graph(student: SpikingStudent, runtime: str) -> nir.NIRGraph:
+    """The student's NIR graph in ``runtime``'s flavour, its metadata naming the runtime."""
+    module = runtime_module(runtime)
+    nir_target.check(student)
+    graph = module.flavour(nir_target.to_nir_graph(student))
+    graph.metadata["nir_for"] = runtime
+    return graph
+
+
+def export(student: SpikingStudent, path: str | Path, runtime: str) -> Path:
+    """Write the flavoured graph with ``nir.write``, atomically; a plain file for ``snntorch``."""
+    path = Path(path)
+    if path.suffix.lower() != ".nir":
+        raise UserError(f"a NIR export must end in .nir, got {path}; pass --out NAME.nir")
+    graph = flavoured_graph(student, runtime)
+    with atomic_path(path) as tmp:
+        nir.write(tmp, graph)
+    return path
+
+
+def runtime_of(graph: nir.NIRGraph, runtime: str | None, where: Any) -> str:
+    """The runtime to run ``graph`` in: the one asked for, else the one it was written for, else snnTorch."""
+    written_for = str(graph.metadata.get("nir_for", "")) or None
+    chosen = runtime or written_for or DEFAULT
+    runtime_module(chosen)
+    if written_for and chosen != written_for:
+        raise UserError(f"{where} was written for {written_for} (--nir-for {written_for}); validate it with "
+                        f"--runtime {written_for}, or export a file for {chosen} with --nir-for {chosen}")
+    return chosen
+
+
+def run(path: str | Path, images: Any = None, input_spikes: Any = None, runtime: str | None = None) -> RunResult:
+    """Run the NIR file in ``runtime``'s importer; logits are the mean of the output over the ``T`` steps."""
+    path = Path(path)
+    graph, settings = nir_target.read_graph(path)
+    runtime = runtime_of(graph, runtime, path)
+    if runtime == "snntorch":
+        return nir_target._run(path, images, input_spikes)  # the plain file's own step: no recursion
+    steps = nir_target._input_steps(images, input_spikes, settings, path)
+    chain, into = nir_target._layout(graph, path)
+    lifs = [n for n in chain if isinstance(graph.nodes[n], nir.LIF)]
+    recorded = runtime_module(runtime).run(graph, settings, steps)
+    logits = torch.as_tensor(recorded.outputs, dtype=torch.float32).reshape(*steps.shape[:2], -1).mean(0)
+    shapes = transforms.layer_shapes(graph)  # a dense flavour's LIF layers are flat: the student's shapes back
+
+    def shaped(a: np.ndarray, name: str) -> np.ndarray:
+        return a.reshape(*a.shape[:2], *shapes[name]) if name in shapes else a
+
+    found = [n for n in lifs if n in recorded.spikes]
+    return RunResult(
+        logits=logits.numpy(),
+        spikes=[shaped(recorded.spikes[n], n) for n in found],
+        layer_names=[into.get(n, chain[chain.index(n) - 1]) for n in found],
+        potentials=None if recorded.potentials is None else [shaped(recorded.potentials[n], n) for n in found],
+    )
+
+
+class _PerStep(torch.nn.Module):
+    """``module`` on one step's batch at a time, as a batched runtime calls it step by step.
+
+    The student runs a layer on all ``T * B`` images at once; PyTorch's float32 kernels choose their
+    summation order by shape, so the reference calls it on chunks of ``B``, as the runtime does.
+    """
+
+    def __init__(self, module: torch.nn.Module, batch: int):
+        super().__init__()
+        self.module, self.batch = module, batch
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.module(x) for x in h.split(self.batch)])
+
+
+def _batched_order(student: SpikingStudent, batch: int) -> SpikingStudent:
+    from copy import deepcopy
+
+    copy = deepcopy(student).cpu().eval()
+    for i, layer in enumerate(copy.config.layers):
+        if isinstance(layer, (Conv, Linear, AvgPool)):
+            copy.body[i] = _PerStep(copy.body[i], batch)
+        elif isinstance(layer, Shortcut) and copy.body[i].proj is not None:
+            copy.body[i].proj = _PerStep(copy.body[i].proj, batch)
+    return copy
+
+
+def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = None,
+              runtime: str = DEFAULT) -> RunResult:
+    """The float32 student on the same input, in the order the runtime computes its layers, with the
+    potentials before reset of every LIF layer (for the first-divergence report)."""
+    cfg = student.config
+    x, spikes = nir_target._as_tensor(images), nir_target._as_tensor(input_spikes)
+    batch = (spikes.shape[1] if spikes is not None else x.shape[0])
+    ordered = _batched_order(student, batch) if runtime_module(runtime).BATCHED else nir_target.runtime_order(student)
+    currents: dict[int, torch.Tensor] = {}
+    hooks = [ordered.body[i].register_forward_hook(lambda m, a, out, i=i: currents.__setitem__(i, out))
+             for i in cfg.spiking_layers]
+    try:
+        with torch.no_grad():
+            trace = ordered.run(x, input_spikes=spikes, record=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    T = cfg.timesteps if spikes is None else spikes.shape[0]
+    potentials = []
+    for k, i in enumerate(cfg.spiking_layers):
+        current = currents[i]
+        # [T * B, ...], or [B, ...] for a layer the student runs once under direct encoding
+        current = current.unflatten(0, (T, -1)) if current.shape[0] == T * batch else current.expand(T, *current.shape)
+        _, v = _lif_forward(current.float(), student.leak.detach(), student.thresholds[k].detach(), True, True)
+        potentials.append(torch.stack(v).numpy())
+    names = [cfg.layer_name(i) for i in cfg.spiking_layers]
+    return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names,
+                     potentials=potentials)

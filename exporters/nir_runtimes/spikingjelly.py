@@ -1,0 +1,45 @@
+"""SpikingJelly 2.0 (``spikingjelly.activation_based.nir_exchange.import_from_nir``), batched.
+
+It reads the plain file as it is: ``AvgPool2d``, ``Flatten`` shifted past the batch axis, and a LIF
+with ``r = tau/dt`` as its ``LIFNode(tau=tau/dt, decay_input=False)``, ``v += (v_reset - v)/tau + x``,
+at the file's ``dt`` (its default is the same 1e-4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nir
+import numpy as np
+import torch
+
+from . import Recorded, missing
+
+BATCHED = True
+
+
+def flavour(graph: nir.NIRGraph) -> nir.NIRGraph:
+    """The plain graph: SpikingJelly needs nothing else."""
+    return graph
+
+
+def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> Recorded:
+    """The imported GraphModule step by step on the whole batch, its explicit state carried along."""
+    try:
+        from loguru import logger
+        from spikingjelly.activation_based.nir_exchange import import_from_nir
+    except ImportError as err:
+        raise missing("spikingjelly", err) from err
+    logger.disable("spikingjelly")  # one info line per import
+    net = import_from_nir(graph, dt=settings["dt"]).eval()
+    lifs = [n for n, node in graph.nodes.items() if isinstance(node, nir.LIF)]
+    spikes: dict[str, list[torch.Tensor]] = {n: [] for n in lifs}
+    for n in lifs:
+        net.get_submodule(n).register_forward_hook(lambda m, a, out, n=n: spikes[n].append(out[0].detach()))
+    outputs, state = [], None
+    with torch.no_grad():
+        for x in steps:
+            out, state = net(x, state)
+            outputs.append(out)
+    return Recorded(outputs=torch.stack(outputs).numpy(),
+                    spikes={n: torch.stack(s).numpy().astype(np.float32) for n, s in spikes.items()})
