@@ -40,8 +40,9 @@ def _energy_by_layer(reports: list[dict[str, Any]], path: Path) -> None:
     for ax, report in zip(axes[0], reports):
         names = [l["name"] for l in report["layers"]]
         bottom = [0.0] * len(names)
-        for cat in CATEGORIES:
-            values = [np.nan_to_num(l["energy_by_category_j"][cat]) for l in report["layers"]]
+        biased = any("bias_inputs" in l["energy_by_category_j"] for l in report["layers"])
+        for cat in (*CATEGORIES, "bias_inputs") if biased else CATEGORIES:  # a bias's own term, where priced
+            values = [np.nan_to_num(l["energy_by_category_j"].get(cat, 0.0)) for l in report["layers"]]
             ax.bar(names, values, bottom=bottom, label=cat.replace("_", " "))
             bottom = [b + v for b, v in zip(bottom, values)]
         ax.set_ylim(0, 1.08 * max(bottom, default=0.0) or 1.0)  # a zero-height top bar would pin the limit to the stack
