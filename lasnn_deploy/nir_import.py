@@ -128,8 +128,7 @@ def _neuron(node: nir.NIRNode, name: str, conv: Convention) -> _Neuron:
         lam = 1.0 - step
         if not 0 < lam <= 1:
             raise UserError(f"{_where(name)}: dt = {dt:.6g} against tau = {tau:.6g} gives leak {lam:.6g}, "
-                            "outside (0, 1]: "
-                            f"a wrong dt for this file; {HINT}")
+                            f"outside (0, 1]: a wrong dt for this file; {HINT}")
         gain, drive = r * step, step * v_leak
         if isinstance(node, nir.CubaLIF):
             tau_syn, w_in = _uniform(node.tau_syn, "tau_syn", name), _uniform(node.w_in, "w_in", name)
@@ -299,6 +298,8 @@ def student_from_foreign_nir(graph: nir.NIRGraph, convention: Convention, timest
                             _pair(node.stride, "stride", name), _pair(node.padding, "padding", name)), w, node.bias)
         elif isinstance(node, (nir.Linear, nir.Affine)):
             w = np.asarray(node.weight)
+            if w.ndim != 2:
+                raise UserError(f"{_where(name)}: a {w.ndim}-d weight; a Linear's is [out, in]")
             b.weighted(Linear(w.shape[1], w.shape[0]), w, node.bias if isinstance(node, nir.Affine) else None)
         elif isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
             k = _pair(node.kernel_size, "kernel", name)
