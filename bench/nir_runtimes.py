@@ -4,8 +4,8 @@
         [--runtimes snntorch,spikingjelly,norse,sinabs,spyx] [--leaks trained,0.9] [--encodings direct,poisson]
 
 For every leak (the trained one, or a given value set on a copy) and encoding (the student's
-weights run with direct or Poisson input), writes the plain NIR file and each runtime's flavour
-(``exporters.nir_runtimes.export``) into ``--out`` and validates it on the first ``--samples``
+weights run with direct or Poisson input), writes each runtime's flavour
+(``exporters.nir_runtimes.export``; ``NAME:plain`` in ``--runtimes``: the plain file) into ``--out`` and validates it on the first ``--samples``
 MNIST test images with ``lasnn_deploy.validate`` (the same as ``lasnn-deploy validate --runtime``).
 Prints one markdown row per file as it finishes, and the reports as JSON lines into ``--out``.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lasnn_deploy.data import first_samples, load_split
+from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import nir_runtimes
 from lasnn_deploy.student import load_student
 from lasnn_deploy.validation import validate
@@ -47,15 +48,17 @@ def main() -> None:
             if leak != "trained":
                 with torch.no_grad():
                     student.leak.fill_(float(leak))
-            for runtime in args.runtimes.split(","):
-                path = nir_runtimes.export(student, args.out / f"{runtime}-{leak}-{encoding}.nir", runtime)
+            for name in args.runtimes.split(","):
+                runtime, _, plain = name.partition(":")
+                path = args.out / f"{runtime}{'-plain' if plain else ''}-{leak}-{encoding}.nir"
+                path = nir_target.export(student, path) if plain else nir_runtimes.export(student, path, runtime)
                 start = time.perf_counter()
                 report = validate(student, path, images, labels, runtime=runtime)
                 seconds = time.perf_counter() - start
                 d = report["first_divergence"]
                 where = "-" if d is None else (f"{d['layer']} t={d['step']} spike {d['spike_reference']:g} vs "
                                                f"{d['spike_runtime']:g}")
-                print(f"| {runtime} | {float(student.leak):.5g} | {encoding} | {report['output_agreement']:.4f} | "
+                print(f"| {name} | {float(student.leak.detach()):.5g} | {encoding} | {report['output_agreement']:.4f} | "
                       f"{report['spike_agreement']:.6f} | {report['max_abs_logit_error']:.3g} | {where} | "
                       f"{seconds:.0f} |", flush=True)
                 with open(args.out / "reports.jsonl", "a") as f:

@@ -183,7 +183,7 @@ def validate(
         graph, _ = module.read_graph(path)
         runtime = nir_runtimes.runtime_of(graph, runtime, path)
         run = partial(nir_runtimes.run, runtime=runtime)
-        reference_of = partial(nir_runtimes.reference, runtime=runtime)
+        reference_of = partial(nir_runtimes.reference, in_batches=nir_runtimes.batched(graph, runtime))
     elif runtime is not None:
         raise UserError(f"--runtime picks a NIR importer; {path} is a {target} file, run in its own runtime")
     check_parameters(student)
