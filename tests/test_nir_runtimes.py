@@ -167,3 +167,11 @@ def test_plain_file_runs_unbatched_in_snntorch_and_its_flavour_batched(tmp_path)
     assert nir.read(flavoured).nodes["flatten5"].start_dim == -3
     reference, result = run_both(student, plain, "snntorch", "direct")
     assert compare(reference, result)["spike_agreement"] == 1.0
+
+
+def test_a_missing_spyx_environment_is_one_clear_line(tmp_path, monkeypatch):
+    student = make_student("direct")
+    path = nir_runtimes.export(student, tmp_path / "s.nir", "spyx")
+    monkeypatch.setenv("LASNN_SPYX_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(UserError, match="make spyx"):
+        nir_runtimes.run(path, inputs("direct")[0])
