@@ -18,8 +18,9 @@ from .student import SpikingStudent, StudentConfig, load_student, save_student  
 from .training import make_config, train  # noqa: E402
 from .evaluation import evaluate_student  # noqa: E402
 from .exporters import export  # noqa: E402
+from .nir_import import import_nir  # noqa: E402
 from .validation import validate  # noqa: E402
 from .hw_targets.report import energy_report  # noqa: E402
 
 __all__ = ["UserError", "first_samples", "load_split", "SpikingStudent", "StudentConfig", "load_student", "save_student",
-           "make_config", "train", "evaluate_student", "export", "validate", "energy_report", "__version__"]
+           "make_config", "train", "evaluate_student", "export", "import_nir", "validate", "energy_report", "__version__"]

@@ -133,6 +133,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from .nir_import import import_nir
+
+    path = import_nir(args.file, args.out, library=args.source, dt=args.dt, timesteps=args.timesteps,
+                      encoding=args.encoding, input_shape=args.input_shape)
+    print(f"wrote student: {path}")
+    return 0
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """argparse type: ``C,H,W`` positive integers."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W integers, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers C,H,W, got {text!r}")
+    return shape
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .student import load_student
     from .validation import validate
@@ -238,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nir-for", metavar="RUNTIME", choices=RUNTIME_NAMES,
                    help="with --target nir: an equivalent graph that RUNTIME's importer runs as it ships "
                    f"({', '.join(RUNTIME_NAMES)}; docs/interop.md); default: the plain NIR file")
+
+    p = add("import", cmd_import, "read a NIR graph (ours, or written by snnTorch, Norse, Sinabs or SpikingJelly) into a "
+            "student run folder that export, validate and energy take", "lasnn-deploy import net.nir --from snntorch --out runs/net")
+    p.add_argument("file", type=Path, help="the .nir file")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write student.safetensors into")
+    p.add_argument("--from", dest="source", choices=["snntorch", "norse", "sinabs", "spikingjelly"],
+                   help="the exporter that wrote the file: sets its dt and tau convention (docs/semantics.md)")
+    p.add_argument("--dt", type=float, help="time step in seconds (overrides the exporter's default or the file's)")
+    p.add_argument("--timesteps", type=_int_at_least(1), default=8, help="time steps per sample (default: 8)")
+    p.add_argument("--encoding", choices=["direct", "poisson"], default="direct", help="input encoding (default: direct)")
+    p.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="read a vector input as this image shape")
 
     p = add("validate", cmd_validate, "run an export in its own runtime and compare its spikes with PyTorch (exit 1 on disagreement)",
             "lasnn-deploy validate runs/mnist runs/mnist/student.onnx --dataset mnist --data-dir ../shared/data --samples 256 --json v.json")

@@ -20,7 +20,8 @@ from .validation import validate
 # The Lava simulator takes about half a second per sample; the other runtimes are fast.
 VALIDATE_SAMPLES = {"onnx": 360, "nir": 360, "lava": 16}
 # The quick preset with the tiny student: sized for 1,437 digits images on a laptop CPU.
-DEMO_OPTIONS = {"preset": "quick", "student": "tiny", "student_width": 1.0, "ann_epochs": 8, "student_epochs": 2}
+DEMO_OPTIONS = {"preset": "quick", "student": "tiny", "student_width": 1.0, "teacher_epochs": 2, "ann_epochs": 8,
+                "student_epochs": 2}
 FAST_OVERRIDES = {"teacher_epochs": 1, "ann_epochs": 1, "student_epochs": 1}
 
 

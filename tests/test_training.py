@@ -230,8 +230,9 @@ def test_flags_override_the_file_which_overrides_the_preset(tmp_path):
     cfg = config_from_args(_parse(["--config", str(path), "--timesteps", "5", "--out", "runs/x", "--no-progress"]))
     assert cfg.timesteps == 5 and cfg.batch_size == 16 and cfg.method == "kd" and cfg.out == "runs/x"
     assert cfg.student_lr == 1.0 and isinstance(cfg.student_lr, float)
-    assert cfg.teacher_epochs == PRESETS["quick"]["teacher_epochs"] and cfg.progress is False  # preset; flag
+    assert cfg.teacher_steps == PRESETS["quick"]["teacher_steps"] and cfg.progress is False  # preset; flag
     assert make_config(preset="quick", ann_epochs=7).ann_epochs == 7
+    assert make_config(preset="quick", ann_epochs=7).ann_steps is None  # epochs given outrank the preset's steps
 
 
 def test_bad_options_are_user_errors():
@@ -252,4 +253,4 @@ def test_every_option_has_a_flag_with_help():
     for flag in ("--balance-percentile", "--teacher-temperature", "--student-temperature", "--kd-weight",
                  "--tssd-timesteps", "--resume", "--config", "--preset"):
         assert flag in text
-    assert "quick: 99.5" in text
+    assert "quick: 3300" in text

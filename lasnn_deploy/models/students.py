@@ -15,11 +15,13 @@ then four basic blocks (64, 128, 256, 512 channels, strides 1, 2, 2, 2; conv-LIF
 the block input through a ``Shortcut``, then LIF), then the output Linear: 3 + 8 + 1 weight layers.
 
 ``width`` scales every channel and hidden-unit count (at least 1), so the same shape can be trained
-small on a CPU; ``dropout`` replaces both dropout rates (0 removes the Dropout layers).
+small on a CPU; ``dropout`` replaces both dropout rates (0 removes the Dropout layers); ``bias`` gives
+every Conv and Linear a bias (the place of a batch norm folded in at conversion).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence, Union
 
 from ..errors import UserError
@@ -93,10 +95,13 @@ def _builder(arch: str, plan: LayerPlan, doc: str) -> StudentBuilder:
         reset: Reset = "hard",
         width: float = 1.0,
         dropout: float | None = None,
+        bias: bool = False,
     ) -> StudentConfig:
         if dropout is not None and not 0 <= dropout < 1:
             raise UserError(f"student dropout must be in [0, 1), got {dropout}")
         layers = plan(input_shape, num_classes, width, dropout)
+        if bias:  # every Conv and Linear gets a per-channel bias (where a folded batch norm goes)
+            layers = tuple(dataclasses.replace(l, bias=True) if isinstance(l, (Conv, Linear)) else l for l in layers)
         return StudentConfig(arch, tuple(input_shape), num_classes, layers, timesteps, encoding, reset)
 
     build.__name__ = arch.replace("-", "_")

@@ -5,11 +5,15 @@ Where a value comes from, later wins: the dataclass defaults (a full-length sche
 the flags given on the command line. From Python, ``make_config(preset=..., **options)`` applies
 the same order without a file.
 
-The ``quick`` preset is a small CPU schedule tuned on MNIST (17k training images) at T = 8: the
-3conv2linear student at a quarter of its width (16/32/64 channels, 256 hidden units), a two-epoch
-Adam ``small-cnn`` teacher, a six-epoch Adam intermediate ANN, threshold balancing at the 99.5th
-percentile (the maximum, or 99.99, leaves too few spikes in 8 steps: 45% instead of 98% after
-conversion) and one epoch of fine-tuning.
+The ``quick`` preset is a small CPU schedule at T = 8 whose lengths do not depend on the size of
+the data set: the 3conv2linear student at a quarter of its width (16/32/64 channels, 256 hidden
+units), an Adam ``small-cnn`` teacher and an Adam intermediate ANN sized in optimiser steps (the
+same work on 2,000 images as on 60,000), the balancing percentile chosen on the validation split,
+and fine-tuning in rounds of 100 steps that keeps the best round on the validation split and
+stops after three rounds without a better one.
+
+Every run holds out ``validation_fraction`` of its training images (a seeded draw) for these
+choices; the test set is never used for one.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from ..data import DATASETS
 from ..errors import UserError
 from ..models import STUDENTS, TEACHERS
 from ..student import MAX_TIMESTEPS
+from .intermediate import INTERMEDIATES
 
 METHODS = ("conversion", "hybrid", "kd", "hetero-kd", "lasnn", "lasnn-grad", "tssd")
 TEACHER_METHODS = frozenset({"kd", "hetero-kd", "lasnn", "lasnn-grad"})
 OPTIMIZERS = ("sgd", "adam")
+BALANCE_CANDIDATES = (99.0, 99.5, 99.9, 99.99, 100.0)  # percentiles tried when --balance-percentile is not given
 SCHEDULES = ("cosine", "step", "constant")
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -41,16 +47,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "student_width": 0.25,
         "teacher": "small-cnn",
         "batch_size": 32,
-        "teacher_epochs": 2,
+        "teacher_steps": 1100,
         "teacher_optimizer": "adam",
         "teacher_lr": 2e-3,
         "teacher_weight_decay": 0.0,
-        "ann_epochs": 6,
+        "ann_steps": 3300,
         "ann_optimizer": "adam",
         "ann_lr": 2e-3,
         "ann_weight_decay": 0.0,
-        "balance_percentile": 99.5,
-        "student_epochs": 1,
+        "student_epochs": 20,
+        "student_samples": 3200,
+        "patience": 3,
         "student_lr": 2e-4,
     },
 }
@@ -70,6 +77,9 @@ class TrainConfig:
     train_samples: int | None = _opt(None, "train on the first N training images only", "data")
     test_samples: int | None = _opt(None, "measure test accuracy on the first N test images only", "data")
     augment: bool = _opt(False, "random 4-pixel crops and horizontal flips of colour images (greyscale untouched)", "data")
+    validation_fraction: float = _opt(
+        0.1, "share of the training images held out (seeded by --seed) to choose the balancing percentile and "
+        "the best epochs; the test set is never used for a choice", "data")
     # -- run --------------------------------------------------------------------------------
     out: str | None = _opt(None, "run folder to write (student.safetensors, metrics.json, checkpoints)", "run")
     preset: str | None = _opt(None, "named schedule filling options not given (quick: a small CPU run)", "run", tuple(PRESETS))
@@ -88,11 +98,18 @@ class TrainConfig:
     teacher: str = _opt("resnet20", "teacher ANN architecture (used by kd, hetero-kd, lasnn, lasnn-grad)", "teacher", tuple(TEACHERS))
     # -- stage 1: teacher ----------------------------------------------------------------------
     teacher_epochs: int = _opt(100, "teacher training epochs", "teacher")
+    teacher_steps: int | None = _opt(None, "train the teacher for about N optimiser steps instead (whole epochs, at least one)", "teacher")
     teacher_optimizer: str = _opt("sgd", "teacher optimiser", "teacher", OPTIMIZERS)
     teacher_lr: float = _opt(0.1, "teacher learning rate", "teacher")
     teacher_weight_decay: float = _opt(5e-4, "teacher weight decay", "teacher")
     # -- stage 2: intermediate ANN ---------------------------------------------------------------
-    ann_epochs: int = _opt(100, "intermediate ANN training epochs", "ann")
+    intermediate: str = _opt(
+        "plain", "intermediate ANN: plain (the LaSNN paper's: ReLU, no bias, no batch norm), bn (batch norm, folded into "
+        "a per-channel bias at conversion) or qcfs (bn with Bu et al.'s clip-floor-shift activation; the clips "
+        "give the thresholds)", "ann", INTERMEDIATES)
+    qcfs_levels: int | None = _opt(None, "qcfs: quantisation levels L of the activation (default: --timesteps)", "ann")
+    ann_epochs: int = _opt(100, "intermediate ANN training epochs (the best on the validation split is kept)", "ann")
+    ann_steps: int | None = _opt(None, "train the intermediate ANN for about N optimiser steps instead (whole epochs)", "ann")
     ann_optimizer: str = _opt("sgd", "intermediate ANN optimiser", "ann", OPTIMIZERS)
     ann_lr: float = _opt(0.01, "intermediate ANN learning rate", "ann")
     ann_weight_decay: float = _opt(5e-4, "intermediate ANN weight decay", "ann")
@@ -101,13 +118,15 @@ class TrainConfig:
     batch_size: int = _opt(64, "training batch size of all stages; under torchrun the global batch, split evenly over the processes", "ann")
     eval_batch_size: int = _opt(256, "batch size when measuring test accuracy", "ann")
     # -- stage 3: conversion -------------------------------------------------------------------
-    balance_percentile: float = _opt(
-        100.0, "theta_l = this percentile of layer l's input current (100: the maximum; at small T about 99.5 converts far better)", "conversion"
+    balance_percentile: float | None = _opt(
+        None, "theta_l = this percentile of layer l's input current (100: the maximum); default: the best of "
+        f"{', '.join(map(str, BALANCE_CANDIDATES))} on the validation split", "conversion"
     )
     balance_batches: int = _opt(8, "training batches used for threshold balancing", "conversion")
     # -- stage 4: fine-tuning ----------------------------------------------------------------
     method: str = _opt("lasnn", "training method after conversion", "method", METHODS)
-    student_epochs: int = _opt(30, "student SNN fine-tuning epochs (Adam)", "method")
+    student_epochs: int = _opt(30, "student SNN fine-tuning epochs at most (Adam; the best on the validation split is kept)", "method")
+    patience: int | None = _opt(None, "stop fine-tuning after N epochs without a better validation accuracy (default: run all)", "method")
     student_samples: int | None = _opt(None, "fine-tune on N training images per epoch, a new seeded draw each epoch (default: all)", "method")
     student_lr: float = _opt(1e-4, "student SNN learning rate", "method")
     student_weight_decay: float = _opt(0.0, "student SNN weight decay (weights only)", "method")
@@ -159,12 +178,20 @@ def check_config(cfg: TrainConfig) -> None:
                  "ann_weight_decay", "student_weight_decay"]:
         if getattr(cfg, name) < 0:
             raise UserError(f"--{_flag(name)} must not be negative, got {getattr(cfg, name)}")
-    for name in ["train_samples", "test_samples", "student_samples", "threads"]:
+    for name in ["train_samples", "test_samples", "student_samples", "threads", "teacher_steps", "ann_steps", "patience",
+                 "qcfs_levels"]:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(cfg, name)}")
     if cfg.timesteps > MAX_TIMESTEPS:
         raise UserError(f"--timesteps must be at most {MAX_TIMESTEPS}, got {cfg.timesteps}")
-    if not 0 < cfg.balance_percentile <= 100:
+    if cfg.intermediate != "qcfs" and cfg.qcfs_levels is not None:
+        raise UserError(f"--qcfs-levels applies to --intermediate qcfs only, not {cfg.intermediate}; drop it or use qcfs")
+    if cfg.intermediate == "qcfs" and cfg.balance_percentile is not None:
+        raise UserError("--balance-percentile cannot apply to --intermediate qcfs: its learned clips give the thresholds; "
+                        "drop the percentile or use --intermediate bn")
+    if not 0 < cfg.validation_fraction < 1:
+        raise UserError(f"--validation-fraction must be in (0, 1), got {cfg.validation_fraction}")
+    if cfg.balance_percentile is not None and not 0 < cfg.balance_percentile <= 100:
         raise UserError(f"--balance-percentile must be in (0, 100], got {cfg.balance_percentile}")
     if not 0 <= cfg.kd_weight <= 1:
         raise UserError(f"--kd-weight must be in [0, 1], got {cfg.kd_weight}")
@@ -204,6 +231,9 @@ def make_config(**options: Any) -> TrainConfig:
     if preset is not None and preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     values = {**PRESETS.get(preset, {}), **options}
+    for stage in ("teacher", "ann"):  # epochs given outrank a preset's steps
+        if f"{stage}_epochs" in options and f"{stage}_steps" not in options:
+            values[f"{stage}_steps"] = None
     values = {k: _check_type(k, v, f"option {k!r}") for k, v in values.items()}
     return TrainConfig(**values)
 

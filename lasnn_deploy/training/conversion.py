@@ -31,6 +31,16 @@ The ANN adds the two at one scale, so before that LIF is balanced the second con
 multiplied by ``Lambda_1 / Lambda_in``; both branches then arrive in units of ``1 / Lambda_in``, the
 identity shortcut stays an identity, and the block's LIF gets ``Lambda = Lambda_in theta``.
 
+Biases (a batch norm folded in, ``training.intermediate``): a layer reading spikes at rate
+``a / Lambda_in`` gets ``W a / Lambda_in + b``, so before it is balanced its bias is divided by
+``Lambda_in`` (the block input's for a block's conv); the current is then the ANN's ``W a + b`` in
+units of ``1 / Lambda_in``, and balancing goes on as without bias. The output layer's bias stays: its
+weights are scaled by ``Lambda_L`` instead.
+
+A QCFS intermediate ANN (``clips`` given) needs no statistic: its clip ``lam_l`` is the largest
+activation of layer ``l``, so ``theta_l = lam_l / Lambda_in`` and ``Lambda_l = lam_l``. Its shift
+(a half-threshold starting charge) is added as ``theta_l / (2T)`` to the bias every step.
+
 Dropout is off (eval mode) while balancing, and Poisson inputs are drawn from a seed per batch.
 Under several processes (torchrun) each takes some of the whole batches, and the per-batch
 percentiles are reduced by an exact maximum over the processes, so the thresholds are those of one
@@ -96,9 +106,10 @@ def convert(
     batches: Batches,
     percentile_value: float = 100.0,
     seed: int = 0,
+    clips: Sequence[float] | None = None,
 ) -> list[float]:
-    """Threshold balancing, then the readout scaled by the last LIF layer's ``Lambda`` (steps 1-5)."""
-    thresholds = balance_thresholds(student, batches, percentile_value, seed)
+    """Threshold balancing (or QCFS ``clips``), then the readout scaled by the last LIF layer's ``Lambda``."""
+    thresholds = balance_thresholds(student, batches, percentile_value, seed, clips)
     student.weighted_modules()[-1].weight.mul_(rate_scales(student.config, thresholds)[-1])
     return thresholds
 
@@ -124,8 +135,11 @@ def balance_thresholds(
     batches: Batches,
     percentile_value: float = 100.0,
     seed: int = 0,
+    clips: Sequence[float] | None = None,
 ) -> list[float]:
     """Set the leak to 1 and every ``theta_l`` layer by layer (steps 1-4 of the module docstring).
+
+    With ``clips`` (a QCFS ANN's, one per LIF layer) the thresholds come from them, not from the batches.
 
     Batch ``b`` draws its Poisson input from ``seed + b``; ``b`` is its position in a sequence, or
     its key in a mapping (this process's share of the batches under torchrun).
@@ -138,9 +152,21 @@ def balance_thresholds(
     config = student.config
     for layer, index in enumerate(config.spiking_layers):
         spec = config.layers[index]
+        scales = rate_scales(config, thresholds)
         if isinstance(spec, Shortcut):  # both branches in units of the block input's rate first
-            scales = rate_scales(config, thresholds)
-            student.body[index - 1].weight.mul_(scales[layer - 1] / scales[config.source_lif(spec.source)])
+            before, synapses = config.source_lif(spec.source), student.body[index - 1]
+            synapses.weight.mul_(scales[layer - 1] / scales[before])
+        else:
+            before, synapses = layer - 1, student.body[index]
+        if synapses.bias is not None:
+            synapses.bias.div_(scales[before] if before >= 0 else 1.0)
+        if clips is not None:
+            theta = max(float(clips[layer]) / (scales[before] if before >= 0 else 1.0), MIN_THRESHOLD)
+            if synapses.bias is not None:
+                synapses.bias.add_(theta / (2 * config.timesteps))
+            student.thresholds[layer] = theta
+            thresholds.append(theta)
+            continue
         peak = max(
             (percentile(layer_input_current(student, layer, x, seed + b), percentile_value) for b, x in items),
             default=-math.inf,

@@ -32,6 +32,22 @@ EpochHook = Callable[[str, int], None]
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    best_epoch: int | None = None  # with ``select``: the finished epoch whose weights were kept (0: the start)
+    best_score: float | None = None
+    epochs_run: int = 0
+
+
+@dataclass
+class Selection:
+    """Keep the weights of the best epoch by ``score()`` (higher is better; the validation accuracy).
+
+    ``score`` is called on the starting weights and after every epoch; the stage ends with the best
+    weights (the start counts, so a stage that only makes things worse changes nothing), and stops
+    early once ``patience`` epochs in a row brought no better score (None: run every epoch).
+    """
+
+    score: Callable[[], float]
+    patience: int | None = None
 
 
 def batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -105,6 +121,7 @@ def fit(
     after_step: Callable[[], None] | None = None,
     progress: bool = True,
     on_epoch_end: EpochHook | None = None,
+    select: Selection | None = None,
 ) -> FitResult:
     """Train ``step_module`` (``forward(x, y, seed) -> (loss, logits)``) for ``epochs`` epochs.
 
@@ -112,15 +129,19 @@ def fit(
     them out of DDP). ``batch_size`` is the global batch, split over the processes. After every
     epoch the state is checkpointed (rank 0 only) and ``on_epoch_end(name, epoch)`` is called; with
     ``resume`` the loop continues after the checkpoint's last finished epoch. ``epoch_samples``
-    limits an epoch to the first samples of that epoch's order.
+    limits an epoch to the first samples of that epoch's order. With ``select`` the best epoch's
+    weights are kept (``Selection``); they travel in the checkpoint, so a resumed run keeps the same.
     """
-    result, start = FitResult(), 0
+    result, start, best = FitResult(), 0, None
     if resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint)
         start, result.history, result.seconds = restore_training_state(state, checkpoint, step_module, optimizer,
                                                                         scheduler)
+        best = state.get("best")
     else:
         distributed.seed_this_process(seed)
+    if select is not None and best is None:
+        best = {"epoch": 0, "score": float(select.score()), "model": _state_copy(step_module)}
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     frozen = [p for p in step_module.parameters() if p.requires_grad and id(p) not in trained]
     for p in frozen:
@@ -128,9 +149,16 @@ def fit(
     try:
         model = distributed.wrap_model(step_module, device)
         for epoch in range(start, epochs):
+            if best is not None and select.patience is not None and epoch - best["epoch"] >= select.patience:
+                break  # a plateau: the last ``patience`` epochs found nothing better
             _epoch(name, model, optimizer, train_set, epoch, epochs, batch_size, seed, device, epoch_samples, augment,
                    after_step, progress, result)
             scheduler.step()
+            if best is not None:
+                score = float(select.score())
+                result.history[-1]["validation_accuracy"] = score
+                if score > best["score"]:
+                    best = {"epoch": epoch + 1, "score": score, "model": _state_copy(step_module)}
             states = process_rng_states()  # a collective: every process takes part
             if distributed.is_main_process():
                 save_checkpoint(
@@ -144,6 +172,7 @@ def fit(
                         **states,
                         "history": result.history,
                         "seconds": result.seconds,
+                        **({"best": best} if best is not None else {}),
                     },
                 )
             distributed.barrier()
@@ -152,7 +181,15 @@ def fit(
     finally:
         for p in frozen:
             p.requires_grad_(True)
+    result.epochs_run = len(result.history)
+    if best is not None:
+        step_module.load_state_dict(best["model"])
+        result.best_epoch, result.best_score = int(best["epoch"]), float(best["score"])
     return result
+
+
+def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def _epoch(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, epoch: int, epochs: int,

@@ -75,20 +75,6 @@ class TeacherStep(nn.Module):
         return F.cross_entropy(logits, y), logits
 
 
-class AnnStep(nn.Module):
-    """Stage 2: the student's weights as an ANN (ReLU in place of LIF) under CE."""
-
-    def __init__(self, student: SpikingStudent):
-        super().__init__()
-        self.student = student
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, seed: int = 0):
-        logits = self.student.forward_ann(x)[0]
-        if y is None:
-            return logits
-        return F.cross_entropy(logits, y), logits
-
-
 class FineTune(nn.Module):
     """Stage 4: the student SNN (and, for tssd, its weak classifiers) under a method's loss."""
 

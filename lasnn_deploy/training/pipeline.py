@@ -8,7 +8,11 @@ they would have been:
 3. conversion by threshold balancing -> ``RUN/converted.safetensors`` (a student file)
 4. fine-tuning by the method (none for ``conversion``) -> ``RUN/student.safetensors``
 
-then ``RUN/metrics.json`` (SPEC section 5). ``RUN/config.json`` holds the options of the run and
+then ``RUN/metrics.json`` (SPEC section 5). Every choice is made on a validation split carved from
+the training images (``validation_fraction``, a draw seeded by the run's seed; its size and seed
+are in metrics.json): the intermediate ANN's best epoch, the balancing percentile (when not given)
+and the fine-tuned student's best epoch, with an early stop after ``patience`` epochs without a
+better one. The test set is only measured, never used for a choice. ``RUN/config.json`` holds the options of the run and
 ``RUN/progress.json`` the results of finished stages 3 and 4; ``RUN/checkpoints/<stage>.pt`` the
 last finished epoch of a stage in progress (removed once the stage's file is written).
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -47,15 +52,16 @@ from ..models import build_student, build_teacher
 from ..student import STUDENT_FILE, SpikingStudent, load_student, save_student
 from . import distributed
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path, load_matching_weights, save_weights
-from .config import TrainConfig, config_to_json, make_config
+from .config import BALANCE_CANDIDATES, TrainConfig, config_to_json, make_config
 from .conversion import convert
-from .loop import EpochHook, batches, fit, make_optimizer, make_scheduler
-from .objectives import AnnStep, FineTune, TeacherStep
+from .intermediate import IntermediateAnn, fold_batch_norm
+from .loop import EpochHook, FitResult, Selection, batches, fit, make_optimizer, make_scheduler
+from .objectives import FineTune, TeacherStep
 
 TEACHER_FILE, ANN_FILE, CONVERTED_FILE = "teacher.safetensors", "ann.safetensors", "converted.safetensors"
 CONFIG_FILE, PROGRESS_FILE, METRICS_FILE = "config.json", "progress.json", "metrics.json"
-TEACHER_FORMAT, ANN_FORMAT = "lasnn-deploy-teacher/1", "lasnn-deploy-ann/1"
-STAGE_SEEDS = {"teacher": 1, "ann": 2, "conversion": 3, "finetune": 4}
+TEACHER_FORMAT, ANN_FORMAT = "lasnn-deploy-teacher/1", "lasnn-deploy-ann/2"  # ann/2: the IntermediateAnn's state
+STAGE_SEEDS = {"teacher": 1, "ann": 2, "conversion": 3, "finetune": 4, "validation": 5}
 # Options that change nothing a finished stage computed; they may differ on --resume.
 RESUME_FREE = {"resume", "progress", "threads", "device", "eval_batch_size", "out"}
 IN_MEMORY_LIMIT = 2**31  # bytes: smaller image folders are decoded once and kept as tensors
@@ -67,6 +73,7 @@ class Run:
     folder: Path
     device: torch.device
     train_set: Dataset
+    val_set: Dataset
     test_set: TensorDataset
     info: DataInfo
     on_epoch_end: EpochHook | None
@@ -106,8 +113,8 @@ def _train(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook | 
     run = _prepare(config, device, on_epoch_end)
     stages: dict[str, dict[str, Any]] = {}
     teacher = _teacher_stage(run, stages) if config.needs_teacher else None
-    student = _ann_stage(run, stages)
-    _conversion_stage(run, student, stages)
+    student, clips = _ann_stage(run, stages)
+    _conversion_stage(run, student, clips, stages)
     if config.method != "conversion":
         _finetune_stage(run, student, teacher, stages)
     elif distributed.is_main_process():
@@ -144,6 +151,30 @@ def _in_memory(dataset: Dataset, limit: int | None) -> Dataset:
     if not isinstance(dataset, TensorDataset) and count * image_bytes > IN_MEMORY_LIMIT:
         return dataset if limit is None else torch.utils.data.Subset(dataset, range(count))
     return TensorDataset(*first_samples(dataset, count))
+
+
+def validation_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, validation) indices of ``count`` samples: ``ceil(fraction * count)`` drawn for validation.
+
+    A seeded permutation, so the split depends only on the run's seed and the data; both lists
+    keep the data's order. At least one sample stays on each side.
+    """
+    if count < 2:
+        raise UserError(f"{count} training image(s) cannot be split into training and validation; use more data")
+    size = min(count - 1, max(1, math.ceil(fraction * count)))
+    chosen = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:size]
+    held = torch.zeros(count, dtype=torch.bool)
+    held[chosen] = True
+    return torch.nonzero(~held).flatten().tolist(), torch.nonzero(held).flatten().tolist()
+
+
+def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """The training images without the validation split, and the validation split (tensors when in memory)."""
+    train_idx, val_idx = validation_indices(len(dataset), fraction, seed)
+    if isinstance(dataset, TensorDataset):
+        return (TensorDataset(*(t[train_idx] for t in dataset.tensors)),
+                _in_default_dtype(TensorDataset(*(t[val_idx] for t in dataset.tensors))))
+    return Subset(dataset, train_idx), Subset(dataset, val_idx)
 
 
 def _in_default_dtype(dataset: TensorDataset) -> TensorDataset:
@@ -186,11 +217,14 @@ def _prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook 
     full_train = load_split(config.dataset, config.data_dir, "train")
     test_set = load_split(config.dataset, config.data_dir, "test")
     info = data_info(full_train)
+    seed = config.seed * 1000 + STAGE_SEEDS["validation"]
+    train_set, val_set = split_validation(_in_memory(full_train, config.train_samples), config.validation_fraction, seed)
     run = Run(
         config=config,
         folder=folder,
         device=device,
-        train_set=_in_memory(full_train, config.train_samples),
+        train_set=train_set,
+        val_set=val_set,
         test_set=_in_default_dtype(TensorDataset(*first_samples(test_set, config.test_samples))),
         info=info,
         on_epoch_end=on_epoch_end,
@@ -206,7 +240,16 @@ def _prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook 
     return run
 
 
-def _fit(run: Run, name: str, module: nn.Module, params, optimizer: str, lr: float, weight_decay: float, epochs: int, **kw):
+def stage_epochs(run: Run, epochs: int, steps: int | None, epoch_samples: int | None = None) -> int:
+    """``epochs``, or the whole epochs (at least one) that make about ``steps`` optimiser steps when given."""
+    if steps is None:
+        return epochs
+    per_epoch = -(-min(len(run.train_set), epoch_samples or len(run.train_set)) // run.config.batch_size)
+    return max(1, round(steps / per_epoch))
+
+
+def _fit(run: Run, name: str, module: nn.Module, params, optimizer: str, lr: float, weight_decay: float, epochs: int,
+         **kw) -> FitResult:
     cfg = run.config
     opt = make_optimizer(params, optimizer, lr, weight_decay, cfg.momentum)
     return fit(
@@ -237,21 +280,22 @@ def _finish_stage(run: Run, name: str) -> None:
             path.parent.rmdir()
 
 
-def _test_part(run: Run) -> Subset | None:
-    """This process's contiguous share of the test set, in whole evaluation batches (None: no share)."""
-    size, count = run.config.eval_batch_size, len(run.test_set)
+def _test_part(run: Run, dataset: Dataset) -> Subset | None:
+    """This process's contiguous share of ``dataset``, in whole evaluation batches (None: no share)."""
+    size, count = run.config.eval_batch_size, len(dataset)
     mine = distributed.share(-(-count // size))
-    return Subset(run.test_set, range(mine.start * size, min(count, mine.stop * size))) if mine else None
+    return Subset(dataset, range(mine.start * size, min(count, mine.stop * size))) if mine else None
 
 
-def _evaluate_snn(run: Run, student: SpikingStudent, desc: str) -> dict[str, float]:
-    """``evaluate_student`` on the test set; the processes share it and sum their integer counts.
+def _evaluate_snn(run: Run, student: SpikingStudent, desc: str, dataset: Dataset | None = None) -> dict[str, float]:
+    """``evaluate_student`` on ``dataset`` (the test set by default); the processes share it and sum
+    their integer counts.
 
     Poisson spikes of a test sample are seeded by its index in the whole set, so a share gives the
     figures of one process evaluating everything.
     """
     model = student if run.device.type == "cpu" else copy.deepcopy(student).cpu()
-    cfg, part, sums = run.config, _test_part(run), [0.0, 0.0, 0.0]  # correct, spikes, samples
+    cfg, part, sums = run.config, _test_part(run, run.test_set if dataset is None else dataset), [0.0, 0.0, 0.0]
     if part is not None:
         result = evaluate_student(model, part, batch_size=cfg.eval_batch_size, seed=cfg.seed + part.indices.start,
                                   progress=run.show, desc=desc)
@@ -261,9 +305,9 @@ def _evaluate_snn(run: Run, student: SpikingStudent, desc: str) -> dict[str, flo
     return {"test_accuracy": correct / total, "spikes_per_sample": spikes / total}
 
 
-def _evaluate_ann(run: Run, model: nn.Module) -> float:
+def _evaluate_ann(run: Run, model: nn.Module, dataset: Dataset | None = None) -> float:
     model = model if run.device.type == "cpu" else copy.deepcopy(model).cpu()
-    part, sums = _test_part(run), [0.0, 0.0]  # correct, samples
+    part, sums = _test_part(run, run.test_set if dataset is None else dataset), [0.0, 0.0]  # correct, samples
     if part is not None:
         sums = [round(evaluate_ann(model, part, batch_size=run.config.eval_batch_size) * len(part)), len(part)]
     correct, total = distributed.reduce_sums(sums)
@@ -288,12 +332,13 @@ def _teacher_stage(run: Run, stages: dict) -> nn.Module:
         stages["teacher"] = {**meta["result"], "loaded": True}
     else:
         step = TeacherStep(distributed.sync_batch_norm(teacher, run.device))
+        epochs = stage_epochs(run, cfg.teacher_epochs, cfg.teacher_steps)
         fitted = _fit(run, "teacher", step, step.parameters(), cfg.teacher_optimizer, cfg.teacher_lr,
-                      cfg.teacher_weight_decay, cfg.teacher_epochs)
+                      cfg.teacher_weight_decay, epochs)
         began = time.perf_counter()
         _recalibrate_batch_norm(run, teacher)
         accuracy = _evaluate_ann(run, teacher)
-        result = {"test_accuracy": accuracy, "seconds": fitted.seconds, "epochs": cfg.teacher_epochs,
+        result = {"test_accuracy": accuracy, "seconds": fitted.seconds, "epochs": epochs,
                   "evaluate_seconds": time.perf_counter() - began, "history": fitted.history}
         if distributed.is_main_process():
             save_weights(path, teacher, {**expected, "result": result})
@@ -330,39 +375,53 @@ def _student_config(run: Run):
         reset=cfg.reset,
         width=cfg.student_width,
         dropout=cfg.student_dropout,
+        bias=cfg.intermediate != "plain",
     )
 
 
-def _ann_stage(run: Run, stages: dict) -> SpikingStudent:
+def _ann_stage(run: Run, stages: dict) -> tuple[SpikingStudent, list[float] | None]:
+    """The trained intermediate ANN folded into a student (and a QCFS ANN's clips, else None)."""
     cfg = run.config
     torch.manual_seed(run.seed("ann"))
-    student = SpikingStudent(_student_config(run)).to(run.device)
+    levels = cfg.qcfs_levels or cfg.timesteps if cfg.intermediate == "qcfs" else None
+    ann = IntermediateAnn(SpikingStudent(_student_config(run)), cfg.intermediate, levels).to(run.device)
+    student = SpikingStudent(ann.student.config).to(run.device)
     arch = student.config.to_dict()
     expected = {
         "format": ANN_FORMAT,
         "architecture": {k: arch[k] for k in ("arch", "input_shape", "num_classes", "layers")},
+        "intermediate": cfg.intermediate,
+        "levels": levels,
         "dataset": cfg.dataset,
     }
     path = run.folder / ANN_FILE
     if path.is_file():
-        meta = load_matching_weights(path, student, expected, "intermediate ANN")
+        meta = load_matching_weights(path, ann, expected, "intermediate ANN")
         stages["ann"] = {**meta["result"], "loaded": True}
-        return student
-    step = AnnStep(student)
-    weights = [p for m in student.weighted_modules() for p in m.parameters()]
-    fitted = _fit(run, "ann", step, weights, cfg.ann_optimizer, cfg.ann_lr, cfg.ann_weight_decay, cfg.ann_epochs)
+        return _folded(ann, student)
+    step = distributed.sync_batch_norm(ann, run.device)
+    epochs = stage_epochs(run, cfg.ann_epochs, cfg.ann_steps)
+    fitted = _fit(run, "ann", step, ann.trained_parameters(), cfg.ann_optimizer, cfg.ann_lr, cfg.ann_weight_decay,
+                  epochs, after_step=ann.clamp_parameters_, select=Selection(lambda: _evaluate_ann(run, ann, run.val_set)))
     began = time.perf_counter()
-    accuracy = _evaluate_ann(run, step)
-    result = {"test_accuracy": accuracy, "seconds": fitted.seconds, "epochs": cfg.ann_epochs,
-              "evaluate_seconds": time.perf_counter() - began, "history": fitted.history}
+    accuracy = _evaluate_ann(run, ann)
+    result = {"test_accuracy": accuracy, "validation_accuracy": fitted.best_score, "best_epoch": fitted.best_epoch,
+              "seconds": fitted.seconds, "epochs": epochs, "evaluate_seconds": time.perf_counter() - began,
+              "history": fitted.history}
     if distributed.is_main_process():
-        save_weights(path, student, {**expected, "result": result})
+        save_weights(path, ann, {**expected, "result": result})
     _finish_stage(run, "ann")
     stages["ann"] = {**result, "loaded": False}
-    return student
+    return _folded(ann, student)
 
 
-def _conversion_stage(run: Run, student: SpikingStudent, stages: dict) -> None:
+def _folded(ann: IntermediateAnn, student: SpikingStudent) -> tuple[SpikingStudent, list[float] | None]:
+    ann.eval()
+    fold_batch_norm(ann, student)
+    return student, None if ann.clips is None else ann.clips.detach().cpu().tolist()
+
+
+def _conversion_stage(run: Run, student: SpikingStudent, clips: list[float] | None, stages: dict) -> None:
     cfg = run.config
     path = run.folder / CONVERTED_FILE
     if cfg.resume and "conversion" in run.progress and path.is_file():
@@ -376,7 +435,17 @@ def _conversion_stage(run: Run, student: SpikingStudent, stages: dict) -> None:
     mine = distributed.share(count)  # whole batches per process, so each batch's percentile is exact
     local = order[mine.start * cfg.batch_size : mine.stop * cfg.batch_size]
     images = {b: x.to(run.device) for b, (x, _) in zip(mine, batches(run.train_set, local, cfg.batch_size))}
-    thresholds = convert(student, images, cfg.balance_percentile, seed=run.seed("conversion"))
+    candidates = BALANCE_CANDIDATES if cfg.balance_percentile is None and clips is None else (cfg.balance_percentile,)
+    ann_state, scores, best = copy.deepcopy(student.state_dict()), {}, None
+    for p in candidates:
+        student.load_state_dict(ann_state)
+        thresholds = convert(student, images, p or 100.0, seed=run.seed("conversion"), clips=clips)
+        if len(candidates) > 1:  # one given percentile needs no validation run
+            scores[str(p)] = _evaluate_snn(run, student, f"balance {p}", run.val_set)["test_accuracy"]
+        if best is None or scores[str(p)] > best[0]:
+            best = (scores.get(str(p), 0.0), p, thresholds, copy.deepcopy(student.state_dict()))
+    _, percentile, thresholds, converted = best
+    student.load_state_dict(converted)
     seconds = time.perf_counter() - began
     began = time.perf_counter()
     evaluation = _evaluate_snn(run, student, "converted")
@@ -384,7 +453,8 @@ def _conversion_stage(run: Run, student: SpikingStudent, stages: dict) -> None:
         "test_accuracy": evaluation["test_accuracy"],
         "spikes_per_sample": evaluation["spikes_per_sample"],
         "thresholds": thresholds,
-        "percentile": cfg.balance_percentile,
+        "percentile": percentile,
+        "percentile_validation_accuracy": scores,
         "batches": count,
         "seconds": seconds,
         "evaluate_seconds": time.perf_counter() - began,
@@ -408,15 +478,20 @@ def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None
     neuron = [student.leak, student.thresholds]
     weights = [p for p in objective.parameters() if all(p is not q for q in neuron)]
     params = [{"params": weights, "weight_decay": cfg.student_weight_decay}, {"params": neuron, "weight_decay": 0.0}]
+    select = Selection(lambda: _evaluate_snn(run, student, "validation", run.val_set)["test_accuracy"], cfg.patience)
     fitted = _fit(run, "finetune", objective, params, "adam", cfg.student_lr, cfg.student_weight_decay,
-                  cfg.student_epochs, after_step=student.clamp_parameters_, epoch_samples=cfg.student_samples)
+                  cfg.student_epochs, after_step=student.clamp_parameters_, epoch_samples=cfg.student_samples,
+                  select=select)
     began = time.perf_counter()
     evaluation = _evaluate_snn(run, student, "student")
     result = {
         "test_accuracy": evaluation["test_accuracy"],
         "spikes_per_sample": evaluation["spikes_per_sample"],
+        "validation_accuracy": fitted.best_score,
+        "best_epoch": fitted.best_epoch,
+        "stopped_early": fitted.epochs_run < cfg.student_epochs,
         "seconds": fitted.seconds,
-        "epochs": cfg.student_epochs,
+        "epochs": fitted.epochs_run,
         "evaluate_seconds": time.perf_counter() - began,
         "history": fitted.history,
     }
@@ -448,6 +523,8 @@ def _metrics(run: Run, student: SpikingStudent, stages: dict[str, dict[str, Any]
         "converted_spikes_per_sample": stages["conversion"]["spikes_per_sample"],
         "test_samples": len(run.test_set),
         "train_samples": len(run.train_set),
+        "validation": {"samples": len(run.val_set), "fraction": cfg.validation_fraction,
+                       "seed": cfg.seed * 1000 + STAGE_SEEDS["validation"]},
         "leak": float(student.leak.detach()),
         "thresholds": student.thresholds.detach().tolist(),
         "train_seconds": sum(s["seconds"] for s in stages.values()),
