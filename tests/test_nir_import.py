@@ -151,11 +151,31 @@ def test_cubalif_with_an_instant_synapse_is_a_lif_and_one_with_memory_is_refused
     steps = images.unsqueeze(0).expand(T, *images.shape)
     assert_same(RunResult(*fn.simulate("spikingjelly", instant, steps)), traced(student, images))
 
+    _norse_cubalif_matches_norse(images)
+
     syn = snn.Synaptic(alpha=torch.full((32,), 0.5), beta=torch.full((32,), 0.9), threshold=torch.full((32,), 0.5),
                        init_hidden=True, reset_mechanism="zero")
     body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 32, bias=False), syn, torch.nn.Linear(32, 10, bias=False))
     with pytest.raises(UserError, match=r"NIR node '2': CubaLIF synapse tau_syn"):
         student_from_any_nir(export_to_nir(body, torch.rand(1, *fn.SHAPE), ignore_dims=[0]), library="snntorch")
+
+
+def _norse_cubalif_matches_norse(images) -> None:
+    """Norse's LIFCell with tau_syn_inv = 1/dt (its current forgets every step), exported as CubaLIF."""
+    if importlib.util.find_spec("norse") is None:
+        return
+    import norse.torch as norse
+    from norse.torch.utils.export_nir import to_nir
+
+    cell = norse.LIFCell(norse.LIFParameters(tau_syn_inv=torch.tensor(1000.0), tau_mem_inv=torch.tensor(200.0),
+                                              v_th=torch.tensor(0.2)))
+    body = norse.SequentialState(torch.nn.Linear(256, 32), cell, torch.nn.Linear(32, 10))
+    fn._init(body, 1, 1.0)
+    f = fn.Foreign(body, to_nir(body, torch.rand(1, 256)), [cell])
+    assert any(isinstance(n, nir.CubaLIF) for n in f.graph.nodes.values())
+    student = student_from_any_nir(f.graph, library="norse", timesteps=T, input_shape=fn.SHAPE)
+    steps = images.unsqueeze(0).expand(T, *images.shape)
+    assert_same(RunResult(*fn.simulate("norse", f, steps)), traced(student, images))
 
 
 def test_our_own_nir_file_comes_back_as_the_identical_student(tmp_path, capsys):
