@@ -114,12 +114,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .exporters import TARGETS, export
+    from .exporters import get_target
     from .student import load_student
 
+    target = get_target(args.target)
     student = load_student(args.model)
     folder = args.model if args.model.is_dir() else args.model.parent
-    out = args.out or folder / f"student{TARGETS.get(args.target, '')}"
+    out = args.out or folder / f"student{target.suffixes[0]}"
     if args.nir_for is not None:
         from .exporters import nir_runtimes
 
@@ -128,7 +129,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = nir_runtimes.export(student, out, args.nir_for)
         print(f"wrote nir export for {args.nir_for}: {path}")
         return 0
-    path = export(student, args.target, out)
+    path = target.export(student, out)
     print(f"wrote {args.target} export: {path}")
     return 0
 

@@ -164,7 +164,7 @@ def test_refuses_soft_reset_without_writing(tmp_path):
 def test_refuses_clipping_beyond_the_stated_fraction_without_writing(tmp_path):
     student = make_student("poisson")
     with pytest.raises(UserError, match=r"layer conv0: .*% of its weights would clip .*\[-256, 254\]"):
-        lava.export(student, tmp_path / "net.h5", weight_percentile=90)
+        lava.LavaTarget(weight_percentile=90).export(student, tmp_path / "net.h5")
     assert not list(tmp_path.iterdir())
 
 

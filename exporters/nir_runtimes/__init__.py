@@ -33,7 +33,7 @@ from ...atomic import atomic_path
 from ...errors import UserError
 from ...neurons import _lif_forward
 from ...student import AvgPool, Conv, Linear, Shortcut, SpikingStudent
-from .. import RunResult
+from ..target import RunResult
 from .. import nir as nir_target
 from . import transforms
 
@@ -113,7 +113,7 @@ def run(path: str | Path, images: Any = None, input_spikes: Any = None, runtime:
     graph, settings = nir_target.read_graph(path)
     runtime = runtime_of(graph, runtime, path)
     if runtime == "snntorch" and not batched(graph, runtime):
-        return nir_target.run(path, images, input_spikes)
+        return nir_target._run(path, images, input_spikes)  # the plain file's own step: no recursion
     steps = nir_target._input_steps(images, input_spikes, settings, path)
     chain, into = nir_target._layout(graph, path)
     lifs = [n for n in chain if isinstance(graph.nodes[n], nir.LIF)]
@@ -186,6 +186,6 @@ def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = N
         current = current.unflatten(0, (T, -1)) if current.shape[0] == T * batch else current.expand(T, *current.shape)
         _, v = _lif_forward(current.float(), student.leak.detach(), student.thresholds[k].detach(), True, True)
         potentials.append(torch.stack(v).numpy())
-    names = [f"{cfg.layers[i].type}{i}" for i in cfg.spiking_layers]
+    names = [cfg.layer_name(i) for i in cfg.spiking_layers]
     return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names,
                      potentials=potentials)
