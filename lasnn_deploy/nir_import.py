@@ -16,14 +16,17 @@ to 0. The chain ``Input -> ... -> Output`` is read node by node:
   ODE; each exporter meant one discretisation at one ``dt`` (``CONVENTIONS``). Forward Euler
   (snnTorch, SpikingJelly, Norse)::
 
-      LIF      tau dv/dt = (v_leak - v) + r I     v[t] = (1 - dt/tau) v[t-1] + (r dt/tau) I[t] + (dt/tau) v_leak
+      LIF      tau dv/dt = (v_leak - v) + r I     v[t] = (1 - dt/tau) v[t-1] + (r dt/tau) I[t]
+                                                         + (dt/tau) v_leak
       IF       dv/dt = r I                         v[t] = v[t-1] + (r dt) I[t]
       CubaLIF  tau_syn dI/dt = -I + w_in x         I[t] = (1 - dt/tau_syn) I[t-1] + (w_in dt/tau_syn) x[t]
 
   Sinabs counts ``tau`` in steps (``dt = 1``) and decays exactly: ``lam = exp(-dt/tau)``, input
-  gain ``r (1 - lam)`` (its ``norm_input``). So ``lam`` is ``1 - dt/tau`` (or ``exp(-dt/tau)``),
-  the input gain ``g`` multiplies the preceding layer's weights and bias (skipped when it is 1 to
-  float32 rounding, as every exporter that writes ``r = tau/dt`` means), and a constant drive
+  gain ``r (1 - lam)`` (its ``norm_input``). Norse 1.1.0 writes ``tau = dt / tau_mem_inv`` (so the
+  time constant is ``tau / dt``) and an ``IF``'s ``r = 1`` for a gain of 1 per step. So ``lam`` is
+  ``1 - dt/tau`` (or ``exp(-dt/tau)``), the input gain ``g`` multiplies the preceding layer's
+  weights and bias (skipped when it is 1 to float32 rounding, as every exporter that writes
+  ``r = tau/dt`` means), and a constant drive
   ``(dt/tau) v_leak`` joins the bias. A CubaLIF reduces to a LIF only when its synapse keeps no
   current from one step to the next (``tau_syn = dt``, snnTorch's ``alpha = 0``); then
   ``g = w_in r dt / tau_mem``.
@@ -32,7 +35,9 @@ Refused, with one line naming the node and the reason: recurrence (a cycle, a su
 two inputs), per-neuron or per-layer differences in ``tau`` (a student shares one leak), a leak
 outside (0, 1] (a wrong ``dt``), ``v_reset != 0``, a synapse that does not reduce, and any other
 node. A graph that ends at a neuron is read out through an identity ``Linear`` added after it, so
-the logits are the output neurons' spike counts divided by ``T``.
+the logits are the output neurons' spike counts divided by ``T``; one that ends at a Conv over its
+whole map (Norse's exporter maps no Flatten) ends with Flatten + Linear instead. A vector input is
+read as an image of ``input_shape`` (default ``[F, 1, 1]``) with a Flatten first.
 """
 
 from __future__ import annotations
@@ -122,7 +127,8 @@ def _neuron(node: nir.NIRNode, name: str, conv: Convention) -> _Neuron:
         step = (1 - math.exp(-dt / tau)) if conv.exact else dt / tau
         lam = 1.0 - step
         if not 0 < lam <= 1:
-            raise UserError(f"{_where(name)}: dt = {dt:.6g} against tau = {tau:.6g} gives leak {lam:.6g}, outside (0, 1]: "
+            raise UserError(f"{_where(name)}: dt = {dt:.6g} against tau = {tau:.6g} gives leak {lam:.6g}, "
+                            "outside (0, 1]: "
                             f"a wrong dt for this file; {HINT}")
         gain, drive = r * step, step * v_leak
         if isinstance(node, nir.CubaLIF):
@@ -253,8 +259,9 @@ def _conv_readout(b: _Builder, input_shape: tuple[int, int, int]) -> None:
         return
     c, h, w = _shape_before(input_shape, b.layers[:i])
     if spec.padding != 0 or spec.kernel_size != h or h != w:
-        raise UserError(f"layer {i} (conv): the graph ends with a convolution to a {spec.kernel_size}x{spec.kernel_size} "
-                        f"kernel on a {h}x{w} map; a student's output is a vector (a Linear, or a conv over the whole map)")
+        k = spec.kernel_size
+        raise UserError(f"layer {i} (conv): the graph ends with a {k}x{k} convolution on a {h}x{w} map; a student's "
+                        "output is a vector (a Linear, or a conv over the whole map)")
     weight = b.weights[i].reshape(spec.out_channels, -1)
     b.layers[i:i + 1] = [Flatten(), Linear(weight.shape[1], spec.out_channels, spec.bias)]
     b.weights = {(k + 1 if k >= i else k): v for k, v in b.weights.items()}
