@@ -234,6 +234,14 @@ def test_reset_to_another_value_and_per_neuron_thresholds_are_refused():
 
 
 @needs("snntorch")
+def test_a_flatten_of_part_of_the_map_is_refused():
+    g = _graph("snntorch", "conv")
+    g.nodes["3"].start_dim = 1  # [C, H*W]: not a student's flatten
+    with pytest.raises(UserError, match=r"NIR node '3': Flatten\(start_dim=1, end_dim=-1\) does not flatten the whole"):
+        student_from_any_nir(g, library="snntorch")
+
+
+@needs("snntorch")
 def test_conventions_give_each_library_its_dt():
     dts = {k: c.dt for k, c in CONVENTIONS.items()}
     assert dts == {"snntorch": 1e-4, "spikingjelly": 1e-4, "norse": 1e-3, "sinabs": 1.0}
