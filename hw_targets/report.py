@@ -155,8 +155,8 @@ def profile_report(run: StudentRun, student: SpikingStudent, profile: Profile, *
         report["input_spikes"], report["input_spikes_std"] = _stat(run.input_spikes)
     bias_inputs = sum(c.bias_inputs for c in run.layers)
     if bias_inputs and not profile.bias_known:
-        report["unpriced"] = {"bias_inputs": bias_inputs,
-                              "reason": "the profile's energy per bias input is unknown; total_energy_j leaves them out"}
+        report["unpriced"] = {"bias_inputs": bias_inputs, "reason": "the profile's energy per bias input is unknown; "
+                                                                    "total_energy_j leaves them out"}
     if profile.limits is not None:
         deployment = map_to_cores(deployed_layers(student), profile.limits, weight_bits=weight_bits, direct_encoding=run.input_spikes is None)
         report.update(cores=deployment.cores, chips=deployment.chips, violations=deployment.violations,
