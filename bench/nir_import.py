@@ -86,7 +86,8 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "nir_import.json"
     write_text(out, json.dumps({"samples": args.samples, "timesteps": args.timesteps, "rows": rows}, indent=2) + "\n")
     keys = ("student", "onnx", "lava", "lava_validate")
-    print("| library | net | leak | student | ONNX | Lava | Lava vs its validate reference | max logit error (student, ONNX, Lava) |")
+    print("| library | net | leak | student | ONNX | Lava | Lava vs its validate reference "
+          "| max logit error (student, ONNX, Lava) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         cells = [f"{r[k]['output_agreement']:.4f} / {r[k]['spike_agreement']:.4f}" for k in keys]

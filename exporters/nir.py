@@ -527,14 +527,18 @@ class NirTarget(Target):
 
     name, suffixes = "nir", (".nir",)
     options = {"runtime": None}
+    in_batches = False  # the reference's order: one image at a time (the plain file in snnTorch); see for_file
     _check, _export = staticmethod(_check), staticmethod(_export)
 
     @classmethod
     def for_file(cls, path: str | Path, runtime: str | None = None) -> "NirTarget":
         """The target with the runtime resolved for the file at ``path`` (its own, or the one asked for)."""
-        from .nir_runtimes import runtime_of
+        from . import nir_runtimes
 
-        return cls(runtime=runtime_of(read_graph(path)[0], runtime, path))
+        graph = read_graph(path)[0]
+        target = cls(runtime=nir_runtimes.runtime_of(graph, runtime, path))
+        target.in_batches = nir_runtimes.batched(graph, target.settings["runtime"])
+        return target
 
     def _run(self, path: Path, images: Any, input_spikes: Any) -> RunResult:
         from . import nir_runtimes
@@ -546,7 +550,7 @@ class NirTarget(Target):
             return _reference(student, images, input_spikes)
         from . import nir_runtimes
 
-        return nir_runtimes.reference(student, images, input_spikes, runtime=self.settings["runtime"])
+        return nir_runtimes.reference(student, images, input_spikes, in_batches=self.in_batches)
 
 
 TARGET = NirTarget()

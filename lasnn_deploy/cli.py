@@ -192,6 +192,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def cmd_tradeoff(args: argparse.Namespace) -> int:
+    from .hw_targets.tradeoff import parse_timesteps, tradeoff
+
+    timesteps = parse_timesteps(args.timesteps)  # before the data loads
+    images, labels = _test_split(args)
+    tradeoff(args.runs, images, labels, timesteps=timesteps, hw=args.hw, out_dir=args.out, seed=args.seed)
+    print(f"trade-off in {args.out} (tradeoff.json, tradeoff.md, pareto.png)")
+    return 0
+
+
 def cmd_energy(args: argparse.Namespace) -> int:
     from .hw_targets.report import energy_report
     from .student import load_student
@@ -295,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sanafe", type=_int_at_least(0), default=0, metavar="N",
                    help="also simulate the first N samples with SANA-FE's Loihi model (optional extra, GPL-3.0, run in a separate process)")
     p.add_argument("--json", type=Path, help="also write energy.json's content to this file")
+
+    p = add("tradeoff", cmd_tradeoff, "accuracy, energy (dynamic and static) and latency at several T, for every method present",
+            "lasnn-deploy tradeoff runs/mnist --dataset mnist --data-dir ../shared/data --timesteps 2,4,8 --out runs/mnist/tradeoff")
+    p.add_argument("runs", type=Path, nargs="+", help="run folders (their student, and their converted SNN when kept)")
+    _add_data(p, samples_default=256)
+    p.add_argument("--timesteps", default="2,4,8", help="comma-separated T values, each once (default: 2,4,8)")
+    p.add_argument("--hw", default="all", help="'all', a profile name, a comma-separated list of names or a .toml file (default: all)")
+    p.add_argument("--out", type=Path, required=True, help="folder for tradeoff.json, tradeoff.md and pareto.png")
     return parser
 
 

@@ -105,13 +105,16 @@ def _sinabs(kind: str, seed: int) -> Foreign:
 
     one = dict(spike_fn=SingleSpike, reset_fn=MembraneReset())
     if kind == "conv":
-        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), sl.IAFSqueeze(batch_size=1, spike_threshold=1.0, **one),
+        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False),
+                            sl.IAFSqueeze(batch_size=1, spike_threshold=1.0, **one),
                             sl.SumPool2d(2), nn.Flatten(), nn.Linear(256, 10, bias=False))
     else:
         net = nn.Sequential(nn.Flatten(), nn.Linear(256, 32, bias=False),
-                            sl.LIFSqueeze(tau_mem=torch.full((32,), 4.0), batch_size=1, spike_threshold=torch.full((32,), 0.1), **one),
+                            sl.LIFSqueeze(tau_mem=torch.full((32,), 4.0), batch_size=1,
+                                          spike_threshold=torch.full((32,), 0.1), **one),
                             nn.Linear(32, 10, bias=False),
-                            sl.LIFSqueeze(tau_mem=torch.full((10,), 4.0), batch_size=1, spike_threshold=torch.full((10,), 0.05), **one))
+                            sl.LIFSqueeze(tau_mem=torch.full((10,), 4.0), batch_size=1,
+                                          spike_threshold=torch.full((10,), 0.05), **one))
     _init(net, seed, 1.0)
     graph = sinabs.to_nir(net, torch.rand(1, *SHAPE))
     sinabs.reset_states(net)
@@ -150,8 +153,10 @@ def simulate(library: str, f: Foreign, steps: torch.Tensor) -> tuple[np.ndarray,
     Returns logits ``[B, K]`` (the output summed over the steps / T) and spikes ``[T, B, ...]`` per neuron layer.
     """
     spikes: list[list[torch.Tensor]] = [[] for _ in f.neurons]
-    hooks = [m.register_forward_hook(lambda m, i, o, k=k: spikes[k].append((o[0] if isinstance(o, tuple) else o).detach()))
-             for k, m in enumerate(f.neurons)]
+    def record(k: int):
+        return lambda m, i, o: spikes[k].append((o[0] if isinstance(o, tuple) else o).detach())
+
+    hooks = [m.register_forward_hook(record(k)) for k, m in enumerate(f.neurons)]
     outputs = []
     with torch.no_grad():
         if library == "sinabs":  # Squeeze layers take [B * T, ...] with batch_size 1: one sample at a time

@@ -51,15 +51,19 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def imported(library: str, f: fn.Foreign, tmp_path: Path, capsys, encoding: str = "direct") -> SpikingStudent:
-    """The foreign graph through a file and the CLI; Norse's graph (which ``nir.write`` cannot store) through the API."""
+    """The foreign graph through a file and the CLI; Norse's (``nir.write`` cannot store it) through the API."""
     run = tmp_path / "run"
     if library == "norse":
         import_nir(f.graph, run, library=library, timesteps=T, encoding=encoding, input_shape=fn.SHAPE)
     else:
-        fn.write(f.graph, tmp_path / "net.nir")
+        raw = student_from_any_nir(f.graph, library=library, timesteps=T, encoding=encoding, input_shape=fn.SHAPE)
+        fn.write(f.graph, tmp_path / "net.nir")  # Sinabs' graph gets nir's infer_types() first
         code, out, err = run_cli(capsys, "import", tmp_path / "net.nir", "--from", library, "--out", run,
                                  "--timesteps", T, "--encoding", encoding, "--input-shape", "1,16,16")
         assert code == 0, err
+        through_file = load_student(run)
+        assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), through_file.state_dict().values()))
+        return through_file
     return load_student(run)
 
 
@@ -85,7 +89,8 @@ def assert_same(foreign: RunResult, got: RunResult) -> None:
 
 @pytest.mark.parametrize("kind", ["conv", "dense"])
 @pytest.mark.parametrize("library", [pytest.param(lib, marks=needs(lib)) for lib in fn.LIBRARIES])
-def test_foreign_export_imports_as_a_student_that_computes_what_the_library_does(library, kind, images, tmp_path, capsys):
+def test_foreign_export_imports_as_a_student_that_computes_what_the_library_does(library, kind, images, tmp_path,
+                                                                                   capsys):
     """The library's own simulation is the reference: the student and its ONNX export match it spike for spike."""
     f = fn.build(library, kind)
     steps = images.unsqueeze(0).expand(T, *images.shape)
@@ -143,7 +148,8 @@ def test_cubalif_with_an_instant_synapse_is_a_lif_and_one_with_memory_is_refused
     from spikingjelly.activation_based.nir_exchange import export_to_nir as sj_export
 
     cuba = neuron.CUBALIFNode(c_decay=0.0, v_decay=0.9, v_threshold=0.5, v_reset=0.0)
-    body = torch.nn.Sequential(layer.Flatten(), layer.Linear(256, 32, bias=False), cuba, layer.Linear(32, 10, bias=False))
+    body = torch.nn.Sequential(layer.Flatten(), layer.Linear(256, 32, bias=False), cuba,
+                               layer.Linear(32, 10, bias=False))
     fn._init(body, 0, 1.0)
     instant = fn.Foreign(body, sj_export(body, torch.rand(1, *fn.SHAPE)), [cuba])
     assert any(isinstance(n, nir.CubaLIF) for n in instant.graph.nodes.values())
@@ -155,7 +161,8 @@ def test_cubalif_with_an_instant_synapse_is_a_lif_and_one_with_memory_is_refused
 
     syn = snn.Synaptic(alpha=torch.full((32,), 0.5), beta=torch.full((32,), 0.9), threshold=torch.full((32,), 0.5),
                        init_hidden=True, reset_mechanism="zero")
-    body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 32, bias=False), syn, torch.nn.Linear(32, 10, bias=False))
+    body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 32, bias=False), syn,
+                               torch.nn.Linear(32, 10, bias=False))
     with pytest.raises(UserError, match=r"NIR node '2': CubaLIF synapse tau_syn"):
         student_from_any_nir(export_to_nir(body, torch.rand(1, *fn.SHAPE), ignore_dims=[0]), library="snntorch")
 
@@ -231,8 +238,17 @@ def test_reset_to_another_value_and_per_neuron_thresholds_are_refused():
 
 
 @needs("snntorch")
+def test_a_flatten_of_part_of_the_map_is_refused():
+    g = _graph("snntorch", "conv")
+    g.nodes["3"].start_dim = 1  # [C, H*W]: not a student's flatten
+    with pytest.raises(UserError, match=r"NIR node '3': Flatten\(start_dim=1, end_dim=-1\) does not flatten the whole"):
+        student_from_any_nir(g, library="snntorch")
+
+
+@needs("snntorch")
 def test_conventions_give_each_library_its_dt():
-    assert {k: c.dt for k, c in CONVENTIONS.items()} == {"snntorch": 1e-4, "spikingjelly": 1e-4, "norse": 1e-3, "sinabs": 1.0}
+    dts = {k: c.dt for k, c in CONVENTIONS.items()}
+    assert dts == {"snntorch": 1e-4, "spikingjelly": 1e-4, "norse": 1e-3, "sinabs": 1.0}
     lam = float(student_from_any_nir(_graph(), library="snntorch").leak)
     assert lam == np.float32(0.9)
     assert float(student_from_any_nir(_graph(), dt=5e-5).leak) == np.float32(0.95)  # the same file read at another dt
@@ -276,5 +292,55 @@ def test_a_nir_file_is_accepted_where_a_model_is(tmp_path, capsys):
     assert code == 0 and (tmp_path / "student.onnx").is_file(), err
     if importlib.util.find_spec("snntorch") is not None:
         fn.write(_graph(), tmp_path / "foreign.nir")
-        code, _, err = run_cli(capsys, "export", tmp_path / "foreign.nir", "--target", "onnx", "--out", tmp_path / "f.onnx")
+        code, _, err = run_cli(capsys, "export", tmp_path / "foreign.nir", "--target", "onnx",
+                               "--out", tmp_path / "f.onnx")
         assert code == 2 and "lasnn-deploy import" in err and not (tmp_path / "f.onnx").exists()
+        g = _graph()
+        g.metadata = {"dt": 1e-4}  # a foreign file that says its dt is read as plain NIR at that dt
+        fn.write(g, tmp_path / "with_dt.nir")
+        assert load_student(tmp_path / "with_dt.nir").state_dict().keys() == \
+            student_from_any_nir(g, library="snntorch").state_dict().keys()
+        assert float(load_student(tmp_path / "with_dt.nir").leak) == np.float32(0.9)
+
+
+@needs("norse")
+def test_a_leak_potential_becomes_a_bias(images):
+    """Norse writes ``v_leak``: its drive ``(dt/tau) v_leak`` per step is the preceding Linear's bias.
+
+    Norse starts a membrane at ``v_leak``, NIR says nothing and a student starts at 0: the run below
+    starts Norse at 0 too (from its own default start, the first steps differ)."""
+    import norse.torch as norse
+    from norse.torch.functional.lif_box import LIFBoxFeedForwardState
+    from norse.torch.utils.export_nir import to_nir
+
+    cell = norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=torch.tensor(200.0), v_th=torch.tensor(0.2),
+                                                   v_leak=torch.tensor(0.3)))
+    body = norse.SequentialState(torch.nn.Linear(256, 32), cell, torch.nn.Linear(32, 10))
+    fn._init(body, 2, 0.5)
+    f = fn.Foreign(body, to_nir(body, torch.rand(1, 256)), [cell])
+    student = student_from_any_nir(f.graph, library="norse", timesteps=T, input_shape=fn.SHAPE)
+    assert student.config.layers[1].bias and torch.allclose(student.body[1].bias, torch.full((32,), 0.2 * 0.3))
+    spikes, outputs = [], []
+    state = [None, LIFBoxFeedForwardState(v=torch.zeros(len(images), 32)), None]
+    with torch.no_grad():
+        for _ in range(T):
+            x = body[0](images.flatten(1))
+            z, state[1] = cell(x, state[1])
+            spikes.append(z)
+            outputs.append(body[2](z))
+    foreign = RunResult(torch.stack(outputs).mean(0).numpy(), [torch.stack(spikes).numpy()])
+    assert_same(foreign, traced(student, images))
+
+
+@needs("snntorch")
+def test_a_recurrent_layer_is_refused_naming_it():
+    """snnTorch exports ``RLeaky`` as a subgraph (LIF with a recurrent weight): no feed-forward student has it."""
+    import snntorch as snn
+    from snntorch.export_nir import export_to_nir
+
+    body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 32, bias=False),
+                               snn.RLeaky(beta=0.9, linear_features=32, init_hidden=True, reset_mechanism="zero"),
+                               torch.nn.Linear(32, 10, bias=False))
+    graph = export_to_nir(body, torch.rand(1, *fn.SHAPE), ignore_dims=[0])
+    with pytest.raises(UserError, match=r"NIR node '2.lif': 2 incoming edges .*recurrence"):
+        student_from_any_nir(graph, library="snntorch")
