@@ -148,7 +148,8 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
             add(name, _conv_node(weight, shape[1:], layer.stride, layer.padding, _bias(module)))
         elif isinstance(layer, Linear):  # W s + b is NIR's Affine, W s its Linear
             weight = module.weight.detach().cpu().numpy().astype(np.float32)
-            add(name, nir.Linear(weight=weight) if module.bias is None else nir.Affine(weight=weight, bias=_bias(module)))
+            bias = _bias(module)
+            add(name, nir.Linear(weight=weight) if bias is None else nir.Affine(weight=weight, bias=bias))
         elif isinstance(layer, AvgPool):
             k = layer.kernel_size
             add(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0])))
@@ -308,7 +309,8 @@ def _conv_spec(node: nir.Conv2d, where: str) -> Conv:
     if not plain:
         raise UserError(f"{where}: only convolutions with integer padding, no dilation and one group are supported")
     return Conv(node.weight.shape[1], node.weight.shape[0], _pair(node.weight.shape[2:], "kernel", where),
-                _pair(node.stride, "stride", where), _pair(node.padding, "padding", where), bias=bool(np.any(node.bias)))
+                _pair(node.stride, "stride", where), _pair(node.padding, "padding", where),
+                bias=bool(np.any(node.bias)))
 
 
 def _shortcut_spec(node: nir.Conv2d, source: int, where: str) -> Shortcut:

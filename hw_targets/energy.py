@@ -70,7 +70,8 @@ def first_layer_current(student: SpikingStudent, images: torch.Tensor) -> torch.
     return h.flatten(1)
 
 
-def price_layer(counts: LayerCounts, profile: Profile, traffic: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def price_layer(counts: LayerCounts, profile: Profile,
+                traffic: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per-sample energy of one layer in joules, by event category.
 
     Without ``traffic`` (a profile with no mesh): ``neuron_updates`` is neurons x T x E_neuron and

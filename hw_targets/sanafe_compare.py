@@ -47,7 +47,8 @@ def check_feed_forward(student: SpikingStudent) -> None:
                         "shortcuts: run the energy report without --sanafe")
 
 
-def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter, timesteps: int, seed: int) -> dict[str, np.ndarray]:
+def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter, timesteps: int,
+          seed: int) -> dict[str, np.ndarray]:
     layers = deployed_layers(student)
     direct = student.config.encoding == "direct"
     thresholds = student.thresholds.detach().double().cpu().numpy()
@@ -58,8 +59,8 @@ def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter
         cores = group.first + np.arange(group.cores)
         return placement.sanafe_tile(cores) * placement.cores_per_tile + cores % placement.cores_per_tile
 
-    spec: dict[str, Any] = {"depth": len(layers), "direct": direct, "leak": float(student.leak.detach()), "timesteps": timesteps,
-                            "rows": placement.tiles_y * placement.chips}
+    spec: dict[str, Any] = {"depth": len(layers), "direct": direct, "leak": float(student.leak.detach()),
+                            "timesteps": timesteps, "rows": placement.tiles_y * placement.chips}
     spec.update({f"sites_{j}": sites(g) for j, g in enumerate(placement.layers)})
     if placement.input is not None:
         spec.update(sites_input=sites(placement.input), input_per_core=placement.input.per_core)
@@ -97,8 +98,8 @@ def _relative(theirs: float, ours: float) -> float:
     return float((theirs - ours) / ours) if ours else float("inf")
 
 
-def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: StudentRun, profile: Profile, counter: TrafficCounter, *,
-                        timesteps: int, seed: int = 0) -> dict[str, Any]:
+def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: StudentRun, profile: Profile,
+                        counter: TrafficCounter, *, timesteps: int, seed: int = 0) -> dict[str, Any]:
     """SANA-FE's Loihi energy and time of the first ``len(images)`` samples beside ``profile``'s.
 
     ``run`` holds our counts and ``counter`` (``report.traffic_counter``, fed the same run) our
@@ -163,11 +164,14 @@ def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: Stud
         "profile": profile.name,
         "analytical_energy_j": ours,
         "relative_difference": _relative(theirs, ours),
-        "terms": {k: {"sanafe_j": breakdown[k], "ours_j": v, "relative_difference": _relative(breakdown[k], v)} for k, v in ours_terms.items()},
+        "terms": {k: {"sanafe_j": breakdown[k], "ours_j": v, "relative_difference": _relative(breakdown[k], v)}
+                  for k, v in ours_terms.items()},
         "spike_agreement": agree / total,
         "layers": per_layer,
     }
     if "inference_s" in traffic:
-        theirs_t, ours_t = float(np.mean(result["sim_time"])) / steps, float(np.mean(traffic["inference_s"][:samples])) / traffic["steps"]
-        out["time_per_step_s"] = {"sanafe": theirs_t, "ours": ours_t, "relative_difference": _relative(theirs_t, ours_t)}
+        theirs_t = float(np.mean(result["sim_time"])) / steps
+        ours_t = float(np.mean(traffic["inference_s"][:samples])) / traffic["steps"]
+        out["time_per_step_s"] = {"sanafe": theirs_t, "ours": ours_t,
+                                  "relative_difference": _relative(theirs_t, ours_t)}
     return out

@@ -137,7 +137,8 @@ def layer_scale(weight: np.ndarray, theta: float | None, percentile: float = 100
     if theta is not None:
         limits.append(VTH_MAX / theta)
     if bias is not None and bias.size:
-        limits += [BIAS_MAX / bias.max() if bias.max() > 0 else np.inf, -BIAS_MIN / -bias.min() if bias.min() < 0 else np.inf]
+        limits += [BIAS_MAX / bias.max() if bias.max() > 0 else np.inf,
+                   -BIAS_MIN / -bias.min() if bias.min() < 0 else np.inf]
     return float(min(limits))
 
 
