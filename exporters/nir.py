@@ -48,7 +48,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..neurons import encode
+from ..inputs import model_input
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
 from .target import RunResult, Target
 
@@ -428,7 +428,7 @@ def _input_steps(images: Any, input_spikes: Any, settings: dict[str, Any], where
     if x.dim() != 4 or tuple(x.shape[1:]) != shape or x.shape[0] == 0:
         raise UserError(f"{where} was exported for images [B, {', '.join(map(str, shape))}], got {list(x.shape)}; "
                         "use the data set the student was trained on")
-    return encode(x, T, settings["encoding"], seed=0)  # the student's own default seed for Poisson
+    return model_input(settings["encoding"], T, x).steps(T)  # Poisson: seed 0, as every runtime's fallback
 
 
 def snntorch_module(graph: nir.NIRGraph) -> torch.nn.Module:
