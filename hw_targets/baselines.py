@@ -35,7 +35,8 @@ def break_even_rate(rate: float, fixed_j: float, spiking_j: float, ann_j: float)
     return rate * (ann_j - fixed_j) / spiking_j
 
 
-def baseline_entries(ann_macs: int, rate: float, fixed_j: float | None, spiking_j: float | None) -> dict[str, dict[str, Any]]:
+def baseline_entries(ann_macs: int, rate: float, fixed_j: float | None,
+                     spiking_j: float | None) -> dict[str, dict[str, Any]]:
     """Both ANN baselines with their energy and the SNN's break-even rate against each (None if unknown)."""
     out = {}
     for name, b in ann_baselines().items():

@@ -88,17 +88,20 @@ class Placement:
     def to_dict(self) -> dict:
         groups = ([self.input] if self.input else []) + list(self.layers)
         return {
-            "mesh": f"{self.tiles_x} x {self.tiles_y} tiles of {self.cores_per_tile} cores per chip, chips stacked north-south",
+            "mesh": f"{self.tiles_x} x {self.tiles_y} tiles of {self.cores_per_tile} cores per chip, "
+                    "chips stacked north-south",
             "cores": self.cores, "tiles": self.tiles, "chips": self.chips,
             "groups": [{"name": g.name, "neurons": g.neurons, "neurons_per_core": g.per_core, "first_core": g.first,
                         "cores": g.cores} for g in groups],
         }
 
 
-def place(names: list[str], neurons: list[int], per_core: list[int], profile: Profile, input_neurons: int = 0) -> Placement:
+def place(names: list[str], neurons: list[int], per_core: list[int], profile: Profile,
+          input_neurons: int = 0) -> Placement:
     """Place the layers (and ``input_neurons`` input generators, 0 for none) on ``profile``'s mesh."""
     if profile.mesh is None or profile.limits is None:
-        raise UserError(f"{profile.path}: key 'mesh' is missing: profile {profile.name!r} has no mesh to place the network on")
+        raise UserError(f"{profile.path}: key 'mesh' is missing: profile {profile.name!r} has no mesh "
+                        "to place the network on")
     compartments = int(profile.limits.compartments_per_core.value)
     first, inp = 0, None
     if input_neurons:

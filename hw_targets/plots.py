@@ -67,9 +67,11 @@ def _snn_vs_ann(reports: list[dict[str, Any]], path: Path) -> None:
     ax.bar(x + 0.27, [r["ann_baselines"]["int8"]["energy_j"] for r in reports], 0.27, label="ANN int8 (45 nm)")
     for i, r in enumerate(reports):
         if r["dynamic_energy_j"] is None:
-            ax.annotate("SNN energy\nunknown", (i - 0.27, r["ann_baselines"]["int8"]["energy_j"]), ha="center", fontsize="x-small")
+            ax.annotate("SNN energy\nunknown", (i - 0.27, r["ann_baselines"]["int8"]["energy_j"]), ha="center",
+                        fontsize="x-small")
         if "energy_j" in r.get("sanafe", {}):
-            ax.plot([i - 0.27], [r["sanafe"]["energy_j"]], "kD", label=f"SANA-FE Loihi model ({r['sanafe']['samples']} samples)")
+            ax.plot([i - 0.27], [r["sanafe"]["energy_j"]], "kD",
+                    label=f"SANA-FE Loihi model ({r['sanafe']['samples']} samples)")
     ax.set_xticks(list(x), names)
     ax.set_yscale("log")
     ax.set_ylabel("energy per sample (J)")
@@ -96,7 +98,8 @@ def pareto_plot(result: dict[str, Any], path: Path) -> None:
         e = row["energy"][name]
         return e["energy_with_static_j"] if e["energy_with_static_j"] is not None else e["dynamic_energy_j"]
 
-    names = [n for n in result["hardware"] if all(energy(r, n) is not None for r in result["rows"])] or result["hardware"][:1]
+    names = [n for n in result["hardware"] if all(energy(r, n) is not None for r in result["rows"])]
+    names = names or result["hardware"][:1]
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
     methods = sorted({r["method"] for r in result["rows"]})
     for ax, name in zip(axes[0], names):
@@ -105,13 +108,16 @@ def pareto_plot(result: dict[str, Any], path: Path) -> None:
             mine = [r for r in rows if r["method"] == method]
             ax.plot([energy(r, name) for r in mine], [r["accuracy"] for r in mine], marker, label=method)
             for r in mine:
-                ax.annotate(f"T={r['timesteps']}", (energy(r, name), r["accuracy"]), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+                ax.annotate(f"T={r['timesteps']}", (energy(r, name), r["accuracy"]), fontsize="x-small", xytext=(3, 3),
+                            textcoords="offset points")
         points = [(energy(r, name), r["accuracy"]) for r in rows]
         front = [points[i] for i in pareto_front(points)]
         if front:
-            ax.step([p[0] for p in front], [p[1] for p in front], "k--", where="post", linewidth=0.8, label="Pareto front")
+            ax.step([p[0] for p in front], [p[1] for p in front], "k--", where="post", linewidth=0.8,
+                    label="Pareto front")
         ax.set_xscale("log")
-        ax.set_xlabel("energy per inference (J)" + (", dynamic + static" if rows and rows[0]["energy"][name]["static_energy_j"] is not None else ""))
+        static = rows and rows[0]["energy"][name]["static_energy_j"] is not None
+        ax.set_xlabel("energy per inference (J)" + (", dynamic + static" if static else ""))
         ax.set_ylabel("accuracy")
         ax.set_title(name)
     axes[0][0].legend(fontsize="small")

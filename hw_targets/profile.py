@@ -185,7 +185,8 @@ class Profile:
         if self.latency is not None:
             out["latency_s"] = {k: f.to_json("seconds") for k, f in self.latency.items()}
         if self.barrier is not None:
-            out["barrier_s"] = {"tiles": list(self.barrier.tiles), "seconds": list(self.barrier.seconds), "source": self.barrier.source}
+            b = self.barrier
+            out["barrier_s"] = {"tiles": list(b.tiles), "seconds": list(b.seconds), "source": b.source}
         if self.static_power is not None:
             out["static_power_per_chip_w"] = self.static_power.to_json("watts")
         return out
@@ -257,7 +258,8 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
     table(data, "", {"name", "description", "energy"} | (optional & set(data)))
     name = text(data, "name", "name")
     energy_table = table(data["energy"], "energy", set(ENERGY_KEYS) | (set(OPTIONAL_ENERGY) & set(data["energy"])))
-    energy = {key: figure(energy_table, f"energy.{key}", "joules") for key in (*ENERGY_KEYS, *OPTIONAL_ENERGY) if key in energy_table}
+    energy = {key: figure(energy_table, f"energy.{key}", "joules")
+              for key in (*ENERGY_KEYS, *OPTIONAL_ENERGY) if key in energy_table}
     limits = None
     if "limits" in data:
         lim = table(data["limits"], "limits", set(COUNT_LIMITS) | {"weight_bits"})
@@ -277,16 +279,20 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
         mesh = Mesh(*(Figure(count(table(m[k], f"mesh.{k}", {"value", "source"}), "value", f"mesh.{k}.value"),
                              text(m[k], "source", f"mesh.{k}.source")) for k in MESH_KEYS))
         if limits is None:
-            raise fail("limits", "is missing: the mesh placement needs the per-core limits (cores_per_chip, compartments, ...)")
+            raise fail("limits", "is missing: the mesh placement needs the per-core limits "
+                                 "(cores_per_chip, compartments, ...)")
         missing = [k for k in NETWORK_ENERGY if k not in energy]
         if missing:
-            raise fail(f"energy.{missing[0]}", "is missing: a profile with a mesh prices every message and hop (write \"unknown\" if unpublished)")
+            raise fail(f"energy.{missing[0]}", "is missing: a profile with a mesh prices every message and hop "
+                                                "(write \"unknown\" if unpublished)")
         per_chip = int(mesh.cores_per_tile.value * mesh.tiles_x.value * mesh.tiles_y.value)
         if per_chip != int(limits.cores_per_chip.value):
             raise fail("mesh", f"is impossible: {int(mesh.cores_per_tile.value)} cores x {int(mesh.tiles_x.value)} x "
-                               f"{int(mesh.tiles_y.value)} tiles = {per_chip} cores per chip, but limits.cores_per_chip is {int(limits.cores_per_chip.value)}")
+                               f"{int(mesh.tiles_y.value)} tiles = {per_chip} cores per chip, but "
+                               f"limits.cores_per_chip is {int(limits.cores_per_chip.value)}")
     elif network:
-        raise fail("mesh", f"is missing: energy.{network[0]} is priced per message or hop, which needs a placement on a mesh")
+        raise fail("mesh", f"is missing: energy.{network[0]} is priced per message or hop, "
+                           "which needs a placement on a mesh")
     if "latency" in data:
         if mesh is None:
             raise fail("mesh", "is missing: per-core latencies need a placement on a mesh")
@@ -294,11 +300,13 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
         latency = {k: figure(lat, f"latency.{k}", "seconds") for k in LATENCY_KEYS}
         b = table(lat["barrier"], "latency.barrier", {"tiles", "seconds", "source"})
         tiles, seconds = b["tiles"], b["seconds"]
-        if (not isinstance(tiles, list) or not isinstance(seconds, list) or not tiles or len(tiles) != len(seconds)
-                or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in tiles) or tiles != sorted(set(tiles))):
-            raise fail("latency.barrier", "needs 'tiles' (increasing positive integers) and 'seconds' of the same length")
-        barrier = Barrier(tuple(tiles), tuple(number({"s": v}, "s", "latency.barrier.seconds", "seconds") for v in seconds),
-                          text(b, "source", "latency.barrier.source"))
+        lists = isinstance(tiles, list) and isinstance(seconds, list) and tiles and len(tiles) == len(seconds)
+        counts = lists and all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tiles)
+        if not counts or tiles != sorted(set(tiles)):
+            raise fail("latency.barrier", "needs 'tiles' (increasing positive integers) and 'seconds' "
+                                          "of the same length")
+        times = tuple(number({"s": v}, "s", "latency.barrier.seconds", "seconds") for v in seconds)
+        barrier = Barrier(tuple(tiles), times, text(b, "source", "latency.barrier.source"))
     if "static" in data:
         st = table(data["static"], "static", {"power_per_chip"})
         static = figure(st, "static.power_per_chip", "watts")

@@ -23,7 +23,7 @@ import torch
 
 from ..atomic import atomic_path, write_text
 from ..errors import UserError
-from ..student import SpikingStudent, check_parameters, check_timesteps, deployed_layers
+from ..student import SpikingStudent, check_parameters, deployed_layers
 from .baselines import baseline_entries
 from .constraints import map_to_cores
 from .counting import ann_macs
@@ -47,7 +47,8 @@ def _resolve_profiles(hw: str | os.PathLike) -> list[Profile]:
     return [load_profile(hw)]
 
 
-def traffic_counter(student: SpikingStudent, profile: Profile, *, timesteps: int, weight_bits: int = 8) -> TrafficCounter:
+def traffic_counter(student: SpikingStudent, profile: Profile, *, timesteps: int,
+                    weight_bits: int = 8) -> TrafficCounter:
     """A counter of messages, hops and time on ``profile``'s mesh, the network placed with
     ``map_to_cores``' neurons per core (the Poisson input's generators first)."""
     layers = deployed_layers(student)
@@ -57,7 +58,8 @@ def traffic_counter(student: SpikingStudent, profile: Profile, *, timesteps: int
                       [m.neurons_per_core for m in deployment.layers], profile,
                       0 if direct else int(np.prod(student.config.input_shape)))
     return TrafficCounter(layers, placement, timesteps, direct, student.config.reset == "hard",
-                          profile if profile.latency is not None else None, partial(first_layer_current, student) if direct else None)
+                          profile if profile.latency is not None else None,
+                          partial(first_layer_current, student) if direct else None)
 
 
 def _known(value: float) -> float | None:
@@ -82,7 +84,8 @@ def _time_and_static(report: dict[str, Any], profile: Profile, counter: TrafficC
     power = profile.static_power
     chips = report.get("placement", {}).get("chips", report.get("chips"))
     if power is None or not power.known:
-        unknown.append("static energy: no static power in the profile" if power is None else "static energy: static power unknown")
+        why = "no static power in the profile" if power is None else "static power unknown"
+        unknown.append(f"static energy: {why}")
         static = None
     elif latency is None or chips is None:
         unknown.append("static energy: needs the time per inference")
@@ -109,7 +112,8 @@ def profile_report(run: StudentRun, student: SpikingStudent, profile: Profile, *
         by_cat = price_layer(c, profile, t)
         energy = sum(by_cat.values())
         total = total + energy
-        fixed = fixed + by_cat["macs"] + (t["accesses"] * profile.e_neuron if t is not None else by_cat["neuron_updates"])
+        accesses = t["accesses"] * profile.e_neuron if t is not None else by_cat["neuron_updates"]
+        fixed = fixed + by_cat["macs"] + accesses
         spikes, rate, synops, macs, e = _stat(c.spikes), _stat(c.firing_rate), _stat(c.synops), _stat(c.macs), _stat(energy)
         layers.append({
             "name": c.name, "kind": c.kind, "spiking": c.spiking, "neurons": c.neurons,
@@ -123,7 +127,8 @@ def profile_report(run: StudentRun, student: SpikingStudent, profile: Profile, *
             "ann_macs": ann[source],
         })
         if t is not None:
-            layers[-1].update({k: float(np.mean(t[k])) for k in ("messages", "hops_ew", "hops_ns", "interchip", "updates")})
+            layers[-1].update({k: float(np.mean(t[k])) for k in ("messages", "hops_ew", "hops_ns", "interchip",
+                                                                  "updates")})
             layers[-1]["accesses"] = t["accesses"]
         if c.shortcut_synops is not None:
             layers[-1]["shortcut_synops"] = float(np.mean(c.shortcut_synops))
@@ -144,26 +149,29 @@ def profile_report(run: StudentRun, student: SpikingStudent, profile: Profile, *
         "total_energy_j": dynamic,
         "total_energy_j_std": _known(total_std),
         "dynamic_energy_j": dynamic,
-        "dynamic_energy_by_term_j": {k: _known(sum(l["energy_by_category_j"][k] for l in layers)) for k in CATEGORY_TERMS},
+        "dynamic_energy_by_term_j": {k: _known(sum(l["energy_by_category_j"][k] for l in layers))
+                                     for k in CATEGORY_TERMS},
         "firing_rate": rate,
         "ann_macs": ann_total,
         "ann_energy_j": ann_total * profile.e_mac,
-        "ann_baselines": baseline_entries(ann_total, rate, fixed_mean, (total_mean - fixed_mean) if dynamic is not None else None),
+        "ann_baselines": baseline_entries(ann_total, rate, fixed_mean,
+                                          (total_mean - fixed_mean) if dynamic is not None else None),
         "profile": profile.to_dict(),
     }
     if run.input_spikes is not None:
         report["input_spikes"], report["input_spikes_std"] = _stat(run.input_spikes)
     bias_inputs = sum(c.bias_inputs for c in run.layers)
     if bias_inputs and not profile.bias_known:
-        report["unpriced"] = {"bias_inputs": bias_inputs,
-                              "reason": "the profile's energy per bias input is unknown; total_energy_j leaves them out"}
+        report["unpriced"] = {"bias_inputs": bias_inputs, "reason": "the profile's energy per bias input is unknown; "
+                                                                    "total_energy_j leaves them out"}
     if profile.limits is not None:
         deployment = map_to_cores(deployed_layers(student), profile.limits, weight_bits=weight_bits, direct_encoding=run.input_spikes is None)
         report.update(cores=deployment.cores, chips=deployment.chips, violations=deployment.violations,
                       mapping={"weight_bits": weight_bits, "layers": [vars(m) for m in deployment.layers]})
     if traffic is not None:
         report["placement"] = traffic.placement.to_dict()
-        report["network"] = {k: float(sum(l[k] for l in layers)) for k in ("messages", "hops_ew", "hops_ns", "interchip")}
+        report["network"] = {k: float(sum(l[k] for l in layers))
+                             for k in ("messages", "hops_ew", "hops_ns", "interchip")}
         report["chips"] = traffic.placement.chips
     _time_and_static(report, profile, traffic)
     return report
@@ -176,7 +184,6 @@ def energy_report(
     *,
     hw: str | os.PathLike = "loihi",
     out_dir: str | os.PathLike,
-    timesteps: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
     weight_bits: int = 8,
@@ -192,7 +199,7 @@ def energy_report(
     """
     profiles = _resolve_profiles(hw)
     cfg = student.config
-    T = check_timesteps(timesteps if timesteps is not None else cfg.timesteps)
+    T = cfg.timesteps  # another T: student.with_config(timesteps=T), the one rule (lasnn_deploy/inputs.py)
     if images.dim() != 4 or tuple(images.shape[1:]) != tuple(cfg.input_shape) or len(images) == 0:
         raise UserError(f"images must be [N, {', '.join(map(str, cfg.input_shape))}] with N >= 1, got {list(images.shape)}")
     if labels is not None and len(labels) != len(images):
@@ -201,7 +208,8 @@ def energy_report(
         from .sanafe_compare import check_feed_forward
 
         if not {"loihi", "loihi_calibrated"} & {p.name for p in profiles}:
-            raise UserError("the SANA-FE comparison is against a Loihi profile: use --hw loihi_calibrated, --hw loihi or --hw all")
+            raise UserError("the SANA-FE comparison is against a Loihi profile: use --hw loihi_calibrated, "
+                            "--hw loihi or --hw all")
         check_feed_forward(student)
     deployed_layers(student)  # raises on a pool that cannot be folded, before any work
     check_parameters(student)
@@ -209,13 +217,15 @@ def energy_report(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for energy.json, energy.md and the plots")
 
-    counters = {p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits) for p in profiles if p.mesh is not None}
+    counters = {p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits)
+                for p in profiles if p.mesh is not None}
     if sanafe_samples and "loihi_calibrated" not in counters:  # SANA-FE is compared with its own figures
         calibrated = load_profile("loihi_calibrated")
         counters[calibrated.name] = traffic_counter(student, calibrated, timesteps=T, weight_bits=weight_bits)
     run = run_and_count(student, images, timesteps=T, seed=seed, batch_size=batch_size, progress=progress,
                         observers=[c.add for c in counters.values()])
-    reports = {p.name: profile_report(run, student, p, weight_bits=weight_bits, traffic=counters.get(p.name)) for p in profiles}
+    reports = {p.name: profile_report(run, student, p, weight_bits=weight_bits, traffic=counters.get(p.name))
+               for p in profiles}
     if labels is not None:
         accuracy = float((torch.as_tensor(run.predictions) == labels.cpu()).double().mean())
         for r in reports.values():

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..neurons import poisson_inputs
+from ..inputs import model_input
 from ..student import SpikingStudent, deployed_layers, has_shortcuts
 from .energy import StudentRun, first_layer_current, price_layer
 from .profile import Profile
@@ -47,7 +47,8 @@ def check_feed_forward(student: SpikingStudent) -> None:
                         "shortcuts: run the energy report without --sanafe")
 
 
-def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter, timesteps: int, seed: int) -> dict[str, np.ndarray]:
+def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter, timesteps: int,
+          seed: int) -> dict[str, np.ndarray]:
     layers = deployed_layers(student)
     direct = student.config.encoding == "direct"
     thresholds = student.thresholds.detach().double().cpu().numpy()
@@ -58,8 +59,8 @@ def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter
         cores = group.first + np.arange(group.cores)
         return placement.sanafe_tile(cores) * placement.cores_per_tile + cores % placement.cores_per_tile
 
-    spec: dict[str, Any] = {"depth": len(layers), "direct": direct, "leak": float(student.leak.detach()), "timesteps": timesteps,
-                            "rows": placement.tiles_y * placement.chips}
+    spec: dict[str, Any] = {"depth": len(layers), "direct": direct, "leak": float(student.leak.detach()),
+                            "timesteps": timesteps, "rows": placement.tiles_y * placement.chips}
     spec.update({f"sites_{j}": sites(g) for j, g in enumerate(placement.layers)})
     if placement.input is not None:
         spec.update(sites_input=sites(placement.input), input_per_core=placement.input.per_core)
@@ -72,11 +73,11 @@ def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter
         if layer.bias is not None and not (direct and j == 0):  # the host's current already holds layer 0's
             per_neuron = layer.bias.reshape(-1, 1, 1) if layer.kind == "conv" else layer.bias
             spec[f"bias_{j}"] = np.broadcast_to(per_neuron, layer.out_shape).reshape(-1).copy()
+    given = model_input(student.config.encoding, timesteps, images, seed=seed)
     if direct:
-        spec["inputs"] = first_layer_current(student, images).double().cpu().numpy()
+        spec["inputs"] = first_layer_current(student, given.images).double().cpu().numpy()
     else:
-        spikes = poisson_inputs(images, timesteps, seed)  # [T, S, C, H, W]
-        spec["inputs"] = spikes.flatten(2).transpose(0, 1).numpy().astype(np.uint8)
+        spec["inputs"] = given.spikes.flatten(2).transpose(0, 1).numpy().astype(np.uint8)  # [S, T, C*H*W]
     return spec
 
 
@@ -85,11 +86,9 @@ def _our_rasters(student: SpikingStudent, images: torch.Tensor, timesteps: int, 
     """Our spikes ``[S, T, N]`` of every LIF layer on the same inputs."""
     was_training = student.training
     student.eval()
+    given = model_input(student.config.encoding, timesteps, images, seed=seed)
     try:
-        if student.config.encoding == "poisson":
-            trace = student.run(input_spikes=poisson_inputs(images, timesteps, seed), record=True)
-        else:
-            trace = student.run(images, timesteps=timesteps, record=True)
+        trace = student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
     finally:
         student.train(was_training)
     return [s.transpose(0, 1).flatten(2).numpy().astype(bool) for s in trace.spikes]
@@ -99,8 +98,8 @@ def _relative(theirs: float, ours: float) -> float:
     return float((theirs - ours) / ours) if ours else float("inf")
 
 
-def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: StudentRun, profile: Profile, counter: TrafficCounter, *,
-                        timesteps: int, seed: int = 0) -> dict[str, Any]:
+def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: StudentRun, profile: Profile,
+                        counter: TrafficCounter, *, timesteps: int, seed: int = 0) -> dict[str, Any]:
     """SANA-FE's Loihi energy and time of the first ``len(images)`` samples beside ``profile``'s.
 
     ``run`` holds our counts and ``counter`` (``report.traffic_counter``, fed the same run) our
@@ -165,11 +164,14 @@ def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: Stud
         "profile": profile.name,
         "analytical_energy_j": ours,
         "relative_difference": _relative(theirs, ours),
-        "terms": {k: {"sanafe_j": breakdown[k], "ours_j": v, "relative_difference": _relative(breakdown[k], v)} for k, v in ours_terms.items()},
+        "terms": {k: {"sanafe_j": breakdown[k], "ours_j": v, "relative_difference": _relative(breakdown[k], v)}
+                  for k, v in ours_terms.items()},
         "spike_agreement": agree / total,
         "layers": per_layer,
     }
     if "inference_s" in traffic:
-        theirs_t, ours_t = float(np.mean(result["sim_time"])) / steps, float(np.mean(traffic["inference_s"][:samples])) / traffic["steps"]
-        out["time_per_step_s"] = {"sanafe": theirs_t, "ours": ours_t, "relative_difference": _relative(theirs_t, ours_t)}
+        theirs_t = float(np.mean(result["sim_time"])) / steps
+        ours_t = float(np.mean(traffic["inference_s"][:samples])) / traffic["steps"]
+        out["time_per_step_s"] = {"sanafe": theirs_t, "ours": ours_t,
+                                  "relative_difference": _relative(theirs_t, ours_t)}
     return out

@@ -62,7 +62,8 @@ def _method(run: Path) -> str:
         config = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
         return "student"
-    found = config.get("method") or next((v.get("method") for v in config.values() if isinstance(v, dict) and "method" in v), None)
+    nested = (v.get("method") for v in config.values() if isinstance(v, dict) and "method" in v)
+    found = config.get("method") or next(nested, None)
     return str(found or "student")
 
 
@@ -79,7 +80,8 @@ def _models(runs: Sequence[str | os.PathLike]) -> list[tuple[str, str, SpikingSt
         out.append((str(folder), method, student, how.format(T=T)))
         converted = folder / CONVERTED_FILE
         if method != "conversion" and converted.is_file() and (path.is_dir() or path.name == STUDENT_FILE):
-            out.append((str(folder), "conversion", load_student(converted), f"threshold-balanced conversion at T={T}, not fine-tuned"))
+            how = f"threshold-balanced conversion at T={T}, not fine-tuned"
+            out.append((str(folder), "conversion", load_student(converted), how))
     return out
 
 
@@ -109,7 +111,8 @@ def tradeoff(
     for _, _, student, _ in models:
         shape = tuple(student.config.input_shape)
         if images.dim() != 4 or tuple(images.shape[1:]) != shape or len(images) == 0 or len(labels) != len(images):
-            raise UserError(f"images must be [N, {', '.join(map(str, shape))}] with one label each, got {list(images.shape)}")
+            raise UserError(f"images must be [N, {', '.join(map(str, shape))}] with one label each, "
+                            f"got {list(images.shape)}")
         deployed_layers(student)
         check_parameters(student)
     out = Path(out_dir)
@@ -118,14 +121,16 @@ def tradeoff(
     rows = []
     for run, method, student, how in models:
         for T in Ts:
-            counters = {p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits) for p in profiles if p.mesh is not None}
+            counters = {p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits)
+                        for p in profiles if p.mesh is not None}
             counted = run_and_count(student, images, timesteps=T, seed=seed, batch_size=batch_size, progress=progress,
                                     observers=[c.add for c in counters.values()])
             accuracy = float((torch.as_tensor(counted.predictions) == labels.cpu()).double().mean())
             energy = {}
             for p in profiles:
                 r = profile_report(counted, student, p, weight_bits=weight_bits, traffic=counters.get(p.name))
-                energy[p.name] = {k: r[k] for k in ("dynamic_energy_j", "static_energy_j", "energy_with_static_j", "latency_s",
+                energy[p.name] = {k: r[k] for k in ("dynamic_energy_j", "static_energy_j", "energy_with_static_j",
+                                                    "latency_s",
                                                     "time_per_step_s", "throughput_per_s", "unknown")}
                 energy[p.name]["ann_fp32_j"] = r["ann_baselines"]["fp32"]["energy_j"]
                 energy[p.name]["ann_int8_j"] = r["ann_baselines"]["int8"]["energy_j"]
@@ -152,7 +157,8 @@ def _e(value: float | None) -> str:
 def tradeoff_markdown(result: dict[str, Any]) -> str:
     """One table: a row per method and T, a column group per profile."""
     names = result["hardware"]
-    head = "| method | T | accuracy | firing rate | " + " | ".join(f"{n} dynamic / static / latency" for n in names) + " | obtained |"
+    head = ("| method | T | accuracy | firing rate | " + " | ".join(f"{n} dynamic / static / latency" for n in names)
+            + " | obtained |")
     lines = ["# Accuracy, energy and latency against T", "",
              f"{result['samples']} test samples; energy per inference; static = chips' static power x latency; "
              "unknown where a profile's figure is unpublished.", "", head, "|" + "---|" * (5 + len(names))]
@@ -164,9 +170,9 @@ def tradeoff_markdown(result: dict[str, Any]) -> str:
             cells.append(f"{_e(e['dynamic_energy_j'])} / {_e(e['static_energy_j'])} / {latency}")
         lines.append(f"| {row['method']} | {row['timesteps']} | {row['accuracy']:.4f} | {row['firing_rate']:.4f} | "
                      + " | ".join(cells) + f" | {row['obtained']} |")
-    first = result["rows"][0]["energy"]
+    first = next(iter(result["rows"][0]["energy"].values()))
     lines += ["", "ANN baselines (same network, 45 nm, per inference): "
-              + ", ".join(f"{k}: fp32 {_e(v['ann_fp32_j'])}, int8 {_e(v['ann_int8_j'])}" for k, v in list(first.items())[:1]) + "."]
+              + f"fp32 {_e(first['ann_fp32_j'])}, int8 {_e(first['ann_int8_j'])}."]
     return "\n".join(lines) + "\n"
 
 

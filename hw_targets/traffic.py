@@ -11,9 +11,10 @@ Counted exactly from the recorded spikes, per sample, on a ``placement.Placement
   layer adds a step of latency (``lag``: layer j integrates its inputs from step ``lag_j`` on);
 - ``updates``: neuron-steps whose neuron has a non-zero input, a non-zero bias (the layer's own, on
   during the T steps its inputs arrive, as our SANA-FE runner sets it; under direct encoding the
-  host-computed first-layer current, zero where the image is blank) or a non-zero potential left from the step before (set by any input,
-  cleared by a hard reset when it fires), as Loihi and SANA-FE skip the update of a resting neuron.
-  A potential that an input brings back to exactly zero is not seen (measure zero in float).
+  host-computed first-layer current, zero where the image is blank) or a non-zero potential left
+  from the step before (set by any input, cleared by a hard reset when it fires), as Loihi and
+  SANA-FE skip the update of a resting neuron. A potential that inputs bring back to exactly zero
+  is not seen (rare in float; weights on a coarse grid make it common).
 
 Time per step, from a profile's per-event latencies (SANA-FE's "simple" model): each core spends
 ``neurons x t_access + updates x t_update + spikes x t_spike + messages sent x t_out`` on its
@@ -61,7 +62,8 @@ def _cover(group: Group, out_shape: tuple[int, ...]) -> np.ndarray:
     return cover
 
 
-def _touched(cover: np.ndarray, in_shape: tuple[int, int, int], out_hw: tuple[int, int], k: int, s: int, p: int, depthwise: bool) -> np.ndarray:
+def _touched(cover: np.ndarray, in_shape: tuple[int, int, int], out_hw: tuple[int, int], k: int, s: int, p: int,
+             depthwise: bool) -> np.ndarray:
     """[cores, C_in, H, W] bool: inputs read by each core's neurons through a conv (all channels, or
     the own channel only when ``depthwise``), found with a transposed conv of the cover by ones."""
     c_in, h, w = in_shape
@@ -72,7 +74,8 @@ def _touched(cover: np.ndarray, in_shape: tuple[int, int, int], out_hw: tuple[in
     return t.expand(-1, c_in, -1, -1).numpy() if not depthwise else t.numpy()
 
 
-def make_link(source: int, src: Group, src_shape: tuple[int, ...], dst: Group, layer: DeployedLayer, placement: Placement, shortcut: bool = False) -> Link:
+def make_link(source: int, src: Group, src_shape: tuple[int, ...], dst: Group, layer: DeployedLayer,
+              placement: Placement, shortcut: bool = False) -> Link:
     """The axons of ``src``'s neurons into ``dst``'s cores, with messages and hops per spike."""
     n_src = int(np.prod(src_shape))
     if shortcut:
@@ -108,7 +111,8 @@ def _events_per_neuron(spikes: torch.Tensor, link: Link, out_shape: tuple[int, .
     if kind == "depthwise":
         y = F.conv2d(x, torch.ones(src_shape[0], 1, k, k, dtype=x.dtype), stride=s, padding=p, groups=src_shape[0])
     else:
-        y = F.conv2d(x, torch.ones(1, src_shape[0], k, k, dtype=x.dtype), stride=s, padding=p).expand(-1, out_shape[0], -1, -1)
+        y = F.conv2d(x, torch.ones(1, src_shape[0], k, k, dtype=x.dtype), stride=s, padding=p)
+        y = y.expand(-1, out_shape[0], -1, -1)
     return y.reshape(T, B, n_out)
 
 
@@ -132,8 +136,9 @@ class LayerTraffic:
 class TrafficCounter:
     """Counts messages, hops and neuron activity (and, with latencies, the time of every step) batch by batch."""
 
-    def __init__(self, layers: list[DeployedLayer], placement: Placement, timesteps: int, direct: bool, hard_reset: bool,
-                 latency_profile: Profile | None = None, first_current: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, layers: list[DeployedLayer], placement: Placement, timesteps: int, direct: bool,
+                 hard_reset: bool, latency_profile: Profile | None = None,
+                 first_current: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.layers, self.placement, self.T, self.direct, self.hard = layers, placement, timesteps, direct, hard_reset
         self.depth = len(layers)
         self.steps = timesteps + self.depth - (1 if direct else 0)
@@ -146,7 +151,8 @@ class TrafficCounter:
                 links.append(make_link(j - 1, src, layer.in_shape, placement.layers[j], layer, placement))
             if layer.shortcut is not None:
                 s = layer.shortcut.producer
-                links.append(make_link(s, placement.layers[s], layer.shortcut.in_shape, placement.layers[j], layer, placement, True))
+                links.append(make_link(s, placement.layers[s], layer.shortcut.in_shape, placement.layers[j], layer,
+                                       placement, True))
             self.links.append(links)
         # messages each neuron of a population sends per spike, over all the layers that read it
         self.sent = {-1: 0.0, **{j: 0.0 for j in range(self.depth)}}
@@ -173,7 +179,8 @@ class TrafficCounter:
         S = self.steps
         neuron_max, message_max = np.zeros((S, B)), np.zeros((S, B))
         if lat is not None and not self.direct:  # input generators: only their messages take time
-            sent = _per_core(pops[-1] * torch.from_numpy(np.asarray(self.sent[-1], dtype=np.float64)), self.placement.input)
+            per_spike = torch.from_numpy(np.asarray(self.sent[-1], dtype=np.float64))
+            sent = _per_core(pops[-1] * per_spike, self.placement.input)
             neuron_max[:T] = np.maximum(neuron_max[:T], (sent * lat["message_out"].value).amax(-1).numpy())
         for j, layer in enumerate(self.layers):
             group, traffic = self.placement.layers[j], self.traffic[j]
@@ -196,7 +203,8 @@ class TrafficCounter:
                         else (self.first_current(images).reshape(B, n) != 0))
                 received = bias.unsqueeze(0).expand(T, B, n)
             elif layer.bias is not None:  # a layer's own bias is on during the T steps of its inputs
-                per_neuron = np.broadcast_to(layer.bias.reshape(-1, *([1] * (len(layer.out_shape) - 1))), layer.out_shape)
+                shaped = layer.bias.reshape(-1, *([1] * (len(layer.out_shape) - 1)))
+                per_neuron = np.broadcast_to(shaped, layer.out_shape)
                 received = received | torch.from_numpy(per_neuron.reshape(-1) != 0)
             fired = pops[j] > 0
             nonzero = torch.zeros(B, n, dtype=torch.bool)
@@ -210,7 +218,8 @@ class TrafficCounter:
                 continue
             occupancy = _per_core(torch.ones(1, 1, n, dtype=torch.float64), group)[0, 0]  # neurons per core
             upd_c = _per_core(updated.double(), group)
-            sent_c = _per_core(pops[j] * torch.from_numpy(np.asarray(self.sent[j], dtype=np.float64) * np.ones(n)), group)
+            per_spike = torch.from_numpy(np.asarray(self.sent[j], dtype=np.float64) * np.ones(n))
+            sent_c = _per_core(pops[j] * per_spike, group)
             spk_c = _per_core(pops[j], group)
             work = (occupancy * lat["neuron"].value + upd_c * lat["neuron_update"].value + spk_c * lat["spike"].value
                     + sent_c * lat["message_out"].value)
@@ -222,7 +231,8 @@ class TrafficCounter:
             neuron_max[a + T :] = np.maximum(neuron_max[a + T :], idle[None, :])
             if self.links[j]:
                 synop = lat["synop_conv" if layer.kind == "conv" else "synop"].value
-                msg_work = msgs_in.reshape(T, B, -1) * lat["message_in"].value + _per_core(events, group).numpy() * synop
+                msg_work = (msgs_in.reshape(T, B, -1) * lat["message_in"].value
+                            + _per_core(events, group).numpy() * synop)
                 message_max[a - 1 : a - 1 + T] = np.maximum(message_max[a - 1 : a - 1 + T], msg_work.max(-1))
         if lat is not None:
             self.step_times.append(np.maximum(neuron_max, message_max) + self.latency.barrier.at(self.placement.tiles))

@@ -208,7 +208,9 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
     student = load_student(args.model)
     images, labels = _test_split(args)
-    report = energy_report(student, images, labels, hw=args.hw, out_dir=args.out, timesteps=args.timesteps, seed=args.seed,
+    if args.timesteps is not None:
+        student = student.with_config(timesteps=args.timesteps)
+    report = energy_report(student, images, labels, hw=args.hw, out_dir=args.out, seed=args.seed,
                            weight_bits=args.weight_bits, sanafe_samples=args.sanafe)
     if args.json:
         from .atomic import write_text
@@ -304,12 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also simulate the first N samples with SANA-FE's Loihi model (optional extra, GPL-3.0, run in a separate process)")
     p.add_argument("--json", type=Path, help="also write energy.json's content to this file")
 
-    p = add("tradeoff", cmd_tradeoff, "accuracy, energy (dynamic and static) and latency at several T, for every method present",
-            "lasnn-deploy tradeoff runs/mnist --dataset mnist --data-dir ../shared/data --timesteps 2,4,8 --out runs/mnist/tradeoff")
+    p = add("tradeoff", cmd_tradeoff,
+            "accuracy, energy (dynamic and static) and latency at several T, for every method present",
+            "lasnn-deploy tradeoff runs/mnist --dataset mnist --data-dir ../shared/data --timesteps 2,4,8 "
+            "--out runs/mnist/tradeoff")
     p.add_argument("runs", type=Path, nargs="+", help="run folders (their student, and their converted SNN when kept)")
     _add_data(p, samples_default=256)
     p.add_argument("--timesteps", default="2,4,8", help="comma-separated T values, each once (default: 2,4,8)")
-    p.add_argument("--hw", default="all", help="'all', a profile name, a comma-separated list of names or a .toml file (default: all)")
+    p.add_argument("--hw", default="all",
+                   help="'all', a profile name, a comma-separated list of names or a .toml file (default: all)")
     p.add_argument("--out", type=Path, required=True, help="folder for tradeoff.json, tradeoff.md and pareto.png")
     return parser
 

@@ -10,8 +10,8 @@ to 0. The chain ``Input -> ... -> Output`` is read node by node:
 - ``AvgPool2d`` (stride = kernel, no padding) -> ``AvgPool``. ``SumPool2d`` is the same pool times
   ``k^2``; the factor is folded into the next Conv/Linear's weights.
 - ``Flatten`` of the whole batch-free ``[C, H, W]`` map -> ``Flatten``. Exporters write
-  ``start_dim`` batch-free (0); an exporter that kept a batch axis of 1 in the Input type
-  (``[1, C, H, W]``) counts ``start_dim`` from that axis, so there ``start_dim = 1`` is the same.
+  ``start_dim`` batch-free (torch's ``start_dim - 1``: 0), also where the Input type kept a batch
+  axis of 1 (``[1, C, H, W]``, which is dropped).
 - ``LIF``, ``IF`` and ``CubaLIF`` -> the LIF layer after the preceding Conv/Linear. NIR gives an
   ODE; each exporter meant one discretisation at one ``dt`` (``CONVENTIONS``). Forward Euler
   (snnTorch, SpikingJelly, Norse)::
@@ -128,8 +128,7 @@ def _neuron(node: nir.NIRNode, name: str, conv: Convention) -> _Neuron:
         lam = 1.0 - step
         if not 0 < lam <= 1:
             raise UserError(f"{_where(name)}: dt = {dt:.6g} against tau = {tau:.6g} gives leak {lam:.6g}, "
-                            "outside (0, 1]: "
-                            f"a wrong dt for this file; {HINT}")
+                            f"outside (0, 1]: a wrong dt for this file; {HINT}")
         gain, drive = r * step, step * v_leak
         if isinstance(node, nir.CubaLIF):
             tau_syn, w_in = _uniform(node.tau_syn, "tau_syn", name), _uniform(node.w_in, "w_in", name)
@@ -183,9 +182,9 @@ def _chain(graph: nir.NIRGraph) -> list[str]:
     return chain
 
 
-def _input_shape(node: nir.Input, name: str, image: tuple[int, ...] | None) -> tuple[tuple[int, int, int], bool, bool]:
-    """The batch-free ``[C, H, W]``, whether the exporter wrote a batch axis of 1 before it, and whether
-    the input is a vector (read as the image ``image``, by default ``[F, 1, 1]``, flattened first)."""
+def _input_shape(node: nir.Input, name: str, image: tuple[int, ...] | None) -> tuple[tuple[int, int, int], bool]:
+    """The batch-free ``[C, H, W]`` (a leading batch axis of 1, which Norse's exporter keeps, is dropped)
+    and whether the input is a vector (read as the image ``image``, by default ``[F, 1, 1]``)."""
     shape = [int(s) for s in np.asarray(node.input_type.get("input", [])).reshape(-1)]
     batched = len(shape) in (2, 4) and shape[0] == 1
     shape = shape[1:] if batched else shape
@@ -193,18 +192,19 @@ def _input_shape(node: nir.Input, name: str, image: tuple[int, ...] | None) -> t
         chw = tuple(image) if image is not None else (shape[0], 1, 1)
         if int(np.prod(chw)) != shape[0]:
             raise UserError(f"{_where(name)}: --input-shape {list(chw)} does not hold the {shape[0]} input features")
-        return chw, batched, True  # type: ignore[return-value]
+        return chw, True  # type: ignore[return-value]
     if len(shape) == 3:
         if image is not None and tuple(image) != tuple(shape):
             raise UserError(f"{_where(name)}: --input-shape {list(image)} differs from the graph's input {shape}")
-        return (shape[0], shape[1], shape[2]), batched, False
+        return (shape[0], shape[1], shape[2]), False
     raise UserError(f"{_where(name)}: input type {shape} is neither an image [C, H, W] nor a vector")
 
 
-def _flatten_ok(node: nir.Flatten, batched: bool, name: str) -> None:
-    first = 1 if batched else 0
+def _flatten_ok(node: nir.Flatten, name: str) -> None:
+    """Every exporter writes ``start_dim`` batch-free (torch's minus one), even where its Input type kept
+    a batch axis; a student's Flatten takes the whole ``[C, H, W]`` map."""
     start, end = int(node.start_dim), int(node.end_dim)
-    if start not in (first, first - 4 + (0 if batched else 1)) or end not in (-1, 3 if batched else 2):
+    if start not in (0, -3) or end not in (-1, 2):
         raise UserError(f"{_where(name)}: Flatten(start_dim={start}, end_dim={end}) does not flatten the whole "
                         f"[C, H, W] map; a student flattens all of it")
 
@@ -285,7 +285,7 @@ def student_from_foreign_nir(graph: nir.NIRGraph, convention: Convention, timest
     if not (convention.dt > 0 and math.isfinite(convention.dt)):
         raise UserError(f"dt = {convention.dt} must be a positive number of seconds (steps for Sinabs); {HINT}")
     chain = _chain(graph)
-    shape, batched, vector = _input_shape(graph.nodes[chain[0]], chain[0], input_shape)
+    shape, vector = _input_shape(graph.nodes[chain[0]], chain[0], input_shape)
     b = _Builder()
     if vector:
         b.layers.append(Flatten())
@@ -299,6 +299,8 @@ def student_from_foreign_nir(graph: nir.NIRGraph, convention: Convention, timest
                             _pair(node.stride, "stride", name), _pair(node.padding, "padding", name)), w, node.bias)
         elif isinstance(node, (nir.Linear, nir.Affine)):
             w = np.asarray(node.weight)
+            if w.ndim != 2:
+                raise UserError(f"{_where(name)}: a {w.ndim}-d weight; a Linear's is [out, in]")
             b.weighted(Linear(w.shape[1], w.shape[0]), w, node.bias if isinstance(node, nir.Affine) else None)
         elif isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
             k = _pair(node.kernel_size, "kernel", name)
@@ -309,7 +311,7 @@ def student_from_foreign_nir(graph: nir.NIRGraph, convention: Convention, timest
             b.layers.append(AvgPool(k))
         elif isinstance(node, nir.Flatten):
             if not (vector and len(b.layers) == 1):  # a vector's flatten is already there
-                _flatten_ok(node, batched, name)
+                _flatten_ok(node, name)
                 b.layers.append(Flatten())
         elif isinstance(node, NEURONS):
             b.neuron(name, _neuron(node, name, convention))

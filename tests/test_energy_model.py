@@ -29,7 +29,8 @@ SMALL_MESH = (CALIBRATED.replace("[mesh.cores_per_tile]\nvalue = 4", "[mesh.core
               .replace("[mesh.tiles_x]\nvalue = 8", "[mesh.tiles_x]\nvalue = 2")
               .replace("[mesh.tiles_y]\nvalue = 4", "[mesh.tiles_y]\nvalue = 2")
               .replace("[limits.cores_per_chip]\nvalue = 128", "[limits.cores_per_chip]\nvalue = 8")
-              .replace("tiles = [1, 2, 4, 29]\nseconds = [0.6e-6, 1.0e-6, 1.4e-6, 1.8e-6]", "tiles = [1]\nseconds = [1e-6]")
+              .replace("tiles = [1, 2, 4, 29]\nseconds = [0.6e-6, 1.0e-6, 1.4e-6, 1.8e-6]",
+                       "tiles = [1]\nseconds = [1e-6]")
               .replace("[static.power_per_chip]\nwatts = 0.029", "[static.power_per_chip]\nwatts = 0.5"))
 for key in ("neuron_update", "spike", "message_out", "message_in", "synop", "synop_conv"):
     SMALL_MESH = SMALL_MESH.replace(f"[latency.{key}]\nseconds = ", f"[latency.{key}]\nseconds = 0.0 #")
@@ -89,13 +90,15 @@ def test_static_energy_is_static_power_times_chips_times_time(tmp_path):
     assert placement.chips == 2 and math.isclose(report["time_per_step_s"], step, rel_tol=1e-12)
     assert math.isclose(report["latency_s"], 4 * step, rel_tol=1e-12)
     assert math.isclose(report["static_energy_j"], 0.5 * 2 * 4 * step, rel_tol=1e-12)
-    assert math.isclose(report["energy_with_static_j"], report["dynamic_energy_j"] + report["static_energy_j"], rel_tol=1e-12)
+    both = report["dynamic_energy_j"] + report["static_energy_j"]
+    assert math.isclose(report["energy_with_static_j"], both, rel_tol=1e-12)
 
 
 def test_int8_and_fp32_baselines_and_the_break_even_rate(tmp_path):
     student = make_student("poisson")
     macs = sum(ann_macs(student.config).values())
-    report = energy_report(student, torch.rand(3, 1, 8, 8), hw="loihi_calibrated", out_dir=tmp_path / "e", progress=False)
+    report = energy_report(student, torch.rand(3, 1, 8, 8), hw="loihi_calibrated", out_dir=tmp_path / "e",
+                           progress=False)
     b = report["ann_baselines"]
     assert math.isclose(b["int8"]["energy_j"], macs * (0.2e-12 + 0.03e-12), rel_tol=1e-12)
     assert math.isclose(b["fp32"]["energy_j"], macs * (3.7e-12 + 0.9e-12), rel_tol=1e-12)
@@ -107,7 +110,8 @@ def test_int8_and_fp32_baselines_and_the_break_even_rate(tmp_path):
     r0 = report["firing_rate"]
     for name in ("fp32", "int8"):
         r = b[name]["break_even_rate"]
-        assert r == 0.0 and fixed >= b[name]["energy_j"] or math.isclose(fixed + r / r0 * spiking, b[name]["energy_j"], rel_tol=1e-9)
+        ann = b[name]["energy_j"]
+        assert r == 0.0 and fixed >= ann or math.isclose(fixed + r / r0 * spiking, ann, rel_tol=1e-9)
     text = (tmp_path / "e" / "energy.md").read_text()
     assert "ANN int8" in text and "break-even" in text and "static" in text and "latency" in text
 
@@ -137,21 +141,25 @@ def test_tradeoff_command_on_the_digits_demo(digits_run, tmp_path, capsys):
                  "--hw", "loihi_calibrated,cmos45,loihi2", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "tradeoff.json").read_text())
-    assert [(r["method"], r["timesteps"]) for r in result["rows"]] == [("lasnn", 2), ("lasnn", 4), ("conversion", 2), ("conversion", 4)]
+    rows = [(r["method"], r["timesteps"]) for r in result["rows"]]
+    assert rows == [("lasnn", 2), ("lasnn", 4), ("conversion", 2), ("conversion", 4)]
     for r in result["rows"]:
         calibrated = r["energy"]["loihi_calibrated"]
         assert 0 <= r["accuracy"] <= 1 and calibrated["dynamic_energy_j"] > 0 and calibrated["static_energy_j"] > 0
         assert r["energy"]["loihi2"]["dynamic_energy_j"] is None and "no rebalancing or fine-tuning" in r["obtained"]
     # more steps: more time, so more static energy, for the same network
-    assert result["rows"][1]["energy"]["loihi_calibrated"]["latency_s"] > result["rows"][0]["energy"]["loihi_calibrated"]["latency_s"]
+    latency = [r["energy"]["loihi_calibrated"]["latency_s"] for r in result["rows"]]
+    assert latency[1] > latency[0] and latency[3] > latency[2]
     assert (out / "pareto.png").stat().st_size > 0 and "obtained" in (out / "tradeoff.md").read_text()
 
 
 # -- bad input ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("edit, message", [
     (lambda t: re.sub(r"\[energy.hop_ns\][^[]*", "", t), "key 'energy.hop_ns' is missing: a profile with a mesh"),
-    (lambda t: t.replace("[limits.cores_per_chip]\nvalue = 128", "[limits.cores_per_chip]\nvalue = 100"), "key 'mesh' is impossible"),
-    (lambda t: t.replace("[mesh.tiles_x]\nvalue = 8", "[mesh.tiles_x]\nvalue = 0"), "key 'mesh.tiles_x.value' must be a positive integer"),
+    (lambda t: t.replace("[limits.cores_per_chip]\nvalue = 128", "[limits.cores_per_chip]\nvalue = 100"),
+     "key 'mesh' is impossible"),
+    (lambda t: t.replace("[mesh.tiles_x]\nvalue = 8", "[mesh.tiles_x]\nvalue = 0"),
+     "key 'mesh.tiles_x.value' must be a positive integer"),
     (lambda t: t[: t.index("[mesh.cores_per_tile]")], "key 'mesh' is missing: energy.message"),
 ])
 def test_a_profile_the_placement_cannot_use_is_one_line_exit_2_nothing_written(tmp_path, capsys, edit, message):
@@ -165,7 +173,8 @@ def test_a_profile_the_placement_cannot_use_is_one_line_exit_2_nothing_written(t
     assert message.split(":")[0] in err and err.count("\n") == 1 and not out.exists()
 
 
-@pytest.mark.parametrize("timesteps, message", [("2,0,8", "time steps must be an integer"), ("4,2,4", "T = 4 appears twice"),
+@pytest.mark.parametrize("timesteps, message", [("2,0,8", "time steps must be an integer"),
+                                                ("4,2,4", "T = 4 appears twice"),
                                                 ("2,x", "comma-separated list")])
 def test_a_bad_timestep_list_is_one_line_exit_2_nothing_written(tmp_path, capsys, timesteps, message):
     with pytest.raises(UserError, match=message):

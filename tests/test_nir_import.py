@@ -56,10 +56,14 @@ def imported(library: str, f: fn.Foreign, tmp_path: Path, capsys, encoding: str 
     if library == "norse":
         import_nir(f.graph, run, library=library, timesteps=T, encoding=encoding, input_shape=fn.SHAPE)
     else:
-        fn.write(f.graph, tmp_path / "net.nir")
+        raw = student_from_any_nir(f.graph, library=library, timesteps=T, encoding=encoding, input_shape=fn.SHAPE)
+        fn.write(f.graph, tmp_path / "net.nir")  # Sinabs' graph gets nir's infer_types() first
         code, out, err = run_cli(capsys, "import", tmp_path / "net.nir", "--from", library, "--out", run,
                                  "--timesteps", T, "--encoding", encoding, "--input-shape", "1,16,16")
         assert code == 0, err
+        through_file = load_student(run)
+        assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), through_file.state_dict().values()))
+        return through_file
     return load_student(run)
 
 
@@ -230,6 +234,14 @@ def test_reset_to_another_value_and_per_neuron_thresholds_are_refused():
     g = _graph()
     g.nodes["2"].v_threshold = np.linspace(0.1, 1, g.nodes["2"].v_threshold.size).astype(np.float32)
     with pytest.raises(UserError, match=r"NIR node '2': v_threshold differs across neurons"):
+        student_from_any_nir(g, library="snntorch")
+
+
+@needs("snntorch")
+def test_a_flatten_of_part_of_the_map_is_refused():
+    g = _graph("snntorch", "conv")
+    g.nodes["3"].start_dim = 1  # [C, H*W]: not a student's flatten
+    with pytest.raises(UserError, match=r"NIR node '3': Flatten\(start_dim=1, end_dim=-1\) does not flatten the whole"):
         student_from_any_nir(g, library="snntorch")
 
 
