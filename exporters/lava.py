@@ -43,7 +43,7 @@ import torch
 from ..atomic import atomic_path
 from ..errors import UserError
 from ..loihi_quant import LoihiNet, QuantLayer, host_bias, quantise, readout_logits, run_quantised
-from ..neurons import encode
+from ..inputs import model_input
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent
 from .target import RunResult, Target
 
@@ -159,20 +159,15 @@ def _run(path: Path, images: torch.Tensor | None = None, input_spikes: torch.Ten
     """
     meta = read_metadata(path)
     T, direct, shape = int(meta["timesteps"]), meta["encoding"] == "direct", tuple(meta["input_shape"])
+    given = model_input(meta["encoding"], T, images, input_spikes, seed=seed)
     if direct:
-        images = images if images is not None else (input_spikes[0] if input_spikes is not None else None)
-        if images is None:
-            raise UserError("a direct-encoded Lava network needs images [B, C, H, W]")
+        images = given.image()
         if tuple(images.shape[1:]) != shape:
             raise UserError(f"{path} expects images [B, {', '.join(map(str, shape))}], got {list(images.shape)}")
         with h5py.File(path, "r") as f:
             drive = host_bias(_host_layer(f), images).numpy()  # [B, ...] bias mantissas
     else:
-        if input_spikes is None and images is None:
-            raise UserError("a Poisson-encoded Lava network needs input spikes [T, B, C, H, W] or images")
-        if input_spikes is None:
-            input_spikes = encode(torch.as_tensor(images), T, "poisson", seed)
-        spikes = _numpy(input_spikes)
+        spikes = _numpy(given.spikes)
         if spikes.shape[0] != T or spikes.shape[2:] != shape:
             raise UserError(f"{path} expects input spikes [{T}, B, {', '.join(map(str, shape))}], "
                             f"got {list(spikes.shape)}")

@@ -48,7 +48,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..neurons import encode
+from ..inputs import model_input
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
 from .target import RunResult, Target
 
@@ -148,7 +148,8 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
             add(name, _conv_node(weight, shape[1:], layer.stride, layer.padding, _bias(module)))
         elif isinstance(layer, Linear):  # W s + b is NIR's Affine, W s its Linear
             weight = module.weight.detach().cpu().numpy().astype(np.float32)
-            add(name, nir.Linear(weight=weight) if module.bias is None else nir.Affine(weight=weight, bias=_bias(module)))
+            bias = _bias(module)
+            add(name, nir.Linear(weight=weight) if bias is None else nir.Affine(weight=weight, bias=bias))
         elif isinstance(layer, AvgPool):
             k = layer.kernel_size
             add(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0])))
@@ -308,7 +309,8 @@ def _conv_spec(node: nir.Conv2d, where: str) -> Conv:
     if not plain:
         raise UserError(f"{where}: only convolutions with integer padding, no dilation and one group are supported")
     return Conv(node.weight.shape[1], node.weight.shape[0], _pair(node.weight.shape[2:], "kernel", where),
-                _pair(node.stride, "stride", where), _pair(node.padding, "padding", where), bias=bool(np.any(node.bias)))
+                _pair(node.stride, "stride", where), _pair(node.padding, "padding", where),
+                bias=bool(np.any(node.bias)))
 
 
 def _shortcut_spec(node: nir.Conv2d, source: int, where: str) -> Shortcut:
@@ -426,7 +428,7 @@ def _input_steps(images: Any, input_spikes: Any, settings: dict[str, Any], where
     if x.dim() != 4 or tuple(x.shape[1:]) != shape or x.shape[0] == 0:
         raise UserError(f"{where} was exported for images [B, {', '.join(map(str, shape))}], got {list(x.shape)}; "
                         "use the data set the student was trained on")
-    return encode(x, T, settings["encoding"], seed=0)  # the student's own default seed for Poisson
+    return model_input(settings["encoding"], T, x).steps(T)  # Poisson: seed 0, as every runtime's fallback
 
 
 def snntorch_module(graph: nir.NIRGraph) -> torch.nn.Module:

@@ -47,7 +47,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..neurons import encode
+from ..inputs import model_input
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent
 from .target import RunResult, Target
 
@@ -286,11 +286,9 @@ def _feed(meta: dict[str, str], images, input_spikes, path: Path) -> tuple[str, 
         if x.ndim != 4 or x.shape[1:] != shape or len(x) == 0:
             raise UserError(f"{path} was exported for images [B, {dims}], got {list(x.shape)}; export the student trained on this data")
         return "image", x
-    if input_spikes is None:
-        if images is None:
-            raise UserError(f"{path} uses Poisson encoding and needs input spikes [T, B, C, H, W] or images, got neither")
-        input_spikes = encode(torch.as_tensor(_numpy(images)), T, "poisson", seed=0)  # as SpikingStudent.run
-    x = _numpy(input_spikes)
+    if input_spikes is None and images is None:
+        raise UserError(f"{path} uses Poisson encoding and needs input spikes [T, B, C, H, W] or images, got neither")
+    x = _numpy(model_input("poisson", T, None if images is None else torch.as_tensor(_numpy(images)), input_spikes).spikes)
     if x.ndim != 5 or x.shape[0] != T or x.shape[2:] != shape or x.shape[1] == 0:
         raise UserError(f"{path} was exported for input spikes [{T}, B, {dims}], got {list(x.shape)}; "
                         f"encode with {T} time steps and this student's input shape")
@@ -334,13 +332,13 @@ def _reference(student: SpikingStudent, images=None, input_spikes=None) -> RunRe
 
     ``exact=True`` computes the currents in float64 and rounds them once, like the graph. Samples
     go through in chunks of ``RUN_CHUNK`` (float64 currents take twice the memory of float32);
-    Poisson images are encoded once for all samples first, as ``SpikingStudent.run`` would.
+    Poisson images are encoded once for all samples first, by ``inputs.model_input`` (seed 0).
     """
     dtype = student.leak.dtype  # float32; float64 for a student converted with .double()
     cfg = student.config
-    if input_spikes is None and cfg.encoding == "poisson":
-        input_spikes = encode(torch.as_tensor(images), cfg.timesteps, "poisson", seed=0)
-    x = torch.as_tensor(input_spikes if input_spikes is not None else images, dtype=dtype)
+    given = model_input(cfg.encoding, cfg.timesteps, None if images is None else torch.as_tensor(images), input_spikes)
+    input_spikes = given.spikes
+    x = torch.as_tensor(input_spikes if input_spikes is not None else given.images, dtype=dtype)
     batch_axis = 0 if input_spikes is None else 1
     was_training = student.training
     student.eval()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..neurons import poisson_inputs
+from ..inputs import model_input
 from ..student import SpikingStudent, Trace, deployed_layers
 from .counting import LayerCounts, concat_counts, count_events
 from .profile import Profile
@@ -47,11 +47,10 @@ def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: i
     try:
         for start in tqdm(range(0, len(images), batch_size), desc="energy", unit="batch", disable=not progress):
             x = images[start : start + batch_size]
+            given = model_input(student.config.encoding, timesteps, x, seed=seed, first_index=start)
+            trace = student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
             if poisson:
-                trace = student.run(input_spikes=poisson_inputs(x, timesteps, seed, start), record=True)
                 entering.append(trace.input_spikes.double().sum(dim=tuple(d for d in range(trace.input_spikes.dim()) if d != 1)).numpy())
-            else:
-                trace = student.run(x, timesteps=timesteps, record=True)
             parts.append(count_events(layers, trace, timesteps))
             for observe in observers:
                 observe(trace, x)

@@ -23,7 +23,7 @@ import torch
 
 from ..atomic import atomic_path, write_text
 from ..errors import UserError
-from ..student import SpikingStudent, check_parameters, check_timesteps, deployed_layers
+from ..student import SpikingStudent, check_parameters, deployed_layers
 from .baselines import baseline_entries
 from .constraints import map_to_cores
 from .counting import ann_macs
@@ -162,8 +162,8 @@ def profile_report(run: StudentRun, student: SpikingStudent, profile: Profile, *
         report["input_spikes"], report["input_spikes_std"] = _stat(run.input_spikes)
     bias_inputs = sum(c.bias_inputs for c in run.layers)
     if bias_inputs and not profile.bias_known:
-        report["unpriced"] = {"bias_inputs": bias_inputs,
-                              "reason": "the profile's energy per bias input is unknown; total_energy_j leaves them out"}
+        report["unpriced"] = {"bias_inputs": bias_inputs, "reason": "the profile's energy per bias input is unknown; "
+                                                                    "total_energy_j leaves them out"}
     if profile.limits is not None:
         deployment = map_to_cores(deployed_layers(student), profile.limits, weight_bits=weight_bits, direct_encoding=run.input_spikes is None)
         report.update(cores=deployment.cores, chips=deployment.chips, violations=deployment.violations,
@@ -184,7 +184,6 @@ def energy_report(
     *,
     hw: str | os.PathLike = "loihi",
     out_dir: str | os.PathLike,
-    timesteps: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
     weight_bits: int = 8,
@@ -200,7 +199,7 @@ def energy_report(
     """
     profiles = _resolve_profiles(hw)
     cfg = student.config
-    T = check_timesteps(timesteps if timesteps is not None else cfg.timesteps)
+    T = cfg.timesteps  # another T: student.with_config(timesteps=T), the one rule (lasnn_deploy/inputs.py)
     if images.dim() != 4 or tuple(images.shape[1:]) != tuple(cfg.input_shape) or len(images) == 0:
         raise UserError(f"images must be [N, {', '.join(map(str, cfg.input_shape))}] with N >= 1, got {list(images.shape)}")
     if labels is not None and len(labels) != len(images):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..neurons import poisson_inputs
+from ..inputs import model_input
 from ..student import SpikingStudent, deployed_layers, has_shortcuts
 from .energy import StudentRun, first_layer_current, price_layer
 from .profile import Profile
@@ -73,11 +73,11 @@ def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter
         if layer.bias is not None and not (direct and j == 0):  # the host's current already holds layer 0's
             per_neuron = layer.bias.reshape(-1, 1, 1) if layer.kind == "conv" else layer.bias
             spec[f"bias_{j}"] = np.broadcast_to(per_neuron, layer.out_shape).reshape(-1).copy()
+    given = model_input(student.config.encoding, timesteps, images, seed=seed)
     if direct:
-        spec["inputs"] = first_layer_current(student, images).double().cpu().numpy()
+        spec["inputs"] = first_layer_current(student, given.images).double().cpu().numpy()
     else:
-        spikes = poisson_inputs(images, timesteps, seed)  # [T, S, C, H, W]
-        spec["inputs"] = spikes.flatten(2).transpose(0, 1).numpy().astype(np.uint8)
+        spec["inputs"] = given.spikes.flatten(2).transpose(0, 1).numpy().astype(np.uint8)  # [S, T, C*H*W]
     return spec
 
 
@@ -86,11 +86,9 @@ def _our_rasters(student: SpikingStudent, images: torch.Tensor, timesteps: int, 
     """Our spikes ``[S, T, N]`` of every LIF layer on the same inputs."""
     was_training = student.training
     student.eval()
+    given = model_input(student.config.encoding, timesteps, images, seed=seed)
     try:
-        if student.config.encoding == "poisson":
-            trace = student.run(input_spikes=poisson_inputs(images, timesteps, seed), record=True)
-        else:
-            trace = student.run(images, timesteps=timesteps, record=True)
+        trace = student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
     finally:
         student.train(was_training)
     return [s.transpose(0, 1).flatten(2).numpy().astype(bool) for s in trace.spikes]

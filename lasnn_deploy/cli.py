@@ -208,7 +208,9 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
     student = load_student(args.model)
     images, labels = _test_split(args)
-    report = energy_report(student, images, labels, hw=args.hw, out_dir=args.out, timesteps=args.timesteps, seed=args.seed,
+    if args.timesteps is not None:
+        student = student.with_config(timesteps=args.timesteps)
+    report = energy_report(student, images, labels, hw=args.hw, out_dir=args.out, seed=args.seed,
                            weight_bits=args.weight_bits, sanafe_samples=args.sanafe)
     if args.json:
         from .atomic import write_text

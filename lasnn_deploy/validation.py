@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from .exporters import TARGETS, RunResult, target_of_file
-from .neurons import poisson_inputs
+from .inputs import model_input
 from .student import SpikingStudent, check_images, check_parameters
 
 
@@ -184,8 +184,8 @@ def validate(
     for start in tqdm(range(0, images.shape[0], CHUNK), desc=f"validate {target}", unit="chunk", leave=False,
                       disable=None if progress else True):  # None: only on a terminal
         x = images[start:start + CHUNK]
-        input_spikes = poisson_inputs(x, cfg.timesteps, seed, start) if cfg.encoding == "poisson" else None
-        direct_images = x if input_spikes is None else None
+        given = model_input(cfg.encoding, cfg.timesteps, x, seed=seed, first_index=start)
+        direct_images, input_spikes = given.images, given.spikes
         reference = module.reference(student, direct_images, input_spikes)
         result = module.run(Path(path), direct_images, input_spikes)
         agreement.add(reference, result)

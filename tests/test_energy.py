@@ -538,7 +538,8 @@ def test_a_bias_is_its_own_term_priced_per_profile(tmp_path):
     # bias-free: no bias term anywhere, the report as before
     unbiased = energy_report(plain, x, hw="truenorth", out_dir=tmp_path / "p", progress=False)
     assert "unpriced" not in unbiased and all("bias_inputs" not in l for l in unbiased["layers"])
-    assert all(set(l["energy_by_category_j"]) == {"synops", "macs", "neuron_updates", "spikes", "network"} for l in unbiased["layers"])
+    categories = {"synops", "macs", "neuron_updates", "spikes", "network"}
+    assert all(set(l["energy_by_category_j"]) == categories for l in unbiased["layers"])
     assert "Bias inputs" not in (tmp_path / "p" / "energy.md").read_text()
 
 
