@@ -9,7 +9,7 @@ from conftest import make_student
 from lasnn_deploy.cli import main
 from lasnn_deploy.student import save_student
 
-COMMANDS = ["demo", "train", "evaluate", "export", "validate", "energy", "import"]
+COMMANDS = ["demo", "train", "evaluate", "export", "validate", "energy", "import", "tradeoff"]
 
 
 def run_cli(capsys, *argv):
