@@ -37,6 +37,8 @@ from .counting import is_identity
 from .placement import Group, Placement
 from .profile import Profile
 
+DENSE_LIMIT = 2**24  # axon maps up to this many entries (64 MB in float32) are kept dense
+
 
 @dataclass
 class Link:
@@ -50,6 +52,7 @@ class Link:
     interchip: np.ndarray
     kernel: tuple[str, int, int, int]  # ("dense"|"conv"|"depthwise", k, stride, padding) of the synapse pattern
     src_shape: tuple[int, ...]  # the source's spikes as the synapses read them
+    dense: torch.Tensor | None = None  # float32 copy of ``axons`` when small enough for a dense matmul
 
 
 def _cover(group: Group, out_shape: tuple[int, ...]) -> np.ndarray:
@@ -95,8 +98,9 @@ def make_link(source: int, src: Group, src_shape: tuple[int, ...], dst: Group, l
     xs, ys, cs = placement.site(src.core_of(rows))
     xd, yd, cd = placement.site(dst.first + cols)
     per = lambda v: np.bincount(rows, weights=v.astype(np.float64), minlength=n_src)  # noqa: E731
+    dense = torch.from_numpy(axons.toarray().astype(np.float32)) if n_src * dst.cores <= DENSE_LIMIT else None
     return Link(source, axons, per(np.ones(len(rows))), per(np.abs(xs - xd)), per(np.abs(ys - yd)), per(cs != cd),
-                (kind, k, s, p), tuple(src_shape))
+                (kind, k, s, p), tuple(src_shape), dense)
 
 
 def _events_per_neuron(spikes: torch.Tensor, link: Link, out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -116,13 +120,13 @@ def _events_per_neuron(spikes: torch.Tensor, link: Link, out_shape: tuple[int, .
     return y.reshape(T, B, n_out)
 
 
-def _messages_in(spikes: torch.Tensor, axons: sp.csr_matrix) -> np.ndarray:
+def _messages_in(spikes: torch.Tensor, link: Link) -> np.ndarray:
     """Messages each destination core receives per row of ``spikes`` ``[R, N_src]``: ``[R, cores]``.
 
     Counts are small integers, exact in float32; a dense matmul when the axon map is small enough."""
-    if axons.shape[0] * axons.shape[1] <= 2**25:
-        return (spikes @ torch.from_numpy(axons.toarray().astype(np.float32))).double().numpy()
-    return np.asarray(axons.T.dot(spikes.double().numpy().T).T)
+    if link.dense is not None:
+        return (spikes @ link.dense).double().numpy()
+    return np.asarray(link.axons.T.dot(spikes.double().numpy().T).T)
 
 
 def _per_core(values: torch.Tensor, group: Group) -> torch.Tensor:
@@ -203,7 +207,7 @@ class TrafficCounter:
                 per_neuron = spikes.sum(0).double().numpy()  # [B, N_src]
                 for key in totals:
                     totals[key] = totals[key] + per_neuron @ getattr(link, key)
-                msgs_in = msgs_in + _messages_in(spikes.reshape(T * B, -1), link.axons)
+                msgs_in = msgs_in + _messages_in(spikes.reshape(T * B, -1), link)
             for key, value in totals.items():
                 getattr(traffic, key).append(np.broadcast_to(value, (B,)).astype(np.float64))
             received = events > 0
