@@ -29,7 +29,8 @@ def biased_copy(student: SpikingStudent, fraction: float, seed: int) -> SpikingS
     gen = torch.Generator().manual_seed(seed)
     for i, layer in enumerate(layers):
         if isinstance(layer, (Conv, Linear)):
-            feeds = next((j for j in range(i, len(layers)) if j in lif_of), None)  # a closing conv's LIF sits at its Shortcut
+            # the LIF it feeds: its own, or (a block's closing conv) the one at its Shortcut; none for the output
+            feeds = next((j for j in range(i, len(layers)) if j in lif_of), None)
             theta = thetas[lif_of[feeds]] if feeds is not None else thetas[-1]
             size = layer.out_channels if isinstance(layer, Conv) else layer.out_features
             state[f"body.{i}.bias"] = (torch.rand(size, generator=gen) * 2 - 1) * fraction * theta

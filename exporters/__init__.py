@@ -1,75 +1,47 @@
 """Export targets (installed as ``lasnn_deploy.exporters``; see docs/architecture.md).
 
-Each target module (``onnx``, ``nir``, ``lava``) is one reading of the student description and
-offers the same four functions, so that ``export`` and ``validate`` treat every target alike:
-
-- ``check(student) -> None``: raise ``UserError`` naming the layer and the reason when the target
-  cannot express the student. Called before any file is written.
-- ``export(student, path) -> Path``: write one self-contained file atomically.
-- ``run(path, images, input_spikes) -> RunResult``: run the file in the target's own runtime
-  (onnxruntime, a NIR importer, the Lava simulator) on images ``[B, C, H, W]`` (direct encoding)
-  or input spikes ``[T, B, C, H, W]`` (Poisson).
-- ``reference(student, images, input_spikes) -> RunResult``: what the target promises to
-  reproduce, computed in PyTorch (the float student, or its Loihi-quantised mode for Lava).
+Each target is a ``Target`` subclass (``target.py``) in its own module, registered below by name.
+Adding a target is one module plus one line in ``TARGETS``. ``export`` and ``validate`` treat
+every target alike through ``get_target``; each module's ``check``/``export``/``run``/``reference``
+are the methods of its target with default options.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-
-import numpy as np
+from typing import Any
 
 from ..errors import UserError
+from .target import RunResult, Target
+from .lava import LavaTarget
+from .nir import NirTarget
+from .onnx import OnnxTarget
 
-TARGETS = {"onnx": ".onnx", "nir": ".nir", "lava": ".h5"}
-LAVA_SUFFIXES = (".h5", ".hdf5", ".net")  # lava-dl's own examples name netx files *.net
+TARGETS: dict[str, type[Target]] = {"onnx": OnnxTarget, "nir": NirTarget, "lava": LavaTarget}
 
-
-@dataclass
-class RunResult:
-    """Logits ``[B, K]``, spikes ``[T, B, ...]`` per LIF layer (named) and, where the runtime exposes
-    them, the potentials before reset, same shapes."""
-
-    logits: np.ndarray
-    spikes: list[np.ndarray] | None = None
-    layer_names: list[str] = field(default_factory=list)
-    potentials: list[np.ndarray] | None = None
+__all__ = ["TARGETS", "RunResult", "Target", "export", "get_target", "target_of_file"]
 
 
-def target_module(target: str) -> ModuleType:
-    """The module implementing ``target``; one clear error for an unknown name."""
-    if target not in TARGETS:
-        raise UserError(f"unknown export target {target!r}: choose one of {', '.join(TARGETS)}")
-    return importlib.import_module(f"{__name__}.{target}")
+def get_target(name: str, **options: Any) -> Target:
+    """The target called ``name`` with ``options``; one clear error for an unknown name."""
+    if name not in TARGETS:
+        raise UserError(f"unknown export target {name!r}: choose one of {', '.join(TARGETS)}")
+    return TARGETS[name](**options)
 
 
 def target_of_file(path: str | Path) -> str:
-    """Guess the target from a file's suffix (``.onnx``, ``.nir``, ``.h5``)."""
+    """The target whose suffixes include the file's (``.onnx``, ``.nir``, ``.h5``...)."""
     suffix = Path(path).suffix.lower()
-    for target, ext in TARGETS.items():
-        if suffix == ext or (target == "lava" and suffix in LAVA_SUFFIXES):
-            return target
-    raise UserError(f"cannot tell the target of {path}: expected a file ending in .onnx, .nir, .h5 or .net")
+    for name, target in TARGETS.items():
+        if suffix in target.suffixes:
+            return name
+    known = ", ".join(s for target in TARGETS.values() for s in target.suffixes)
+    raise UserError(f"cannot tell the target of {path}: expected a file ending in one of {known}")
 
 
-def export(student, target: str, path: str | Path) -> Path:
+def export(student: Any, target: str, path: str | Path, **options: Any) -> Path:
     """Check that ``target`` can express ``student``, then write the file atomically.
 
-    The file must end in the target's suffix: ``validate`` tells the target from it.
+    The file must end in one of the target's suffixes: ``validate`` tells the target from it.
     """
-    from ..student import check_parameters
-
-    module = target_module(target)
-    path = Path(path)
-    suffixes = LAVA_SUFFIXES if target == "lava" else (TARGETS[target],)
-    if path.suffix.lower() not in suffixes:
-        raise UserError(f"the {target} export must end in {' or '.join(suffixes)}, got {path}; "
-                        f"pass --out NAME{TARGETS[target]} (validate tells the target by the suffix)")
-    if path.is_dir():
-        raise UserError(f"--out {path} is a folder; give a file name ending in {TARGETS[target]}")
-    check_parameters(student)
-    module.check(student)
-    return module.export(student, path)
+    return get_target(target, **options).export(student, path)

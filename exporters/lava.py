@@ -43,21 +43,20 @@ import torch
 from ..atomic import atomic_path
 from ..errors import UserError
 from ..loihi_quant import LoihiNet, QuantLayer, host_bias, quantise, readout_logits, run_quantised
-from ..neurons import encode
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, check_parameters
-from . import RunResult
+from ..inputs import model_input
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent
+from .target import RunResult, Target
 
 FORMAT = "lasnn-deploy-netx/1"
 NETX_LAYER_TYPES = (Conv, Linear, AvgPool, Flatten, Dropout)  # AvgPool folded, Dropout dropped
 
 
-def check(student: SpikingStudent, weight_percentile: float = 100.0) -> None:
-    """Raise ``UserError`` naming the layer when netx cannot express ``student``."""
+def _check(student: SpikingStudent, weight_percentile: float = 100.0) -> None:
+    """Raise ``UserError`` naming the layer when netx cannot express ``student`` or its quantisation fails."""
     _quantised(student, weight_percentile)
 
 
 def _quantised(student: SpikingStudent, weight_percentile: float) -> LoihiNet:
-    check_parameters(student)
     for i, layer in enumerate(student.config.layers):
         if isinstance(layer, Shortcut):
             raise UserError(f"lava-dl netx describes feed-forward layer chains; {student.config.arch} has residual "
@@ -68,10 +67,9 @@ def _quantised(student: SpikingStudent, weight_percentile: float) -> LoihiNet:
     return quantise(student, weight_percentile)
 
 
-def export(student: SpikingStudent, path: Path, weight_percentile: float = 100.0) -> Path:
-    """Write the Loihi-quantised student as a netx HDF5 file, atomically."""
-    net = _quantised(student, weight_percentile)
-    path = Path(path)
+def _export(student: SpikingStudent, path: Path, weight_percentile: float = 100.0) -> Path:
+    """Write the Loihi-quantised (checked) student as a netx HDF5 file, atomically."""
+    net = quantise(student, weight_percentile)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             _write(f, net, weight_percentile)
@@ -153,28 +151,23 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
-def run(path: str | Path, images: torch.Tensor | None = None, input_spikes: torch.Tensor | None = None,
-        seed: int = 0) -> RunResult:
+def _run(path: Path, images: torch.Tensor | None = None, input_spikes: torch.Tensor | None = None,
+         seed: int = 0) -> RunResult:
     """Run the netx file in Lava's fixed-point simulator on ``images`` (direct) or ``input_spikes`` (Poisson).
 
     Spikes come back as ``[T, B, ...]`` per LIF layer in torch's layout, logits as ``[B, K]``.
     """
     meta = read_metadata(path)
     T, direct, shape = int(meta["timesteps"]), meta["encoding"] == "direct", tuple(meta["input_shape"])
+    given = model_input(meta["encoding"], T, images, input_spikes, seed=seed)
     if direct:
-        images = images if images is not None else (input_spikes[0] if input_spikes is not None else None)
-        if images is None:
-            raise UserError("a direct-encoded Lava network needs images [B, C, H, W]")
+        images = given.image()
         if tuple(images.shape[1:]) != shape:
             raise UserError(f"{path} expects images [B, {', '.join(map(str, shape))}], got {list(images.shape)}")
         with h5py.File(path, "r") as f:
             drive = host_bias(_host_layer(f), images).numpy()  # [B, ...] bias mantissas
     else:
-        if input_spikes is None and images is None:
-            raise UserError("a Poisson-encoded Lava network needs input spikes [T, B, C, H, W] or images")
-        if input_spikes is None:
-            input_spikes = encode(torch.as_tensor(images), T, "poisson", seed)
-        spikes = _numpy(input_spikes)
+        spikes = _numpy(given.spikes)
         if spikes.shape[0] != T or spikes.shape[2:] != shape:
             raise UserError(f"{path} expects input spikes [{T}, B, {', '.join(map(str, shape))}], "
                             f"got {list(spikes.shape)}")
@@ -251,10 +244,38 @@ def _simulate(path: Path, drive: np.ndarray, T: int, direct: bool) -> tuple[np.n
     return voltages[..., first_read:].T.astype(np.int64), layer_spikes
 
 
-def reference(student: SpikingStudent, images: torch.Tensor | None = None, input_spikes: torch.Tensor | None = None,
-              weight_percentile: float = 100.0, seed: int = 0) -> RunResult:
+def _reference(student: SpikingStudent, images: torch.Tensor | None = None, input_spikes: torch.Tensor | None = None,
+               weight_percentile: float = 100.0, seed: int = 0) -> RunResult:
     """What the Lava run must reproduce: the student's Loihi-quantised mode, in PyTorch."""
     net = _quantised(student, weight_percentile)
     trace = run_quantised(net, images, input_spikes=input_spikes, seed=seed)
     return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy().astype(np.float32) for s in trace.spikes],
                      layer_names=net.lif_names)
+
+
+class LavaTarget(Target):
+    """The Loihi-quantised student as a lava-dl netx HDF5 file, run in Lava's fixed-point simulator; spike-exact.
+
+    Options: ``weight_percentile`` (of the weights that set each layer's 8-bit scale, 100: the
+    largest) and ``seed`` (of the Poisson spikes drawn when only images are given).
+    """
+
+    name, suffixes = "lava", (".h5", ".hdf5", ".net")
+    options = {"weight_percentile": 100.0, "seed": 0}
+
+    def _check(self, student: SpikingStudent) -> None:
+        _check(student, self.settings["weight_percentile"])
+
+    def _export(self, student: SpikingStudent, path: Path) -> Path:
+        return _export(student, path, self.settings["weight_percentile"])
+
+    def _run(self, path: Path, images: torch.Tensor | None, input_spikes: torch.Tensor | None) -> RunResult:
+        return _run(path, images, input_spikes, self.settings["seed"])
+
+    def _reference(self, student: SpikingStudent, images: torch.Tensor | None,
+                   input_spikes: torch.Tensor | None) -> RunResult:
+        return _reference(student, images, input_spikes, self.settings["weight_percentile"], self.settings["seed"])
+
+
+TARGET = LavaTarget()
+check, export, run, reference = TARGET.check, TARGET.export, TARGET.run, TARGET.reference

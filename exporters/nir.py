@@ -48,9 +48,9 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..neurons import encode
+from ..inputs import model_input
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
-from . import RunResult
+from .target import RunResult, Target
 
 FORMAT = "lasnn-deploy-nir/1"
 DT = 1e-4  # snnTorch's importer hard-codes this dt for LIF nodes
@@ -84,8 +84,11 @@ def leak_to_tau(leak: float, dt: float = DT) -> tuple[np.float32, np.float32]:
 
 
 # -- export ----------------------------------------------------------------------------------
-def check(student: SpikingStudent) -> None:
-    """Raise ``UserError`` naming the layer when NIR (or its importers) cannot express ``student``."""
+def _check(student: SpikingStudent) -> None:
+    """Raise ``UserError`` naming the layer when NIR (or its importers) cannot express ``student``.
+
+    Finite parameters and a leak in (0, 1] are checked before, by ``Target.check``.
+    """
     cfg = student.config
     lifs = cfg.spiking_layers
     if cfg.reset != "hard":
@@ -93,16 +96,10 @@ def check(student: SpikingStudent) -> None:
         raise UserError(
             f"layer {first}: soft reset cannot be expressed in NIR, which resets to a value; train with --reset hard"
         )
-    leak = float(student.leak.detach())
-    if not 0 < leak <= 1:
-        raise UserError(f"layer {lifs[0] if lifs else 0}: leak {leak} is outside (0, 1], which NIR's LIF cannot express")
     for k, i in enumerate(lifs):
         theta = float(student.thresholds[k].detach())
-        if not np.isfinite(theta) or theta <= 0:
+        if theta <= 0:
             raise UserError(f"layer {i}: threshold {theta} must be a finite positive number for NIR's reset-to-zero LIF")
-    for i, module in enumerate(student.body):
-        if not all(torch.isfinite(p).all() for p in module.parameters()):  # Conv, Linear, shortcut projection
-            raise UserError(f"layer {i} ({cfg.layers[i].type}): weights contain NaN or inf; retrain or fix the student")
 
 
 def _conv_node(weight: np.ndarray, input_hw: tuple[int, ...], stride: int, padding: int,
@@ -151,7 +148,8 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
             add(name, _conv_node(weight, shape[1:], layer.stride, layer.padding, _bias(module)))
         elif isinstance(layer, Linear):  # W s + b is NIR's Affine, W s its Linear
             weight = module.weight.detach().cpu().numpy().astype(np.float32)
-            add(name, nir.Linear(weight=weight) if module.bias is None else nir.Affine(weight=weight, bias=_bias(module)))
+            bias = _bias(module)
+            add(name, nir.Linear(weight=weight) if bias is None else nir.Affine(weight=weight, bias=bias))
         elif isinstance(layer, AvgPool):
             k = layer.kernel_size
             add(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0])))
@@ -191,11 +189,9 @@ def _metadata(student: SpikingStudent) -> dict[str, Any]:
     }
 
 
-def export(student: SpikingStudent, path: str | Path) -> Path:
-    """Check the student, then write its NIR graph to ``path`` atomically with ``nir.write``."""
-    check(student)
+def _export(student: SpikingStudent, path: Path) -> Path:
+    """Write the NIR graph of a checked student to ``path`` atomically with ``nir.write``."""
     graph = to_nir_graph(student)
-    path = Path(path)
     with atomic_path(path) as tmp:
         nir.write(tmp, graph)
     return path
@@ -313,7 +309,8 @@ def _conv_spec(node: nir.Conv2d, where: str) -> Conv:
     if not plain:
         raise UserError(f"{where}: only convolutions with integer padding, no dilation and one group are supported")
     return Conv(node.weight.shape[1], node.weight.shape[0], _pair(node.weight.shape[2:], "kernel", where),
-                _pair(node.stride, "stride", where), _pair(node.padding, "padding", where), bias=bool(np.any(node.bias)))
+                _pair(node.stride, "stride", where), _pair(node.padding, "padding", where),
+                bias=bool(np.any(node.bias)))
 
 
 def _shortcut_spec(node: nir.Conv2d, source: int, where: str) -> Shortcut:
@@ -431,7 +428,7 @@ def _input_steps(images: Any, input_spikes: Any, settings: dict[str, Any], where
     if x.dim() != 4 or tuple(x.shape[1:]) != shape or x.shape[0] == 0:
         raise UserError(f"{where} was exported for images [B, {', '.join(map(str, shape))}], got {list(x.shape)}; "
                         "use the data set the student was trained on")
-    return encode(x, T, settings["encoding"], seed=0)  # the student's own default seed for Poisson
+    return model_input(settings["encoding"], T, x).steps(T)  # Poisson: seed 0, as every runtime's fallback
 
 
 def snntorch_module(graph: nir.NIRGraph) -> torch.nn.Module:
@@ -444,7 +441,7 @@ def snntorch_module(graph: nir.NIRGraph) -> torch.nn.Module:
         return import_from_nir(graph)
 
 
-def run(path: str | Path, images: Any = None, input_spikes: Any = None) -> RunResult:
+def _run(path: Path, images: Any = None, input_spikes: Any = None) -> RunResult:
     """Run the file in snnTorch's NIR importer: one sample at a time, ``T`` steps, state reset between.
 
     Samples go in unbatched (``[C, H, W]``) because the importer builds NIR's batch-free
@@ -453,7 +450,6 @@ def run(path: str | Path, images: Any = None, input_spikes: Any = None) -> RunRe
     the shortcut node (``shortcut<i>``, as the student names that layer); the importer's graph
     executor adds the LIF's two inputs before the neuron.
     """
-    path = Path(path)
     graph, settings = read_graph(path)
     if settings["dt"] != DT:
         raise UserError(f"{path} uses dt = {settings['dt']}, but snnTorch's importer assumes dt = {DT}; {EXPORT_HINT}")
@@ -511,7 +507,7 @@ def runtime_order(student: SpikingStudent) -> SpikingStudent:
     return copy
 
 
-def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = None) -> RunResult:
+def _reference(student: SpikingStudent, images: Any = None, input_spikes: Any = None) -> RunResult:
     """What the NIR graph promises: the float32 student on the same input, in snnTorch's order.
 
     The student (eval mode, ``run(exact=False)``) computed as :func:`runtime_order` does, one image
@@ -519,7 +515,45 @@ def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = N
     last-bit difference at a threshold tie flips a spike (docs/semantics.md, "NIR").
     """
     cfg = student.config
-    with torch.no_grad():
-        trace = runtime_order(student).run(_as_tensor(images), input_spikes=_as_tensor(input_spikes), record=True)
+    trace = runtime_order(student).run(_as_tensor(images), input_spikes=_as_tensor(input_spikes), record=True)
     names = [cfg.layer_name(i) for i in cfg.spiking_layers]
     return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names)
+
+
+class NirTarget(Target):
+    """The student as a NIR graph (``nir.write``), run in a NIR importer; spike-exact in float32.
+
+    Option ``runtime``: the importer (``exporters.nir_runtimes.RUNTIMES``) that runs the file and whose
+    order of computation the reference follows; None: the one a flavoured file was written for, else snnTorch.
+    """
+
+    name, suffixes = "nir", (".nir",)
+    options = {"runtime": None}
+    in_batches = False  # the reference's order: one image at a time (the plain file in snnTorch); see for_file
+    _check, _export = staticmethod(_check), staticmethod(_export)
+
+    @classmethod
+    def for_file(cls, path: str | Path, runtime: str | None = None) -> "NirTarget":
+        """The target with the runtime resolved for the file at ``path`` (its own, or the one asked for)."""
+        from . import nir_runtimes
+
+        graph = read_graph(path)[0]
+        target = cls(runtime=nir_runtimes.runtime_of(graph, runtime, path))
+        target.in_batches = nir_runtimes.batched(graph, target.settings["runtime"])
+        return target
+
+    def _run(self, path: Path, images: Any, input_spikes: Any) -> RunResult:
+        from . import nir_runtimes
+
+        return nir_runtimes.run(path, images, input_spikes, runtime=self.settings["runtime"])
+
+    def _reference(self, student: SpikingStudent, images: Any, input_spikes: Any) -> RunResult:
+        if self.settings["runtime"] is None:
+            return _reference(student, images, input_spikes)
+        from . import nir_runtimes
+
+        return nir_runtimes.reference(student, images, input_spikes, in_batches=self.in_batches)
+
+
+TARGET = NirTarget()
+check, export, run, reference = TARGET.check, TARGET.export, TARGET.run, TARGET.reference

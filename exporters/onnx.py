@@ -47,9 +47,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..neurons import encode
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, check_parameters
-from . import RunResult
+from ..inputs import model_input
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent
+from .target import RunResult, Target
 
 FORMAT = "lasnn-deploy-onnx/2"  # /1: float32 currents (not spike-exact)
 CURRENTS = "float64-rounded"
@@ -65,21 +65,16 @@ def lif_layer_names(student: SpikingStudent) -> list[str]:
     return [student.config.layer_name(i) for i in student.config.spiking_layers]
 
 
-def check(student: SpikingStudent) -> None:
+def _check(student: SpikingStudent) -> None:
     """ONNX expresses every student (soft reset included); refuse only what one file cannot hold."""
-    check_parameters(student)
     params = sum(p.numel() for m in student.weighted_modules() for p in (m.weight, m.bias) if p is not None)
     if params * 8 > MAX_BYTES:  # weights and biases are stored in float64
         raise UserError(f"the student has {params:,} weights, more than one .onnx file can hold "
                         "(2 GiB in float64); use a smaller student")
 
 
-def export(student: SpikingStudent, path: str | Path) -> Path:
+def _export(student: SpikingStudent, path: Path) -> Path:
     """Write ``student`` as one self-contained ``.onnx`` file (atomic) and return its path."""
-    path = Path(path)
-    if path.suffix.lower() != ".onnx":
-        raise UserError(f"an ONNX export must end in .onnx, got {path}; pass --out NAME.onnx")
-    check(student)
     data = build_model(student).SerializeToString()
     try:
         with atomic_path(path) as tmp:
@@ -291,18 +286,16 @@ def _feed(meta: dict[str, str], images, input_spikes, path: Path) -> tuple[str, 
         if x.ndim != 4 or x.shape[1:] != shape or len(x) == 0:
             raise UserError(f"{path} was exported for images [B, {dims}], got {list(x.shape)}; export the student trained on this data")
         return "image", x
-    if input_spikes is None:
-        if images is None:
-            raise UserError(f"{path} uses Poisson encoding and needs input spikes [T, B, C, H, W] or images, got neither")
-        input_spikes = encode(torch.as_tensor(_numpy(images)), T, "poisson", seed=0)  # as SpikingStudent.run
-    x = _numpy(input_spikes)
+    if input_spikes is None and images is None:
+        raise UserError(f"{path} uses Poisson encoding and needs input spikes [T, B, C, H, W] or images, got neither")
+    x = _numpy(model_input("poisson", T, None if images is None else torch.as_tensor(_numpy(images)), input_spikes).spikes)
     if x.ndim != 5 or x.shape[0] != T or x.shape[2:] != shape or x.shape[1] == 0:
         raise UserError(f"{path} was exported for input spikes [{T}, B, {dims}], got {list(x.shape)}; "
                         f"encode with {T} time steps and this student's input shape")
     return "spikes", x
 
 
-def run(path: str | Path, images=None, input_spikes=None) -> RunResult:
+def _run(path: Path, images=None, input_spikes=None) -> RunResult:
     """Run the file in onnxruntime (CPU, default optimisations) and return logits and the spikes of every LIF layer.
 
     The spike tensors are internal values of the graph; they are made outputs of an in-memory copy
@@ -311,7 +304,6 @@ def run(path: str | Path, images=None, input_spikes=None) -> RunResult:
     """
     import onnxruntime as ort
 
-    path = Path(path)
     model, meta = _load(path)
     name, x = _feed(meta, images, input_spikes, path)
     names = json.loads(meta["layer_names"])
@@ -335,18 +327,18 @@ def run(path: str | Path, images=None, input_spikes=None) -> RunResult:
                      layer_names=names)
 
 
-def reference(student: SpikingStudent, images=None, input_spikes=None) -> RunResult:
+def _reference(student: SpikingStudent, images=None, input_spikes=None) -> RunResult:
     """The PyTorch student on the same inputs in its exact mode (what the ONNX file reproduces bit for bit).
 
     ``exact=True`` computes the currents in float64 and rounds them once, like the graph. Samples
     go through in chunks of ``RUN_CHUNK`` (float64 currents take twice the memory of float32);
-    Poisson images are encoded once for all samples first, as ``SpikingStudent.run`` would.
+    Poisson images are encoded once for all samples first, by ``inputs.model_input`` (seed 0).
     """
     dtype = student.leak.dtype  # float32; float64 for a student converted with .double()
     cfg = student.config
-    if input_spikes is None and cfg.encoding == "poisson":
-        input_spikes = encode(torch.as_tensor(images), cfg.timesteps, "poisson", seed=0)
-    x = torch.as_tensor(input_spikes if input_spikes is not None else images, dtype=dtype)
+    given = model_input(cfg.encoding, cfg.timesteps, None if images is None else torch.as_tensor(images), input_spikes)
+    input_spikes = given.spikes
+    x = torch.as_tensor(input_spikes if input_spikes is not None else given.images, dtype=dtype)
     batch_axis = 0 if input_spikes is None else 1
     was_training = student.training
     student.eval()
@@ -363,3 +355,14 @@ def reference(student: SpikingStudent, images=None, input_spikes=None) -> RunRes
     return RunResult(logits=torch.cat([t.logits for t in traces]).numpy(),
                      spikes=[torch.cat([t.spikes[k] for t in traces], dim=1).numpy() for k in range(len(traces[0].spikes))],
                      layer_names=lif_layer_names(student))
+
+
+class OnnxTarget(Target):
+    """The student unrolled over T in one ONNX graph, run in onnxruntime; bit-exact against ``run(exact=True)``."""
+
+    name, suffixes = "onnx", (".onnx",)
+    _check, _export, _run, _reference = map(staticmethod, (_check, _export, _run, _reference))
+
+
+TARGET = OnnxTarget()
+check, export, run, reference = TARGET.check, TARGET.export, TARGET.run, TARGET.reference

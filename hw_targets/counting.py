@@ -181,8 +181,8 @@ def count_events(layers: list[DeployedLayer], trace: Trace, timesteps: int) -> l
         spikes = _per_sample(trace.spikes[layer.lif]).sum(1).numpy() if layer.lif is not None else zeros
         neurons = int(np.prod(layer.out_shape))
         bias_inputs = neurons * timesteps if layer.bias is not None else 0
-        counts.append(LayerCounts(layer.name, layer.kind, neurons, timesteps, spikes, synops, macs, layer.lif is not None, shortcut,
-                                  bias_inputs))
+        counts.append(LayerCounts(layer.name, layer.kind, neurons, timesteps, spikes, synops, macs, layer.lif is not None,
+                                  shortcut, bias_inputs))
     return counts
 
 

@@ -7,18 +7,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..neurons import poisson_inputs
-from ..student import SpikingStudent, deployed_layers
+from ..inputs import model_input
+from ..student import SpikingStudent, Trace, deployed_layers
 from .counting import LayerCounts, concat_counts, count_events
 from .profile import Profile
 
-CATEGORIES = ("synops", "macs", "neuron_updates", "spikes")
+CATEGORIES = ("synops", "macs", "neuron_updates", "spikes", "network")
 
 
 @dataclass
@@ -33,8 +34,11 @@ class StudentRun:
 
 
 @torch.no_grad()
-def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: int, seed: int = 0, batch_size: int = 64, progress: bool = True) -> StudentRun:
-    """Run the student in eval mode, in batches, and count the events of every sample exactly."""
+def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: int, seed: int = 0, batch_size: int = 64,
+                  progress: bool = True, observers: Sequence[Callable[[Trace, torch.Tensor], None]] = ()) -> StudentRun:
+    """Run the student in eval mode, in batches, and count the events of every sample exactly.
+
+    Each observer (e.g. ``traffic.TrafficCounter.add``) also sees every batch's trace and images."""
     layers = deployed_layers(student)
     poisson = student.config.encoding == "poisson"
     parts, predictions, entering = [], [], []
@@ -43,29 +47,54 @@ def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: i
     try:
         for start in tqdm(range(0, len(images), batch_size), desc="energy", unit="batch", disable=not progress):
             x = images[start : start + batch_size]
+            given = model_input(student.config.encoding, timesteps, x, seed=seed, first_index=start)
+            trace = student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
             if poisson:
-                trace = student.run(input_spikes=poisson_inputs(x, timesteps, seed, start), record=True)
                 entering.append(trace.input_spikes.double().sum(dim=tuple(d for d in range(trace.input_spikes.dim()) if d != 1)).numpy())
-            else:
-                trace = student.run(x, timesteps=timesteps, record=True)
             parts.append(count_events(layers, trace, timesteps))
+            for observe in observers:
+                observe(trace, x)
             predictions.append(trace.logits.argmax(1).cpu().numpy())
     finally:
         student.train(was_training)
     return StudentRun(concat_counts(parts), timesteps, student.config.encoding, np.concatenate(predictions), np.concatenate(entering) if poisson else None)
 
 
-def price_layer(counts: LayerCounts, profile: Profile) -> dict[str, np.ndarray]:
+@torch.no_grad()
+def first_layer_current(student: SpikingStudent, images: torch.Tensor) -> torch.Tensor:
+    """The host-computed input current of deployed layer 0 (direct encoding), computed by the
+    student's own modules in its own precision: what drives the first layer as a bias."""
+    h = images.to(student.leak.dtype)
+    for module in list(student.body)[: deployed_layers(student)[0].source + 1]:
+        h = module(h)  # pools, flatten, dropout (eval: identity) and the first Conv/Linear
+    return h.flatten(1)
+
+
+def price_layer(counts: LayerCounts, profile: Profile,
+                traffic: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per-sample energy of one layer in joules, by event category.
 
-    ``bias_inputs`` appears only for a layer with a bias on a profile whose bias figure is known;
-    with an unknown figure the term is left out (the report says so) rather than guessed.
+    Without ``traffic`` (a profile with no mesh): ``neuron_updates`` is neurons x T x E_neuron and
+    ``network`` is 0. With a layer's ``traffic.TrafficCounter`` counts: ``neuron_updates`` is
+    accesses x E_neuron + updates x E_neuron_update, ``network`` the messages carrying spikes into
+    the layer x E_message plus their hops x E_hop. A conv layer's events cost ``synop_conv`` when
+    the profile gives it. ``bias_inputs`` appears only for a layer with a bias on a profile whose
+    bias figure is known; with an unknown figure the term is left out (the report says so).
     """
+    synop = profile.e("synop_conv") if counts.kind == "conv" else profile.e_synop
+    n = len(counts.spikes)
+    if traffic is None:
+        neuron, network = np.full(n, counts.neuron_updates * profile.e_neuron), np.zeros(n)
+    else:
+        neuron = traffic["accesses"] * profile.e_neuron + traffic["updates"] * profile.e("neuron_update")
+        network = (traffic["messages"] * profile.e("message") + traffic["hops_ew"] * profile.e("hop_ew")
+                   + traffic["hops_ns"] * profile.e("hop_ns"))
     priced = {
-        "synops": counts.synops * profile.e_synop,
+        "synops": counts.synops * synop,
         "macs": counts.macs * profile.e_mac,
-        "neuron_updates": np.full(len(counts.spikes), counts.neuron_updates * profile.e_neuron),
+        "neuron_updates": np.broadcast_to(neuron, (n,)).astype(np.float64),
         "spikes": counts.spikes * profile.e_spike,
+        "network": np.broadcast_to(network, (n,)).astype(np.float64),
     }
     if counts.bias_inputs and profile.bias_known:
         priced["bias_inputs"] = np.full(len(counts.spikes), counts.bias_inputs * profile.e_bias)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,12 +35,14 @@ def _firing_rates(report: dict[str, Any], path: Path) -> None:
 
 
 def _energy_by_layer(reports: list[dict[str, Any]], path: Path) -> None:
+    reports = [r for r in reports if r["dynamic_energy_j"] is not None] or reports[:1]  # unknown figures: no bars
     fig, axes = plt.subplots(1, len(reports), figsize=(5 * len(reports), 3.8), squeeze=False)
     for ax, report in zip(axes[0], reports):
         names = [l["name"] for l in report["layers"]]
         bottom = [0.0] * len(names)
-        for cat in CATEGORIES:
-            values = [l["energy_by_category_j"][cat] for l in report["layers"]]
+        biased = any("bias_inputs" in l["energy_by_category_j"] for l in report["layers"])
+        for cat in (*CATEGORIES, "bias_inputs") if biased else CATEGORIES:  # a bias's own term, where priced
+            values = [np.nan_to_num(l["energy_by_category_j"].get(cat, 0.0)) for l in report["layers"]]
             ax.bar(names, values, bottom=bottom, label=cat.replace("_", " "))
             bottom = [b + v for b, v in zip(bottom, values)]
         ax.set_ylim(0, 1.08 * max(bottom, default=0.0) or 1.0)  # a zero-height top bar would pin the limit to the stack
@@ -52,18 +55,27 @@ def _energy_by_layer(reports: list[dict[str, Any]], path: Path) -> None:
 
 
 def _snn_vs_ann(reports: list[dict[str, Any]], path: Path) -> None:
+    """Per profile: the SNN's dynamic and static energy stacked, beside the ANN at fp32 and int8."""
     names = [r["hardware"] for r in reports]
-    x = range(len(names))
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(names) + 2), 3.8))
-    ax.bar([i - 0.2 for i in x], [r["total_energy_j"] for r in reports], 0.4, yerr=[r["total_energy_j_std"] for r in reports], capsize=4, label="SNN")
-    ax.bar([i + 0.2 for i in x], [r["ann_energy_j"] for r in reports], 0.4, label="ANN (same network, dense MACs)")
+    x = np.arange(len(names))
+    dynamic = [r["dynamic_energy_j"] or 0.0 for r in reports]
+    static = [r["static_energy_j"] or 0.0 for r in reports]
+    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(names) + 2), 4))
+    ax.bar(x - 0.27, dynamic, 0.27, label="SNN dynamic")
+    ax.bar(x - 0.27, static, 0.27, bottom=dynamic, label="SNN static (power x time)", hatch="//", alpha=0.6)
+    ax.bar(x, [r["ann_baselines"]["fp32"]["energy_j"] for r in reports], 0.27, label="ANN fp32 (same network, 45 nm)")
+    ax.bar(x + 0.27, [r["ann_baselines"]["int8"]["energy_j"] for r in reports], 0.27, label="ANN int8 (45 nm)")
     for i, r in enumerate(reports):
+        if r["dynamic_energy_j"] is None:
+            ax.annotate("SNN energy\nunknown", (i - 0.27, r["ann_baselines"]["int8"]["energy_j"]), ha="center",
+                        fontsize="x-small")
         if "energy_j" in r.get("sanafe", {}):
-            ax.plot([i - 0.2], [r["sanafe"]["energy_j"]], "kD", label=f"SANA-FE Loihi model ({r['sanafe']['samples']} samples)")
+            ax.plot([i - 0.27], [r["sanafe"]["energy_j"]], "kD",
+                    label=f"SANA-FE Loihi model ({r['sanafe']['samples']} samples)")
     ax.set_xticks(list(x), names)
     ax.set_yscale("log")
     ax.set_ylabel("energy per sample (J)")
-    ax.set_title("SNN against ANN energy")
+    ax.set_title("SNN (dynamic + static) against the ANN")
     ax.legend(fontsize="small")
     _save(fig, path)
 
@@ -75,3 +87,39 @@ def write_plots(reports: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     _energy_by_layer(reports, paths[1])
     _snn_vs_ann(reports, paths[2])
     return paths
+
+
+def pareto_plot(result: dict[str, Any], path: Path) -> None:
+    """Accuracy against energy per inference (dynamic + static where known), one panel per profile
+    with known energy, one marker per method, each point labelled with its T, the Pareto front drawn."""
+    from .tradeoff import pareto_front
+
+    def energy(row: dict[str, Any], name: str) -> float | None:
+        e = row["energy"][name]
+        return e["energy_with_static_j"] if e["energy_with_static_j"] is not None else e["dynamic_energy_j"]
+
+    names = [n for n in result["hardware"] if all(energy(r, n) is not None for r in result["rows"])]
+    names = names or result["hardware"][:1]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
+    methods = sorted({r["method"] for r in result["rows"]})
+    for ax, name in zip(axes[0], names):
+        rows = [r for r in result["rows"] if energy(r, name) is not None]
+        for marker, method in zip("os^Dv<>p", methods):
+            mine = [r for r in rows if r["method"] == method]
+            ax.plot([energy(r, name) for r in mine], [r["accuracy"] for r in mine], marker, label=method)
+            for r in mine:
+                ax.annotate(f"T={r['timesteps']}", (energy(r, name), r["accuracy"]), fontsize="x-small", xytext=(3, 3),
+                            textcoords="offset points")
+        points = [(energy(r, name), r["accuracy"]) for r in rows]
+        front = [points[i] for i in pareto_front(points)]
+        if front:
+            ax.step([p[0] for p in front], [p[1] for p in front], "k--", where="post", linewidth=0.8,
+                    label="Pareto front")
+        ax.set_xscale("log")
+        static = rows and rows[0]["energy"][name]["static_energy_j"] is not None
+        ax.set_xlabel("energy per inference (J)" + (", dynamic + static" if static else ""))
+        ax.set_ylabel("accuracy")
+        ax.set_title(name)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(f"Accuracy against energy ({result['samples']} samples)")
+    _save(fig, path)

@@ -14,6 +14,22 @@ A profile file (``hw_targets/profiles/<name>.toml``) holds::
                      synaptic_memory_per_core_bytes, input_axons_per_core (value, source each)
                      and weight_bits (min, max, source)
 
+Optional, for a chip whose messages, time and static power are modelled (``placement``, ``timing``):
+
+    [energy.synop_conv, neuron_update]  joules, source: a conv layer's synaptic event; a neuron-step
+                     whose state changes (then ``energy.neuron`` is the access every neuron pays each step)
+    [energy.message, hop_ew, hop_ns]    joules, source: one spike message to one core; one mesh hop
+                     east-west / north-south. Needs [mesh].
+    [mesh.*]         cores_per_tile, tiles_x, tiles_y (value, source each). Needs [limits], and
+                     cores_per_tile x tiles_x x tiles_y == limits.cores_per_chip.
+    [latency.*]      seconds, source: neuron, neuron_update, spike, message_out, message_in, synop,
+                     synop_conv; [latency.barrier] tiles = [...], seconds = [...], source (the barrier
+                     synchronisation at the end of a step, by tiles in use). Needs [mesh].
+    [static.power_per_chip]  watts, source
+
+Any ``joules``, ``seconds`` or ``watts`` may be the string "unknown" (with a source saying why): what
+depends on it is then reported as unknown, never guessed.
+
 Adding a profile is adding one file; the loader rejects unknown keys, missing figures and wrong
 types with one line naming the file and the key.
 """
@@ -32,6 +48,10 @@ from ..errors import UserError
 PROFILE_DIR = Path(__file__).with_name("profiles")
 ENERGY_KEYS = ("synop", "mac", "neuron", "spike")
 BIAS_KEY = "bias"  # optional: absent or "unknown" both mean the figure is unknown
+OPTIONAL_ENERGY = ("synop_conv", "neuron_update", "message", "hop_ew", "hop_ns", BIAS_KEY)
+NETWORK_ENERGY = ("message", "hop_ew", "hop_ns")
+MESH_KEYS = ("cores_per_tile", "tiles_x", "tiles_y")
+LATENCY_KEYS = ("neuron", "neuron_update", "spike", "message_out", "message_in", "synop", "synop_conv")
 UNKNOWN = "unknown"
 COUNT_LIMITS = ("cores_per_chip", "compartments_per_core", "synaptic_memory_per_core_bytes", "input_axons_per_core")
 
@@ -40,8 +60,15 @@ COUNT_LIMITS = ("cores_per_chip", "compartments_per_core", "synaptic_memory_per_
 class Figure:
     """One number with the publication (or derivation) it comes from."""
 
-    value: float
+    value: float  # NaN when the figure is unknown
     source: str
+
+    @property
+    def known(self) -> bool:
+        return not math.isnan(self.value)
+
+    def to_json(self, unit: str) -> dict[str, Any]:
+        return {unit: self.value if self.known else UNKNOWN, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -63,14 +90,61 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Mesh:
+    """The chip's network on chip: tiles of ``cores_per_tile`` cores on a ``tiles_x`` x ``tiles_y`` mesh."""
+
+    cores_per_tile: Figure
+    tiles_x: Figure
+    tiles_y: Figure
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: {"value": int(getattr(self, k).value), "source": getattr(self, k).source} for k in MESH_KEYS}
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """Barrier synchronisation time at the end of a step, a step function of the tiles in use."""
+
+    tiles: tuple[int, ...]
+    seconds: tuple[float, ...]
+    source: str
+
+    def at(self, tiles: int) -> float:
+        """The entry of the largest ``tiles`` key <= ``tiles`` (the first entry below them all)."""
+        index = max([i for i, t in enumerate(self.tiles) if t <= tiles], default=0)
+        return self.seconds[index]
+
+
+@dataclass(frozen=True)
 class Profile:
-    """A hardware target's per-event energies (joules) and, for constrained hardware, its limits."""
+    """A hardware target's per-event energies (joules) and, for constrained hardware, its limits;
+    optionally its mesh, per-event latencies (seconds), barrier and static power (watts per chip)."""
 
     name: str
     description: str
-    energy: dict[str, Figure]  # keys: synop, mac, neuron, spike; bias when the file gives it (NaN: unknown)
+    energy: dict[str, Figure]  # keys: synop, mac, neuron, spike and any of OPTIONAL_ENERGY (NaN: unknown)
     limits: Limits | None
     path: Path
+    mesh: Mesh | None = None
+    latency: dict[str, Figure] | None = None
+    barrier: Barrier | None = None
+    static_power: Figure | None = None
+
+    def e(self, key: str) -> float:
+        """An energy figure in joules; the optional ones default to 0 when absent."""
+        fig = self.energy.get(key)
+        if fig is None:
+            return self.e_synop if key == "synop_conv" else 0.0
+        return fig.value
+
+    @property
+    def unknown(self) -> list[str]:
+        """Names of the figures the profile marks unknown."""
+        out = [f"energy.{k}" for k, f in self.energy.items() if not f.known]
+        out += [f"latency.{k}" for k, f in (self.latency or {}).items() if not f.known]
+        if self.static_power is not None and not self.static_power.known:
+            out.append("static.power_per_chip")
+        return out
 
     @property
     def e_synop(self) -> float:
@@ -102,11 +176,19 @@ class Profile:
         out: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
-            "energy_j": {k: {"joules": UNKNOWN if math.isnan(f.value) else f.value, "source": f.source}
-                         for k, f in self.energy.items()},
+            "energy_j": {k: f.to_json("joules") for k, f in self.energy.items()},
         }
         if self.limits is not None:
             out["limits"] = self.limits.to_dict()
+        if self.mesh is not None:
+            out["mesh"] = self.mesh.to_dict()
+        if self.latency is not None:
+            out["latency_s"] = {k: f.to_json("seconds") for k, f in self.latency.items()}
+        if self.barrier is not None:
+            b = self.barrier
+            out["barrier_s"] = {"tiles": list(b.tiles), "seconds": list(b.seconds), "source": b.source}
+        if self.static_power is not None:
+            out["static_power_per_chip_w"] = self.static_power.to_json("watts")
         return out
 
 
@@ -128,7 +210,7 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid TOML ({err})") from None
+        raise UserError(f"{path}: not valid TOML ({err})") from err
     return _parse(data, path)
 
 
@@ -154,11 +236,17 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
             raise fail(where, f"must be a non-empty string, got {value!r}")
         return value
 
-    def number(d: dict[str, Any], key: str, where: str) -> float:
+    def number(d: dict[str, Any], key: str, where: str, unit: str = "joules") -> float:
         value = d[key]
+        if value == UNKNOWN:
+            return math.nan
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise fail(where, f"must be a non-negative number of joules, got {value!r}")
+            raise fail(where, f"must be a non-negative number of {unit} or \"unknown\", got {value!r}")
         return float(value)
+
+    def figure(d: dict[str, Any], key: str, unit: str) -> Figure:
+        fig = table(d[key.split(".")[-1]], key, {unit, "source"})
+        return Figure(number(fig, unit, f"{key}.{unit}", unit), text(fig, "source", f"{key}.source"))
 
     def count(d: dict[str, Any], key: str, where: str) -> int:
         value = d[key]
@@ -166,17 +254,12 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
             raise fail(where, f"must be a positive integer, got {value!r}")
         return value
 
-    top = {"name", "description", "energy"} | ({"limits"} if "limits" in data else set())
-    table(data, "", top)
+    optional = {"limits", "mesh", "latency", "static"}
+    table(data, "", {"name", "description", "energy"} | (optional & set(data)))
     name = text(data, "name", "name")
-    energy_table = table(data["energy"], "energy", set(ENERGY_KEYS), frozenset({BIAS_KEY}))
-    energy = {}
-    for key in (*ENERGY_KEYS, BIAS_KEY):
-        if key not in energy_table:
-            continue
-        fig = table(energy_table[key], f"energy.{key}", {"joules", "source"})
-        joules = math.nan if key == BIAS_KEY and fig["joules"] == UNKNOWN else number(fig, "joules", f"energy.{key}.joules")
-        energy[key] = Figure(joules, text(fig, "source", f"energy.{key}.source"))
+    energy_table = table(data["energy"], "energy", set(ENERGY_KEYS) | (set(OPTIONAL_ENERGY) & set(data["energy"])))
+    energy = {key: figure(energy_table, f"energy.{key}", "joules")
+              for key in (*ENERGY_KEYS, *OPTIONAL_ENERGY) if key in energy_table}
     limits = None
     if "limits" in data:
         lim = table(data["limits"], "limits", set(COUNT_LIMITS) | {"weight_bits"})
@@ -189,4 +272,42 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
         if lo > hi:
             raise fail("limits.weight_bits", f"has min {lo} > max {hi}")
         limits = Limits(**figures, weight_bits_min=lo, weight_bits_max=hi, weight_bits_source=text(bits, "source", "limits.weight_bits.source"))
-    return Profile(name, text(data, "description", "description"), energy, limits, path)
+    mesh = latency = barrier = static = None
+    network = [k for k in NETWORK_ENERGY if k in energy]
+    if "mesh" in data:
+        m = table(data["mesh"], "mesh", set(MESH_KEYS))
+        mesh = Mesh(*(Figure(count(table(m[k], f"mesh.{k}", {"value", "source"}), "value", f"mesh.{k}.value"),
+                             text(m[k], "source", f"mesh.{k}.source")) for k in MESH_KEYS))
+        if limits is None:
+            raise fail("limits", "is missing: the mesh placement needs the per-core limits "
+                                 "(cores_per_chip, compartments, ...)")
+        missing = [k for k in NETWORK_ENERGY if k not in energy]
+        if missing:
+            raise fail(f"energy.{missing[0]}", "is missing: a profile with a mesh prices every message and hop "
+                                                "(write \"unknown\" if unpublished)")
+        per_chip = int(mesh.cores_per_tile.value * mesh.tiles_x.value * mesh.tiles_y.value)
+        if per_chip != int(limits.cores_per_chip.value):
+            raise fail("mesh", f"is impossible: {int(mesh.cores_per_tile.value)} cores x {int(mesh.tiles_x.value)} x "
+                               f"{int(mesh.tiles_y.value)} tiles = {per_chip} cores per chip, but "
+                               f"limits.cores_per_chip is {int(limits.cores_per_chip.value)}")
+    elif network:
+        raise fail("mesh", f"is missing: energy.{network[0]} is priced per message or hop, "
+                           "which needs a placement on a mesh")
+    if "latency" in data:
+        if mesh is None:
+            raise fail("mesh", "is missing: per-core latencies need a placement on a mesh")
+        lat = table(data["latency"], "latency", {*LATENCY_KEYS, "barrier"})
+        latency = {k: figure(lat, f"latency.{k}", "seconds") for k in LATENCY_KEYS}
+        b = table(lat["barrier"], "latency.barrier", {"tiles", "seconds", "source"})
+        tiles, seconds = b["tiles"], b["seconds"]
+        lists = isinstance(tiles, list) and isinstance(seconds, list) and tiles and len(tiles) == len(seconds)
+        counts = lists and all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tiles)
+        if not counts or tiles != sorted(set(tiles)):
+            raise fail("latency.barrier", "needs 'tiles' (increasing positive integers) and 'seconds' "
+                                          "of the same length")
+        times = tuple(number({"s": v}, "s", "latency.barrier.seconds", "seconds") for v in seconds)
+        barrier = Barrier(tuple(tiles), times, text(b, "source", "latency.barrier.source"))
+    if "static" in data:
+        st = table(data["static"], "static", {"power_per_chip"})
+        static = figure(st, "static.power_per_chip", "watts")
+    return Profile(name, text(data, "description", "description"), energy, limits, path, mesh, latency, barrier, static)

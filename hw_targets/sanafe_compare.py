@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..neurons import poisson_inputs
+from ..inputs import model_input
 from ..student import SpikingStudent, deployed_layers, has_shortcuts
-from .energy import StudentRun, price_layer
+from .energy import StudentRun, first_layer_current, price_layer
 from .profile import Profile
+from .traffic import TrafficCounter
 
 TIMEOUT_S = 900
 RUNNER = Path(__file__).with_name("sanafe_runner.py")
@@ -46,21 +47,23 @@ def check_feed_forward(student: SpikingStudent) -> None:
                         "shortcuts: run the energy report without --sanafe")
 
 
-@torch.no_grad()
-def _first_layer_current(student: SpikingStudent, images: torch.Tensor) -> np.ndarray:
-    """The host-computed input current of deployed layer 0 per sample, flattened: computed by the
-    student's own modules in its own precision, so that SANA-FE integrates the very same values."""
-    h = images.to(student.leak.dtype)
-    for module in list(student.body)[: deployed_layers(student)[0].source + 1]:
-        h = module(h)  # pools, flatten, dropout (eval: identity) and the first Conv/Linear
-    return h.flatten(1).double().cpu().numpy()
-
-
-def _spec(student: SpikingStudent, images: torch.Tensor, per_core: list[int], timesteps: int, seed: int) -> dict[str, np.ndarray]:
+def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter, timesteps: int,
+          seed: int) -> dict[str, np.ndarray]:
     layers = deployed_layers(student)
     direct = student.config.encoding == "direct"
     thresholds = student.thresholds.detach().double().cpu().numpy()
-    spec: dict[str, Any] = {"depth": len(layers), "direct": direct, "leak": float(student.leak.detach()), "timesteps": timesteps}
+    placement = counter.placement
+    per_core = [g.per_core for g in placement.layers]
+
+    def sites(group) -> np.ndarray:  # SANA-FE core index of each of the group's cores
+        cores = group.first + np.arange(group.cores)
+        return placement.sanafe_tile(cores) * placement.cores_per_tile + cores % placement.cores_per_tile
+
+    spec: dict[str, Any] = {"depth": len(layers), "direct": direct, "leak": float(student.leak.detach()),
+                            "timesteps": timesteps, "rows": placement.tiles_y * placement.chips}
+    spec.update({f"sites_{j}": sites(g) for j, g in enumerate(placement.layers)})
+    if placement.input is not None:
+        spec.update(sites_input=sites(placement.input), input_per_core=placement.input.per_core)
     for j, layer in enumerate(layers):
         spec.update({
             f"kind_{j}": layer.kind, f"weight_{j}": layer.weight, f"in_shape_{j}": np.array(layer.in_shape),
@@ -70,11 +73,11 @@ def _spec(student: SpikingStudent, images: torch.Tensor, per_core: list[int], ti
         if layer.bias is not None and not (direct and j == 0):  # the host's current already holds layer 0's
             per_neuron = layer.bias.reshape(-1, 1, 1) if layer.kind == "conv" else layer.bias
             spec[f"bias_{j}"] = np.broadcast_to(per_neuron, layer.out_shape).reshape(-1).copy()
+    given = model_input(student.config.encoding, timesteps, images, seed=seed)
     if direct:
-        spec["inputs"] = _first_layer_current(student, images)
+        spec["inputs"] = first_layer_current(student, given.images).double().cpu().numpy()
     else:
-        spikes = poisson_inputs(images, timesteps, seed)  # [T, S, C, H, W]
-        spec["inputs"] = spikes.flatten(2).transpose(0, 1).numpy().astype(np.uint8)
+        spec["inputs"] = given.spikes.flatten(2).transpose(0, 1).numpy().astype(np.uint8)  # [S, T, C*H*W]
     return spec
 
 
@@ -83,21 +86,28 @@ def _our_rasters(student: SpikingStudent, images: torch.Tensor, timesteps: int, 
     """Our spikes ``[S, T, N]`` of every LIF layer on the same inputs."""
     was_training = student.training
     student.eval()
+    given = model_input(student.config.encoding, timesteps, images, seed=seed)
     try:
-        if student.config.encoding == "poisson":
-            trace = student.run(input_spikes=poisson_inputs(images, timesteps, seed), record=True)
-        else:
-            trace = student.run(images, timesteps=timesteps, record=True)
+        trace = student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
     finally:
         student.train(was_training)
     return [s.transpose(0, 1).flatten(2).numpy().astype(bool) for s in trace.spikes]
 
 
-def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: StudentRun, profile: Profile, per_core: list[int], *, timesteps: int, seed: int = 0) -> dict[str, Any]:
-    """SANA-FE's Loihi energy of the first ``len(images)`` samples beside the analytical figure.
+def _relative(theirs: float, ours: float) -> float:
+    return float((theirs - ours) / ours) if ours else float("inf")
 
-    ``run`` holds our counts (its first samples are these images), ``per_core`` the neurons per core
-    of each deployed layer from ``map_to_cores``, so that both place the network alike.
+
+def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: StudentRun, profile: Profile,
+                        counter: TrafficCounter, *, timesteps: int, seed: int = 0) -> dict[str, Any]:
+    """SANA-FE's Loihi energy and time of the first ``len(images)`` samples beside ``profile``'s.
+
+    ``run`` holds our counts and ``counter`` (``report.traffic_counter``, fed the same run) our
+    messages, hops and step times on the placement that SANA-FE is given too; their first samples
+    are these images. ``profile`` prices them (``loihi_calibrated``: SANA-FE's own figures). The
+    host-computed first layer (direct encoding) costs nothing in SANA-FE and is left out of ours.
+    Terms: synapse (synaptic events), soma (neuron accesses and updates, spike generation),
+    network (messages and hops).
     """
     check_feed_forward(student)
     if not sanafe_available():
@@ -105,7 +115,7 @@ def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: Stud
     samples = len(images)
     with tempfile.TemporaryDirectory(prefix="lasnn-sanafe-") as tmp:
         spec_path, out_path = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-        np.savez(spec_path, **_spec(student, images, per_core, timesteps, seed))
+        np.savez(spec_path, **_spec(student, images, counter, timesteps, seed))
         # Run as a script, not ``-m``: the package's import of torch would cost seconds for nothing.
         cmd = [sys.executable, str(RUNNER), str(spec_path), str(out_path)]
         try:
@@ -117,8 +127,15 @@ def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: Stud
             return {"error": f"SANA-FE run failed: {last}"}
         with np.load(out_path, allow_pickle=False) as res:
             result = {k: res[k] for k in res.files}
-    ours = sum(sum(price_layer(c, profile).values())[:samples] for c in run.layers)
-    theirs = result["energy_total"]
+    traffic = counter.result()
+    priced = [price_layer(c, profile, t) for c, t in zip(run.layers, traffic["layers"])]
+    ours_terms = {
+        "synapse": sum(float(np.mean(p["synops"][:samples])) for p in priced),
+        "soma": sum(float(np.mean((p["neuron_updates"] + p["spikes"])[:samples])) for p in priced),
+        "network": sum(float(np.mean(p["network"][:samples])) for p in priced),
+    }
+    ours = sum(ours_terms.values())
+    theirs = float(np.mean(result["energy_total"]))
     layers = deployed_layers(student)
     direct = student.config.encoding == "direct"
     agree, total, per_layer = 0, 0, []
@@ -130,21 +147,31 @@ def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: Stud
         total += sim.size
         per_layer.append({"name": layers[j].name, "spikes_sanafe": float(sim.sum() / samples), "spikes_ours": float(raster.sum() / samples)})
     breakdown = {k: float(np.mean(result[f"energy_{k}"])) for k in ("synapse", "dendrite", "soma", "network")}
-    return {
+    steps = int(result["steps"])
+    out = {
         "samples": samples,
         "sanafe_version": importlib.metadata.version("sanafe"),
         "architecture": "sanafe/examples/loihi.yaml (SANA-FE's Loihi model)" + (
             "" if int(result["rows"]) == 4 else
             f", mesh stretched to 8 x {int(result['rows'])} tiles: one virtual chip of {32 * int(result['rows'])} cores, "
             "so traffic between Loihi chips is priced as on-chip mesh hops (SANA-FE models no chip-to-chip links)"),
-        "simulated_steps": int(result["steps"]),
+        "simulated_steps": steps,
         "cores": int(result["cores"]),
         "potential_scale": float(result["scale"]),
-        "energy_j": float(np.mean(theirs)),
-        "energy_j_std": float(np.std(theirs)),
+        "energy_j": theirs,
+        "energy_j_std": float(np.std(result["energy_total"])),
         "breakdown_j": breakdown,
-        "analytical_energy_j": float(np.mean(ours)),
-        "relative_difference": float((np.mean(theirs) - np.mean(ours)) / np.mean(ours)),
+        "profile": profile.name,
+        "analytical_energy_j": ours,
+        "relative_difference": _relative(theirs, ours),
+        "terms": {k: {"sanafe_j": breakdown[k], "ours_j": v, "relative_difference": _relative(breakdown[k], v)}
+                  for k, v in ours_terms.items()},
         "spike_agreement": agree / total,
         "layers": per_layer,
     }
+    if "inference_s" in traffic:
+        theirs_t = float(np.mean(result["sim_time"])) / steps
+        ours_t = float(np.mean(traffic["inference_s"][:samples])) / traffic["steps"]
+        out["time_per_step_s"] = {"sanafe": theirs_t, "ours": ours_t,
+                                  "relative_difference": _relative(theirs_t, ours_t)}
+    return out

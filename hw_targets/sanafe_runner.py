@@ -8,8 +8,8 @@ process, and reads ``OUT.npz``. The network is built exactly: one neuron group p
 (pools folded), every real synapse an explicit edge with its weight, SANA-FE's Loihi LIF
 (``v = trunc64(leak * v) + bias + input``, fire if ``v > theta``, hard reset to 0, no synaptic
 current memory) with the student's thresholds and leak, and the output integrator a neuron that
-never fires. Neurons are placed on SANA-FE's Loihi cores in the same greedy (C, H, W) order and
-neurons-per-core as ``constraints.map_to_cores``. Poisson input spikes come from SANA-FE input
+never fires. Neurons are placed on SANA-FE's Loihi cores exactly as ``placement.place`` puts them
+(the spec names each group's SANA-FE cores and the mesh's tile rows). Poisson input spikes come from SANA-FE input
 neurons replaying the given spike trains; under direct encoding the host-computed first layer
 drives layer 0 through its bias for T steps. Each layer adds one step of latency, so a sample runs
 T + depth (direct: T + depth - 1) steps. A layer with a bias (``bias_<j>``, per neuron) gets it as
@@ -30,7 +30,6 @@ import numpy as np
 import sanafe
 
 CHIP_ROWS = 4  # SANA-FE's Loihi model: 8 x 4 tiles of 4 cores, 128 cores, one chip
-MAX_INPUT_CORES = 16  # Poisson input neurons are spread over at most this many cores
 NEVER = 1e300  # threshold of the output integrator
 SIM = {"timing_model": "simple", "processing_threads": 1, "spike_trace": True}
 
@@ -93,20 +92,12 @@ def loihi_arch(input_units: int, folder: str, rows: int = CHIP_ROWS):
     return sanafe.load_arch(str(path))
 
 
-def mesh_rows(spec, input_units: int) -> int:
-    """Tile rows (8 tiles of 4 cores each) that hold the network: 4 for one chip, more beyond."""
-    direct = bool(spec["direct"])
-    cores = 0 if direct else -(-int(np.prod(spec["in_shape_0"])) // input_units)
-    cores += sum(-(-int(np.prod(spec[f"out_shape_{j}"])) // int(spec[f"per_core_{j}"])) for j in range(int(spec["depth"])))
-    return max(CHIP_ROWS, -(-cores // 32))
-
-
 def build(spec, folder: str, scale: float):
     """The chip with the network loaded, the number of cores it occupies and the mesh's tile rows."""
     depth, direct = int(spec["depth"]), bool(spec["direct"])
     n_in = 0 if direct else int(np.prod(spec["in_shape_0"]))
-    input_units = min(1024, max(1, -(-n_in // MAX_INPUT_CORES)))
-    rows = mesh_rows(spec, input_units)
+    input_units = int(spec["input_per_core"]) if not direct else 1
+    rows = int(spec["rows"])
     arch = loihi_arch(input_units, folder, rows)
     cores = arch.cores()
     net = sanafe.Network()
@@ -132,22 +123,23 @@ def build(spec, folder: str, scale: float):
                 wt = w.reshape(-1)
             groups[-1].connect_neurons_sparse(group, {"w": wt.tolist()}, list(zip(s.tolist(), d.tolist())))
         groups.append(group)
-    core = 0
+    used = 0
     if not direct:
+        sites = spec["sites_input"]
         for i, neuron in enumerate(groups[0].neurons):
             neuron.set_attributes(soma_hw_name=f"loihi_inputs[{i % input_units}]")
-            neuron.map_to_core(cores[core + i // input_units])
-        core += -(-n_in // input_units)
-    for group, per_core in placement:
-        n = len(group.neurons)
-        if core + -(-n // per_core) > len(cores):
-            raise SystemExit(f"the network needs more than the {len(cores)} cores of the SANA-FE mesh built for it")
+            neuron.map_to_core(cores[int(sites[i // input_units])])
+        used += len(sites)
+    for j, (group, per_core) in enumerate(placement):
+        sites = spec[f"sites_{j}"]
+        if int(sites.max()) >= len(cores):
+            raise SystemExit(f"the placement needs more than the {len(cores)} cores of the SANA-FE mesh built for it")
         for i, neuron in enumerate(group.neurons):
-            neuron.map_to_core(cores[core + i // per_core])
-        core += -(-n // per_core)
+            neuron.map_to_core(cores[int(sites[i // per_core])])
+        used += len(sites)
     chip = sanafe.SpikingChip(arch)
     chip.load(net)
-    return chip, core, rows
+    return chip, used, rows
 
 
 def simulate(chip, spec, scale: float) -> dict[str, np.ndarray]:
@@ -157,6 +149,7 @@ def simulate(chip, spec, scale: float) -> dict[str, np.ndarray]:
     steps = T + depth - (1 if direct else 0)
     groups = chip.mapped_neuron_groups
     energy = {k: [] for k in ("total", "synapse", "dendrite", "soma", "network")}
+    sim_time = []
     rasters = [np.zeros((len(inputs), steps, int(np.prod(spec[f"out_shape_{j}"]))), dtype=bool) for j in range(depth)]
     biases = {j: spec[f"bias_{j}"] * scale for j in range(depth) if f"bias_{j}" in spec}
     for s, x in enumerate(inputs):
@@ -183,6 +176,7 @@ def simulate(chip, spec, scale: float) -> dict[str, np.ndarray]:
                     neuron.set_attributes(model_attributes={"bias": b})
         for k in energy:
             energy[k].append(sum(p["energy"][k] for p in parts))
+        sim_time.append(sum(p["sim_time"] for p in parts))
         for t, fired in enumerate(step for p in parts for step in p["spike_trace"]):
             for address in fired:
                 if address.group_name.startswith("layer"):
@@ -190,6 +184,7 @@ def simulate(chip, spec, scale: float) -> dict[str, np.ndarray]:
     out = {f"energy_{k}": np.array(v) for k, v in energy.items()}
     out.update({f"spikes_{j}": r for j, r in enumerate(rasters)})
     out["steps"] = np.array(steps)
+    out["sim_time"] = np.array(sim_time)
     return out
 
 

@@ -114,12 +114,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .exporters import TARGETS, export
+    from .exporters import get_target
     from .student import load_student
 
+    target = get_target(args.target)
     student = load_student(args.model)
     folder = args.model if args.model.is_dir() else args.model.parent
-    out = args.out or folder / f"student{TARGETS.get(args.target, '')}"
+    out = args.out or folder / f"student{target.suffixes[0]}"
     if args.nir_for is not None:
         from .exporters import nir_runtimes
 
@@ -128,9 +129,29 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = nir_runtimes.export(student, out, args.nir_for)
         print(f"wrote nir export for {args.nir_for}: {path}")
         return 0
-    path = export(student, args.target, out)
+    path = target.export(student, out)
     print(f"wrote {args.target} export: {path}")
     return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .nir_import import import_nir
+
+    path = import_nir(args.file, args.out, library=args.source, dt=args.dt, timesteps=args.timesteps,
+                      encoding=args.encoding, input_shape=args.input_shape)
+    print(f"wrote student: {path}")
+    return 0
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """argparse type: ``C,H,W`` positive integers."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W integers, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers C,H,W, got {text!r}")
+    return shape
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -171,13 +192,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def cmd_tradeoff(args: argparse.Namespace) -> int:
+    from .hw_targets.tradeoff import parse_timesteps, tradeoff
+
+    timesteps = parse_timesteps(args.timesteps)  # before the data loads
+    images, labels = _test_split(args)
+    tradeoff(args.runs, images, labels, timesteps=timesteps, hw=args.hw, out_dir=args.out, seed=args.seed)
+    print(f"trade-off in {args.out} (tradeoff.json, tradeoff.md, pareto.png)")
+    return 0
+
+
 def cmd_energy(args: argparse.Namespace) -> int:
     from .hw_targets.report import energy_report
     from .student import load_student
 
     student = load_student(args.model)
     images, labels = _test_split(args)
-    report = energy_report(student, images, labels, hw=args.hw, out_dir=args.out, timesteps=args.timesteps, seed=args.seed,
+    if args.timesteps is not None:
+        student = student.with_config(timesteps=args.timesteps)
+    report = energy_report(student, images, labels, hw=args.hw, out_dir=args.out, seed=args.seed,
                            weight_bits=args.weight_bits, sanafe_samples=args.sanafe)
     if args.json:
         from .atomic import write_text
@@ -239,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --target nir: an equivalent graph that RUNTIME's importer runs as it ships "
                    f"({', '.join(RUNTIME_NAMES)}; docs/interop.md); default: the plain NIR file")
 
+    p = add("import", cmd_import, "read a NIR graph (ours, or written by snnTorch, Norse, Sinabs or SpikingJelly) into a "
+            "student run folder that export, validate and energy take", "lasnn-deploy import net.nir --from snntorch --out runs/net")
+    p.add_argument("file", type=Path, help="the .nir file")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write student.safetensors into")
+    p.add_argument("--from", dest="source", choices=["snntorch", "norse", "sinabs", "spikingjelly"],
+                   help="the exporter that wrote the file: sets its dt and tau convention (docs/semantics.md)")
+    p.add_argument("--dt", type=float, help="time step in seconds (overrides the exporter's default or the file's)")
+    p.add_argument("--timesteps", type=_int_at_least(1), default=8, help="time steps per sample (default: 8)")
+    p.add_argument("--encoding", choices=["direct", "poisson"], default="direct", help="input encoding (default: direct)")
+    p.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="read a vector input as this image shape")
+
     p = add("validate", cmd_validate, "run an export in its own runtime and compare its spikes with PyTorch (exit 1 on disagreement)",
             "lasnn-deploy validate runs/mnist runs/mnist/student.onnx --dataset mnist --data-dir ../shared/data --samples 256 --json v.json")
     p.add_argument("model", type=Path, help="run folder or student.safetensors")
@@ -261,6 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sanafe", type=_int_at_least(0), default=0, metavar="N",
                    help="also simulate the first N samples with SANA-FE's Loihi model (optional extra, GPL-3.0, run in a separate process)")
     p.add_argument("--json", type=Path, help="also write energy.json's content to this file")
+
+    p = add("tradeoff", cmd_tradeoff,
+            "accuracy, energy (dynamic and static) and latency at several T, for every method present",
+            "lasnn-deploy tradeoff runs/mnist --dataset mnist --data-dir ../shared/data --timesteps 2,4,8 "
+            "--out runs/mnist/tradeoff")
+    p.add_argument("runs", type=Path, nargs="+", help="run folders (their student, and their converted SNN when kept)")
+    _add_data(p, samples_default=256)
+    p.add_argument("--timesteps", default="2,4,8", help="comma-separated T values, each once (default: 2,4,8)")
+    p.add_argument("--hw", default="all",
+                   help="'all', a profile name, a comma-separated list of names or a .toml file (default: all)")
+    p.add_argument("--out", type=Path, required=True, help="folder for tradeoff.json, tradeoff.md and pareto.png")
     return parser
 
 

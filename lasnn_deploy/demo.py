@@ -40,8 +40,8 @@ def run_demo(out: str | Path = "runs/demo", *, fast: bool = False) -> dict:
 
     summary: dict = {"run": str(run), "student": str(run / "student.safetensors"), "metrics": str(run / "metrics.json"),
                      "test_accuracy": metrics["test_accuracy"], "exports": {}, "validation": {}}
-    for target, suffix in TARGETS.items():
-        path = export(student, target, run / f"student{suffix}")
+    for target, kind in TARGETS.items():
+        path = export(student, target, run / f"student{kind.suffixes[0]}")
         n = VALIDATE_SAMPLES[target]
         report = validate(student, path, images[:n], labels[:n])
         report_path = run / f"validate_{target}.json"

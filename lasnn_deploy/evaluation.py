@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .errors import UserError
+from .inputs import model_input
 from .loihi_quant import quantise, run_quantised
-from .neurons import poisson_inputs
 from .student import SpikingStudent, check_images
 
 
@@ -17,7 +17,6 @@ def evaluate_student(
     student: SpikingStudent,
     dataset: Dataset,
     *,
-    timesteps: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = False,
@@ -39,14 +38,14 @@ def evaluate_student(
     student.eval()
     correct, spikes, total = 0, 0.0, 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    poisson = student.config.encoding == "poisson"
-    net = quantise(student.with_config(timesteps=timesteps) if timesteps else student) if loihi else None
+    T = student.config.timesteps  # another T: student.with_config(timesteps=T), the one rule (inputs.py)
+    net = quantise(student) if loihi else None
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        spikes_in = poisson_inputs(x, timesteps or student.config.timesteps, seed, total) if poisson else None
+        given = model_input(student.config.encoding, T, x, seed=seed, first_index=total)
         if net is not None:
-            trace = run_quantised(net, x, input_spikes=spikes_in)
+            trace = run_quantised(net, given.images, input_spikes=given.spikes)
         else:
-            trace = student.run(None if poisson else x, timesteps=timesteps, input_spikes=spikes_in, record=True)
+            trace = student.run(given.images, input_spikes=given.spikes, record=True)
         correct += int((trace.logits.argmax(1) == y).sum())
         spikes += float(sum(s.sum() for s in trace.spikes))
         total += len(y)

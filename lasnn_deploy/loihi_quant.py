@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .neurons import encode
+from .inputs import model_input
 from .student import DeployedLayer, SpikingStudent, Trace, deployed_layers
 
 W_MIN, W_MAX = -256, 254  # netx's 8-bit weight range (larger magnitudes lose bits in optimize_weight_bits)
@@ -137,7 +137,8 @@ def layer_scale(weight: np.ndarray, theta: float | None, percentile: float = 100
     if theta is not None:
         limits.append(VTH_MAX / theta)
     if bias is not None and bias.size:
-        limits += [BIAS_MAX / bias.max() if bias.max() > 0 else np.inf, -BIAS_MIN / -bias.min() if bias.min() < 0 else np.inf]
+        limits += [BIAS_MAX / bias.max() if bias.max() > 0 else np.inf,
+                   -BIAS_MIN / -bias.min() if bias.min() < 0 else np.inf]
     return float(min(limits))
 
 
@@ -303,15 +304,13 @@ def run_quantised(
     Logits (float64) are ``v_out / (64 s_out T)``; spikes are recorded for every LIF layer.
     """
     T = net.timesteps
+    given = model_input(net.encoding, T, images, input_spikes, seed=seed)
     if net.encoding == "direct":
-        images = images if images is not None else (input_spikes[0] if input_spikes is not None else None)
-        if images is None:
-            raise UserError("direct encoding needs images [B, C, H, W]")
-        bias = host_bias(net.layers[0], images)  # the host layer's constant current, fed to the first LIF
+        bias = host_bias(net.layers[0], given.image())  # the host layer's constant current, fed to the first LIF
         spikes, _ = loihi_lif(bias.unsqueeze(0).expand(T, *bias.shape), net.v_decay, net.layers[0].v_th)
         trace, on_chip = Trace(logits=torch.empty(0), spikes=[spikes]), net.layers[1:]
     else:
-        s0 = input_spikes if input_spikes is not None else encode(torch.as_tensor(images), T, "poisson", seed)
+        s0 = given.spikes
         spikes, T = s0.detach().cpu(), s0.shape[0]
         trace, on_chip = Trace(logits=torch.empty(0), input_spikes=s0), net.layers
     for layer in on_chip:

@@ -223,7 +223,8 @@ def poisson_inputs(images: torch.Tensor, timesteps: int, seed: int, first_index:
     Sample ``i`` of the whole set is drawn with seed ``seed + i``, so its spikes do not depend on
     the batch or chunk it falls in: ``evaluate``, ``validate`` and ``energy`` see the same spikes.
     """
-    return torch.stack([poisson_spikes(x, timesteps, seed + first_index + i) for i, x in enumerate(images)], dim=1)
+    cpu = images.detach().cpu()  # drawn on the CPU generator, moved once
+    return torch.stack([poisson_spikes(x, timesteps, seed + first_index + i) for i, x in enumerate(cpu)], dim=1).to(images.device)
 
 
 def encode(x: torch.Tensor, timesteps: int, encoding: Encoding, seed: int = 0) -> torch.Tensor:

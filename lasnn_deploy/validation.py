@@ -9,7 +9,6 @@ values over all layers and steps the runtime exposes) and ``max_abs_logit_error`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import nir as nir_lib
@@ -18,9 +17,8 @@ import torch
 from tqdm import tqdm
 
 from .atomic import atomic_path
-from .errors import UserError
-from .exporters import RunResult, target_module, target_of_file
-from .neurons import poisson_inputs
+from .exporters import TARGETS, RunResult, target_of_file
+from .inputs import model_input
 from .student import SpikingStudent, check_images, check_parameters
 
 
@@ -175,17 +173,7 @@ def validate(
     per layer as a golden trace (:func:`write_trace`).
     """
     target = target_of_file(path)
-    module = target_module(target)
-    run, reference_of = module.run, module.reference
-    if target == "nir":
-        from .exporters import nir_runtimes
-
-        graph, _ = module.read_graph(path)
-        runtime = nir_runtimes.runtime_of(graph, runtime, path)
-        run = partial(nir_runtimes.run, runtime=runtime)
-        reference_of = partial(nir_runtimes.reference, runtime=runtime)
-    elif runtime is not None:
-        raise UserError(f"--runtime picks a NIR importer; {path} is a {target} file, run in its own runtime")
+    module = TARGETS[target].for_file(path, **({} if runtime is None else {"runtime": runtime}))
     check_parameters(student)
     check_images(student.config, images, labels)
     student = student.eval()
@@ -196,11 +184,10 @@ def validate(
     for start in tqdm(range(0, images.shape[0], CHUNK), desc=f"validate {target}", unit="chunk", leave=False,
                       disable=None if progress else True):  # None: only on a terminal
         x = images[start:start + CHUNK]
-        input_spikes = poisson_inputs(x, cfg.timesteps, seed, start) if cfg.encoding == "poisson" else None
-        direct_images = x if input_spikes is None else None
-        with torch.no_grad():
-            reference = reference_of(student, direct_images, input_spikes)
-        result = run(Path(path), direct_images, input_spikes)
+        given = model_input(cfg.encoding, cfg.timesteps, x, seed=seed, first_index=start)
+        direct_images, input_spikes = given.images, given.spikes
+        reference = module.reference(student, direct_images, input_spikes)
+        result = module.run(Path(path), direct_images, input_spikes)
         agreement.add(reference, result)
         if trace is not None:
             golden.append(RunResult(reference.logits, reference.spikes, reference.layer_names))
@@ -211,7 +198,7 @@ def validate(
             for key, logits in zip(correct, (reference.logits, result.logits, float_logits)):
                 correct[key] += int(np.sum(logits.argmax(1) == y))
     report = {"target": target, "file": str(path), "samples": int(images.shape[0]),
-              **({"runtime": runtime} if target == "nir" else {}),
+              **({"runtime": module.settings["runtime"]} if "runtime" in module.settings else {}),
               "timesteps": cfg.timesteps, "encoding": cfg.encoding, **agreement.report()}
     if labels is not None:
         # For Lava the reference is the Loihi-quantised mode: float_accuracy shows the quantisation's cost.

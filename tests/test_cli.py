@@ -9,7 +9,7 @@ from conftest import make_student
 from lasnn_deploy.cli import main
 from lasnn_deploy.student import save_student
 
-COMMANDS = ["demo", "train", "evaluate", "export", "validate", "energy"]
+COMMANDS = ["demo", "train", "evaluate", "export", "validate", "energy", "import", "tradeoff"]
 
 
 def run_cli(capsys, *argv):
@@ -21,7 +21,7 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-def test_help_lists_the_six_commands(capsys):
+def test_help_lists_every_command(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
     for command in COMMANDS:

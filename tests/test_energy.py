@@ -17,8 +17,10 @@ from lasnn_deploy.errors import UserError
 from lasnn_deploy.hw_targets.constraints import map_to_cores
 from lasnn_deploy.hw_targets.counting import ann_macs, conv_reach, count_events
 from lasnn_deploy.hw_targets.energy import price_layer, run_and_count
+from lasnn_deploy.hw_targets.placement import place
 from lasnn_deploy.hw_targets.profile import list_profiles, load_profile
-from lasnn_deploy.hw_targets.report import energy_report
+from lasnn_deploy.hw_targets.report import energy_report, traffic_counter
+from lasnn_deploy.hw_targets.traffic import TrafficCounter
 from lasnn_deploy.hw_targets.sanafe_compare import compare_with_sanafe, sanafe_available
 from lasnn_deploy.neurons import poisson_spikes
 from lasnn_deploy.student import (AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig, Trace,
@@ -321,7 +323,7 @@ def test_report_all_profiles_side_by_side(tmp_path):
 def test_report_checks_input_before_writing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(UserError, match="unknown hardware profile"):
-        energy_report(make_student(), torch.rand(2, 1, 8, 8), hw="loihi2", out_dir=out)
+        energy_report(make_student(), torch.rand(2, 1, 8, 8), hw="loihi9", out_dir=out)
     with pytest.raises(UserError, match=r"images must be \[N, 1, 8, 8\]"):
         energy_report(make_student(), torch.rand(2, 3, 8, 8), out_dir=out)
     assert not out.exists()
@@ -465,14 +467,19 @@ def test_sanafe_runs_in_its_own_process(encoding, bias):
             if bias:
                 m.bias.copy_(torch.round(m.bias * 16 * 3) / 16)  # up to +-0.19: every layer's spikes change
     x = torch.round(torch.rand(2, 1, 8, 8) * 16) / 16
-    run = run_and_count(student, x, timesteps=4, seed=3, progress=False)
-    loihi = load_profile("loihi")
-    per_core = [m.neurons_per_core for m in map_to_cores(deployed_layers(student), loihi.limits, direct_encoding=encoding == "direct").layers]
-    result = compare_with_sanafe(student, x, run, loihi, per_core, timesteps=4, seed=3)
+    calibrated = load_profile("loihi_calibrated")
+    counter = traffic_counter(student, calibrated, timesteps=4)
+    run = run_and_count(student, x, timesteps=4, seed=3, progress=False, observers=[counter.add])
+    result = compare_with_sanafe(student, x, run, calibrated, counter, timesteps=4, seed=3)
     assert "sanafe" not in sys.modules
     assert result["samples"] == 2 and result["energy_j"] > 0 and result["spike_agreement"] == 1.0, result
     assert [l["spikes_sanafe"] for l in result["layers"]] == [l["spikes_ours"] for l in result["layers"]]
-    assert math.isfinite(result["relative_difference"])
+    # Same spikes, same placement, SANA-FE's own figures: synapse and network energy agree to rounding.
+    # Soma and time too, but for the updates of potentials that inputs on this 1/16 grid bring back
+    # to exactly zero (SANA-FE then skips the update; our count cannot see a zero potential).
+    terms = result["terms"]
+    assert abs(terms["synapse"]["relative_difference"]) < 1e-9 and abs(terms["network"]["relative_difference"]) < 1e-9, terms
+    assert abs(terms["soma"]["relative_difference"]) < 0.01 and abs(result["time_per_step_s"]["relative_difference"]) < 0.01, result
 
 
 @pytest.mark.skipif(not sanafe_available(), reason="SANA-FE (optional, GPL-3.0) is not installed")
@@ -482,11 +489,16 @@ def test_sanafe_stretches_its_mesh_for_a_network_beyond_one_chip():
         for m in student.weighted_modules():
             m.weight.copy_(torch.round(m.weight * 16) / 16)
     x = torch.round(torch.rand(1, 1, 8, 8) * 16) / 16
-    run = run_and_count(student, x, timesteps=3, progress=False)
-    per_core = [2] * len(deployed_layers(student))  # 2 neurons per core: 185 cores, more than one chip's 128
-    result = compare_with_sanafe(student, x, run, load_profile("loihi"), per_core, timesteps=3)
-    assert result["cores"] == 185 and "8 x 6 tiles" in result["architecture"], result
-    assert result["spike_agreement"] == 1.0
+    calibrated = load_profile("loihi_calibrated")
+    layers = deployed_layers(student)
+    sizes = [int(np.prod(l.out_shape)) for l in layers]
+    placement = place([l.name for l in layers], sizes, [2] * len(layers), calibrated)  # 185 cores: 2 chips of 128
+    counter = TrafficCounter(layers, placement, 3, True, True, calibrated)
+    run = run_and_count(student, x, timesteps=3, progress=False, observers=[counter.add])
+    result = compare_with_sanafe(student, x, run, calibrated, counter, timesteps=3)
+    assert placement.chips == 2 and result["cores"] == 185 and "8 x 8 tiles" in result["architecture"], result
+    assert result["spike_agreement"] == 1.0 and counter.result()["layers"][1]["interchip"][0] > 0
+    assert abs(result["terms"]["network"]["relative_difference"]) < 1e-9, result["terms"]
 
 
 # -- bias ------------------------------------------------------------------------------------------
@@ -502,6 +514,8 @@ def test_a_bias_is_its_own_term_priced_per_profile(tmp_path):
         trace = biased.run(x, record=True)
     for name, report in result["reports"].items():
         profile = load_profile(name)
+        if profile.mesh is not None or any(not f.known for k, f in profile.energy.items() if k != "bias"):
+            continue  # priced with messages and activity (test_energy_model.py), or unknown
         total = 0.0
         for layer, spikes in zip(report["layers"], [*trace.spikes, torch.zeros(1, 3)]):
             assert close(layer["spikes"], float(spikes.sum()) / 3)
@@ -524,12 +538,13 @@ def test_a_bias_is_its_own_term_priced_per_profile(tmp_path):
     # bias-free: no bias term anywhere, the report as before
     unbiased = energy_report(plain, x, hw="truenorth", out_dir=tmp_path / "p", progress=False)
     assert "unpriced" not in unbiased and all("bias_inputs" not in l for l in unbiased["layers"])
-    assert all(set(l["energy_by_category_j"]) == {"synops", "macs", "neuron_updates", "spikes"} for l in unbiased["layers"])
+    categories = {"synops", "macs", "neuron_updates", "spikes", "network"}
+    assert all(set(l["energy_by_category_j"]) == categories for l in unbiased["layers"])
     assert "Bias inputs" not in (tmp_path / "p" / "energy.md").read_text()
 
 
 def test_profile_bias_figure_is_optional_and_may_be_unknown(tmp_path):
     assert not load_profile(_write(tmp_path, GOOD.split("[energy.bias]")[0])).bias_known  # absent: unknown
     assert load_profile("cmos45").e_bias == 0.9e-12 and not load_profile("truenorth").bias_known
-    with pytest.raises(UserError, match="energy.mac.joules' must be a non-negative number"):
-        load_profile(_write(tmp_path, GOOD.replace("joules = 4.6e-12", 'joules = "unknown"', 1)))
+    # any figure may be "unknown" (Loihi 2 publishes no per-event energies): listed, never guessed
+    assert load_profile(_write(tmp_path, GOOD.replace("joules = 4.6e-12", 'joules = "unknown"', 1))).unknown == ["energy.mac"]

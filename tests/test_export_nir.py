@@ -271,10 +271,11 @@ def test_reading_back_refuses_a_residual_graph_that_is_no_student(change, messag
         nir_target.student_from_nir(graph)
 
 
-def test_biased_student_is_conv2d_bias_and_affine_and_runs_spike_exact_in_snntorch(tmp_path):
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+def test_biased_student_is_conv2d_bias_and_affine_and_runs_spike_exact_in_snntorch(tmp_path, encoding):
     """u = lam u + W s + b: a conv's bias is its Conv2d node's, a Linear with a bias is an Affine;
     snnTorch reproduces every spike and logit, and the student comes back exactly from the file."""
-    student = make_student(encoding="direct", timesteps=5, bias=True, seed=2)
+    student = make_student(encoding=encoding, timesteps=5, bias=True, seed=2)
     path = export(student, "nir", tmp_path / "b.nir")
     graph = nir.read(path)
     kinds = [type(graph.nodes[n]).__name__ for n in nir_target._chain(graph, path)]
@@ -290,7 +291,7 @@ def test_biased_student_is_conv2d_bias_and_affine_and_runs_spike_exact_in_snntor
     assert back.config == without_dropout(student.config)
     for a, b in zip(student.weighted_modules(), back.weighted_modules()):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
-    unbiased = make_student(encoding="direct", timesteps=5, seed=2)  # same weights, no bias: other spikes
+    unbiased = make_student(encoding=encoding, timesteps=5, seed=2)  # same weights, no bias: other spikes
     assert not np.array_equal(nir_target.reference(unbiased, x).logits, nir_target.run(path, x).logits)
 
 

@@ -302,8 +302,8 @@ def test_failed_export_leaves_no_file(tmp_path):
     (tmp_path / "taken.onnx").mkdir()
     with pytest.raises(UserError, match="cannot write"):
         onnx_export.export(student, tmp_path / "plain_file" / "s.onnx")
-    with pytest.raises(UserError, match="cannot write"):
-        onnx_export.export(student, tmp_path / "taken.onnx")  # a folder: the final rename fails
+    with pytest.raises(UserError, match="is a folder"):
+        onnx_export.export(student, tmp_path / "taken.onnx")  # refused before anything is written
     with pytest.raises(UserError, match=r"\.onnx"):
         onnx_export.export(student, tmp_path / "s.bin")
     with torch.no_grad():

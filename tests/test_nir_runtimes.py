@@ -46,7 +46,8 @@ def inputs(encoding: str, n: int = 12, T: int = 4):
 
 def run_both(student, path, runtime, encoding):
     images, spikes = inputs(encoding, T=student.config.timesteps)
-    return (nir_runtimes.reference(student, images, spikes, runtime=runtime),
+    in_batches = nir_runtimes.batched(nir.read(path), runtime)
+    return (nir_runtimes.reference(student, images, spikes, in_batches=in_batches),
             nir_runtimes.run(path, images, spikes, runtime=runtime))
 
 
@@ -153,3 +154,32 @@ def test_biased_students_keep_their_biases_in_every_flavour(tmp_path, runtime):
         assert report["spike_agreement"] > 0.6
     else:
         assert report["spike_agreement"] == 1.0 and report["max_abs_logit_error"] <= 1e-5, report["first_divergence"]
+
+
+def test_plain_file_runs_unbatched_in_snntorch_and_its_flavour_batched(tmp_path):
+    """snnTorch and Norse build Flatten(start_dim=0) literally: the plain file goes one sample at a
+    time; the flavours' Flatten(start_dim=-3) is the same NIR node and keeps the batch axis."""
+    student = make_student("direct", leak=0.9)
+    plain = nir_target.export(student, tmp_path / "plain.nir")
+    flavoured = nir_runtimes.export(student, tmp_path / "snntorch.nir", "snntorch")
+    assert not nir_runtimes.batched(nir.read(plain), "snntorch")
+    assert nir_runtimes.batched(nir.read(flavoured), "snntorch") and nir_runtimes.batched(nir.read(plain), "spikingjelly")
+    assert nir.read(flavoured).nodes["flatten5"].start_dim == -3
+    reference, result = run_both(student, plain, "snntorch", "direct")
+    assert compare(reference, result)["spike_agreement"] == 1.0
+
+
+def test_a_missing_spyx_environment_is_one_clear_line(tmp_path, monkeypatch):
+    student = make_student("direct")
+    path = nir_runtimes.export(student, tmp_path / "s.nir", "spyx")
+    monkeypatch.setenv("LASNN_SPYX_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(UserError, match="make spyx"):
+        nir_runtimes.run(path, inputs("direct")[0])
+
+
+def test_an_importer_that_cannot_read_the_plain_file_is_one_line_naming_the_flavour(tmp_path):
+    require("norse")
+    student = make_student("direct")
+    plain = nir_target.export(student, tmp_path / "plain.nir")
+    with pytest.raises(UserError, match="norse cannot run .*KeyError.*avgpool1.*--nir-for norse"):
+        nir_runtimes.run(plain, inputs("direct")[0], runtime="norse")

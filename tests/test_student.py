@@ -84,7 +84,8 @@ def test_biased_student_matches_float64_reference(encoding, reset, exact):
 def test_bias_is_written_only_when_true(tmp_path):
     plain, biased = make_student(), make_student(bias=True)
     assert all("bias" not in layer for layer in plain.config.to_dict()["layers"])
-    assert [layer.get("bias") for layer in biased.config.to_dict()["layers"] if layer["type"] in ("conv", "linear")] == [True] * 4
+    weighted = [layer for layer in biased.config.to_dict()["layers"] if layer["type"] in ("conv", "linear")]
+    assert [layer.get("bias") for layer in weighted] == [True] * 4
     back = load_student(save_student(biased, tmp_path / "b.safetensors"))
     assert back.config == biased.config and "body.7.bias" in back.state_dict()
     assert all(torch.equal(a, b) for a, b in zip(biased.state_dict().values(), back.state_dict().values()))

@@ -130,8 +130,8 @@ def tampered(result: RunResult, how: str, k: int) -> RunResult:
 def test_a_runtime_that_drops_or_renames_a_layer_fails_validation(onnx_file, how, k):
     student, path = onnx_file
     images, labels = images_and_labels(5)
-    real_run = onnx_export.run
-    with mock.patch.object(onnx_export, "run", lambda *a, **kw: tampered(real_run(*a, **kw), how, k)):
+    real_run = onnx_export._run  # the target's own step, which validate reaches through OnnxTarget.run
+    with mock.patch.object(onnx_export.OnnxTarget, "_run", staticmethod(lambda *a, **kw: tampered(real_run(*a, **kw), how, k))):
         report = validation.validate(student, path, images, labels)
     assert not report["passed"]
     assert report["layer_mismatch"] and report["spike_agreement"] is None

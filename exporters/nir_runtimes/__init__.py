@@ -7,8 +7,11 @@ One small module per runtime, each with the same three names:
   equivalent one the runtime's importer runs as it ships (the graph itself when it needs nothing).
 - ``run(graph, settings, steps) -> Recorded``: the importer, as it ships, on the input of every step
   ``[T, B, C, H, W]``: the graph's output per step and the spikes of every LIF node.
-- ``BATCHED``: whether the importer takes a batch (then the reference computes each step's layers on
-  the whole batch, as the runtime does; else one image at a time, ``exporters.nir.runtime_order``).
+- ``BATCHED``: whether the importer takes a batch, and ``LITERAL_FLATTEN``: whether it builds NIR's
+  batch-free ``Flatten(start_dim=0)`` as ``nn.Flatten(0, -1)``, which flattens a batch axis too; then
+  only a file whose Flatten counts from the end (``start_dim=-3``, the flavours') runs batched
+  (:func:`batched`). Batched, the reference computes each step's layers on the whole batch, as the
+  runtime does; else one image at a time (``exporters.nir.runtime_order``).
 
 The default ``export --target nir`` file stays plain NIR, run in snnTorch. A flavoured file records
 its runtime in the metadata (``nir_for``), and ``validate`` refuses to run it in another.
@@ -30,7 +33,7 @@ from ...atomic import atomic_path
 from ...errors import UserError
 from ...neurons import _lif_forward
 from ...student import AvgPool, Conv, Linear, Shortcut, SpikingStudent
-from .. import RunResult
+from ..target import RunResult
 from .. import nir as nir_target
 from . import transforms
 
@@ -96,17 +99,31 @@ def runtime_of(graph: nir.NIRGraph, runtime: str | None, where: Any) -> str:
     return chosen
 
 
+def batched(graph: nir.NIRGraph, runtime: str) -> bool:
+    """Whether ``runtime`` runs ``graph`` on a whole batch at once (see the module docstring)."""
+    module = runtime_module(runtime)
+    literal = getattr(module, "LITERAL_FLATTEN", False)
+    return module.BATCHED and not (literal and any(isinstance(node, nir.Flatten) and int(node.start_dim) >= 0
+                                                   for node in graph.nodes.values()))
+
+
 def run(path: str | Path, images: Any = None, input_spikes: Any = None, runtime: str | None = None) -> RunResult:
     """Run the NIR file in ``runtime``'s importer; logits are the mean of the output over the ``T`` steps."""
     path = Path(path)
     graph, settings = nir_target.read_graph(path)
     runtime = runtime_of(graph, runtime, path)
-    if runtime == "snntorch":
-        return nir_target.run(path, images, input_spikes)
+    if runtime == "snntorch" and not batched(graph, runtime):
+        return nir_target._run(path, images, input_spikes)  # the plain file's own step: no recursion
     steps = nir_target._input_steps(images, input_spikes, settings, path)
     chain, into = nir_target._layout(graph, path)
     lifs = [n for n in chain if isinstance(graph.nodes[n], nir.LIF)]
-    recorded = runtime_module(runtime).run(graph, settings, steps)
+    try:
+        recorded = runtime_module(runtime).run(graph, settings, steps)
+    except UserError:
+        raise
+    except Exception as err:  # the importer as it ships: KeyError for an unmapped node, ValueError, ...
+        hint = "" if graph.metadata.get("nir_for") == runtime else f"; export a file for it with --nir-for {runtime}"
+        raise UserError(f"{runtime} cannot run {path} ({type(err).__name__}: {err}){hint}") from err
     logits = torch.as_tensor(recorded.outputs, dtype=torch.float32).reshape(*steps.shape[:2], -1).mean(0)
     shapes = transforms.layer_shapes(graph)  # a dense flavour's LIF layers are flat: the student's shapes back
 
@@ -150,13 +167,14 @@ def _batched_order(student: SpikingStudent, batch: int) -> SpikingStudent:
 
 
 def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = None,
-              runtime: str = DEFAULT) -> RunResult:
-    """The float32 student on the same input, in the order the runtime computes its layers, with the
-    potentials before reset of every LIF layer (for the first-divergence report)."""
+              in_batches: bool = False) -> RunResult:
+    """The float32 student on the same input, in the order the runtime computes its layers (``in_batches``:
+    each step's whole batch, see :func:`batched`; else image by image), with the potentials before
+    reset of every LIF layer (for the first-divergence report)."""
     cfg = student.config
     x, spikes = nir_target._as_tensor(images), nir_target._as_tensor(input_spikes)
     batch = (spikes.shape[1] if spikes is not None else x.shape[0])
-    ordered = _batched_order(student, batch) if runtime_module(runtime).BATCHED else nir_target.runtime_order(student)
+    ordered = _batched_order(student, batch) if in_batches else nir_target.runtime_order(student)
     currents: dict[int, torch.Tensor] = {}
     hooks = [ordered.body[i].register_forward_hook(lambda m, a, out, i=i: currents.__setitem__(i, out))
              for i in cfg.spiking_layers]
@@ -174,6 +192,6 @@ def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = N
         current = current.unflatten(0, (T, -1)) if current.shape[0] == T * batch else current.expand(T, *current.shape)
         _, v = _lif_forward(current.float(), student.leak.detach(), student.thresholds[k].detach(), True, True)
         potentials.append(torch.stack(v).numpy())
-    names = [f"{cfg.layers[i].type}{i}" for i in cfg.spiking_layers]
+    names = [cfg.layer_name(i) for i in cfg.spiking_layers]
     return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names,
                      potentials=potentials)

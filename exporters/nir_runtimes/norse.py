@@ -4,7 +4,8 @@ What the flavour works around (docs/interop.md): Norse maps ``SumPool2d`` but no
 (``KeyError: 'avgpool1'``); its LIF, ``v += dt/tau (v_leak - v + I)``, ignores ``r`` (it logs a
 warning and goes on), so ``r`` is folded into the threshold; its default ``dt`` is 1e-3, not the
 plain file's 1e-4, so ``tau`` is written for 1e-3. Like snnTorch it builds ``Flatten(start_dim=0)``
-literally, so samples go in unbatched.
+literally (``nn.Flatten(0, -1)``), so the flavour counts it from the end (``start_dim=-3``) and
+the whole batch runs at once.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ import torch
 
 from . import Recorded, missing, transforms
 
-BATCHED = False
+BATCHED = True
+LITERAL_FLATTEN = True
 DT = 1e-3  # norse.torch.from_nir's default dt
 
 
 def flavour(graph: nir.NIRGraph) -> nir.NIRGraph:
-    """SumPool2d for AvgPool2d, ``r`` folded into ``v_threshold``, ``tau`` for ``dt = 1e-3``."""
-    return transforms.neurons(transforms.sum_pools(graph), DT, fold_r=True)
+    """SumPool2d for AvgPool2d, ``r`` folded into ``v_threshold``, ``tau`` for ``dt = 1e-3``, Flatten from the end."""
+    return transforms.batch_flatten(transforms.neurons(transforms.sum_pools(graph), DT, fold_r=True))
 
 
 def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> Recorded:
-    """``from_nir(graph)`` as shipped (its default dt is the flavour's), state carried per sample."""
+    """``from_nir(graph)`` as shipped (its default dt is the flavour's), the whole batch per step, state carried."""
     try:
         import norse.torch as norse
     except ImportError as err:
@@ -37,15 +39,10 @@ def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> R
     spikes: dict[str, list[torch.Tensor]] = {n: [] for n in lifs}
     for n in lifs:
         net.get_submodule(n).register_forward_hook(lambda m, a, out, n=n: spikes[n].append(out[0].detach()))
-    T, B = steps.shape[:2]
-    outputs = []
+    outputs, state = [], None
     with torch.no_grad():
-        for b in range(B):
-            state = None
-            for t in range(T):
-                out, state = net(steps[t, b], state)
-                outputs.append(out)
-    def time_major(s: list[torch.Tensor]) -> np.ndarray:
-        return torch.stack(s).unflatten(0, (B, T)).transpose(0, 1).numpy().astype(np.float32)
-
-    return Recorded(outputs=time_major(outputs), spikes={n: time_major(s) for n, s in spikes.items()})
+        for x in steps:
+            out, state = net(x, state)
+            outputs.append(out)
+    return Recorded(outputs=torch.stack(outputs).numpy(),
+                    spikes={n: torch.stack(s).numpy().astype(np.float32) for n, s in spikes.items()})

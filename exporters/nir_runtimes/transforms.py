@@ -16,6 +16,8 @@ and checks on it. Node names are kept, so layers are named alike in every flavou
   with the bias repeated over H x W), for importers whose convolution
   layout, pooling or per-neuron parameter checks break on 3-D layers.
 - :func:`affine`: ``Linear`` as ``Affine`` with a zero bias, for importers that map only ``Affine``.
+- :func:`batch_flatten`: ``Flatten(start_dim=0)`` as ``Flatten(start_dim=-3)``: the same node on NIR's
+  batch-free ``(C, H, W)``, and one that ``nn.Flatten`` applies past a batch axis.
 """
 
 from __future__ import annotations
@@ -163,4 +165,18 @@ def affine(graph: nir.NIRGraph) -> nir.NIRGraph:
     """Linear nodes as Affine with a zero bias."""
     nodes = {name: nir.Affine(weight=graph.nodes[name].weight, bias=np.zeros(graph.nodes[name].weight.shape[0], np.float32))
              if isinstance(graph.nodes[name], nir.Linear) else graph.nodes[name] for name in _chain(graph)}
+    return _rebuild(graph, nodes)
+
+
+def batch_flatten(graph: nir.NIRGraph) -> nir.NIRGraph:
+    """Flatten dimensions counted from the end (negative), so a literal ``nn.Flatten`` keeps a batch axis."""
+    nodes: dict[str, nir.NIRNode] = {}
+    for name in _chain(graph):
+        node = graph.nodes[name]
+        if isinstance(node, nir.Flatten):
+            ndim = len(np.asarray(node.input_type["input"]))
+            start, end = int(node.start_dim), int(node.end_dim)
+            node = nir.Flatten(input_type=node.input_type, start_dim=start - ndim if start >= 0 else start,
+                               end_dim=end - ndim if end >= 0 else end)
+        nodes[name] = node
     return _rebuild(graph, nodes)

@@ -173,6 +173,8 @@ def _resnet12_plan(input_shape: Sequence[int], num_classes: int, width: float, d
 STUDENTS: dict[str, StudentBuilder] = {
     # conv16-LIF-pool-conv32-LIF-pool-linear: seconds per epoch on a CPU, for tests and the demo.
     "tiny": _vgg("tiny", [16, POOL, 32, POOL], [], 0.0, 0.0),
+    # A dense MLP (Flatten-Linear 256-LIF-Linear): the all-to-all case for energy models.
+    "mlp": _vgg("mlp", [], [256], 0.0, HIDDEN_DROPOUT),
     # LaSNN Table I / II "3Conv, 2Linear".
     "3conv2linear": _vgg("3conv2linear", [64, POOL, 128, POOL, 256, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
     "vgg5": _vgg("vgg5", [64, POOL, 128, 128, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),

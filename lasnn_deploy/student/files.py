@@ -42,9 +42,13 @@ def save_student(student: SpikingStudent, path: str | os.PathLike) -> Path:
 
 
 def load_student(path: str | os.PathLike) -> SpikingStudent:
-    """Load a student from a run folder or a ``.safetensors`` file; never executes code."""
+    """Load a student from a run folder, a ``.safetensors`` file or a ``.nir`` file; never executes code."""
     from safetensors import SafetensorError, safe_open
 
+    if Path(path).suffix.lower() == ".nir":  # read in memory, as `lasnn-deploy import` would write it
+        from ..nir_import import load_nir_student
+
+        return load_nir_student(path)
     path = resolve_student_path(path)
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..neurons import encode, lif_multistep
+from ..inputs import model_input
+from ..neurons import lif_multistep
 from .config import StudentConfig, check_timesteps
 from .layers import Conv, Dropout, LayerSpec, Linear, ResidualAdd, Shortcut
 
@@ -63,7 +64,7 @@ class SpikingStudent(nn.Module):
         record: bool = False,
         exact: bool = False,
     ) -> Trace:
-        """Run the SNN on images ``x`` (encoded per the config) or on given ``input_spikes``.
+        """Run the SNN on images ``x`` (encoded per the config by ``inputs.model_input``) or on given ``input_spikes``.
 
         Under direct encoding the input is the same at every step, so the layers before the first
         LIF run once on ``[B, ...]`` and their result is repeated over time (exact, and T times
@@ -76,12 +77,9 @@ class SpikingStudent(nn.Module):
         bit, which flips a spike whenever ``u`` lies within a rounding step of ``theta``.
         """
         T = check_timesteps(timesteps or self.config.timesteps)
-        if input_spikes is not None:
-            h, static, T = input_spikes, False, input_spikes.shape[0]
-        elif self.config.encoding == "direct":
-            h, static = x, True
-        else:
-            h, static = encode(x, T, "poisson", seed), False
+        given = model_input(self.config.encoding, T, x, input_spikes, seed=seed)
+        static = given.spikes is None
+        h, T = (given.images, T) if static else (given.spikes, given.spikes.shape[0])
         trace = Trace(logits=torch.empty(0), input_spikes=None if static else h)
         sources, saved = self.config.shortcut_sources, {}
         for i, (spec, module) in enumerate(zip(self.config.layers, self.body)):

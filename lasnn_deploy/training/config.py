@@ -34,9 +34,8 @@ from ..errors import UserError
 from ..models import STUDENTS, TEACHERS
 from ..student import MAX_TIMESTEPS
 from .intermediate import INTERMEDIATES
+from .methods import METHODS, TEACHER_METHODS
 
-METHODS = ("conversion", "hybrid", "kd", "hetero-kd", "lasnn", "lasnn-grad", "tssd")
-TEACHER_METHODS = frozenset({"kd", "hetero-kd", "lasnn", "lasnn-grad"})
 OPTIMIZERS = ("sgd", "adam")
 BALANCE_CANDIDATES = (95.0, 98.0, 99.0, 99.5, 99.9, 100.0)  # percentiles tried when --balance-percentile is not given
 SCHEDULES = ("cosine", "step", "constant")

@@ -56,6 +56,7 @@ from .config import BALANCE_CANDIDATES, TrainConfig, config_to_json, make_config
 from .conversion import convert
 from .intermediate import IntermediateAnn, fold_batch_norm
 from .loop import EpochHook, FitResult, Selection, batches, fit, make_optimizer, make_scheduler
+from .methods import Method
 from .objectives import FineTune, TeacherStep
 
 TEACHER_FILE, ANN_FILE, CONVERTED_FILE = "teacher.safetensors", "ann.safetensors", "converted.safetensors"
@@ -115,7 +116,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook | 
     teacher = _teacher_stage(run, stages) if config.needs_teacher else None
     student, clips = _ann_stage(run, stages)
     _conversion_stage(run, student, clips, stages)
-    if config.method != "conversion":
+    if Method.REGISTRY[config.method].fine_tunes:
         _finetune_stage(run, student, teacher, stages)
     elif distributed.is_main_process():
         save_student(student, run.folder / STUDENT_FILE)

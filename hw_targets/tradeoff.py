@@ -1,0 +1,188 @@
+"""Accuracy against energy and latency at several T, for every method present, in one command.
+
+For each run folder given, the methods present are its student (``student.safetensors``, the
+run's ``method``) and, when the run kept it and its method is not ``conversion`` already, the
+converted SNN before fine-tuning (``converted.safetensors``: threshold-balanced conversion). Each
+is run on the same test images at every T of the list, counted exactly and priced on every profile
+(``report.profile_report``: dynamic and static energy, latency, both ANN baselines).
+
+How each T is obtained is stated in every row: the weights and thresholds trained (or balanced) at
+the run's T, run unchanged for T steps; no rebalancing or fine-tuning happens at another T, so a
+T below the trained one shows what cutting the steps of that very network costs.
+
+Writes ``tradeoff.json``, ``tradeoff.md`` (one table) and ``pareto.png`` (accuracy against
+energy per inference, dynamic plus static where known, one panel per profile, the Pareto front
+drawn), atomically, after every check and every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path, write_text
+from ..errors import UserError
+from ..student import STUDENT_FILE, SpikingStudent, check_parameters, check_timesteps, deployed_layers, load_student
+from .energy import run_and_count
+from .profile import Profile, list_profiles, load_profile
+from .report import profile_report, traffic_counter
+
+CONVERTED_FILE = "converted.safetensors"
+FILES = ("tradeoff.json", "tradeoff.md", "pareto.png")
+
+
+def parse_timesteps(text: str) -> list[int]:
+    """``"2,4,8"`` -> ``[2, 4, 8]``; a zero, a duplicate or a non-integer is refused in one line."""
+    items = [t.strip() for t in str(text).split(",")]
+    try:
+        values = [int(t) for t in items]
+    except ValueError as err:
+        raise UserError(f"--timesteps {text!r}: give a comma-separated list of positive integers, e.g. 2,4,8") from err
+    for t in values:
+        check_timesteps(t)
+    duplicates = sorted({t for t in values if values.count(t) > 1})
+    if duplicates:
+        raise UserError(f"--timesteps {text!r}: T = {duplicates[0]} appears twice; give each T once")
+    return values
+
+
+def _profiles(hw: str | os.PathLike) -> list[Profile]:
+    names = list_profiles() if str(hw) == "all" else [h for h in str(hw).split(",") if h]
+    return [load_profile(h) for h in names]
+
+
+def _method(run: Path) -> str:
+    try:
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return "student"
+    nested = (v.get("method") for v in config.values() if isinstance(v, dict) and "method" in v)
+    found = config.get("method") or next(nested, None)
+    return str(found or "student")
+
+
+def _models(runs: Sequence[str | os.PathLike]) -> list[tuple[str, str, SpikingStudent, str]]:
+    """(run, method, student, how it was obtained) of every method present in the run folders."""
+    out = []
+    for r in runs:
+        path = Path(r)
+        student = load_student(path)
+        folder = path if path.is_dir() else path.parent
+        method = _method(folder)
+        T = student.config.timesteps
+        how = "conversion at T={T}" if method == "conversion" else f"converted, then fine-tuned by {method} at T={T}"
+        out.append((str(folder), method, student, how.format(T=T)))
+        converted = folder / CONVERTED_FILE
+        if method != "conversion" and converted.is_file() and (path.is_dir() or path.name == STUDENT_FILE):
+            how = f"threshold-balanced conversion at T={T}, not fine-tuned"
+            out.append((str(folder), "conversion", load_student(converted), how))
+    return out
+
+
+def tradeoff(
+    runs: Sequence[str | os.PathLike],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    timesteps: Sequence[int] | str,
+    hw: str | os.PathLike = "all",
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    batch_size: int = 64,
+    weight_bits: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Accuracy, energy per profile (dynamic, static) and latency of every method present at every T.
+
+    ``runs``: run folders (or student files); ``timesteps``: a list or ``"2,4,8"``; ``hw``: ``"all"``,
+    a profile name, a comma-separated list of names or a ``.toml`` path. Returns the JSON content.
+    """
+    Ts = parse_timesteps(",".join(map(str, timesteps)) if not isinstance(timesteps, str) else timesteps)
+    profiles = _profiles(hw)
+    if not runs:
+        raise UserError("give at least one run folder (from `lasnn-deploy train --out`)")
+    models = _models(runs)
+    for _, _, student, _ in models:
+        shape = tuple(student.config.input_shape)
+        if images.dim() != 4 or tuple(images.shape[1:]) != shape or len(images) == 0 or len(labels) != len(images):
+            raise UserError(f"images must be [N, {', '.join(map(str, shape))}] with one label each, "
+                            f"got {list(images.shape)}")
+        deployed_layers(student)
+        check_parameters(student)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for {', '.join(FILES)}")
+    rows = []
+    for run, method, trained, how in models:
+        for T in Ts:
+            student = trained.with_config(timesteps=T)  # the one way to run at another T (lasnn_deploy/inputs.py)
+            counters = {p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits)
+                        for p in profiles if p.mesh is not None}
+            counted = run_and_count(student, images, timesteps=T, seed=seed, batch_size=batch_size, progress=progress,
+                                    observers=[c.add for c in counters.values()])
+            accuracy = float((torch.as_tensor(counted.predictions) == labels.cpu()).double().mean())
+            energy = {}
+            for p in profiles:
+                r = profile_report(counted, student, p, weight_bits=weight_bits, traffic=counters.get(p.name))
+                energy[p.name] = {k: r[k] for k in ("dynamic_energy_j", "static_energy_j", "energy_with_static_j",
+                                                    "latency_s",
+                                                    "time_per_step_s", "throughput_per_s", "unknown")}
+                energy[p.name]["ann_fp32_j"] = r["ann_baselines"]["fp32"]["energy_j"]
+                energy[p.name]["ann_int8_j"] = r["ann_baselines"]["int8"]["energy_j"]
+            rows.append({"run": run, "method": method, "timesteps": T, "trained_timesteps": trained.config.timesteps,
+                         "obtained": f"{how}; run unchanged for T={T} steps (no rebalancing or fine-tuning at this T)",
+                         "accuracy": accuracy, "firing_rate": r["firing_rate"], "energy": energy})
+    result = {"samples": len(images), "timesteps": Ts, "hardware": [p.name for p in profiles], "rows": rows,
+              "profiles": {p.name: p.to_dict() for p in profiles}}
+    with atomic_path(out / FILES[0]) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out / FILES[1], tradeoff_markdown(result))
+    from .plots import pareto_plot  # matplotlib costs seconds to import
+
+    pareto_plot(result, out / FILES[2])
+    return result
+
+
+def _e(value: float | None) -> str:
+    from .summary import _j
+
+    return _j(value)
+
+
+def tradeoff_markdown(result: dict[str, Any]) -> str:
+    """One table: a row per method and T, a column group per profile."""
+    names = result["hardware"]
+    head = ("| method | T | accuracy | firing rate | " + " | ".join(f"{n} dynamic / static / latency" for n in names)
+            + " | obtained |")
+    lines = ["# Accuracy, energy and latency against T", "",
+             f"{result['samples']} test samples; energy per inference; static = chips' static power x latency; "
+             "unknown where a profile's figure is unpublished.", "", head, "|" + "---|" * (5 + len(names))]
+    for row in result["rows"]:
+        cells = []
+        for n in names:
+            e = row["energy"][n]
+            latency = "unknown" if e["latency_s"] is None else f"{e['latency_s'] * 1e6:.4g} us"
+            cells.append(f"{_e(e['dynamic_energy_j'])} / {_e(e['static_energy_j'])} / {latency}")
+        lines.append(f"| {row['method']} | {row['timesteps']} | {row['accuracy']:.4f} | {row['firing_rate']:.4f} | "
+                     + " | ".join(cells) + f" | {row['obtained']} |")
+    first = next(iter(result["rows"][0]["energy"].values()))
+    lines += ["", "ANN baselines (same network, 45 nm, per inference): "
+              + f"fp32 {_e(first['ann_fp32_j'])}, int8 {_e(first['ann_int8_j'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both lower energy and higher accuracy, by energy."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front

@@ -1,0 +1,190 @@
+"""Training methods, one class each: what a method needs (a teacher, heads beside the student,
+recorded spikes) and the loss it computes. Subclassing ``Method`` with a ``name`` registers it;
+``config.METHODS`` and ``config.TEACHER_METHODS`` are read from the registry.
+
+Fine-tuning methods (all start from the converted student and use CE of the integrated output):
+
+- ``conversion``: no fine-tuning; the converted student is the result.
+- ``hybrid`` (Rathi et al. 2020): CE only.
+- ``kd`` (Hinton et al. 2015): ``(1 - w) CE + w * tau^2 KL`` with one temperature ``tau``.
+- ``hetero-kd`` (Lee et al. 2021): the same with teacher temperature 4 and student temperature 1
+  by default, so that the student reaches the teacher's soft distribution with 4x smaller logits,
+  i.e. fewer output-driving spikes (see ``losses``).
+- ``lasnn``: ``CE + beta/2 * sum_j L_AT,j`` at three levels: the first, middle and last spiking
+  conv layers of the student (spikes averaged over time) against the teacher's low, mid and high
+  feature maps, paired by rank; a student with fewer than three conv layers uses all it has,
+  paired with the teacher's low and high (or only its low) maps.
+- ``lasnn-grad``: the same levels, student SAMs against the teacher's input-gradient map.
+- ``tssd`` (Zuo et al.): one run of ``T' > T`` steps (default ``2T``); its first ``T`` steps give
+  the student's output ``z_T`` (exactly what a ``T``-step inference run computes), all ``T'`` steps
+  the temporal teacher's ``z_T'``. Loss ``CE(z_T) + CE(z_T') + w tau^2 KL(p_T' || p_T) + w tau^2
+  KL(p_T || p_h)``, targets detached, ``tau = 1`` by default. The teacher's CE keeps the ``T'``
+  output worth learning from (without it, it fell below the student; docs/results.md). One weak
+  classifier ``h`` (global average pooling of the middle attention level's spikes over the first
+  ``T`` steps, then a Linear) at the intermediate stage, as in the paper, learns from the final
+  output, and its gradient also reaches the layers below it (three heads instead of one: see
+  docs/results.md). The head lives beside the student, never in it, and starts at zero, so it
+  learns from the output before its gradient shapes the layers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..student import Conv, Shortcut, SpikingStudent
+from . import losses
+
+if TYPE_CHECKING:
+    from .objectives import FineTune
+
+Step = tuple[torch.Tensor, torch.Tensor]  # (loss, logits)
+
+
+def spread(n: int, k: int) -> list[int]:
+    """Up to ``k`` indices spread evenly over ``range(n)``: first, middle, last."""
+    return sorted({int(i) for i in np.round(np.linspace(0, n - 1, k))}) if n else []
+
+
+def attention_levels(student: SpikingStudent) -> list[int]:
+    """Indices (into the spiking layers) of the student's low, mid and high conv spike maps.
+
+    In a residual student the output of a block (its ``Shortcut``'s LIF) is a conv map like any other.
+    """
+    cfg = student.config
+    convs = [k for k, i in enumerate(cfg.spiking_layers) if isinstance(cfg.layers[i], (Conv, Shortcut))]
+    if not convs:
+        raise UserError(f"the {cfg.arch} student has no spiking conv layer to distil attention into; use kd or hybrid")
+    return [convs[i] for i in spread(len(convs), 3)]
+
+
+def teacher_levels(count: int) -> list[int]:
+    """Which of the teacher's [low, mid, high] maps pair with ``count`` student levels."""
+    return spread(3, count)
+
+
+class Method:
+    """A training method after conversion. A subclass with a ``name`` is registered in ``REGISTRY``.
+
+    ``needs_teacher``: the pipeline trains (or loads) the teacher ANN for it. ``fine_tunes``: False
+    for a method whose result is the converted student. ``attach`` adds what the method trains
+    beside the student (heads) or reads (attention levels) to the ``FineTune`` module, so one
+    optimiser and one checkpoint cover them; ``loss`` computes ``(loss, logits)`` for a batch.
+    """
+
+    name: ClassVar[str]
+    needs_teacher: ClassVar[bool] = False
+    fine_tunes: ClassVar[bool] = True
+    REGISTRY: ClassVar[dict[str, type["Method"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            Method.REGISTRY[cls.name] = cls
+
+    def attach(self, ft: "FineTune") -> None:
+        """Nothing beside the student by default."""
+
+    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+        raise UserError(f"method {self.name!r} has no fine-tuning stage")
+
+
+class Conversion(Method):
+    name, fine_tunes = "conversion", False
+
+
+class Hybrid(Method):
+    name = "hybrid"
+
+    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+        logits = ft.student.run(x, seed=seed).logits
+        return F.cross_entropy(logits, y), logits
+
+
+class KD(Method):
+    name, needs_teacher = "kd", True
+
+    def temperatures(self, cfg: Any) -> tuple[float, float]:
+        """(student, teacher) softmax temperatures."""
+        return cfg.temperature, cfg.temperature
+
+    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+        cfg = ft.cfg
+        logits = ft.student.run(x, seed=seed).logits
+        with torch.no_grad():
+            teacher_logits = ft.teacher(x)[0]
+        kd = losses.kd_loss(logits, teacher_logits, *self.temperatures(cfg))
+        return (1 - cfg.kd_weight) * F.cross_entropy(logits, y) + cfg.kd_weight * kd, logits
+
+
+class HeteroKD(KD):
+    name = "hetero-kd"
+
+    def temperatures(self, cfg: Any) -> tuple[float, float]:
+        return cfg.student_temperature, cfg.teacher_temperature
+
+
+class LaSNN(Method):
+    name, needs_teacher = "lasnn", True
+
+    def attach(self, ft: "FineTune") -> None:
+        ft.levels = attention_levels(ft.student)
+
+    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+        trace = ft.student.run(x, seed=seed, record=True)
+        with torch.no_grad():
+            feats = ft.teacher(x)[1]
+        student_maps = [losses.attention_map(trace.spikes[k].mean(0)) for k in ft.levels]
+        teacher_maps = [losses.attention_map(feats[j]) for j in teacher_levels(len(ft.levels))]
+        ce = F.cross_entropy(trace.logits, y)
+        return ce + losses.attention_loss(student_maps, teacher_maps, ft.cfg.beta), trace.logits
+
+
+class LaSNNGrad(LaSNN):
+    name = "lasnn-grad"
+
+    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+        trace = ft.student.run(x, seed=seed, record=True)
+        teacher_map = losses.input_gradient_map(ft.teacher, x, y)
+        student_maps = [losses.spike_activation_map(trace.spikes[k], ft.cfg.sam_gamma) for k in ft.levels]
+        ce = F.cross_entropy(trace.logits, y)
+        return ce + losses.attention_loss(student_maps, [teacher_map] * len(student_maps), ft.cfg.beta), trace.logits
+
+
+class TSSD(Method):
+    name = "tssd"
+
+    def attach(self, ft: "FineTune") -> None:
+        levels = attention_levels(ft.student)
+        ft.head_level = levels[len(levels) // 2]  # the intermediate stage (the middle of low, mid, high)
+        cfg = ft.student.config
+        ft.head = nn.Linear(cfg.shapes()[cfg.spiking_layers[ft.head_level]][0], cfg.num_classes)
+        nn.init.zeros_(ft.head.weight)  # a random head would push random gradients into a converted student
+        nn.init.zeros_(ft.head.bias)
+
+    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+        """TSSD from one run of ``T'`` steps: its first ``T`` steps are the student, all ``T'`` the teacher.
+
+        The network is causal and the input of step ``t`` does not depend on the run's length, so
+        the first ``T`` steps compute exactly what a ``T``-step run (inference) computes. The
+        teacher's output also learns from the labels: a ``T'`` output left to drift while only the
+        ``T``-step output is trained gets worse than the student (docs/results.md) and would teach it wrong.
+        """
+        cfg, T = ft.cfg, ft.student.config.timesteps
+        trace = ft.student.run(x, timesteps=cfg.tssd_timesteps or 2 * T, seed=seed, record=True)
+        logits, teacher = trace.outputs[:T].mean(0), trace.logits
+        tau, w = cfg.tssd_temperature, cfg.kd_weight
+        temporal = losses.kd_loss(logits, teacher.detach(), tau, tau)
+        weak = ft.head(trace.spikes[ft.head_level][:T].mean(0).mean((2, 3)))
+        spatial = losses.kd_loss(weak, logits.detach(), tau, tau)
+        ce = F.cross_entropy(logits, y) + F.cross_entropy(teacher, y)
+        return ce + w * (temporal + spatial), logits
+
+
+METHODS: tuple[str, ...] = tuple(Method.REGISTRY)
+TEACHER_METHODS: frozenset[str] = frozenset(n for n, m in Method.REGISTRY.items() if m.needs_teacher)
