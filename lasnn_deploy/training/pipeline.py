@@ -139,8 +139,8 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    except RuntimeError as err:
+        raise UserError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from err
 
 
 def _in_memory(dataset: Dataset, limit: int | None) -> Dataset:
@@ -189,7 +189,7 @@ def _read_json_mapping(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is unreadable ({err}); train into a new --out instead of resuming") from None
+        raise UserError(f"{path} is unreadable ({err}); train into a new --out instead of resuming") from err
     if not isinstance(value, dict):
         raise UserError(f"{path} is not a JSON mapping; train into a new --out instead of resuming")
     return value
