@@ -25,8 +25,8 @@ Neurons follow NIR's LIF ``tau dv/dt = (v_leak - v) + r I`` discretised by forwa
          = lam v[t-1] + I[t]                          v_leak = v_reset = 0, v_threshold = theta
 
 ``tau`` is stored in float32 and nudged by a few ulps so that ``1 - dt/tau`` evaluated in float32,
-as snnTorch does, gives back ``lam`` bit for bit (always possible for lam >= 0.9, in about 98% of
-cases for 0.5 <= lam < 0.9; otherwise the nearest float32 leak).
+as snnTorch does, gives back ``lam`` bit for bit where a float32 ``tau`` can (for how many leaks:
+docs/results.md, "Numbers behind the code's reasons"; otherwise the nearest float32 leak).
 
 ``lam = 1`` is written as a LIF with ``tau = dt * 2**64`` and ``r = 2**64`` (leak ``2**-64`` per
 step, which rounds to exactly 1 in float32 and float64), not as NIR's ``IF``: snnTorch maps ``IF`` to

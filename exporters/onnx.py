@@ -23,8 +23,8 @@ Layout of the graph (``T`` steps, batch ``B`` dynamic):
 
 Rounding ("round once", metadata ``currents: float64-rounded``). Plain float32 Conv/MatMul kernels
 of PyTorch (oneDNN, MKL) and onnxruntime (MLAS) add their terms in different orders, so a spike
-flipped wherever ``u`` lay within a float32 rounding step of ``theta`` (measured: 8 of 10,000
-MNIST samples with a trained student, 214 with a random one). So every synaptic operation (Conv,
+flipped wherever ``u`` lay within a float32 rounding step of ``theta`` (how often: docs/results.md,
+"Numbers behind the code's reasons"). So every synaptic operation (Conv,
 AvgPool, Flatten, Linear) runs in float64 on float64 weights, and its current is cast to float32
 once, right before the LIF: a float64 sum of float32 products is exact or within 2^-53 of it, so
 the float32 current no longer depends on the order of the terms. The LIF recurrence runs in

@@ -20,8 +20,8 @@ Our reading, step by step:
    theta_1 ... theta_l`` along a chain, so without this the integrated logits are ``Lambda_L``
    times smaller than the ANN's. Scaling the readout changes no spike and no prediction (the
    converted accuracy is that of threshold balancing alone), but CE and KD fine-tuning then
-   start from logits of the right scale: on MNIST the starting CE drops from 1.75 to 0.48, and
-   one fine-tuning epoch gains accuracy instead of losing 1.5 points while doubling the spikes.
+   start from logits of the right scale (what that changed on MNIST: docs/results.md, "Numbers
+   behind the code's reasons").
    This step is ours; Sengupta et al. read out spike counts, where the scale does not matter.
 
 Residual blocks (our reading; Hu et al. 2018 normalise shortcuts for the same reason): the block's
