@@ -8,6 +8,8 @@ weights run with direct or Poisson input), writes each runtime's flavour
 (``exporters.nir_runtimes.export``; ``NAME:plain`` in ``--runtimes``: the plain file) into ``--out`` and validates it on the first ``--samples``
 MNIST test images with ``lasnn_deploy.validate`` (the same as ``lasnn-deploy validate --runtime``).
 Prints one markdown row per file as it finishes, and the reports as JSON lines into ``--out``.
+``--per-step`` also prints, per file, the spike agreement at each step over all LIF layers and the
+spikes counted by the reference and the runtime (a runtime value of 2 counts two).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> None:
     parser.add_argument("--runtimes", default=",".join(nir_runtimes.RUNTIMES))
     parser.add_argument("--leaks", default="trained,0.9")
     parser.add_argument("--encodings", default="direct,poisson")
+    parser.add_argument("--per-step", action="store_true")
     args = parser.parse_args()
     trained = load_student(args.run)
     images, labels = first_samples(load_split(args.dataset, args.data_dir, "test"), args.samples)
@@ -63,6 +66,26 @@ def main() -> None:
                       f"{seconds:.0f} |", flush=True)
                 with open(args.out / "reports.jsonl", "a") as f:
                     f.write(json.dumps({"leak": leak, **report}) + "\n")
+                if args.per_step:
+                    per_step(student, path, runtime, images)
+
+
+def per_step(student, path: Path, runtime: str, images: torch.Tensor) -> None:
+    """Spike agreement at each step (all LIF layers) and spike totals, on one chunk of the inputs."""
+    from lasnn_deploy.exporters.nir import NirTarget
+    from lasnn_deploy.neurons import poisson_inputs
+
+    target = NirTarget.for_file(path, runtime=runtime)
+    x = images[:256]
+    spikes = poisson_inputs(x, student.config.timesteps, 0, 0) if student.config.encoding == "poisson" else None
+    reference = target.reference(student, None if spikes is not None else x, spikes)
+    result = target.run(path, None if spikes is not None else x, spikes)
+    T = reference.spikes[0].shape[0]
+    equal = [sum(float((r[t] == g[t]).sum()) for r, g in zip(reference.spikes, result.spikes)) for t in range(T)]
+    size = sum(r[0].size for r in reference.spikes)
+    totals = [sum(float(s.sum()) for s in run.spikes) for run in (reference, result)]
+    print(f"    per step: {' '.join(f'{e / size:.4f}' for e in equal)}; spikes reference {totals[0]:.0f}, "
+          f"runtime {totals[1]:.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -119,8 +119,9 @@ def tradeoff(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for {', '.join(FILES)}")
     rows = []
-    for run, method, student, how in models:
+    for run, method, trained, how in models:
         for T in Ts:
+            student = trained.with_config(timesteps=T)  # the one way to run at another T (lasnn_deploy/inputs.py)
             counters = {p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits)
                         for p in profiles if p.mesh is not None}
             counted = run_and_count(student, images, timesteps=T, seed=seed, batch_size=batch_size, progress=progress,
@@ -134,7 +135,7 @@ def tradeoff(
                                                     "time_per_step_s", "throughput_per_s", "unknown")}
                 energy[p.name]["ann_fp32_j"] = r["ann_baselines"]["fp32"]["energy_j"]
                 energy[p.name]["ann_int8_j"] = r["ann_baselines"]["int8"]["energy_j"]
-            rows.append({"run": run, "method": method, "timesteps": T, "trained_timesteps": student.config.timesteps,
+            rows.append({"run": run, "method": method, "timesteps": T, "trained_timesteps": trained.config.timesteps,
                          "obtained": f"{how}; run unchanged for T={T} steps (no rebalancing or fine-tuning at this T)",
                          "accuracy": accuracy, "firing_rate": r["firing_rate"], "energy": energy})
     result = {"samples": len(images), "timesteps": Ts, "hardware": [p.name for p in profiles], "rows": rows,

@@ -37,6 +37,8 @@ from .counting import is_identity
 from .placement import Group, Placement
 from .profile import Profile
 
+DENSE_LIMIT = 2**24  # axon maps up to this many entries (64 MB in float32) are kept dense
+
 
 @dataclass
 class Link:
@@ -50,6 +52,7 @@ class Link:
     interchip: np.ndarray
     kernel: tuple[str, int, int, int]  # ("dense"|"conv"|"depthwise", k, stride, padding) of the synapse pattern
     src_shape: tuple[int, ...]  # the source's spikes as the synapses read them
+    dense: torch.Tensor | None = None  # float32 copy of ``axons`` when small enough for a dense matmul
 
 
 def _cover(group: Group, out_shape: tuple[int, ...]) -> np.ndarray:
@@ -95,8 +98,9 @@ def make_link(source: int, src: Group, src_shape: tuple[int, ...], dst: Group, l
     xs, ys, cs = placement.site(src.core_of(rows))
     xd, yd, cd = placement.site(dst.first + cols)
     per = lambda v: np.bincount(rows, weights=v.astype(np.float64), minlength=n_src)  # noqa: E731
+    dense = torch.from_numpy(axons.toarray().astype(np.float32)) if n_src * dst.cores <= DENSE_LIMIT else None
     return Link(source, axons, per(np.ones(len(rows))), per(np.abs(xs - xd)), per(np.abs(ys - yd)), per(cs != cd),
-                (kind, k, s, p), tuple(src_shape))
+                (kind, k, s, p), tuple(src_shape), dense)
 
 
 def _events_per_neuron(spikes: torch.Tensor, link: Link, out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -114,6 +118,15 @@ def _events_per_neuron(spikes: torch.Tensor, link: Link, out_shape: tuple[int, .
         y = F.conv2d(x, torch.ones(1, src_shape[0], k, k, dtype=x.dtype), stride=s, padding=p)
         y = y.expand(-1, out_shape[0], -1, -1)
     return y.reshape(T, B, n_out)
+
+
+def _messages_in(spikes: torch.Tensor, link: Link) -> np.ndarray:
+    """Messages each destination core receives per row of ``spikes`` ``[R, N_src]``: ``[R, cores]``.
+
+    Counts are small integers, exact in float32; a dense matmul when the axon map is small enough."""
+    if link.dense is not None:
+        return (spikes @ link.dense).double().numpy()
+    return np.asarray(link.axons.T.dot(spikes.double().numpy().T).T)
 
 
 def _per_core(values: torch.Tensor, group: Group) -> torch.Tensor:
@@ -170,31 +183,31 @@ class TrafficCounter:
         T = self.T
         pops: dict[int, torch.Tensor] = {}
         if not self.direct:
-            pops[-1] = trace.input_spikes.detach().double().reshape(T, B, -1)
+            pops[-1] = trace.input_spikes.detach().float().reshape(T, B, -1)
         for j, layer in enumerate(self.layers):
             n = int(np.prod(layer.out_shape))
-            pops[j] = (trace.spikes[layer.lif].detach().double().reshape(T, B, n) if layer.lif is not None
-                       else torch.zeros(T, B, n, dtype=torch.float64))
+            pops[j] = (trace.spikes[layer.lif].detach().float().reshape(T, B, n) if layer.lif is not None
+                       else torch.zeros(T, B, n))
         lat = self.latency.latency if self.latency is not None else None
         S = self.steps
         neuron_max, message_max = np.zeros((S, B)), np.zeros((S, B))
         if lat is not None and not self.direct:  # input generators: only their messages take time
-            per_spike = torch.from_numpy(np.asarray(self.sent[-1], dtype=np.float64))
-            sent = _per_core(pops[-1] * per_spike, self.placement.input)
+            per_spike = torch.from_numpy(np.asarray(self.sent[-1], dtype=np.float32))
+            sent = _per_core(pops[-1] * per_spike, self.placement.input).double()
             neuron_max[:T] = np.maximum(neuron_max[:T], (sent * lat["message_out"].value).amax(-1).numpy())
         for j, layer in enumerate(self.layers):
             group, traffic = self.placement.layers[j], self.traffic[j]
             n = group.neurons
-            events = torch.zeros(T, B, n, dtype=torch.float64)
+            events = torch.zeros(T, B, n)
             msgs_in = np.zeros((T * B, group.cores))
             totals = {"messages": 0.0, "hops_ew": 0.0, "hops_ns": 0.0, "interchip": 0.0}
             for link in self.links[j]:
                 spikes = pops[link.source]
                 events = events + _events_per_neuron(spikes, link, tuple(layer.out_shape))
-                per_neuron = spikes.sum(0).numpy()  # [B, N_src]
+                per_neuron = spikes.sum(0).double().numpy()  # [B, N_src]
                 for key in totals:
                     totals[key] = totals[key] + per_neuron @ getattr(link, key)
-                msgs_in = msgs_in + np.asarray(link.axons.T.dot(spikes.reshape(T * B, -1).numpy().T).T)
+                msgs_in = msgs_in + _messages_in(spikes.reshape(T * B, -1), link)
             for key, value in totals.items():
                 getattr(traffic, key).append(np.broadcast_to(value, (B,)).astype(np.float64))
             received = events > 0
@@ -216,23 +229,23 @@ class TrafficCounter:
             traffic.updates.append(updated.sum(dim=(0, 2)).double().numpy() + tail * nonzero.sum(1).double().numpy())
             if lat is None:
                 continue
-            occupancy = _per_core(torch.ones(1, 1, n, dtype=torch.float64), group)[0, 0]  # neurons per core
-            upd_c = _per_core(updated.double(), group)
-            per_spike = torch.from_numpy(np.asarray(self.sent[j], dtype=np.float64) * np.ones(n))
-            sent_c = _per_core(pops[j] * per_spike, group)
-            spk_c = _per_core(pops[j], group)
+            occupancy = _per_core(torch.ones(1, 1, n), group)[0, 0].double()  # neurons per core
+            upd_c = _per_core(updated.float(), group).double()
+            per_spike = torch.from_numpy((np.asarray(self.sent[j]) * np.ones(n)).astype(np.float32))
+            sent_c = _per_core(pops[j] * per_spike, group).double()
+            spk_c = _per_core(pops[j], group).double()
             work = (occupancy * lat["neuron"].value + upd_c * lat["neuron_update"].value + spk_c * lat["spike"].value
                     + sent_c * lat["message_out"].value)
             a = self.lag[j]
             neuron_max[a : a + T] = np.maximum(neuron_max[a : a + T], work.amax(-1).numpy())
             neuron_max[:a] = np.maximum(neuron_max[:a], float(occupancy.max()) * lat["neuron"].value)
-            end = _per_core(nonzero.double()[None], group)[0]  # [B, cores]
+            end = _per_core(nonzero.float()[None], group)[0].double()  # [B, cores]
             idle = (occupancy * lat["neuron"].value + end * lat["neuron_update"].value).amax(-1).numpy()
             neuron_max[a + T :] = np.maximum(neuron_max[a + T :], idle[None, :])
             if self.links[j]:
                 synop = lat["synop_conv" if layer.kind == "conv" else "synop"].value
                 msg_work = (msgs_in.reshape(T, B, -1) * lat["message_in"].value
-                            + _per_core(events, group).numpy() * synop)
+                            + _per_core(events, group).double().numpy() * synop)
                 message_max[a - 1 : a - 1 + T] = np.maximum(message_max[a - 1 : a - 1 + T], msg_work.max(-1))
         if lat is not None:
             self.step_times.append(np.maximum(neuron_max, message_max) + self.latency.barrier.at(self.placement.tiles))

@@ -9,7 +9,7 @@ import pytest
 from helpers import make_student, run_cli
 from lasnn_deploy.student import save_student
 
-COMMANDS = ["demo", "train", "evaluate", "export", "validate", "energy", "import"]
+COMMANDS = ["demo", "train", "evaluate", "export", "validate", "energy", "import", "tradeoff"]
 
 
 def test_help_lists_every_command(capsys):

@@ -175,3 +175,11 @@ def test_a_missing_spyx_environment_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("LASNN_SPYX_PYTHON", str(tmp_path / "no-python"))
     with pytest.raises(UserError, match="make spyx"):
         nir_runtimes.run(path, inputs("direct")[0])
+
+
+def test_an_importer_that_cannot_read_the_plain_file_is_one_line_naming_the_flavour(tmp_path):
+    require("norse")
+    student = make_student("direct")
+    plain = nir_target.export(student, tmp_path / "plain.nir")
+    with pytest.raises(UserError, match="norse cannot run .*KeyError.*avgpool1.*--nir-for norse"):
+        nir_runtimes.run(plain, inputs("direct")[0], runtime="norse")

@@ -2,8 +2,9 @@
 
 Students are drawn as data: an optional pool on the image, 0-2 convolutions (kernel 1-3, stride
 1-2, padding 0-1), each maybe followed by a dropout and a pool that divides its map, a flatten,
-0-2 hidden linears and the output linear; leak in (0, 1], one threshold per LIF layer, T in 1..6,
-direct or Poisson input. For each target, what it promises:
+0-2 hidden linears and the output linear, with or without a bias on every Conv and Linear; leak in
+(0, 1], one threshold per LIF layer, T in 1..6, direct or Poisson input. For each target, what it
+promises:
 
 - ONNX: the file run in onnxruntime gives the spikes of ``onnx.reference`` (the student's exact
   float64-current mode) bit for bit, and its logits within float32 rounding.
@@ -52,13 +53,13 @@ def students(draw, resets=("hard", "soft"), encodings=("direct", "poisson")) -> 
         k = draw(st.sampled_from(_pools(h, w)))
         layers.append(AvgPool(k))
         h, w = h // k, w // k
-    c = channels
+    c, bias = channels, draw(st.booleans())
     for _ in range(draw(st.integers(0, 2))):
         padding = draw(st.integers(0, 1))
         kernel = draw(st.integers(1, min(3, h + 2 * padding, w + 2 * padding)))
         stride = draw(st.integers(1, 2))
         out = draw(st.integers(1, 4))
-        layers.append(Conv(c, out, kernel, stride, padding))
+        layers.append(Conv(c, out, kernel, stride, padding, bias=bias))
         c, h, w = out, *((s + 2 * padding - kernel) // stride + 1 for s in (h, w))
         if draw(st.booleans()):
             layers.append(Dropout(0.2))
@@ -71,10 +72,10 @@ def students(draw, resets=("hard", "soft"), encodings=("direct", "poisson")) -> 
     has_conv = any(isinstance(l, Conv) for l in layers)
     for _ in range(draw(st.integers(0 if has_conv else 1, 2))):  # at least one LIF layer
         units = draw(st.integers(1, 8))
-        layers.append(Linear(features, units))
+        layers.append(Linear(features, units, bias=bias))
         features = units
     classes = draw(st.integers(2, 5))
-    layers.append(Linear(features, classes))
+    layers.append(Linear(features, classes, bias=bias))
     config = StudentConfig("random", (channels, height, width), classes, tuple(layers),
                            timesteps=draw(st.integers(1, 6)), encoding=draw(st.sampled_from(encodings)),
                            reset=draw(st.sampled_from(resets)))
@@ -93,6 +94,8 @@ def _with_random_weights(draw, config: StudentConfig, leak: float, thresholds: l
         for module in student.weighted_modules():
             fan_in = module.weight[0].numel()
             module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * gain / math.sqrt(fan_in))
+            if module.bias is not None:  # about a third of a unit input's current
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * gain / 3)
     images = torch.rand(BATCH, *config.input_shape, generator=generator)
     spikes = encode(images, config.timesteps, "poisson", seed) if config.encoding == "poisson" else None
     return student.eval(), images, spikes
@@ -139,6 +142,8 @@ def test_nir_round_trip_keeps_every_parameter(case, tmp_path_factory):
     weights = [m.weight for m in student.weighted_modules()]
     assert all(torch.equal(a, b.weight) for a, b in zip(weights, back.weighted_modules(), strict=True))
     assert len(weights) == len(back.weighted_modules())
+    for a, b in zip(student.weighted_modules(), back.weighted_modules()):
+        assert (a.bias is None and b.bias is None) or torch.equal(a.bias, b.bias)
 
 
 # -- Lava: an independent int64 implementation of Loihi's fixed-point LIF ------------------------------
@@ -157,17 +162,19 @@ def _decay(x: np.ndarray, decay: int) -> np.ndarray:
     return np.sign(product) * (np.abs(product) >> 12)
 
 
-def loihi_lif(drive: np.ndarray, v_decay: int, v_th: int, *, synaptic: bool) -> tuple[np.ndarray, np.ndarray]:
+def loihi_lif(drive: np.ndarray, v_decay: int, v_th: int, *, synaptic: bool,
+              bias_mant: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """SPEC 3's bit-accurate CUBA LIF with iDecay = 4096 over ``drive [T, ...]`` (int64).
 
-    ``synaptic``: ``drive`` is the synaptic input ``a`` (``u = wrap(a << 6)``); else it is the bias
-    mantissa of netx's input block (``bias << 6`` added to ``v``). Returns spikes and the last ``v``.
+    ``synaptic``: ``drive`` is the synaptic input ``a`` (``u = wrap(a << 6)``), plus the layer's
+    bias mantissas ``bias_mant`` (``<< 6``, every step) if any; else ``drive`` is the bias mantissa
+    of netx's input block (``bias << 6`` added to ``v``). Returns spikes and the last ``v``.
     """
     v = np.zeros(drive.shape[1:], np.int64)
     spikes = np.zeros(drive.shape, np.int64)
     for t, x in enumerate(drive):
         u = _wrap_current(x << 6) if synaptic else np.zeros_like(v)
-        bias = 0 if synaptic else x << 6
+        bias = (0 if bias_mant is None else bias_mant << 6) if synaptic else x << 6
         v = np.clip(_decay(v, v_decay) + u + bias, -STATE + 1, STATE - 1)
         spikes[t] = v > (v_th << 6)
         v = np.where(spikes[t] == 1, 0, v)
@@ -188,6 +195,13 @@ def _conv(x: np.ndarray, w: np.ndarray, s: int, p: int) -> np.ndarray:
     return np.einsum("nchwij,ocij->nohw", windows, w)
 
 
+def _per_neuron(layer: QuantLayer, bias: np.ndarray | None, none):
+    """A layer's bias ``[out]`` broadcastable over its ``[N, ...]`` output (per channel for a conv)."""
+    if bias is None:
+        return none
+    return bias.reshape(-1, 1, 1) if layer.kind == "conv" else bias
+
+
 def _wrap_conv(a: np.ndarray) -> np.ndarray:
     """Lava's Conv clamps its output to signed 24 bits by wrapping."""
     return (a + STATE) % (2 * STATE) - STATE
@@ -199,7 +213,8 @@ def reimplemented_lava(net: LoihiNet, images: np.ndarray, input_spikes: np.ndarr
     layers = net.layers
     if net.encoding == "direct":  # the host computes the first layer once; netx's input block gets it as bias
         host, layers = layers[0], layers[1:]
-        bias = np.clip(np.round(_synapses(host, images.astype(np.float64)) * host.scale), -4096, 4095).astype(np.int64)
+        current = _synapses(host, images.astype(np.float64)) + _per_neuron(host, host.bias, 0.0)  # W x + b on the host
+        bias = np.clip(np.round(current * host.scale), -4096, 4095).astype(np.int64)
         spikes, _ = loihi_lif(np.broadcast_to(bias, (T, *bias.shape)), net.v_decay, host.v_th, synaptic=False)
         recorded.append(spikes)
     else:
@@ -211,7 +226,8 @@ def reimplemented_lava(net: LoihiNet, images: np.ndarray, input_spikes: np.ndarr
         if layer.shortcut is not None:  # a Conv of its own from an earlier LIF layer, into the same neurons
             sc = layer.shortcut
             a = a + _wrap_conv(np.stack([_conv(s_t, sc.weight, sc.stride, 0) for s_t in recorded[sc.lif]]))
-        out, v = loihi_lif(a, 0 if layer.is_output else net.v_decay, layer.v_th, synaptic=True)
+        out, v = loihi_lif(a, 0 if layer.is_output else net.v_decay, layer.v_th, synaptic=True,
+                           bias_mant=_per_neuron(layer, layer.bias, None))
         if layer.is_output:
             return recorded, v / (64 * layer.scale * T)
         spikes = out

@@ -117,7 +117,13 @@ def run(path: str | Path, images: Any = None, input_spikes: Any = None, runtime:
     steps = nir_target._input_steps(images, input_spikes, settings, path)
     chain, into = nir_target._layout(graph, path)
     lifs = [n for n in chain if isinstance(graph.nodes[n], nir.LIF)]
-    recorded = runtime_module(runtime).run(graph, settings, steps)
+    try:
+        recorded = runtime_module(runtime).run(graph, settings, steps)
+    except UserError:
+        raise
+    except Exception as err:  # the importer as it ships: KeyError for an unmapped node, ValueError, ...
+        hint = "" if graph.metadata.get("nir_for") == runtime else f"; export a file for it with --nir-for {runtime}"
+        raise UserError(f"{runtime} cannot run {path} ({type(err).__name__}: {err}){hint}") from err
     logits = torch.as_tensor(recorded.outputs, dtype=torch.float32).reshape(*steps.shape[:2], -1).mean(0)
     shapes = transforms.layer_shapes(graph)  # a dense flavour's LIF layers are flat: the student's shapes back
 
