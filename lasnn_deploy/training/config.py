@@ -37,7 +37,7 @@ from .intermediate import INTERMEDIATES
 from .methods import METHODS, TEACHER_METHODS
 
 OPTIMIZERS = ("sgd", "adam")
-BALANCE_CANDIDATES = (99.0, 99.5, 99.9, 99.99, 100.0)  # percentiles tried when --balance-percentile is not given
+BALANCE_CANDIDATES = (95.0, 98.0, 99.0, 99.5, 99.9, 100.0)  # percentiles tried when --balance-percentile is not given
 SCHEDULES = ("cosine", "step", "constant")
 
 PRESETS: dict[str, dict[str, Any]] = {
