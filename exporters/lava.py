@@ -145,7 +145,7 @@ def read_metadata(path: str | Path) -> dict:
         with h5py.File(path, "r") as f:
             meta = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
     except OSError as err:
-        raise UserError(f"{path} is not a readable HDF5 file ({err})") from None
+        raise UserError(f"{path} is not a readable HDF5 file ({err})") from err
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} is not a lasnn-deploy netx file (format {meta.get('format')!r}, expected {FORMAT!r})")
     return meta

@@ -25,8 +25,8 @@ Neurons follow NIR's LIF ``tau dv/dt = (v_leak - v) + r I`` discretised by forwa
          = lam v[t-1] + I[t]                          v_leak = v_reset = 0, v_threshold = theta
 
 ``tau`` is stored in float32 and nudged by a few ulps so that ``1 - dt/tau`` evaluated in float32,
-as snnTorch does, gives back ``lam`` bit for bit (always possible for lam >= 0.9, in about 98% of
-cases for 0.5 <= lam < 0.9; otherwise the nearest float32 leak).
+as snnTorch does, gives back ``lam`` bit for bit where a float32 ``tau`` can (for how many leaks:
+docs/results.md, "Numbers behind the code's reasons"; otherwise the nearest float32 leak).
 
 ``lam = 1`` is written as a LIF with ``tau = dt * 2**64`` and ``r = 2**64`` (leak ``2**-64`` per
 step, which rounds to exactly 1 in float32 and float64), not as NIR's ``IF``: snnTorch maps ``IF`` to
@@ -206,7 +206,7 @@ def read_graph(path: str | Path) -> tuple[nir.NIRGraph, dict[str, Any]]:
     try:
         graph = nir.read(path)
     except Exception as err:  # h5py and nir raise OSError, KeyError, ValueError, AssertionError...
-        raise UserError(f"{path} is not a readable NIR file ({type(err).__name__}: {err}); {EXPORT_HINT}") from None
+        raise UserError(f"{path} is not a readable NIR file ({type(err).__name__}: {err}); {EXPORT_HINT}") from err
     return graph, _settings(graph, path)
 
 
@@ -230,7 +230,7 @@ def _settings(graph: nir.NIRGraph, where: Any) -> dict[str, Any]:
             "output_form": str(meta["output_form"]),
         }
     except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{where} has malformed lasnn-deploy metadata ({type(err).__name__}: {err}); {EXPORT_HINT}") from None
+        raise UserError(f"{where} has malformed lasnn-deploy metadata ({type(err).__name__}: {err}); {EXPORT_HINT}") from err
     if settings["output_form"] != OUTPUT_FORM or settings["encoding"] not in ("direct", "poisson"):
         raise UserError(f"{where}: unsupported output form {settings['output_form']!r} or encoding "
                         f"{settings['encoding']!r}; {EXPORT_HINT}")
@@ -435,8 +435,8 @@ def snntorch_module(graph: nir.NIRGraph) -> torch.nn.Module:
     """snnTorch 1.0's importer (``import_from_nir``) on ``graph``, its progress prints silenced."""
     try:
         from snntorch.import_nir import import_from_nir
-    except ImportError:
-        raise UserError("running a NIR graph needs snnTorch 1.0 (`snntorch==1.0.0`); install it into this environment") from None
+    except ImportError as err:
+        raise UserError("running a NIR graph needs snnTorch 1.0 (`snntorch==1.0.0`); install it into this environment") from err
     with contextlib.redirect_stdout(io.StringIO()):
         return import_from_nir(graph)
 

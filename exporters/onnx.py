@@ -23,8 +23,8 @@ Layout of the graph (``T`` steps, batch ``B`` dynamic):
 
 Rounding ("round once", metadata ``currents: float64-rounded``). Plain float32 Conv/MatMul kernels
 of PyTorch (oneDNN, MKL) and onnxruntime (MLAS) add their terms in different orders, so a spike
-flipped wherever ``u`` lay within a float32 rounding step of ``theta`` (measured: 8 of 10,000
-MNIST samples with a trained student, 214 with a random one). So every synaptic operation (Conv,
+flipped wherever ``u`` lay within a float32 rounding step of ``theta`` (how often: docs/results.md,
+"Numbers behind the code's reasons"). So every synaptic operation (Conv,
 AvgPool, Flatten, Linear) runs in float64 on float64 weights, and its current is cast to float32
 once, right before the LIF: a float64 sum of float32 products is exact or within 2^-53 of it, so
 the float32 current no longer depends on the order of the terms. The LIF recurrence runs in
@@ -48,6 +48,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..atomic import atomic_path
 from ..errors import UserError
 from ..inputs import model_input
+from ..modes import eval_mode
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent
 from .target import RunResult, Target
 
@@ -80,7 +81,7 @@ def _export(student: SpikingStudent, path: Path) -> Path:
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
     except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
     return path
 
 
@@ -261,7 +262,7 @@ def _load(path: Path) -> tuple[onnx.ModelProto, dict[str, str]]:
         onnx.checker.check_model(model)
     except Exception as err:  # protobuf DecodeError, checker ValidationError, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path} is not a readable ONNX model ({first}); export it again") from None
+        raise UserError(f"{path} is not a readable ONNX model ({first}); export it again") from err
     meta = {p.key: p.value for p in model.metadata_props}
     found = meta.get("format", "")
     if found != FORMAT and found.startswith(FORMAT.split("/")[0] + "/"):
@@ -321,7 +322,7 @@ def _run(path: Path, images=None, input_spikes=None) -> RunResult:
             logits, *spikes = session.run(["logits", *taps], {name: part})
             chunks.append((logits, [s.reshape(T, len(logits), *s.shape[1:]) for s in spikes]))
     except Exception as err:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-        raise UserError(f"onnxruntime cannot run {path} ({str(err).strip().splitlines()[0]}); export it again") from None
+        raise UserError(f"onnxruntime cannot run {path} ({str(err).strip().splitlines()[0]}); export it again") from err
     return RunResult(logits=np.concatenate([c[0] for c in chunks]),
                      spikes=[np.concatenate([c[1][k] for c in chunks], axis=1) for k in range(len(taps))],
                      layer_names=names)
@@ -340,18 +341,13 @@ def _reference(student: SpikingStudent, images=None, input_spikes=None) -> RunRe
     input_spikes = given.spikes
     x = torch.as_tensor(input_spikes if input_spikes is not None else given.images, dtype=dtype)
     batch_axis = 0 if input_spikes is None else 1
-    was_training = student.training
-    student.eval()
     traces = []
-    try:
-        with torch.no_grad():
-            for part in torch.split(x, RUN_CHUNK, dim=batch_axis):
-                if input_spikes is not None:
-                    traces.append(student.run(input_spikes=part, record=True, exact=True))
-                else:
-                    traces.append(student.run(part, record=True, exact=True))
-    finally:
-        student.train(was_training)
+    with eval_mode(student), torch.no_grad():
+        for part in torch.split(x, RUN_CHUNK, dim=batch_axis):
+            if input_spikes is not None:
+                traces.append(student.run(input_spikes=part, record=True, exact=True))
+            else:
+                traces.append(student.run(part, record=True, exact=True))
     return RunResult(logits=torch.cat([t.logits for t in traces]).numpy(),
                      spikes=[torch.cat([t.spikes[k] for t in traces], dim=1).numpy() for k in range(len(traces[0].spikes))],
                      layer_names=lif_layer_names(student))

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..inputs import model_input
+from ..modes import eval_mode
 from ..student import SpikingStudent, Trace, deployed_layers
 from .counting import LayerCounts, concat_counts, count_events
 from .profile import Profile
@@ -42,9 +43,7 @@ def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: i
     layers = deployed_layers(student)
     poisson = student.config.encoding == "poisson"
     parts, predictions, entering = [], [], []
-    was_training = student.training
-    student.eval()
-    try:
+    with eval_mode(student):
         for start in tqdm(range(0, len(images), batch_size), desc="energy", unit="batch", disable=not progress):
             x = images[start : start + batch_size]
             given = model_input(student.config.encoding, timesteps, x, seed=seed, first_index=start)
@@ -55,8 +54,6 @@ def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: i
             for observe in observers:
                 observe(trace, x)
             predictions.append(trace.logits.argmax(1).cpu().numpy())
-    finally:
-        student.train(was_training)
     return StudentRun(concat_counts(parts), timesteps, student.config.encoding, np.concatenate(predictions), np.concatenate(entering) if poisson else None)
 
 

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..inputs import model_input
+from ..modes import eval_mode
 from ..student import SpikingStudent, deployed_layers, has_shortcuts
 from .energy import StudentRun, first_layer_current, price_layer
 from .profile import Profile
@@ -84,13 +85,9 @@ def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter
 @torch.no_grad()
 def _our_rasters(student: SpikingStudent, images: torch.Tensor, timesteps: int, seed: int) -> list[np.ndarray]:
     """Our spikes ``[S, T, N]`` of every LIF layer on the same inputs."""
-    was_training = student.training
-    student.eval()
     given = model_input(student.config.encoding, timesteps, images, seed=seed)
-    try:
+    with eval_mode(student):
         trace = student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
-    finally:
-        student.train(was_training)
     return [s.transpose(0, 1).flatten(2).numpy().astype(bool) for s in trace.spikes]
 
 

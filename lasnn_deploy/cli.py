@@ -43,8 +43,8 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from err
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
@@ -147,8 +147,8 @@ def _shape(text: str) -> tuple[int, ...]:
     """argparse type: ``C,H,W`` positive integers."""
     try:
         shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W integers, got {text!r}") from None
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected C,H,W integers, got {text!r}") from err
     if len(shape) != 3 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected three positive integers C,H,W, got {text!r}")
     return shape

@@ -68,11 +68,11 @@ def _mnist_like(cls_name: str, folder: str) -> Callable[[Path, str], Dataset]:
         except Exception as err:  # noqa: BLE001 - torchvision's readers raise RuntimeError, AssertionError, ValueError...
             if all(f.is_file() for f in raw):
                 raise UserError(f"{raw[0].parent} holds a corrupt or truncated {cls_name} {split} file "
-                                f"({type(err).__name__} {err}); restore the official files") from None
+                                f"({type(err).__name__} {err}); restore the official files") from err
             raise UserError(
                 f"no {cls_name} {split} split under {data_dir}: expected {folder}/raw/{prefix}-images-idx3-ubyte and "
                 f"{prefix}-labels-idx1-ubyte inside --data-dir (or --data-dir naming {folder}/ itself)"
-            ) from None
+            ) from err
         if ds.data.dim() != 3 or len(ds.data) != len(ds.targets):
             raise UserError(f"{raw[0].parent}: {list(ds.data.shape)} images but {len(ds.targets)} labels; "
                             "restore the official files")
@@ -106,7 +106,7 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
         images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = [int(y) for y in labels]
     except Exception as err:  # noqa: BLE001 - any failure to read the batch is the same problem for the user
-        raise UserError(f"{path} is a corrupt batch file ({type(err).__name__}: {err}); restore the official files") from None
+        raise UserError(f"{path} is a corrupt batch file ({type(err).__name__}: {err}); restore the official files") from err
     if len(images) != len(labels):
         raise UserError(f"{path} is a corrupt batch file ({len(images)} images, {len(labels)} labels); restore the official files")
     return images, labels
@@ -140,7 +140,7 @@ def _read_image(path: str):
     try:
         return default_loader(path)
     except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
-        raise UserError(f"{path} is not a readable image ({type(err).__name__}); remove or replace it") from None
+        raise UserError(f"{path} is not a readable image ({type(err).__name__}); remove or replace it") from err
 
 
 def _image_folder(data_dir: Path, split: str) -> Dataset:
@@ -153,7 +153,7 @@ def _image_folder(data_dir: Path, split: str) -> Dataset:
     try:
         return tvd.ImageFolder(str(folder), transform=tvt.ToTensor(), loader=_read_image)
     except (FileNotFoundError, RuntimeError) as err:
-        raise UserError(f"{folder} holds no images in class folders ({err})") from None
+        raise UserError(f"{folder} holds no images in class folders ({err})") from err
 
 
 _LOADERS: dict[str, Callable[[Path, str], Dataset]] = {

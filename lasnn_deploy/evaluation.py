@@ -9,6 +9,7 @@ from tqdm import tqdm
 from .errors import UserError
 from .inputs import model_input
 from .loihi_quant import quantise, run_quantised
+from .modes import eval_mode
 from .student import SpikingStudent, check_images
 
 
@@ -34,35 +35,31 @@ def evaluate_student(
     if len(dataset) == 0:
         raise UserError("no samples to evaluate: the data split is empty")
     check_images(student.config, dataset[0][0].unsqueeze(0))
-    was_training = student.training
-    student.eval()
-    correct, spikes, total = 0, 0.0, 0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    T = student.config.timesteps  # another T: student.with_config(timesteps=T), the one rule (inputs.py)
-    net = quantise(student) if loihi else None
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        given = model_input(student.config.encoding, T, x, seed=seed, first_index=total)
-        if net is not None:
-            trace = run_quantised(net, given.images, input_spikes=given.spikes)
-        else:
-            trace = student.run(given.images, input_spikes=given.spikes, record=True)
-        correct += int((trace.logits.argmax(1) == y).sum())
-        spikes += float(sum(s.sum() for s in trace.spikes))
-        total += len(y)
-    student.train(was_training)
+    with eval_mode(student):
+        correct, spikes, total = 0, 0.0, 0
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        T = student.config.timesteps  # another T: student.with_config(timesteps=T), the one rule (inputs.py)
+        net = quantise(student) if loihi else None
+        for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            given = model_input(student.config.encoding, T, x, seed=seed, first_index=total)
+            if net is not None:
+                trace = run_quantised(net, given.images, input_spikes=given.spikes)
+            else:
+                trace = student.run(given.images, input_spikes=given.spikes, record=True)
+            correct += int((trace.logits.argmax(1) == y).sum())
+            spikes += float(sum(s.sum() for s in trace.spikes))
+            total += len(y)
     return {"test_accuracy": correct / total, "spikes_per_sample": spikes / total, "samples": total}
 
 
 @torch.no_grad()
 def evaluate_ann(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 256) -> float:
     """Accuracy of an ANN whose forward returns logits (or a tuple starting with logits)."""
-    was_training = model.training
-    model.eval()
-    correct, total = 0, 0
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        correct += int((logits.argmax(1) == y).sum())
-        total += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        correct, total = 0, 0
+        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            out = model(x)
+            logits = out[0] if isinstance(out, tuple) else out
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
     return correct / total

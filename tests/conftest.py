@@ -1,48 +1,14 @@
-"""Shared fixtures: small students built in code, so no test needs data files."""
+"""Shared fixtures (the helpers they build on are in helpers.py)."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
 
-from lasnn_deploy.student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, StudentConfig
+from helpers import make_student
+from lasnn_deploy.student import SpikingStudent
 
 torch.set_num_threads(2)
-
-
-def make_student(encoding: str = "direct", reset: str = "hard", timesteps: int = 4, leak: float = 0.9,
-                 seed: int = 0, input_shape=(1, 8, 8), bias: bool = False) -> SpikingStudent:
-    """conv-LIF-avgpool-conv-LIF-avgpool-flatten-linear-LIF-linear with weights that fire 5-40%.
-
-    With ``bias`` every Conv and Linear has a bias of about a third of its layer's threshold.
-    """
-    c, h, w = input_shape
-    layers = (Conv(c, 4, 3, 1, 1), AvgPool(2), Dropout(0.1), Conv(4, 6, 3, 1, 1), AvgPool(2), Flatten(),
-              Linear(6 * (h // 4) * (w // 4), 12), Linear(12, 5))
-    cfg = StudentConfig("test", input_shape, 5, layers, timesteps=timesteps, encoding=encoding, reset=reset)
-    torch.manual_seed(seed)
-    student = SpikingStudent(with_bias(cfg) if bias else cfg, leak=leak, thresholds=[0.3, 0.2, 0.2])
-    with torch.no_grad():
-        for m in student.weighted_modules():
-            m.weight.mul_(2.0 / 6**0.5)  # PyTorch-default scale: weights that fire 5-40%
-        randomise_biases(student, 0.07)
-    return student.eval()
-
-
-def with_bias(config: StudentConfig) -> StudentConfig:
-    """``config`` with a bias on every Conv and Linear."""
-    layers = tuple(dataclasses.replace(l, bias=True) if isinstance(l, (Conv, Linear)) else l for l in config.layers)
-    return config.replace(layers=layers)
-
-
-@torch.no_grad()
-def randomise_biases(student: SpikingStudent, scale: float) -> None:
-    """Biases drawn uniformly from [-scale, scale] (seeded by the global generator), so they change spikes."""
-    for m in student.weighted_modules():
-        if m.bias is not None:
-            m.bias.uniform_(-scale, scale)
 
 
 @pytest.fixture

@@ -5,27 +5,28 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
+import tomllib
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_student
+from helpers import make_student, small_resnet
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.hw_targets.constraints import map_to_cores
 from lasnn_deploy.hw_targets.counting import ann_macs, conv_reach, count_events
 from lasnn_deploy.hw_targets.energy import price_layer, run_and_count
 from lasnn_deploy.hw_targets.placement import place
-from lasnn_deploy.hw_targets.profile import list_profiles, load_profile
+from lasnn_deploy.hw_targets.profile import PROFILE_DIR, list_profiles, load_profile
 from lasnn_deploy.hw_targets.report import energy_report, traffic_counter
 from lasnn_deploy.hw_targets.traffic import TrafficCounter
 from lasnn_deploy.hw_targets.sanafe_compare import compare_with_sanafe, sanafe_available
 from lasnn_deploy.neurons import poisson_spikes
 from lasnn_deploy.student import (AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig, Trace,
                                   deployed_layers, save_student)
-from test_student import small_resnet
 
 SPEC_KEYS = {"hardware", "timesteps", "samples", "layers", "total_energy_j", "ann_macs", "ann_energy_j", "profile"}
 LAYER_KEYS = {"name", "neurons", "spikes", "firing_rate", "synops", "macs", "neuron_updates", "energy_j"}
@@ -95,7 +96,7 @@ def test_hand_fixed_spikes_give_exact_counts_and_energy():
     want_spikes = [[3, 2], [1, 6], [4, 1], [0, 0]]
     neurons = [4 * 64, 6 * 16, 12, 5]
     profile = load_profile("loihi")
-    for c, synops, spikes, n in zip(counts, want_synops, want_spikes, neurons):
+    for c, synops, spikes, n in zip(counts, want_synops, want_spikes, neurons, strict=True):
         assert c.neurons == n and c.neuron_updates == n * T
         assert np.array_equal(c.synops, synops) and np.array_equal(c.spikes, spikes) and not c.macs.any()
         assert np.allclose(c.firing_rate, np.array(spikes) / (n * T), rtol=1e-12)
@@ -175,7 +176,7 @@ def test_residual_hand_fixed_spikes_give_exact_counts():
     shortcut = [None, None, [3, 16], None, None, [4 * 2, 4 * 3], None]
     synops = [[26, 12], [8 * 3, 8 * 16], [8 * 1 + 3, 8 * 5 + 16], [3 * 2, 0], [4 * 3, 4 * 12], [4 * 2 + 8, 4 * 1 + 12], [2 * 4, 0]]
     spikes = [[3, 16], [1, 5], [2, 0], [3, 12], [2, 1], [4, 0], [0, 0]]
-    for count, want_shortcut, want_synops, want_spikes in zip(counts, shortcut, synops, spikes):
+    for count, want_shortcut, want_synops, want_spikes in zip(counts, shortcut, synops, spikes, strict=True):
         assert np.array_equal(count.synops, want_synops), count.name
         assert np.array_equal(count.spikes, want_spikes), count.name
         assert (count.shortcut_synops is None) == (want_shortcut is None), count.name
@@ -229,7 +230,7 @@ def test_report_on_a_resnet_student(tmp_path):
     with torch.no_grad():
         trace = student.run(x, record=True)
     layers = deployed_layers(student)
-    for j, (d, got) in enumerate(zip(layers, result["layers"])):
+    for j, (d, got) in enumerate(zip(layers, result["layers"], strict=True)):
         if d.shortcut is None:
             assert "shortcut_synops" not in got
             continue
@@ -285,7 +286,7 @@ def test_report_numbers_equal_independent_counts(tmp_path, encoding):
     macs = [ref_dense_macs(cfg.layers[0], (1, 8, 8)) if encoding == "direct" else 0, 0, 0, 0]
     neurons = [256, 96, 12, 5]
     total = np.zeros(5)
-    for layer, sy, sp, m, n in zip(result["layers"], synops, spikes, macs, neurons):
+    for layer, sy, sp, m, n in zip(result["layers"], synops, spikes, macs, neurons, strict=True):
         energy = ref_energy(sp, sy, m, n * T, profile)
         total += energy
         assert close(layer["synops"], sy.mean()) and close(layer["synops_std"], sy.std())
@@ -338,8 +339,16 @@ def test_shipped_profiles_hold_the_spec_figures():
     lim = loihi.limits
     assert (lim.cores_per_chip.value, lim.compartments_per_core.value, lim.synaptic_memory_per_core_bytes.value,
             lim.input_axons_per_core.value, lim.weight_bits_min, lim.weight_bits_max) == (128, 1024, 128 * 1024, 4096, 1, 9)
-    for name in list_profiles():
-        assert all(f.source for f in load_profile(name).energy.values())
+    for name in list_profiles():  # every figure carries the source written beside it; unknown ones say so
+        written = tomllib.loads((PROFILE_DIR / f"{name}.toml").read_text())["energy"]
+        loaded = load_profile(name).energy
+        assert set(loaded) == set(written), name
+        for key, figure in loaded.items():
+            assert figure.source == written[key]["source"], (name, key)
+            if written[key]["joules"] == "unknown":
+                assert math.isnan(figure.value) and re.search(r"unpublished|unknown|no .*figure", figure.source), (name, key)
+            else:
+                assert figure.value == written[key]["joules"], (name, key)
 
 
 def _write(tmp_path, text: str):
@@ -517,7 +526,7 @@ def test_a_bias_is_its_own_term_priced_per_profile(tmp_path):
         if profile.mesh is not None or any(not f.known for k, f in profile.energy.items() if k != "bias"):
             continue  # priced with messages and activity (test_energy_model.py), or unknown
         total = 0.0
-        for layer, spikes in zip(report["layers"], [*trace.spikes, torch.zeros(1, 3)]):
+        for layer, spikes in zip(report["layers"], [*trace.spikes, torch.zeros(1, 3)], strict=True):
             assert close(layer["spikes"], float(spikes.sum()) / 3)
             c = layer["energy_by_category_j"]
             expected = layer["synops"] * profile.e_synop + layer["macs"] * profile.e_mac + \

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from conftest import make_student
+from helpers import make_student
 from lasnn_deploy.cli import main
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.hw_targets.baselines import break_even_rate

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_student
+from helpers import make_student, small_resnet
 from lasnn_deploy import exporters
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.evaluation import evaluate_student
@@ -17,7 +17,6 @@ from lasnn_deploy.exporters import lava
 from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, quantise, run_quantised
 from lasnn_deploy.neurons import poisson_spikes
 from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
-from test_student import small_resnet
 
 
 @pytest.mark.parametrize("encoding", ["direct", "poisson"])
@@ -29,7 +28,7 @@ def test_lava_run_equals_quantised_mode_spike_for_spike(tmp_path, encoding):
     got = lava.run(path, images, spikes_in)
     want = lava.reference(student, images, spikes_in)
     assert got.layer_names == want.layer_names == ["conv0", "conv3", "linear6"]
-    for name, g, w in zip(want.layer_names, got.spikes, want.spikes):
+    for name, g, w in zip(want.layer_names, got.spikes, want.spikes, strict=True):
         assert g.shape == w.shape and g.shape[:2] == (4, 3), name
         assert np.array_equal(g, w), name
         assert 0 < w.mean() < 0.6, name  # the comparison is not vacuous
@@ -81,7 +80,7 @@ def _representable_weights(student: SpikingStudent, pools: list[int], seed: int,
     """Weights n * pool area / 256 (n in [-30, 30]), whose folded form is n / 256; the first entry of
     every weight set but ``unpinned`` is W_MAX, which pins its scale to 254 / (254 / 256) = 256."""
     gen = torch.Generator().manual_seed(seed)
-    for k, (m, area) in enumerate(zip(student.weighted_modules(), pools)):
+    for k, (m, area) in enumerate(zip(student.weighted_modules(), pools, strict=True)):
         n = torch.randint(-30, 31, m.weight.shape, generator=gen).double()
         if k != unpinned:
             n.view(-1)[0] = W_MAX
@@ -95,7 +94,7 @@ def _assert_quantised_mode_exact(student: SpikingStudent, net) -> None:
     spikes_in = poisson_spikes(torch.rand(16, 1, 8, 8, dtype=torch.float64), 5, seed=1)
     want = student.run(input_spikes=spikes_in, record=True)
     got = run_quantised(net, input_spikes=spikes_in)
-    for g, w in zip(got.spikes, want.spikes):
+    for g, w in zip(got.spikes, want.spikes, strict=True):
         assert torch.equal(g.double(), w.detach())
         assert 0 < w.mean() < 0.9
     assert torch.equal(got.logits, want.logits.detach())
@@ -146,7 +145,7 @@ def test_direct_quantised_mode_tracks_float_student():
     images = torch.rand(32, 1, 8, 8)
     want = student.run(images, record=True)
     got = run_quantised(quantise(student), images)
-    agreement = np.mean([(g.float() == w).float().mean().item() for g, w in zip(got.spikes, want.spikes)])
+    agreement = np.mean([(g.float() == w).float().mean().item() for g, w in zip(got.spikes, want.spikes, strict=True)])
     assert agreement > 0.97
     labels = want.logits.argmax(1)
     result = evaluate_student(student, torch.utils.data.TensorDataset(images, labels), batch_size=16, loihi=True)
@@ -193,7 +192,7 @@ def test_biased_student_runs_bit_exact_in_lava(tmp_path, encoding):
         assert ("host/bias" in f) == (encoding == "direct")
     got = lava.run(path, images, spikes_in)
     want = lava.reference(student, images, spikes_in)
-    for name, g, w in zip(want.layer_names, got.spikes, want.spikes):
+    for name, g, w in zip(want.layer_names, got.spikes, want.spikes, strict=True):
         assert g.shape == w.shape and g.shape[:2] == (4, 32), name
         assert np.array_equal(g, w), name
         assert 0 < w.mean() < 0.6, name
@@ -211,7 +210,7 @@ def test_quantised_mode_equals_float64_student_with_representable_biases():
                             leak=0.5, thresholds=student.thresholds.tolist()).double()
     state = student.state_dict()
     gen = torch.Generator().manual_seed(2)
-    for m, name in zip(biased.weighted_modules(), ["body.0", "body.2", "body.5", "body.6"]):
+    for m, name in zip(biased.weighted_modules(), ["body.0", "body.2", "body.5", "body.6"], strict=True):
         state[f"{name}.bias"] = torch.randint(-12, 13, m.bias.shape, generator=gen).double() / 256
     biased.load_state_dict(state)
     net = quantise(biased.eval())

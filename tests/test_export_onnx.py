@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import make_student, small_resnet
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import export
 from lasnn_deploy.exporters import onnx as onnx_export
@@ -26,8 +27,6 @@ from lasnn_deploy.neurons import encode
 from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig
 from lasnn_deploy.validation import validate
 
-from conftest import make_student
-from test_student import small_resnet
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +53,7 @@ def inputs_for(student: SpikingStudent, images: torch.Tensor):
 
 def assert_identical(got, ref, lo: float = 0.01, hi: float = 0.6) -> None:
     assert got.layer_names == ref.layer_names
-    for name, s, r in zip(got.layer_names, got.spikes, ref.spikes):
+    for name, s, r in zip(got.layer_names, got.spikes, ref.spikes, strict=True):
         assert s.shape == r.shape, name
         np.testing.assert_array_equal(s, r, err_msg=name)
         assert lo < r.mean() < hi, f"{name} fires {r.mean():.3f}: the test would not exercise the neuron"
@@ -119,7 +118,7 @@ def test_dyadic_student_matches_the_float64_student(tmp_path):
     got = onnx_export.run(onnx_export.export(student, tmp_path / "s.onnx"), images, spikes)
     ref64 = onnx_export.reference(copy.deepcopy(student).double(), images, spikes)
     assert_identical(got, onnx_export.reference(student, images, spikes))
-    for s, r in zip(got.spikes, ref64.spikes):
+    for s, r in zip(got.spikes, ref64.spikes, strict=True):
         np.testing.assert_array_equal(s, r)
     np.testing.assert_allclose(got.logits, ref64.logits, rtol=0, atol=1e-6)
 
@@ -164,7 +163,7 @@ def test_spike_counts_and_dynamic_batch(tmp_path):
     for k, r in enumerate(ref.spikes):
         np.testing.assert_array_equal(full[1 + k], r.reshape(4, 7, -1).sum(axis=(0, 2)))
         assert full[1 + k].shape == (7,)
-    for a, b in zip(full, one):
+    for a, b in zip(full, one, strict=True):
         np.testing.assert_array_equal(a[:1], b)
 
 
@@ -180,7 +179,7 @@ def test_run_and_reference_in_chunks_equal_one_call(tmp_path, monkeypatch, encod
     for chunked in onnx_export.run(path, images, None), onnx_export.reference(student, images, None):
         np.testing.assert_array_equal(chunked.logits, whole.logits)
         np.testing.assert_array_equal(chunked.logits, whole_ref.logits.numpy())
-        for a, b, r in zip(chunked.spikes, whole.spikes, whole_ref.spikes):
+        for a, b, r in zip(chunked.spikes, whole.spikes, whole_ref.spikes, strict=True):
             assert a.shape == (3, 12, *a.shape[2:])
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(a, r.numpy())
@@ -349,7 +348,7 @@ def test_dyadic_biased_student_matches_the_float64_student(tmp_path):
     images = torch.round(random_images() * 16) / 16
     got = onnx_export.run(onnx_export.export(student, tmp_path / "s.onnx"), images, None)
     ref64 = onnx_export.reference(copy.deepcopy(student).double(), images, None)
-    for s, r in zip(got.spikes, ref64.spikes):
+    for s, r in zip(got.spikes, ref64.spikes, strict=True):
         np.testing.assert_array_equal(s, r)
     np.testing.assert_allclose(got.logits, ref64.logits, rtol=0, atol=1e-6)
 

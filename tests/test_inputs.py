@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_student
+from helpers import make_student
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import get_target
 from lasnn_deploy.inputs import model_input

@@ -164,7 +164,7 @@ def test_conversion_scales_the_readout_by_the_product_of_thresholds_and_keeps_pr
     balanced.load_state_dict({**student.state_dict(), "body.3.weight": readout})
     with torch.no_grad():
         scaled, plain = student.run(x, record=True), balanced.run(x, record=True)
-    assert all(torch.equal(a, b) for a, b in zip(scaled.spikes, plain.spikes))  # no spike changes
+    assert all(torch.equal(a, b) for a, b in zip(scaled.spikes, plain.spikes, strict=True))  # no spike changes
     assert torch.allclose(scaled.logits, plain.logits * thresholds[0] * thresholds[1])
 
 
@@ -195,5 +195,5 @@ def test_conversion_puts_both_branches_of_a_residual_block_on_one_scale():
     assert torch.allclose(student.body[5].weight, readout * scales[-1])
     with torch.no_grad():
         spikes = student.run(x, record=True).spikes
-    for rate, act, scale in zip(spikes, acts, scales):  # soft-reset IF at T = 400: rate * Lambda ~ ANN activation
+    for rate, act, scale in zip(spikes, acts, scales, strict=True):  # soft-reset IF at T = 400: rate * Lambda ~ ANN activation
         assert torch.allclose(rate.mean(0) * scale, act, atol=0.02 * float(act.max()) + 3 * scale / 400)

@@ -86,7 +86,7 @@ def test_lif_gradients_equal_the_plain_autograd_loop(reset, dtype, chunk, monkey
     ref_spikes, ref_grads = _grads(lif_autograd, current, leak, theta, reset, weights)
     assert torch.equal(spikes, ref_spikes) and 0.1 < spikes.mean() < 0.6
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-    for name, got, want in zip(("input", "leak", "theta"), grads, ref_grads):
+    for name, got, want in zip(("input", "leak", "theta"), grads, ref_grads, strict=True):
         assert got.abs().sum() > 0, name
         assert torch.allclose(got, want, **tol), f"{name}: max error {(got - want).abs().max():.3g}"
 
@@ -102,7 +102,7 @@ def test_lif_gradients_through_an_expanded_input_and_a_threshold_slice():
         x, th, lk = (t.clone().requires_grad_(True) for t in (base, thresholds, leak))
         fn(x.unsqueeze(0).expand(6, *x.shape), lk, th[1], "hard").mean(0).pow(2).sum().backward()
         grads.append([x.grad, lk.grad, th.grad])
-    for got, want in zip(*grads):
+    for got, want in zip(*grads, strict=True):
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), (got - want).abs().max()
     assert grads[0][2][0] == 0 and grads[0][2][1] != 0
 

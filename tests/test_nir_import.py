@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import foreign_nets as fn
-from conftest import make_student
+from helpers import make_student
 from lasnn_deploy import export, import_nir, load_student
 from lasnn_deploy.cli import main
 from lasnn_deploy.data import first_samples, load_split
@@ -62,7 +62,7 @@ def imported(library: str, f: fn.Foreign, tmp_path: Path, capsys, encoding: str 
                                  "--timesteps", T, "--encoding", encoding, "--input-shape", "1,16,16")
         assert code == 0, err
         through_file = load_student(run)
-        assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), through_file.state_dict().values()))
+        assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), through_file.state_dict().values(), strict=True))
         return through_file
     return load_student(run)
 
@@ -192,7 +192,7 @@ def test_our_own_nir_file_comes_back_as_the_identical_student(tmp_path, capsys):
                              thresholds=source.thresholds.detach().tolist())
     weights = [m.weight for m in source.weighted_modules()]
     with torch.no_grad():
-        for m, w in zip(student.weighted_modules(), weights):
+        for m, w in zip(student.weighted_modules(), weights, strict=True):
             m.weight.copy_(w)
     path = export(student, "nir", tmp_path / "student.nir")
     code, _, err = run_cli(capsys, "import", path, "--out", tmp_path / "run")  # no --from: the file says its dt

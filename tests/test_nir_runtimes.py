@@ -7,8 +7,8 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from conftest import make_student
 
+from helpers import make_student
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import nir_runtimes
@@ -126,7 +126,7 @@ def test_a_file_for_one_runtime_is_refused_by_another(tmp_path):
 
 def test_cli_refuses_runtime_options_where_they_do_not_apply(capsys, tmp_path):
     from lasnn_deploy.student import save_student
-    from test_cli import run_cli
+    from helpers import run_cli
 
     student = make_student("direct")
     save_student(student, tmp_path / "run")

@@ -121,7 +121,7 @@ def test_onnx_export_is_spike_exact(case, tmp_path_factory):
     got = onnx_target.run(path, direct, spikes)
     want = onnx_target.reference(student, direct, spikes)
     assert got.layer_names == want.layer_names and len(got.spikes) == len(student.config.spiking_layers)
-    for name, a, b in zip(want.layer_names, want.spikes, got.spikes):
+    for name, a, b in zip(want.layer_names, want.spikes, got.spikes, strict=True):
         assert a.shape == b.shape and np.array_equal(a, b), f"{name}: {int((a != b).sum())} spikes differ"
     np.testing.assert_allclose(got.logits, want.logits, rtol=1e-6, atol=1e-6)
 
@@ -140,7 +140,7 @@ def test_nir_round_trip_keeps_every_parameter(case, tmp_path_factory):
     assert back.leak.item() == student.leak.item()
     assert torch.equal(back.thresholds, student.thresholds)
     weights = [m.weight for m in student.weighted_modules()]
-    assert all(torch.equal(a, b.weight) for a, b in zip(weights, back.weighted_modules()))
+    assert all(torch.equal(a, b.weight) for a, b in zip(weights, back.weighted_modules(), strict=True))
     assert len(weights) == len(back.weighted_modules())
     for a, b in zip(student.weighted_modules(), back.weighted_modules()):
         assert (a.bias is None and b.bias is None) or torch.equal(a.bias, b.bias)
@@ -247,7 +247,7 @@ def test_loihi_quantised_residual_mode_equals_an_int64_reimplementation(case):
     student, images, spikes = case
     net = quantise(student)
     thetas = student.thresholds.detach().double().numpy()
-    residual = [(q, d) for q, d in zip(net.layers, deployed_layers(student)) if d.shortcut is not None]
+    residual = [(q, d) for q, d in zip(net.layers, deployed_layers(student), strict=True) if d.shortcut is not None]
     assert len(residual) == 4
     for q, d in residual:  # the shortcut in the layer's own scale, which is the largest that fits both
         assert q.shortcut.weight.dtype == np.int64 and np.abs(q.shortcut.weight - d.shortcut.weight * q.scale).max() <= 0.5
@@ -259,13 +259,13 @@ def test_loihi_quantised_residual_mode_equals_an_int64_reimplementation(case):
 
 def _check_quantised_mode(student: SpikingStudent, images: torch.Tensor, spikes: torch.Tensor | None) -> None:
     net = quantise(student)
-    for q, d in zip(net.layers, deployed_layers(student)):  # weights are the folded ones, rounded, unclipped
+    for q, d in zip(net.layers, deployed_layers(student), strict=True):  # weights are the folded ones, rounded, unclipped
         if not q.on_host:
             assert q.weight.dtype == np.int64 and np.abs(q.weight - d.weight * q.scale).max() <= 0.5
     trace = run_quantised(net, images, input_spikes=spikes)
     want_spikes, want_logits = reimplemented_lava(net, images.numpy(), None if spikes is None else spikes.numpy())
     assert len(trace.spikes) == len(want_spikes) == len(student.config.spiking_layers)
-    for k, (got, want) in enumerate(zip(trace.spikes, want_spikes)):
+    for k, (got, want) in enumerate(zip(trace.spikes, want_spikes, strict=True)):
         assert np.array_equal(got.numpy().astype(np.int64), want), f"LIF layer {k}: {int((got.numpy() != want).sum())} spikes differ"
     assert np.array_equal(trace.logits.numpy(), want_logits)
 
@@ -292,7 +292,7 @@ def _lava_run_equals_reference(student: SpikingStudent, images: torch.Tensor, sp
     direct = images if spikes is None else None
     got = lava_target.run(path, direct, spikes)
     want = lava_target.reference(student, direct, spikes)
-    for name, a, b in zip(want.layer_names, want.spikes, got.spikes):
+    for name, a, b in zip(want.layer_names, want.spikes, got.spikes, strict=True):
         assert np.array_equal(a, b), f"{name}: {int((a != b).sum())} spikes differ"
     np.testing.assert_array_equal(got.logits, want.logits)
 

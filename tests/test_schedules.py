@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from lasnn_deploy.training import loop, train
 from lasnn_deploy.training.config import BALANCE_CANDIDATES
-from lasnn_deploy.training.loop import Selection, fit, make_optimizer, make_scheduler
+from lasnn_deploy.training.loop import FitPlan, Selection, fit, make_optimizer, make_scheduler
 from lasnn_deploy.training.pipeline import split_validation, validation_indices
 
 
@@ -84,10 +84,10 @@ def test_selection_keeps_the_best_epoch_and_stops_on_a_plateau(tmp_path, patienc
     opt = make_optimizer(module.parameters(), "sgd", 1.0, 0.0, 0.0)
     states = []
     data = TensorDataset(torch.zeros(8, 1), torch.zeros(8, dtype=torch.long))
-    result = fit("s", module, opt, make_scheduler(opt, "constant", 6), data, epochs=6, batch_size=4, seed=0,
-                 checkpoint=tmp_path / "s.pt", resume=False, device=torch.device("cpu"), progress=False,
-                 on_epoch_end=lambda _n, _e: states.append(float(module.w.detach())),
-                 select=Selection(lambda: next(scores), patience))
+    plan = FitPlan("s", data, 6, 4, 0, tmp_path / "s.pt", torch.device("cpu"), progress=False,
+                   on_epoch_end=lambda _n, _e: states.append(float(module.w.detach())),
+                   select=Selection(lambda: next(scores), patience))
+    result = fit(module, opt, make_scheduler(opt, "constant", 6), plan)
     assert result.epochs_run == ran and len(states) == ran
     assert result.best_epoch == kept and result.best_score == 0.7
     assert float(module.w.detach()) == states[kept - 1] != states[-1]  # the best epoch's weights, not the last

@@ -3,10 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_student, randomise_biases, with_bias
+from helpers import make_student, small_resnet
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.neurons import encode, lif_reference
-from lasnn_deploy.models import build_student
 from lasnn_deploy.student import (AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig,
                                   deployed_layers, load_student, save_student)
 
@@ -19,7 +18,7 @@ def reference_forward(student: SpikingStudent, s0: np.ndarray) -> tuple[np.ndarr
     spikes, lif, outputs = [], {i: k for k, i in enumerate(cfg.spiking_layers)}, {}
     T = s0.shape[0]
     h = torch.from_numpy(s0)
-    for i, (spec, mod) in enumerate(zip(cfg.layers, student.body)):
+    for i, (spec, mod) in enumerate(zip(cfg.layers, student.body, strict=True)):
         if isinstance(spec, Shortcut):
             source = outputs[spec.source]
             if mod.proj is not None:
@@ -53,7 +52,7 @@ def test_student_matches_float64_reference(encoding, reset):
         trace = student.run(x, seed=5, record=True)
     s0 = trace.input_spikes if encoding == "poisson" else encode(x, 6, "direct")
     logits, spikes = reference_forward(student, s0.numpy())
-    for got, want in zip(trace.spikes, spikes):
+    for got, want in zip(trace.spikes, spikes, strict=True):
         assert np.array_equal(got.numpy(), want)
     assert np.allclose(trace.logits.numpy(), logits, atol=1e-12)
     assert 0.02 < np.mean([s.mean() for s in spikes]) < 0.6
@@ -70,14 +69,14 @@ def test_biased_student_matches_float64_reference(encoding, reset, exact):
         trace = student.run(x, seed=5, record=True, exact=exact)
     s0 = trace.input_spikes if encoding == "poisson" else encode(x, 6, "direct")
     logits, spikes = reference_forward(student, s0.numpy())
-    for got, want in zip(trace.spikes, spikes):
+    for got, want in zip(trace.spikes, spikes, strict=True):
         assert np.array_equal(got.numpy(), want)
     assert np.allclose(trace.logits.numpy(), logits, atol=1e-12)
     with torch.no_grad():  # the biases really change the spikes and the readout
         for m in student.weighted_modules():
             m.bias.zero_()
         unbiased = student.run(x, seed=5, record=True, exact=exact)
-    assert not all(torch.equal(a, b) for a, b in zip(trace.spikes, unbiased.spikes))
+    assert not all(torch.equal(a, b) for a, b in zip(trace.spikes, unbiased.spikes, strict=True))
     assert not torch.allclose(trace.logits, unbiased.logits)
 
 
@@ -88,7 +87,7 @@ def test_bias_is_written_only_when_true(tmp_path):
     assert [layer.get("bias") for layer in weighted] == [True] * 4
     back = load_student(save_student(biased, tmp_path / "b.safetensors"))
     assert back.config == biased.config and "body.7.bias" in back.state_dict()
-    assert all(torch.equal(a, b) for a, b in zip(biased.state_dict().values(), back.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(biased.state_dict().values(), back.state_dict().values(), strict=True))
     x = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(back.run(x, exact=True).logits, biased.run(x, exact=True).logits)
@@ -100,20 +99,6 @@ def test_bias_flag_must_be_a_bool():
             {"type": "flatten"}, {"type": "linear", "in_features": 64, "out_features": 5, "bias": "yes"}]})
 
 
-def small_resnet(seed: int = 0, bias: bool = False) -> SpikingStudent:
-    """resnet12 at width 1/8 on 8x8 images: an identity shortcut behind a pool, then projections."""
-    torch.manual_seed(seed)
-    config = build_student("resnet12", (1, 8, 8), 10, timesteps=6, width=0.125)
-    student = SpikingStudent(with_bias(config) if bias else config)
-    with torch.no_grad():
-        for m in student.weighted_modules():
-            m.weight.normal_(0.0, 0.5)
-        randomise_biases(student, 0.3)
-        student.thresholds.fill_(1.0)
-        student.leak.fill_(0.9)
-    return student.double().eval()
-
-
 def test_residual_student_matches_float64_reference():
     student = small_resnet()
     assert [type(l).__name__ for l in student.config.layers].count("Shortcut") == 4
@@ -122,7 +107,7 @@ def test_residual_student_matches_float64_reference():
         trace = student.run(x, record=True)
     logits, spikes = reference_forward(student, encode(x, 6, "direct").numpy())
     assert len(trace.spikes) == len(spikes) == 11  # 3 stem + 2 per block
-    for got, want in zip(trace.spikes, spikes):
+    for got, want in zip(trace.spikes, spikes, strict=True):
         assert np.array_equal(got.numpy(), want)
     assert np.allclose(trace.logits.numpy(), logits, atol=1e-12)
     assert all(0.05 < s.mean() < 0.8 for s in spikes)  # every layer, blocks included, really spikes
@@ -155,7 +140,7 @@ def test_deployed_residual_graph_computes_the_student(bias):
             current = current + torch.stack([F.conv2d(src[t], sw, stride=d.shortcut.stride) for t in range(6)])
         h = current if d.lif is None else torch.from_numpy(lif_reference(current.numpy(), leak, thetas[d.lif]))
         spikes.append(h)
-    for got, want in zip(trace.spikes, spikes):
+    for got, want in zip(trace.spikes, spikes[:-1], strict=True):  # the last deployed layer is the output
         assert np.array_equal(got.numpy(), want.numpy())
     assert np.allclose(trace.logits.numpy(), h.mean(0).numpy(), atol=1e-12)
 
@@ -164,7 +149,7 @@ def test_residual_student_saves_and_loads(tmp_path):
     student = small_resnet().float()
     back = load_student(save_student(student, tmp_path / "s.safetensors"))
     assert back.config == student.config
-    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), back.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), back.state_dict().values(), strict=True))
     assert "body.13.proj.weight" in back.state_dict()
 
 
@@ -213,7 +198,7 @@ def test_config_rejects_inconsistent_shapes():
 def deployed_forward(layers, s0: np.ndarray) -> list[np.ndarray]:
     """Float64 currents of every deployed layer for a fixed input of each layer (no neurons)."""
     out = []
-    for layer, x in zip(layers, s0):
+    for layer, x in zip(layers, s0, strict=True):
         x = torch.from_numpy(x)
         if layer.kind == "conv":
             y = F.conv2d(x, torch.from_numpy(layer.weight), stride=layer.stride, padding=layer.padding)

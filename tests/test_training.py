@@ -11,11 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.utils.data import Subset
 
+from lasnn_deploy.data import load_split
 from lasnn_deploy.errors import UserError
+from lasnn_deploy.evaluation import evaluate_student
 from lasnn_deploy.student import SpikingStudent, load_student
 from lasnn_deploy.training import METHODS, PRESETS, add_train_arguments, config_from_args, make_config, train
 from lasnn_deploy.training import losses
+from lasnn_deploy.training.config import FIELDS
 from lasnn_deploy.training.objectives import FineTune
 
 TINY = dict(
@@ -65,8 +69,10 @@ def test_every_method_trains_and_writes_the_run_folder(method, shared_run, tmp_p
     metrics = json.loads((folder / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
     assert metrics["method"] == method and metrics["dataset"] == "digits" and metrics["timesteps"] == 3
-    for key in ("ann_test_accuracy", "converted_test_accuracy", "test_accuracy"):
-        assert 0.0 <= metrics[key] <= 1.0
+    for key in ("ann_test_accuracy", "converted_test_accuracy", "test_accuracy"):  # fractions of the 40 test images
+        assert metrics[key] * TINY["test_samples"] == round(metrics[key] * TINY["test_samples"]) and 0 <= metrics[key] <= 1
+    test_images = Subset(load_split("digits", None, "test"), range(TINY["test_samples"]))
+    assert metrics["test_accuracy"] == evaluate_student(load_student(folder), test_images)["test_accuracy"]
     assert metrics["spikes_per_sample"] > 0 and metrics["train_seconds"] > 0
     assert metrics["stages"]["ann"]["loaded"] is True  # reused from the copied file
     needs_teacher = method in ("kd", "hetero-kd", "lasnn", "lasnn-grad")
@@ -131,7 +137,7 @@ def test_tssd_loss_is_ce_on_both_outputs_plus_temporal_kd_while_the_heads_are_ze
     short, long = student(x), student(x, timesteps=6)
     temporal = losses.kd_loss(short, long.detach(), cfg.tssd_temperature, cfg.tssd_temperature)
     (F.cross_entropy(short, y) + F.cross_entropy(long, y) + cfg.kd_weight * temporal).backward()
-    for g, p in zip(got, student.parameters()):
+    for g, p in zip(got, student.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad)
 
 
@@ -249,6 +255,9 @@ def test_bad_options_are_user_errors():
 
 
 def test_every_option_has_a_flag_with_help():
+    actions = {a.dest: a for a in add_train_arguments(argparse.ArgumentParser())._actions}
+    for name in FIELDS:
+        assert f"--{name.replace('_', '-')}" in actions[name].option_strings and actions[name].help.strip(), name
     text = add_train_arguments(argparse.ArgumentParser()).format_help()
     for flag in ("--balance-percentile", "--teacher-temperature", "--student-temperature", "--kd-weight",
                  "--tssd-timesteps", "--resume", "--config", "--preset"):

@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 
+from helpers import make_student
 from lasnn_deploy import validation
 from lasnn_deploy.evaluation import evaluate_student
 from lasnn_deploy.exporters import onnx as onnx_export
 from lasnn_deploy.neurons import poisson_inputs
 
-from conftest import make_student
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +174,7 @@ def test_trace_is_the_references_spikes_as_nir_data(tmp_path):
     data = nir_target.nir.read_data(tmp_path / "golden.h5")
     reference = nir_runtimes.reference(student, None, poisson_inputs(images, 4, 0, 0))
     assert report["passed"] and sorted(data.nodes) == ["lif0", "lif3", "lif6"]
-    for name, spikes in zip(["lif0", "lif3", "lif6"], reference.spikes):
+    for name, spikes in zip(["lif0", "lif3", "lif6"], reference.spikes, strict=True):
         grid = data.nodes[name].observables["spikes"]
         assert grid.dt == 1e-4 and grid.data.dtype == bool and grid.data.shape == (7, 4, spikes[0, 0].size)
         assert np.array_equal(grid.data, spikes.reshape(4, 7, -1).transpose(1, 0, 2) > 0)

@@ -55,13 +55,13 @@ def load_student(path: str | os.PathLike) -> SpikingStudent:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable student file ({err}); re-create it with `lasnn-deploy train`") from None
+        raise UserError(f"{path} is not a readable student file ({err}); re-create it with `lasnn-deploy train`") from err
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} is not a lasnn-deploy student (format {meta.get('format')!r}, expected {FORMAT!r})")
     try:
         config = StudentConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, TypeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} has a malformed student description ({err})") from None
+        raise UserError(f"{path} has a malformed student description ({err})") from err
     _check_tensor_shapes(config, tensors, path)  # before building: a description may ask for any size
     student = SpikingStudent(config)
     student.load_state_dict(tensors)

@@ -36,7 +36,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which and how to recover
-        raise UserError(f"checkpoint {path} cannot be read ({str(err).splitlines()[0]}); delete it to restart that stage") from None
+        raise UserError(f"checkpoint {path} cannot be read ({str(err).splitlines()[0]}); delete it to restart that stage") from err
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a stage checkpoint; "
                         "delete it to restart that stage")
@@ -113,7 +113,7 @@ def restore_training_state(state: dict[str, Any], path: Path, module: torch.nn.M
         return int(state["epoch"]), list(state["history"]), float(state["seconds"])
     except (AttributeError, KeyError, TypeError, RuntimeError, ValueError) as err:
         reason = f"no {err} entry" if isinstance(err, KeyError) else _error_detail(err)
-        raise UserError(f"checkpoint {path} does not fit this stage ({reason}); delete it to restart that stage") from None
+        raise UserError(f"checkpoint {path} does not fit this stage ({reason}); delete it to restart that stage") from err
 
 
 def save_weights(path: Path, module: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -133,7 +133,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable weights file ({err}); delete it to retrain that stage") from None
+        raise UserError(f"{path} is not a readable weights file ({err}); delete it to retrain that stage") from err
     return tensors, meta
 
 
@@ -152,5 +152,5 @@ def load_matching_weights(path: Path, module: torch.nn.Module, expected: dict[st
     try:
         module.load_state_dict(tensors)
     except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit the {what} ({_error_detail(err)}); delete it to retrain") from None
+        raise UserError(f"{path}: weights do not fit the {what} ({_error_detail(err)}); delete it to retrain") from err
     return meta

@@ -250,7 +250,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         else:
             raise UserError(f"config file {path} must end in .yaml, .yml or .toml")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"config file {path} is not valid: {str(err).splitlines()[0]}") from None
+        raise UserError(f"config file {path} is not valid: {str(err).splitlines()[0]}") from err
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of option names to values")
     values = {}

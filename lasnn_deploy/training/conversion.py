@@ -20,8 +20,8 @@ Our reading, step by step:
    theta_1 ... theta_l`` along a chain, so without this the integrated logits are ``Lambda_L``
    times smaller than the ANN's. Scaling the readout changes no spike and no prediction (the
    converted accuracy is that of threshold balancing alone), but CE and KD fine-tuning then
-   start from logits of the right scale: on MNIST the starting CE drops from 1.75 to 0.48, and
-   one fine-tuning epoch gains accuracy instead of losing 1.5 points while doubling the spikes.
+   start from logits of the right scale (what that changed on MNIST: docs/results.md, "Numbers
+   behind the code's reasons").
    This step is ours; Sengupta et al. read out spike counts, where the scale does not matter.
 
 Residual blocks (our reading; Hu et al. 2018 normalise shortcuts for the same reason): the block's
@@ -54,6 +54,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..modes import eval_mode
 from ..student import Shortcut, SpikingStudent, StudentConfig
 from . import distributed
 
@@ -145,34 +146,32 @@ def balance_thresholds(
     its key in a mapping (this process's share of the batches under torchrun).
     """
     items = list(batches.items() if isinstance(batches, Mapping) else enumerate(batches))
-    was_training = student.training
-    student.eval()
-    student.leak.fill_(1.0)
-    thresholds: list[float] = []
-    config = student.config
-    for layer, index in enumerate(config.spiking_layers):
-        spec = config.layers[index]
-        scales = rate_scales(config, thresholds)
-        if isinstance(spec, Shortcut):  # both branches in units of the block input's rate first
-            before, synapses = config.source_lif(spec.source), student.body[index - 1]
-            synapses.weight.mul_(scales[layer - 1] / scales[before])
-        else:
-            before, synapses = layer - 1, student.body[index]
-        if synapses.bias is not None:
-            synapses.bias.div_(scales[before] if before >= 0 else 1.0)
-        if clips is not None:
-            theta = max(float(clips[layer]) / (scales[before] if before >= 0 else 1.0), MIN_THRESHOLD)
+    with eval_mode(student):
+        student.leak.fill_(1.0)
+        thresholds: list[float] = []
+        config = student.config
+        for layer, index in enumerate(config.spiking_layers):
+            spec = config.layers[index]
+            scales = rate_scales(config, thresholds)
+            if isinstance(spec, Shortcut):  # both branches in units of the block input's rate first
+                before, synapses = config.source_lif(spec.source), student.body[index - 1]
+                synapses.weight.mul_(scales[layer - 1] / scales[before])
+            else:
+                before, synapses = layer - 1, student.body[index]
             if synapses.bias is not None:
-                synapses.bias.add_(theta / (2 * config.timesteps))
+                synapses.bias.div_(scales[before] if before >= 0 else 1.0)
+            if clips is not None:
+                theta = max(float(clips[layer]) / (scales[before] if before >= 0 else 1.0), MIN_THRESHOLD)
+                if synapses.bias is not None:
+                    synapses.bias.add_(theta / (2 * config.timesteps))
+                student.thresholds[layer] = theta
+                thresholds.append(theta)
+                continue
+            peak = max(
+                (percentile(layer_input_current(student, layer, x, seed + b), percentile_value) for b, x in items),
+                default=-math.inf,
+            )
+            theta = max(distributed.all_max(peak), MIN_THRESHOLD)
             student.thresholds[layer] = theta
             thresholds.append(theta)
-            continue
-        peak = max(
-            (percentile(layer_input_current(student, layer, x, seed + b), percentile_value) for b, x in items),
-            default=-math.inf,
-        )
-        theta = max(distributed.all_max(peak), MIN_THRESHOLD)
-        student.thresholds[layer] = theta
-        thresholds.append(theta)
-    student.train(was_training)
     return thresholds

@@ -64,8 +64,8 @@ def _torchrun_environment() -> tuple[int, int, int] | None:
                         "launch with torchrun, or unset RANK, LOCAL_RANK and WORLD_SIZE to train in one process")
     try:
         global_rank, local_rank, size = (int(values[name]) for name in TORCHRUN_VARIABLES)  # type: ignore[arg-type]
-    except ValueError:
-        raise UserError(f"RANK, LOCAL_RANK and WORLD_SIZE must be integers, got {values}; launch with torchrun") from None
+    except ValueError as err:
+        raise UserError(f"RANK, LOCAL_RANK and WORLD_SIZE must be integers, got {values}; launch with torchrun") from err
     if not (size >= 1 and 0 <= global_rank < size and 0 <= local_rank <= global_rank):
         raise UserError(f"inconsistent torchrun variables {values}: need 0 <= LOCAL_RANK <= RANK < WORLD_SIZE")
     return global_rank, local_rank, size
@@ -100,7 +100,7 @@ def launched(device: torch.device) -> Iterator[torch.device]:
     try:
         dist.init_process_group(backend)
     except (RuntimeError, ValueError) as err:
-        raise UserError(f"cannot join the torchrun process group ({backend}): {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot join the torchrun process group ({backend}): {str(err).splitlines()[0]}") from err
     try:
         yield device
     finally:

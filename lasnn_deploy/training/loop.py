@@ -103,27 +103,29 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: 
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def fit(
-    name: str,
-    step_module: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    train_set: Dataset,
-    *,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    checkpoint: Path,
-    resume: bool,
-    device: torch.device,
-    epoch_samples: int | None = None,
-    augment: bool = False,
-    after_step: Callable[[], None] | None = None,
-    progress: bool = True,
-    on_epoch_end: EpochHook | None = None,
-    select: Selection | None = None,
-) -> FitResult:
-    """Train ``step_module`` (``forward(x, y, seed) -> (loss, logits)``) for ``epochs`` epochs.
+@dataclass(frozen=True)
+class FitPlan:
+    """What one stage's training loop does: its data, length, seeds, checkpoint and hooks."""
+
+    name: str
+    train_set: Dataset
+    epochs: int
+    batch_size: int  # the global batch, split over the processes
+    seed: int
+    checkpoint: Path
+    device: torch.device
+    resume: bool = False
+    epoch_samples: int | None = None
+    augment: bool = False
+    after_step: Callable[[], None] | None = None
+    progress: bool = True
+    on_epoch_end: EpochHook | None = None
+    select: Selection | None = None
+
+
+def fit(step_module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+        plan: FitPlan) -> FitResult:
+    """Train ``step_module`` (``forward(x, y, seed) -> (loss, logits)``) for ``plan.epochs`` epochs.
 
     Only the optimiser's parameters are trained (the others are frozen meanwhile, which also keeps
     them out of DDP). ``batch_size`` is the global batch, split over the processes. After every
@@ -132,14 +134,15 @@ def fit(
     limits an epoch to the first samples of that epoch's order. With ``select`` the best epoch's
     weights are kept (``Selection``); they travel in the checkpoint, so a resumed run keeps the same.
     """
+    name, checkpoint, select = plan.name, plan.checkpoint, plan.select
     result, start, best = FitResult(), 0, None
-    if resume and checkpoint.is_file():
+    if plan.resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint)
         start, result.history, result.seconds = restore_training_state(state, checkpoint, step_module, optimizer,
                                                                         scheduler)
         best = state.get("best")
     else:
-        distributed.seed_this_process(seed)
+        distributed.seed_this_process(plan.seed)
     if select is not None and best is None:
         best = {"epoch": 0, "score": float(select.score()), "model": _state_copy(step_module)}
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -147,12 +150,11 @@ def fit(
     for p in frozen:
         p.requires_grad_(False)
     try:
-        model = distributed.wrap_model(step_module, device)
-        for epoch in range(start, epochs):
+        model = distributed.wrap_model(step_module, plan.device)
+        for epoch in range(start, plan.epochs):
             if best is not None and select.patience is not None and epoch - best["epoch"] >= select.patience:
                 break  # a plateau: the last ``patience`` epochs found nothing better
-            _epoch(name, model, optimizer, train_set, epoch, epochs, batch_size, seed, device, epoch_samples, augment,
-                   after_step, progress, result)
+            _epoch(model, optimizer, plan, epoch, result)
             scheduler.step()
             if best is not None:
                 score = float(select.score())
@@ -176,8 +178,8 @@ def fit(
                     },
                 )
             distributed.barrier()
-            if on_epoch_end is not None:
-                on_epoch_end(name, epoch + 1)
+            if plan.on_epoch_end is not None:
+                plan.on_epoch_end(name, epoch + 1)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -192,15 +194,14 @@ def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _epoch(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, epoch: int, epochs: int,
-           batch_size: int, seed: int, device: torch.device, epoch_samples: int | None, augment: bool,
-           after_step: Callable[[], None] | None, progress: bool, result: FitResult) -> None:
+def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, plan: FitPlan, epoch: int, result: FitResult) -> None:
     """One epoch over this process's share of the epoch's global batches; appends to ``result``."""
+    name, epochs, train_set, batch_size, seed = plan.name, plan.epochs, plan.train_set, plan.batch_size, plan.seed
     began = time.perf_counter()
     model.train()
-    order = distributed.epoch_order(len(train_set), seed, epoch)[:epoch_samples]
+    order = distributed.epoch_order(len(train_set), seed, epoch)[:plan.epoch_samples]
     sizes = distributed.global_batch_sizes(len(order), batch_size)
-    show = progress and distributed.is_main_process()
+    show = plan.progress and distributed.is_main_process()
     sums = [0.0, 0.0, 0.0]  # loss * n, correct, n
     bar = tqdm(
         batches(train_set, distributed.shard(order, batch_size), batch_size // distributed.world_size()),
@@ -210,15 +211,15 @@ def _epoch(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, train_
         disable=not show,
     )
     for step, ((x, y), total) in enumerate(zip(bar, sizes, strict=True)):
-        x, y = x.to(device), y.to(device)
-        if augment:
+        x, y = x.to(plan.device), y.to(plan.device)
+        if plan.augment:
             x = augment_batch(x)
         loss, logits = model(x, y, step_seed(seed, epoch, step))
         optimizer.zero_grad(set_to_none=True)
         (loss * distributed.loss_weight(len(y), total)).backward()
         optimizer.step()
-        if after_step is not None:
-            after_step()
+        if plan.after_step is not None:
+            plan.after_step()
         n = len(y)
         sums[0] += float(loss.detach()) * n
         sums[1] += float((logits.detach().argmax(1) == y).sum())

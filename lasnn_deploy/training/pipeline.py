@@ -55,7 +55,7 @@ from .checkpoint import CHECKPOINT_DIR, checkpoint_path, load_matching_weights, 
 from .config import BALANCE_CANDIDATES, TrainConfig, config_to_json, make_config
 from .conversion import convert
 from .intermediate import IntermediateAnn, fold_batch_norm
-from .loop import EpochHook, FitResult, Selection, batches, fit, make_optimizer, make_scheduler
+from .loop import EpochHook, FitPlan, FitResult, Selection, batches, fit, make_optimizer, make_scheduler
 from .methods import Method
 from .objectives import FineTune, TeacherStep
 
@@ -87,9 +87,38 @@ class Run:
     def seed(self, stage: str) -> int:
         return self.config.seed * 1000 + STAGE_SEEDS[stage]
 
+    # -- the run folder: every write happens here, on the main process only ---------------------
     def write_progress(self) -> None:
+        self.write_text(PROGRESS_FILE, json.dumps(self.progress, indent=2))
+
+    def start(self) -> None:
+        """A fresh run drops the files of an earlier one (a resumed run keeps them); both write the config."""
         if distributed.is_main_process():
-            write_text(self.folder / PROGRESS_FILE, json.dumps(self.progress, indent=2))
+            if not self.config.resume:
+                shutil.rmtree(self.folder / CHECKPOINT_DIR, ignore_errors=True)
+                for stale in (PROGRESS_FILE, METRICS_FILE, CONVERTED_FILE, STUDENT_FILE):
+                    (self.folder / stale).unlink(missing_ok=True)
+            write_text(self.folder / CONFIG_FILE, config_to_json(self.config))
+
+    def write_text(self, name: str, text: str) -> None:
+        if distributed.is_main_process():
+            write_text(self.folder / name, text)
+
+    def save_student(self, student: SpikingStudent, name: str) -> None:
+        if distributed.is_main_process():
+            save_student(student, self.folder / name)
+
+    def save_weights(self, name: str, module: nn.Module, meta: dict[str, Any]) -> None:
+        if distributed.is_main_process():
+            save_weights(self.folder / name, module, meta)
+
+    def finish_stage(self, stage: str) -> None:
+        """Drop the stage's checkpoint once its result file is written (and the folder if empty)."""
+        if distributed.is_main_process():
+            path = checkpoint_path(self.folder, stage)
+            path.unlink(missing_ok=True)
+            if path.parent.is_dir() and not any(path.parent.iterdir()):
+                path.parent.rmdir()
 
 
 def train(config: TrainConfig | None = None, /, *, on_epoch_end: EpochHook | None = None, **options: Any) -> Path:
@@ -112,17 +141,18 @@ def train(config: TrainConfig | None = None, /, *, on_epoch_end: EpochHook | Non
 
 def _train(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook | None) -> Path:
     run = _prepare(config, device, on_epoch_end)
-    stages: dict[str, dict[str, Any]] = {}
-    teacher = _teacher_stage(run, stages) if config.needs_teacher else None
-    student, clips = _ann_stage(run, stages)
-    _conversion_stage(run, student, clips, stages)
+    stages: dict[str, dict[str, Any]] = {}  # each stage's result, as it returns it
+    teacher = None
+    if config.needs_teacher:
+        teacher, stages["teacher"] = _teacher_stage(run)
+    student, clips, stages["ann"] = _ann_stage(run)
+    stages["conversion"] = _conversion_stage(run, student, clips)
     if Method.REGISTRY[config.method].fine_tunes:
-        _finetune_stage(run, student, teacher, stages)
-    elif distributed.is_main_process():
-        save_student(student, run.folder / STUDENT_FILE)
+        stages["finetune"] = _finetune_stage(run, student, teacher)
+    else:
+        run.save_student(student, STUDENT_FILE)
     metrics = _metrics(run, student, stages)
-    if distributed.is_main_process():
-        write_text(run.folder / METRICS_FILE, json.dumps(metrics, indent=2))
+    run.write_text(METRICS_FILE, json.dumps(metrics, indent=2))
     if run.show:
         tqdm.write(
             f"{config.method}: test accuracy {metrics['test_accuracy']:.4f} "
@@ -139,8 +169,8 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    except RuntimeError as err:
+        raise UserError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from err
 
 
 def _in_memory(dataset: Dataset, limit: int | None) -> Dataset:
@@ -189,7 +219,7 @@ def _read_json_mapping(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is unreadable ({err}); train into a new --out instead of resuming") from None
+        raise UserError(f"{path} is unreadable ({err}); train into a new --out instead of resuming") from err
     if not isinstance(value, dict):
         raise UserError(f"{path} is not a JSON mapping; train into a new --out instead of resuming")
     return value
@@ -231,12 +261,7 @@ def _prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook 
         on_epoch_end=on_epoch_end,
         progress=progress,
     )
-    if distributed.is_main_process():
-        if not config.resume:
-            shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
-            for stale in (PROGRESS_FILE, METRICS_FILE, CONVERTED_FILE, STUDENT_FILE):
-                (folder / stale).unlink(missing_ok=True)
-        write_text(folder / CONFIG_FILE, config_to_json(config))
+    run.start()
     distributed.barrier()
     return run
 
@@ -253,32 +278,10 @@ def _fit(run: Run, name: str, module: nn.Module, params, optimizer: str, lr: flo
          **kw) -> FitResult:
     cfg = run.config
     opt = make_optimizer(params, optimizer, lr, weight_decay, cfg.momentum)
-    return fit(
-        name,
-        module,
-        opt,
-        make_scheduler(opt, cfg.schedule, epochs),
-        run.train_set,
-        epochs=epochs,
-        batch_size=cfg.batch_size,
-        seed=run.seed(name),
-        checkpoint=checkpoint_path(run.folder, name),
-        resume=cfg.resume,
-        device=run.device,
-        augment=cfg.augment,
-        progress=cfg.progress,
-        on_epoch_end=run.on_epoch_end,
-        **kw,
-    )
-
-
-def _finish_stage(run: Run, name: str) -> None:
-    """Drop the stage's checkpoint once its result file is written (and the folder if empty)."""
-    if distributed.is_main_process():
-        path = checkpoint_path(run.folder, name)
-        path.unlink(missing_ok=True)
-        if path.parent.is_dir() and not any(path.parent.iterdir()):
-            path.parent.rmdir()
+    plan = FitPlan(name, run.train_set, epochs, cfg.batch_size, run.seed(name), checkpoint_path(run.folder, name),
+                   run.device, resume=cfg.resume, augment=cfg.augment, progress=cfg.progress,
+                   on_epoch_end=run.on_epoch_end, **kw)
+    return fit(module, opt, make_scheduler(opt, cfg.schedule, epochs), plan)
 
 
 def _test_part(run: Run, dataset: Dataset) -> Subset | None:
@@ -316,7 +319,7 @@ def _evaluate_ann(run: Run, model: nn.Module, dataset: Dataset | None = None) ->
 
 
 # -- stages --------------------------------------------------------------------------------------
-def _teacher_stage(run: Run, stages: dict) -> nn.Module:
+def _teacher_stage(run: Run) -> tuple[nn.Module, dict[str, Any]]:
     cfg, info = run.config, run.info
     torch.manual_seed(run.seed("teacher"))
     teacher = build_teacher(cfg.teacher, info.input_shape, info.num_classes).to(run.device)
@@ -330,7 +333,7 @@ def _teacher_stage(run: Run, stages: dict) -> nn.Module:
     }
     if path.is_file():
         meta = load_matching_weights(path, teacher, expected, "teacher")
-        stages["teacher"] = {**meta["result"], "loaded": True}
+        result = {**meta["result"], "loaded": True}
     else:
         step = TeacherStep(distributed.sync_batch_norm(teacher, run.device))
         epochs = stage_epochs(run, cfg.teacher_epochs, cfg.teacher_steps)
@@ -341,12 +344,11 @@ def _teacher_stage(run: Run, stages: dict) -> nn.Module:
         accuracy = _evaluate_ann(run, teacher)
         result = {"test_accuracy": accuracy, "seconds": fitted.seconds, "epochs": epochs,
                   "evaluate_seconds": time.perf_counter() - began, "history": fitted.history}
-        if distributed.is_main_process():
-            save_weights(path, teacher, {**expected, "result": result})
-        _finish_stage(run, "teacher")
-        stages["teacher"] = {**result, "loaded": False}
+        run.save_weights(TEACHER_FILE, teacher, {**expected, "result": result})
+        run.finish_stage("teacher")
+        result = {**result, "loaded": False}
     teacher.eval().requires_grad_(False)
-    return teacher
+    return teacher, result
 
 
 @torch.no_grad()
@@ -380,8 +382,8 @@ def _student_config(run: Run):
     )
 
 
-def _ann_stage(run: Run, stages: dict) -> tuple[SpikingStudent, list[float] | None]:
-    """The trained intermediate ANN folded into a student (and a QCFS ANN's clips, else None)."""
+def _ann_stage(run: Run) -> tuple[SpikingStudent, list[float] | None, dict[str, Any]]:
+    """The trained intermediate ANN folded into a student, a QCFS ANN's clips (else None), the result."""
     cfg = run.config
     torch.manual_seed(run.seed("ann"))
     levels = cfg.qcfs_levels or cfg.timesteps if cfg.intermediate == "qcfs" else None
@@ -398,8 +400,7 @@ def _ann_stage(run: Run, stages: dict) -> tuple[SpikingStudent, list[float] | No
     path = run.folder / ANN_FILE
     if path.is_file():
         meta = load_matching_weights(path, ann, expected, "intermediate ANN")
-        stages["ann"] = {**meta["result"], "loaded": True}
-        return _folded(ann, student)
+        return *_folded(ann, student), {**meta["result"], "loaded": True}
     step = distributed.sync_batch_norm(ann, run.device)
     epochs = stage_epochs(run, cfg.ann_epochs, cfg.ann_steps)
     fitted = _fit(run, "ann", step, ann.trained_parameters(), cfg.ann_optimizer, cfg.ann_lr, cfg.ann_weight_decay,
@@ -409,11 +410,9 @@ def _ann_stage(run: Run, stages: dict) -> tuple[SpikingStudent, list[float] | No
     result = {"test_accuracy": accuracy, "validation_accuracy": fitted.best_score, "best_epoch": fitted.best_epoch,
               "seconds": fitted.seconds, "epochs": epochs, "evaluate_seconds": time.perf_counter() - began,
               "history": fitted.history}
-    if distributed.is_main_process():
-        save_weights(path, ann, {**expected, "result": result})
-    _finish_stage(run, "ann")
-    stages["ann"] = {**result, "loaded": False}
-    return _folded(ann, student)
+    run.save_weights(ANN_FILE, ann, {**expected, "result": result})
+    run.finish_stage("ann")
+    return *_folded(ann, student), {**result, "loaded": False}
 
 
 def _folded(ann: IntermediateAnn, student: SpikingStudent) -> tuple[SpikingStudent, list[float] | None]:
@@ -422,13 +421,12 @@ def _folded(ann: IntermediateAnn, student: SpikingStudent) -> tuple[SpikingStude
     return student, None if ann.clips is None else ann.clips.detach().cpu().tolist()
 
 
-def _conversion_stage(run: Run, student: SpikingStudent, clips: list[float] | None, stages: dict) -> None:
+def _conversion_stage(run: Run, student: SpikingStudent, clips: list[float] | None) -> dict[str, Any]:
     cfg = run.config
     path = run.folder / CONVERTED_FILE
     if cfg.resume and "conversion" in run.progress and path.is_file():
         student.load_state_dict(load_student(path).state_dict())
-        stages["conversion"] = {**run.progress["conversion"], "loaded": True}
-        return
+        return {**run.progress["conversion"], "loaded": True}
     began = time.perf_counter()
     order = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(run.seed("conversion")))
     order = order[: cfg.balance_batches * cfg.batch_size].tolist()
@@ -460,20 +458,18 @@ def _conversion_stage(run: Run, student: SpikingStudent, clips: list[float] | No
         "seconds": seconds,
         "evaluate_seconds": time.perf_counter() - began,
     }
-    if distributed.is_main_process():
-        save_student(student, path)
+    run.save_student(student, CONVERTED_FILE)
     run.progress["conversion"] = result
     run.write_progress()
-    stages["conversion"] = {**result, "loaded": False}
+    return {**result, "loaded": False}
 
 
-def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None, stages: dict) -> None:
+def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None) -> dict[str, Any]:
     cfg = run.config
     path = run.folder / STUDENT_FILE
     if cfg.resume and "finetune" in run.progress and path.is_file():
         student.load_state_dict(load_student(path).state_dict())
-        stages["finetune"] = {**run.progress["finetune"], "loaded": True}
-        return
+        return {**run.progress["finetune"], "loaded": True}
     torch.manual_seed(run.seed("finetune"))
     objective = FineTune(student, cfg.method, cfg, teacher).to(run.device)
     neuron = [student.leak, student.thresholds]
@@ -496,12 +492,11 @@ def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None
         "evaluate_seconds": time.perf_counter() - began,
         "history": fitted.history,
     }
-    if distributed.is_main_process():
-        save_student(student, path)
+    run.save_student(student, STUDENT_FILE)
     run.progress["finetune"] = result
     run.write_progress()
-    _finish_stage(run, "finetune")
-    stages["finetune"] = {**result, "loaded": False}
+    run.finish_stage("finetune")
+    return {**result, "loaded": False}
 
 
 # -- results -------------------------------------------------------------------------------------
