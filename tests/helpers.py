@@ -4,7 +4,10 @@ CLI runner. Tests import them from here, never from conftest or from each other.
 from __future__ import annotations
 
 import dataclasses
+import struct
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from lasnn_deploy.cli import main
@@ -59,10 +62,24 @@ def small_resnet(seed: int = 0, bias: bool = False) -> SpikingStudent:
     return student.double().eval()
 
 
-def run_cli(capsys, *argv):
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``lasnn-deploy ARGV`` in this process: exit code, stdout, stderr."""
     try:
-        code = main(list(argv))
+        code = main([str(a) for a in argv])
     except SystemExit as exit:
         code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def resnet_student(encoding: str = "direct", bias: bool = False) -> SpikingStudent:
+    """``small_resnet`` in float32: an identity shortcut behind a pool, then three projections."""
+    return small_resnet(bias=bias).float().with_config(encoding=encoding).eval()
+
+
+def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """MNIST's IDX files ``PREFIX-images-idx3-ubyte`` and ``PREFIX-labels-idx1-ubyte`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n, h, w = images.shape
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.tobytes())
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(labels)) + labels.tobytes())

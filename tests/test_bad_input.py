@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from onnx import TensorProto, helper
 from PIL import Image
 from safetensors.torch import save_file
 
-from helpers import make_student
-from lasnn_deploy.cli import build_parser, main
+from helpers import make_student, run_cli, write_idx
+from lasnn_deploy.cli import build_parser
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import export
 from lasnn_deploy.student import FORMAT, AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig, save_student
@@ -160,13 +159,6 @@ def digits_student(**config) -> SpikingStudent:
     return SpikingStudent(cfg, leak=0.9, thresholds=[0.3]).eval()
 
 
-def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    n, h, w = images.shape
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(labels)) + labels.tobytes())
-
-
 def write_mnist(root: Path, test_labels: int = 5) -> Path:
     rng = np.random.default_rng(0)
     raw = root / "MNIST" / "raw"
@@ -283,15 +275,6 @@ def tree(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit:  # argparse
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else [])
                                   for c in CASES])
 def test_bad_input_is_one_line_and_leaves_nothing(case: Case, world: Path, tmp_path: Path, capsys):
@@ -302,7 +285,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(case: Case, world: Path, tmp_p
     before_world, before_out = tree(world), tree(out)
     argv = case.argv.format(w=world, out=out).split(" ")
 
-    code, stdout, stderr = run_cli(argv, capsys)
+    code, stdout, stderr = run_cli(capsys, *argv)
 
     lines = stderr.strip().splitlines()
     assert code == case.code, stderr

@@ -1,22 +1,15 @@
 """The torchvision code paths, on small data set files that the tests write in the official formats."""
 
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from helpers import write_idx
 from lasnn_deploy.data import data_info, first_samples, load_split
 from lasnn_deploy.errors import UserError
-
-
-def write_idx(folder, prefix, images, labels):
-    folder.mkdir(parents=True, exist_ok=True)
-    n, h, w = images.shape
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
 
 
 @pytest.fixture

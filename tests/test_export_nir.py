@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lasnn_deploy.exporters.nir as nir_target
-from helpers import make_student, small_resnet
+from helpers import make_student, resnet_student, small_resnet
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import export
 from lasnn_deploy.neurons import encode
@@ -161,11 +161,6 @@ def test_reading_back_refuses_a_graph_that_is_no_student(tmp_path):
     graph.edges = [e for e in graph.edges if "lif6" not in e] + [("linear6", "linear7")]
     with pytest.raises(UserError, match=r"LIF nodes after layers \[0, 2\].*\[0, 2, 5\]"):
         nir_target.student_from_nir(graph)
-
-
-def resnet_student(encoding: str = "direct") -> SpikingStudent:
-    """``small_resnet`` in float32: an identity shortcut behind a pool, then three projections."""
-    return small_resnet().float().with_config(encoding=encoding).eval()
 
 
 def without_dropout(config: StudentConfig) -> StudentConfig:

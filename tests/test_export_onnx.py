@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import make_student, small_resnet
+from helpers import make_student, resnet_student
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import export
 from lasnn_deploy.exporters import onnx as onnx_export
@@ -29,14 +29,7 @@ from lasnn_deploy.validation import validate
 
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread here: two threads on a shared, busy 2-core machine ran these small
-    batches about ten times slower (measured), and the float64 reference is the slow part."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_images(n: int = 24, shape=(1, 8, 8), seed: int = 0) -> torch.Tensor:
@@ -351,11 +344,6 @@ def test_dyadic_biased_student_matches_the_float64_student(tmp_path):
     for s, r in zip(got.spikes, ref64.spikes, strict=True):
         np.testing.assert_array_equal(s, r)
     np.testing.assert_allclose(got.logits, ref64.logits, rtol=0, atol=1e-6)
-
-
-def resnet_student(encoding: str, bias: bool = False) -> SpikingStudent:
-    """``small_resnet`` in float32: an identity shortcut behind a pool, then three projections."""
-    return small_resnet(bias=bias).float().with_config(encoding=encoding).eval()
 
 
 @pytest.mark.parametrize("encoding,bias", [("direct", False), ("poisson", False), ("direct", True)])

@@ -15,9 +15,8 @@ import pytest
 import torch
 
 import foreign_nets as fn
-from helpers import make_student
+from helpers import make_student, run_cli
 from lasnn_deploy import export, import_nir, load_student
-from lasnn_deploy.cli import main
 from lasnn_deploy.data import first_samples, load_split
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import RunResult, get_target
@@ -39,15 +38,6 @@ def needs(library: str):
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
     return first_samples(load_split("digits", None, "test"), 16)[0]
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def imported(library: str, f: fn.Foreign, tmp_path: Path, capsys, encoding: str = "direct") -> SpikingStudent:

@@ -20,12 +20,7 @@ nir = nir_target.nir
 LIBRARY = {"snntorch": "snntorch", "spikingjelly": "spikingjelly", "norse": "norse", "sinabs": "sinabs"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def require(runtime: str) -> None:

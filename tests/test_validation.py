@@ -15,12 +15,7 @@ from lasnn_deploy.neurons import poisson_inputs
 
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def images_and_labels(n: int = 13):
