@@ -7,7 +7,7 @@ UV := .tools/bin/uv
 endif
 PYTEST_ARGS ?=
 
-.PHONY: install spyx demo test test-fast bench clean
+.PHONY: install spyx demo test test-fast lint bench clean
 
 install: .venv/.synced spyx
 
@@ -35,6 +35,11 @@ test: install
 
 test-fast: install
 	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml; .ci/run runs it after the tests.
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 bench: install
 	.venv/bin/python bench/train_throughput.py

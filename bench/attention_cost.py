@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import torch
+from train_throughput import RESULTS, Trainer, alternate, machine_info, medians
 
 from lasnn_deploy.atomic import write_text
 from lasnn_deploy.models import build_student, build_teacher
 from lasnn_deploy.student import SpikingStudent
 from lasnn_deploy.training import make_config
 from lasnn_deploy.training.objectives import FineTune
-from train_throughput import RESULTS, Trainer, alternate, machine_info, medians
 
 METHODS = ("hybrid", "kd", "hetero-kd", "lasnn", "lasnn-grad", "tssd")
 SHAPE, CLASSES = (3, 32, 32), 10
@@ -69,8 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     memory = {n: t.peak_bytes() for n, t in steps.items()}
     result = {
         "command": " ".join(["python bench/attention_cost.py", *(argv if argv is not None else sys.argv[1:])]),
-        "network": {"student": "3conv2linear", "width": args.width, "teacher": "small-cnn", "input_shape": list(SHAPE),
-                    "batch": args.batch, "timesteps": args.timesteps, "encoding": "direct"},
+        "network": {
+            "student": "3conv2linear",
+            "width": args.width,
+            "teacher": "small-cnn",
+            "input_shape": list(SHAPE),
+            "batch": args.batch,
+            "timesteps": args.timesteps,
+            "encoding": "direct",
+        },
         "machine": machine_info(torch.device("cpu"), args.threads),
         "rounds": repeats,
         "step_seconds_median": wall,
@@ -81,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"{'method':<11}{'step ms':>9}{'cpu ms':>9}{'x hybrid':>9}{'peak MiB':>10}{'x hybrid':>9}")
     for n in METHODS:
-        print(f"{n:<11}{wall[n] * 1e3:>9.1f}{cpu[n] * 1e3:>9.1f}{cpu[n] / cpu['hybrid']:>9.2f}"
-              f"{memory[n] / 2**20:>10.1f}{memory[n] / memory['hybrid']:>9.2f}")
+        print(
+            f"{n:<11}{wall[n] * 1e3:>9.1f}{cpu[n] * 1e3:>9.1f}{cpu[n] / cpu['hybrid']:>9.2f}"
+            f"{memory[n] / 2**20:>10.1f}{memory[n] / memory['hybrid']:>9.2f}"
+        )
     print(f"wrote {out} ({result['seconds']:.0f} s)")
     return 0
 

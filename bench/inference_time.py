@@ -52,8 +52,11 @@ def variants(student, session: ort.InferenceSession, x: torch.Tensor) -> dict:
         with torch.inference_mode():
             return student.run(images, input_spikes=spikes, exact=exact).logits.numpy()
 
-    return {"pytorch_eager": lambda: torch_run(False), "pytorch_exact": lambda: torch_run(True),
-            "onnxruntime": lambda: session.run(["logits"], feed)[0]}
+    return {
+        "pytorch_eager": lambda: torch_run(False),
+        "pytorch_exact": lambda: torch_run(True),
+        "onnxruntime": lambda: session.run(["logits"], feed)[0],
+    }
 
 
 def timed_rounds(runs: dict, repeats: int) -> dict[str, list[float]]:
@@ -61,7 +64,7 @@ def timed_rounds(runs: dict, repeats: int) -> dict[str, list[float]]:
     names = list(runs)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - start)
@@ -71,9 +74,13 @@ def timed_rounds(runs: dict, repeats: int) -> dict[str, list[float]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="run folder (or student.safetensors) from `lasnn-deploy train`")
-    p.add_argument("--dataset", default="digits", choices=list(DATASETS), help="test images to classify (default: digits, bundled)")
+    p.add_argument(
+        "--dataset", default="digits", choices=list(DATASETS), help="test images to classify (default: digits, bundled)"
+    )
     p.add_argument("--data-dir", default=None, help="folder with the data set's files (not needed for digits)")
-    p.add_argument("--repeats", type=int, default=20, help="timed rounds per variant and batch size; the best counts (default 20)")
+    p.add_argument(
+        "--repeats", type=int, default=20, help="timed rounds per variant and batch size; the best counts (default 20)"
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "inference_time.json", help="JSON file to write")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -98,17 +105,31 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_per_sample_best": {n: min(t) / batch for n, t in times.items()},
             "seconds_all": times,
             "onnx_vs_exact_max_abs_logit_diff": float(abs(logits["onnxruntime"] - logits["pytorch_exact"]).max()),
-            "onnx_vs_exact_same_class": bool((logits["onnxruntime"].argmax(1) == logits["pytorch_exact"].argmax(1)).all()),
+            "onnx_vs_exact_same_class": bool(
+                (logits["onnxruntime"].argmax(1) == logits["pytorch_exact"].argmax(1)).all()
+            ),
         }
     cfg = student.config
     result = {
         "command": " ".join(["python bench/inference_time.py", *(argv if argv is not None else sys.argv[1:])]),
-        "student": {"run": str(args.run), "dataset": args.dataset, "timesteps": cfg.timesteps, "encoding": cfg.encoding,
-                    "input_shape": list(cfg.input_shape), "parameters": sum(t.numel() for t in student.parameters())},
-        "machine": {"cpu": platform.processor() or platform.machine(), "nproc": os.cpu_count(), "threads": 1,
-                    "torch": torch.__version__, "onnxruntime": importlib.metadata.version("onnxruntime"),
-                    "python": platform.python_version(), "load_average_1_5_15_start": load_start,
-                    "load_average_1_5_15_end": list(os.getloadavg())},
+        "student": {
+            "run": str(args.run),
+            "dataset": args.dataset,
+            "timesteps": cfg.timesteps,
+            "encoding": cfg.encoding,
+            "input_shape": list(cfg.input_shape),
+            "parameters": sum(t.numel() for t in student.parameters()),
+        },
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "nproc": os.cpu_count(),
+            "threads": 1,
+            "torch": torch.__version__,
+            "onnxruntime": importlib.metadata.version("onnxruntime"),
+            "python": platform.python_version(),
+            "load_average_1_5_15_start": load_start,
+            "load_average_1_5_15_end": list(os.getloadavg()),
+        },
         "repeats": args.repeats,
         "results": results,
     }
@@ -118,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         best = results[f"batch{batch}"]["seconds_per_sample_best"]
         for n in best:
             print(f"{batch:>5} {n:<14} {best[n] * 1e3:>10.3f} {best[n] / best['pytorch_eager']:>8.2f}")
-    print("onnxruntime vs exact: max |logit diff| "
-          + ", ".join(f"batch{b} {results[f'batch{b}']['onnx_vs_exact_max_abs_logit_diff']:.3g}" for b in BATCHES))
+    print(
+        "onnxruntime vs exact: max |logit diff| "
+        + ", ".join(f"batch{b} {results[f'batch{b}']['onnx_vs_exact_max_abs_logit_diff']:.3g}" for b in BATCHES)
+    )
     print(f"wrote {args.out}")
     return 0
 

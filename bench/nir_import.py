@@ -21,16 +21,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import foreign_nets as fn  # noqa: E402
+from lasnn_deploy.exporters import RunResult, target_module  # noqa: E402
 
 from lasnn_deploy import export, import_nir, load_student  # noqa: E402
 from lasnn_deploy.atomic import write_text  # noqa: E402
 from lasnn_deploy.data import first_samples, load_split  # noqa: E402
-from lasnn_deploy.exporters import RunResult, target_module  # noqa: E402
 from lasnn_deploy.neurons import poisson_inputs  # noqa: E402
 from lasnn_deploy.validation import compare  # noqa: E402
 
@@ -55,8 +54,13 @@ def measure(library: str, kind: str, images: torch.Tensor, timesteps: int, folde
     student = load_student(run)
     names = [f"{student.config.layers[i].type}{i}" for i in student.config.spiking_layers]
     foreign = RunResult(logits=logits, spikes=spikes, layer_names=names)
-    row = {"library": library, "net": kind, "layers": [l.type for l in student.config.layers],
-           "leak": float(student.leak), "rates": [float(s.mean()) for s in spikes]}
+    row = {
+        "library": library,
+        "net": kind,
+        "layers": [l.type for l in student.config.layers],
+        "leak": float(student.leak),
+        "rates": [float(s.mean()) for s in spikes],
+    }
     with torch.no_grad():
         trace = student.run(x, input_spikes=spikes_in, record=True)
     row["student"] = compare(foreign, RunResult(trace.logits.numpy(), [s.numpy() for s in trace.spikes], names))
@@ -86,8 +90,10 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "nir_import.json"
     write_text(out, json.dumps({"samples": args.samples, "timesteps": args.timesteps, "rows": rows}, indent=2) + "\n")
     keys = ("student", "onnx", "lava", "lava_validate")
-    print("| library | net | leak | student | ONNX | Lava | Lava vs its validate reference "
-          "| max logit error (student, ONNX, Lava) |")
+    print(
+        "| library | net | leak | student | ONNX | Lava | Lava vs its validate reference "
+        "| max logit error (student, ONNX, Lava) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         cells = [f"{r[k]['output_agreement']:.4f} / {r[k]['spike_agreement']:.4f}" for k in keys]

@@ -5,8 +5,9 @@
 
 For every leak (the trained one, or a given value set on a copy) and encoding (the student's
 weights run with direct or Poisson input), writes each runtime's flavour
-(``exporters.nir_runtimes.export``; ``NAME:plain`` in ``--runtimes``: the plain file) into ``--out`` and validates it on the first ``--samples``
-MNIST test images with ``lasnn_deploy.validate`` (the same as ``lasnn-deploy validate --runtime``).
+(``exporters.nir_runtimes.export``; ``NAME:plain`` in ``--runtimes``: the plain file) into ``--out``
+and validates it on the first ``--samples`` MNIST test images
+with ``lasnn_deploy.validate`` (the same as ``lasnn-deploy validate --runtime``).
 Prints one markdown row per file as it finishes, and the reports as JSON lines into ``--out``.
 ``--per-step`` also prints, per file, the spike agreement at each step over all LIF layers and the
 spikes counted by the reference and the runtime (a runtime value of 2 counts two).
@@ -20,10 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from lasnn_deploy.data import first_samples, load_split
 from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import nir_runtimes
+
+from lasnn_deploy.data import first_samples, load_split
 from lasnn_deploy.student import load_student
 from lasnn_deploy.validation import validate
 
@@ -43,7 +44,9 @@ def main() -> None:
     trained = load_student(args.run)
     images, labels = first_samples(load_split(args.dataset, args.data_dir, "test"), args.samples)
     args.out.mkdir(parents=True, exist_ok=True)
-    print("| runtime | leak | encoding | output agreement | spike agreement | max abs logit error | first divergence | s |")
+    print(
+        "| runtime | leak | encoding | output agreement | spike agreement | max abs logit error | first divergence | s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for leak in args.leaks.split(","):
         for encoding in args.encodings.split(","):
@@ -59,11 +62,17 @@ def main() -> None:
                 report = validate(student, path, images, labels, runtime=runtime)
                 seconds = time.perf_counter() - start
                 d = report["first_divergence"]
-                where = "-" if d is None else (f"{d['layer']} t={d['step']} spike {d['spike_reference']:g} vs "
-                                               f"{d['spike_runtime']:g}")
-                print(f"| {name} | {float(student.leak.detach()):.5g} | {encoding} | {report['output_agreement']:.4f} | "
-                      f"{report['spike_agreement']:.6f} | {report['max_abs_logit_error']:.3g} | {where} | "
-                      f"{seconds:.0f} |", flush=True)
+                where = (
+                    "-"
+                    if d is None
+                    else (f"{d['layer']} t={d['step']} spike {d['spike_reference']:g} vs {d['spike_runtime']:g}")
+                )
+                print(
+                    f"| {name} | {float(student.leak.detach()):.5g} | {encoding} | {report['output_agreement']:.4f} | "
+                    f"{report['spike_agreement']:.6f} | {report['max_abs_logit_error']:.3g} | {where} | "
+                    f"{seconds:.0f} |",
+                    flush=True,
+                )
                 with open(args.out / "reports.jsonl", "a") as f:
                     f.write(json.dumps({"leak": leak, **report}) + "\n")
                 if args.per_step:
@@ -73,6 +82,7 @@ def main() -> None:
 def per_step(student, path: Path, runtime: str, images: torch.Tensor) -> None:
     """Spike agreement at each step (all LIF layers) and spike totals, on one chunk of the inputs."""
     from lasnn_deploy.exporters.nir import NirTarget
+
     from lasnn_deploy.neurons import poisson_inputs
 
     target = NirTarget.for_file(path, runtime=runtime)
@@ -81,11 +91,16 @@ def per_step(student, path: Path, runtime: str, images: torch.Tensor) -> None:
     reference = target.reference(student, None if spikes is not None else x, spikes)
     result = target.run(path, None if spikes is not None else x, spikes)
     T = reference.spikes[0].shape[0]
-    equal = [sum(float((r[t] == g[t]).sum()) for r, g in zip(reference.spikes, result.spikes)) for t in range(T)]
+    equal = [
+        sum(float((r[t] == g[t]).sum()) for r, g in zip(reference.spikes, result.spikes, strict=True)) for t in range(T)
+    ]
     size = sum(r[0].size for r in reference.spikes)
     totals = [sum(float(s.sum()) for s in run.spikes) for run in (reference, result)]
-    print(f"    per step: {' '.join(f'{e / size:.4f}' for e in equal)}; spikes reference {totals[0]:.0f}, "
-          f"runtime {totals[1]:.0f}", flush=True)
+    print(
+        f"    per step: {' '.join(f'{e / size:.4f}' for e in equal)}; spikes reference {totals[0]:.0f}, "
+        f"runtime {totals[1]:.0f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

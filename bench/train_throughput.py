@@ -5,13 +5,13 @@
 One VGG5 network (conv64-LIF-avgpool2-conv128-LIF-conv128-LIF-avgpool2-flatten-linear1024-LIF-
 linear10 on 3x32x32, no dropout) at half width by default (conv32, conv64, conv64, linear512:
 the full width took 13 minutes on 2 shared cores; ``--width 1`` runs it), batch 32, direct
-encoding, hard reset, the linear surrogate of SPEC section 1, built three ways with the same
+encoding, hard reset, the linear surrogate of docs/semantics.md, 'The float student', built three ways with the same
 initial weights:
 
 - ``ours``: ``SpikingStudent`` (multi-step: every layer runs once on ``[T * B, ...]``, the layers
   before the first LIF once on ``[B, ...]`` because direct input is the same at every step);
 - ``snntorch``: ``snntorch.Leaky`` neurons (``reset_mechanism="zero"``, ``reset_delay=False``,
-  which is exactly SPEC's hard reset, learnable beta and threshold, a custom ``spike_grad`` with
+  which is exactly the contract's hard reset, learnable beta and threshold, a custom ``spike_grad`` with
   our surrogate), the time loop written per step as snnTorch's tutorials do;
 - ``ann``: the same layers with ReLU, run on the ``T x B`` images at once.
 
@@ -26,7 +26,7 @@ nothing else; process RSS is blurred by malloc keeping freed pages), and
 ``torch.cuda.max_memory_allocated`` on CUDA.
 
 Also timed: one LaSNN distillation step (SmallCNN teacher forward + attention loss at three
-levels, SPEC 2) against a plain student step, and inference of the student exported with
+levels, docs/semantics.md, 'Conversion') against a plain student step, and inference of the student exported with
 ``lasnn_deploy.exporters.onnx`` (onnxruntime) against PyTorch eager, per sample, on CPU.
 
 Writes ``bench/results/train_throughput.json`` (``--quick``: ``train_throughput_quick.json``).
@@ -43,8 +43,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import snntorch as snn
 import torch
@@ -69,7 +69,7 @@ MIN_ROUNDS = 3
 
 # -- the three networks ----------------------------------------------------------------------
 class LinearSurrogate(torch.autograd.Function):
-    """snnTorch ``spike_grad``: Heaviside of ``mem - theta``, SPEC's linear surrogate backward.
+    """snnTorch ``spike_grad``: Heaviside of ``mem - theta``, the contract's linear surrogate backward.
 
     snnTorch passes the shifted potential ``mem - theta``; its gradient reaches the threshold
     through that subtraction, which gives ``ds/dtheta = -ds/du`` as our ``SpikeFn`` does.
@@ -98,8 +98,15 @@ class SpikeGrad:
 
 def snntorch_leaky(leak: float, theta: float) -> nn.Module:
     spike_grad = SpikeGrad()
-    neuron = snn.Leaky(beta=leak, threshold=theta, spike_grad=spike_grad, learn_beta=True, learn_threshold=True,
-                       reset_mechanism="zero", reset_delay=False)
+    neuron = snn.Leaky(
+        beta=leak,
+        threshold=theta,
+        spike_grad=spike_grad,
+        learn_beta=True,
+        learn_threshold=True,
+        reset_mechanism="zero",
+        reset_delay=False,
+    )
     spike_grad.neuron = neuron
     return neuron
 
@@ -109,7 +116,9 @@ def torch_layers(config: StudentConfig, activation: Callable[[], nn.Module]) -> 
     layers = nn.ModuleList()
     for i, spec in enumerate(config.layers):
         if isinstance(spec, Conv):
-            layers.append(nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding, bias=False))
+            layers.append(
+                nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding, bias=False)
+            )
         elif isinstance(spec, Linear):
             layers.append(nn.Linear(spec.in_features, spec.out_features, bias=False))
         elif isinstance(spec, AvgPool):
@@ -231,7 +240,9 @@ class Trainer:
         return max(e["args"]["Total Allocated"] for e in memory) - before
 
 
-def alternate(trainers: dict[str, Trainer], warmup: int, repeats: int, deadline: float) -> dict[str, dict[str, list[float]]]:
+def alternate(
+    trainers: dict[str, Trainer], warmup: int, repeats: int, deadline: float
+) -> dict[str, dict[str, list[float]]]:
     """Warm every trainer up, then time them in rotating order: ``repeats`` rounds, or fewer
     (``MIN_ROUNDS`` at least) once ``time.perf_counter()`` passes ``deadline``."""
     for trainer in trainers.values():
@@ -242,7 +253,7 @@ def alternate(trainers: dict[str, Trainer], warmup: int, repeats: int, deadline:
     for r in range(repeats):
         if r >= MIN_ROUNDS and time.perf_counter() > deadline:
             break
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             wall, cpu = trainers[n].step()
             times["wall"][n].append(wall)
             times["cpu"][n].append(cpu)
@@ -300,14 +311,19 @@ def bench_distillation(args, device: torch.device, deadline: float) -> dict:
     trainers = {"plain": Trainer(student, x, y), "distill": Trainer(student, x, y, distill_loss)}
     times = alternate(trainers, args.warmup, args.repeats, deadline)
     wall, cpu = medians(times["wall"]), medians(times["cpu"])
-    return {"timesteps": 8, "rounds": len(times["wall"]["plain"]), "step_seconds_median": wall, "step_cpu_seconds_median": cpu,
-            "distill_vs_plain": wall["distill"] / wall["plain"], "distill_vs_plain_cpu": cpu["distill"] / cpu["plain"]}
+    return {
+        "timesteps": 8,
+        "rounds": len(times["wall"]["plain"]),
+        "step_seconds_median": wall,
+        "step_cpu_seconds_median": cpu,
+        "distill_vs_plain": wall["distill"] / wall["plain"],
+        "distill_vs_plain_cpu": cpu["distill"] / cpu["plain"],
+    }
 
 
 def bench_inference(args, deadline: float) -> dict:
     """Per-sample inference of the exported ONNX file (onnxruntime, CPU) and of PyTorch eager (CPU)."""
     import onnxruntime as ort
-
     from lasnn_deploy.exporters import onnx as onnx_target
 
     student = build_variants(vgg5(8, args.width), torch.device("cpu"))["ours"].eval()
@@ -324,10 +340,10 @@ def bench_inference(args, deadline: float) -> dict:
         x = torch.rand(batch, *INPUT_SHAPE, generator=gen)
         feed = {"image": x.numpy()}
 
-        def run_ort():
+        def run_ort(feed=feed):
             return session.run(["logits"], feed)[0]
 
-        def run_torch():
+        def run_torch(x=x):
             with torch.inference_mode():
                 return student(x).numpy()
 
@@ -341,15 +357,24 @@ def bench_inference(args, deadline: float) -> dict:
                 start = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - start) / batch)
-        result[f"batch{batch}"] = {"rounds": len(times["onnxruntime"]), "seconds_per_sample_median": medians(times),
-                                   "max_abs_logit_diff": diff}
+        result[f"batch{batch}"] = {
+            "rounds": len(times["onnxruntime"]),
+            "seconds_per_sample_median": medians(times),
+            "max_abs_logit_diff": diff,
+        }
     return result
 
 
 # -- report ----------------------------------------------------------------------------------
 def machine_info(device: torch.device, threads: int) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     info = {
         "cpu": cpu,
         "nproc": os.cpu_count(),
@@ -388,17 +413,23 @@ def paired_ratios(training: dict[int, dict]) -> dict[str, float]:
     for T, r in training.items():
         times = r["step_seconds_all"]
         for other in ("snntorch", "ann"):
-            out[f"ours_vs_{other}_t{T}"] = statistics.median(a / b for a, b in zip(times["ours"], times[other]))
+            out[f"ours_vs_{other}_t{T}"] = statistics.median(
+                a / b for a, b in zip(times["ours"], times[other], strict=True)
+            )
     return out
 
 
 def table(training: dict[int, dict]) -> str:
-    lines = [f"{'T':>3} {'variant':<9} {'step ms':>9} {'x ours':>7} {'cpu ms':>9} {'x ours':>7} {'peak MiB':>9} {'x ours':>7}"]
+    lines = [
+        f"{'T':>3} {'variant':<9} {'step ms':>9} {'x ours':>7} {'cpu ms':>9} {'x ours':>7} {'peak MiB':>9} {'x ours':>7}"
+    ]
     for T, r in training.items():
         t, c, m = r["step_seconds_median"], r["step_cpu_seconds_median"], r["peak_memory_bytes"]
         for n in VARIANTS:
-            lines.append(f"{T:>3} {n:<9} {t[n] * 1e3:>9.1f} {t['ours'] / t[n]:>7.2f} {c[n] * 1e3:>9.1f} {c['ours'] / c[n]:>7.2f}"
-                         f" {m[n] / 2**20:>9.1f} {m['ours'] / m[n]:>7.2f}")
+            lines.append(
+                f"{T:>3} {n:<9} {t[n] * 1e3:>9.1f} {t['ours'] / t[n]:>7.2f} {c[n] * 1e3:>9.1f} {c['ours'] / c[n]:>7.2f}"
+                f" {m[n] / 2**20:>9.1f} {m['ours'] / m[n]:>7.2f}"
+            )
     return "\n".join(lines)
 
 
@@ -409,8 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     p.add_argument("--width", type=float, default=None, help="channel/unit scale of VGG5 (default 0.5, quick 0.25)")
     p.add_argument("--repeats", type=int, default=None, help="most timed rounds per measurement (default 9, quick 2)")
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds for the whole run (default 540): fewer rounds (3 at least) when the machine is slow")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for the whole run (default 540): fewer rounds (3 at least) when the machine is slow",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -440,8 +475,17 @@ def main(argv: list[str] | None = None) -> int:
     time_key = "step_seconds_median"
     result = {
         "command": " ".join(["python bench/train_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
-        "network": {"arch": "vgg5", "width": args.width, "input_shape": list(INPUT_SHAPE), "batch": args.batch,
-                    "encoding": "direct", "reset": "hard", "leak": LEAK, "threshold": THRESHOLD, "dropout": 0.0},
+        "network": {
+            "arch": "vgg5",
+            "width": args.width,
+            "input_shape": list(INPUT_SHAPE),
+            "batch": args.batch,
+            "encoding": "direct",
+            "reset": "hard",
+            "leak": LEAK,
+            "threshold": THRESHOLD,
+            "dropout": 0.0,
+        },
         "machine": info,
         "ratios": ratios(training, time_key),
         "cpu_time_ratios": ratios(training, "step_cpu_seconds_median"),
@@ -456,12 +500,16 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("ratios", "cpu_time_ratios", "per_round_ratios"):
         print(f"{key}:", json.dumps({k: round(v, 3) for k, v in result[key].items()}))
     d = distill["step_seconds_median"]
-    print(f"distillation step {d['distill'] * 1e3:.1f} ms vs plain {d['plain'] * 1e3:.1f} ms "
-          f"({distill['distill_vs_plain']:.2f}x wall, {distill['distill_vs_plain_cpu']:.2f}x cpu)")
+    print(
+        f"distillation step {d['distill'] * 1e3:.1f} ms vs plain {d['plain'] * 1e3:.1f} ms "
+        f"({distill['distill_vs_plain']:.2f}x wall, {distill['distill_vs_plain_cpu']:.2f}x cpu)"
+    )
     for b in ("batch1", f"batch{args.batch}"):
         s = inference[b]["seconds_per_sample_median"]
-        print(f"inference {b}: onnxruntime {s['onnxruntime'] * 1e3:.2f} ms/sample, "
-              f"pytorch eager {s['pytorch_eager'] * 1e3:.2f} ms/sample")
+        print(
+            f"inference {b}: onnxruntime {s['onnxruntime'] * 1e3:.2f} ms/sample, "
+            f"pytorch eager {s['pytorch_eager'] * 1e3:.2f} ms/sample"
+        )
     print(f"wrote {out} ({result['seconds']:.0f} s)")
     return 0
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .target import RunResult, Target
 from .lava import LavaTarget
 from .nir import NirTarget
 from .onnx import OnnxTarget
+from .target import RunResult, Target
 
 TARGETS: dict[str, type[Target]] = {"onnx": OnnxTarget, "nir": NirTarget, "lava": LavaTarget}
 

@@ -1,4 +1,4 @@
-"""Lava target: a lava-dl netx HDF5 network, run in Lava's fixed-point simulator (SPEC section 3).
+"""Lava target: a lava-dl netx HDF5 network, run in Lava's fixed-point simulator (docs/semantics.md, 'Lava / netx').
 
 The file holds the Loihi-quantised mode of the student (``lasnn_deploy.loihi_quant``), which is
 also what ``reference`` computes, so the Lava run must equal it spike for spike.
@@ -42,8 +42,8 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..loihi_quant import LoihiNet, QuantLayer, host_bias, quantise, readout_logits, run_quantised
 from ..inputs import model_input
+from ..loihi_quant import LoihiNet, QuantLayer, host_bias, quantise, readout_logits, run_quantised
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent
 from .target import RunResult, Target
 
@@ -59,11 +59,15 @@ def _check(student: SpikingStudent, weight_percentile: float = 100.0) -> None:
 def _quantised(student: SpikingStudent, weight_percentile: float) -> LoihiNet:
     for i, layer in enumerate(student.config.layers):
         if isinstance(layer, Shortcut):
-            raise UserError(f"lava-dl netx describes feed-forward layer chains; {student.config.arch} has residual "
-                            f"shortcuts (layer {i}): export it to onnx or nir instead")
+            raise UserError(
+                f"lava-dl netx describes feed-forward layer chains; {student.config.arch} has residual "
+                f"shortcuts (layer {i}): export it to onnx or nir instead"
+            )
         if not isinstance(layer, NETX_LAYER_TYPES):
-            raise UserError(f"layer {i} ({layer.type}): netx has no such layer; Lava export supports conv, linear, "
-                            "avgpool (folded into the next layer), flatten and dropout")
+            raise UserError(
+                f"layer {i} ({layer.type}): netx has no such layer; Lava export supports conv, linear, "
+                "avgpool (folded into the next layer), flatten and dropout"
+            )
     return quantise(student, weight_percentile)
 
 
@@ -89,10 +93,19 @@ def _neuron(group: h5py.Group, v_decay: int, v_th: int) -> None:
 
 
 def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
-    f.attrs.update(format=FORMAT, timesteps=net.timesteps, encoding=net.encoding, input_shape=net.input_shape,
-                   num_classes=net.num_classes, v_decay=net.v_decay, weight_percentile=weight_percentile,
-                   layer_names=[q.name for q in net.layers], scales=[q.scale for q in net.layers],
-                   lif_layers=net.lif_names, output_scale=net.output_scale)
+    f.attrs.update(
+        format=FORMAT,
+        timesteps=net.timesteps,
+        encoding=net.encoding,
+        input_shape=net.input_shape,
+        num_classes=net.num_classes,
+        v_decay=net.v_decay,
+        weight_percentile=weight_percentile,
+        layer_names=[q.name for q in net.layers],
+        scales=[q.scale for q in net.layers],
+        lif_layers=net.lif_names,
+        output_scale=net.output_scale,
+    )
     layers = f.create_group("layer")
     blocks = []  # (type, layer or None)
     on_chip = net.layers
@@ -102,8 +115,14 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
         h.create_dataset("weight", data=host.weight)
         if host.bias is not None:
             h.create_dataset("bias", data=host.bias)
-        h.attrs.update(kind=host.kind, stride=host.stride, padding=host.padding, scale=host.scale, v_th=host.v_th,
-                       out_shape=host.out_shape)
+        h.attrs.update(
+            kind=host.kind,
+            stride=host.stride,
+            padding=host.padding,
+            scale=host.scale,
+            v_th=host.v_th,
+            out_shape=host.out_shape,
+        )
     for q in on_chip:
         if q.flatten_before:
             blocks.append(("flatten", None))
@@ -134,9 +153,19 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
 # -- running in Lava ---------------------------------------------------------------------------
 def _host_layer(f: h5py.File) -> QuantLayer:
     a = f["host"].attrs
-    return QuantLayer(name="host", kind=str(a["kind"]), weight=f["host/weight"][()], scale=float(a["scale"]),
-                      v_th=int(a["v_th"]), in_shape=(), out_shape=tuple(a["out_shape"]), stride=int(a["stride"]),
-                      padding=int(a["padding"]), on_host=True, bias=f["host/bias"][()] if "host/bias" in f else None)
+    return QuantLayer(
+        name="host",
+        kind=str(a["kind"]),
+        weight=f["host/weight"][()],
+        scale=float(a["scale"]),
+        v_th=int(a["v_th"]),
+        in_shape=(),
+        out_shape=tuple(a["out_shape"]),
+        stride=int(a["stride"]),
+        padding=int(a["padding"]),
+        on_host=True,
+        bias=f["host/bias"][()] if "host/bias" in f else None,
+    )
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -151,8 +180,9 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
-def _run(path: Path, images: torch.Tensor | None = None, input_spikes: torch.Tensor | None = None,
-         seed: int = 0) -> RunResult:
+def _run(
+    path: Path, images: torch.Tensor | None = None, input_spikes: torch.Tensor | None = None, seed: int = 0
+) -> RunResult:
     """Run the netx file in Lava's fixed-point simulator on ``images`` (direct) or ``input_spikes`` (Poisson).
 
     Spikes come back as ``[T, B, ...]`` per LIF layer in torch's layout, logits as ``[B, K]``.
@@ -169,8 +199,9 @@ def _run(path: Path, images: torch.Tensor | None = None, input_spikes: torch.Ten
     else:
         spikes = _numpy(given.spikes)
         if spikes.shape[0] != T or spikes.shape[2:] != shape:
-            raise UserError(f"{path} expects input spikes [{T}, B, {', '.join(map(str, shape))}], "
-                            f"got {list(spikes.shape)}")
+            raise UserError(
+                f"{path} expects input spikes [{T}, B, {', '.join(map(str, shape))}], got {list(spikes.shape)}"
+            )
         drive = np.moveaxis(spikes, 0, 1)  # [B, T, ...]
     voltages, spikes_per_layer = _simulate(Path(path), drive, T, direct)
     logits = readout_logits(voltages, float(meta["output_scale"]), T)
@@ -230,7 +261,7 @@ def _simulate(path: Path, drive: np.ndarray, T: int, direct: bool) -> tuple[np.n
                 net.layers[0].neuron.bias_mant.set(_lava_order(drive[b], spatial).astype(np.int32))
             steps = T + (latency if b == B - 1 else 0)
             net.run(condition=RunSteps(num_steps=steps), run_cfg=cfg)
-            for frames_of_layer, extractor in zip(recorded, extractors):
+            for frames_of_layer, extractor in zip(recorded, extractors, strict=True):
                 frames_of_layer.extend(extractor.receive() for _ in range(steps))
         voltages = reader.data.get()
     finally:
@@ -239,18 +270,26 @@ def _simulate(path: Path, drive: np.ndarray, T: int, direct: bool) -> tuple[np.n
     at = np.arange(B)[None, :] * T + np.arange(T)[:, None]  # [T, B]: buffer index of step t of sample b, layer 0
     layer_spikes = [
         _lava_order(np.moveaxis(r[..., at + k + offset], (-2, -1), (0, 1)), len(block.shape) == 3).astype(np.float32)
-        for k, (r, block) in enumerate(zip(recorded, lif_blocks))
+        for k, (r, block) in enumerate(zip(recorded, lif_blocks, strict=True))
     ]
     return voltages[..., first_read:].T.astype(np.int64), layer_spikes
 
 
-def _reference(student: SpikingStudent, images: torch.Tensor | None = None, input_spikes: torch.Tensor | None = None,
-               weight_percentile: float = 100.0, seed: int = 0) -> RunResult:
+def _reference(
+    student: SpikingStudent,
+    images: torch.Tensor | None = None,
+    input_spikes: torch.Tensor | None = None,
+    weight_percentile: float = 100.0,
+    seed: int = 0,
+) -> RunResult:
     """What the Lava run must reproduce: the student's Loihi-quantised mode, in PyTorch."""
     net = _quantised(student, weight_percentile)
     trace = run_quantised(net, images, input_spikes=input_spikes, seed=seed)
-    return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy().astype(np.float32) for s in trace.spikes],
-                     layer_names=net.lif_names)
+    return RunResult(
+        logits=trace.logits.numpy(),
+        spikes=[s.numpy().astype(np.float32) for s in trace.spikes],
+        layer_names=net.lif_names,
+    )
 
 
 class LavaTarget(Target):
@@ -272,8 +311,9 @@ class LavaTarget(Target):
     def _run(self, path: Path, images: torch.Tensor | None, input_spikes: torch.Tensor | None) -> RunResult:
         return _run(path, images, input_spikes, self.settings["seed"])
 
-    def _reference(self, student: SpikingStudent, images: torch.Tensor | None,
-                   input_spikes: torch.Tensor | None) -> RunResult:
+    def _reference(
+        self, student: SpikingStudent, images: torch.Tensor | None, input_spikes: torch.Tensor | None
+    ) -> RunResult:
         return _reference(student, images, input_spikes, self.settings["weight_percentile"], self.settings["seed"])
 
 

@@ -1,4 +1,4 @@
-r"""NIR target (SPEC section 3, "NIR"): the student as a ``nir.NIRGraph``, run in snnTorch's importer.
+r"""NIR target (docs/semantics.md, 'NIR'): the student as a ``nir.NIRGraph``, run in snnTorch's importer.
 
 The graph is a chain ``Input -> (Conv2d | AvgPool2d | Flatten | Linear | LIF)* -> Output`` built
 straight from the student's layers (Dropout is dropped, it is the identity at inference), plus one
@@ -66,7 +66,7 @@ def importer_leak(tau: np.ndarray, dt: float = DT) -> np.ndarray:
 
 
 def leak_to_tau(leak: float, dt: float = DT) -> tuple[np.float32, np.float32]:
-    """``tau`` and ``r`` (float32) of SPEC's forward-Euler mapping for the shared leak ``lam``.
+    """``tau`` and ``r`` (float32) of the forward-Euler mapping (docs/semantics.md, 'NIR') for the shared leak ``lam``.
 
     ``tau = dt / (1 - lam)`` is moved by at most 16 ulps to the value whose float32 leak equals
     ``lam`` exactly (the nearest one if none does); ``r = tau / dt`` keeps the input gain
@@ -99,15 +99,19 @@ def _check(student: SpikingStudent) -> None:
     for k, i in enumerate(lifs):
         theta = float(student.thresholds[k].detach())
         if theta <= 0:
-            raise UserError(f"layer {i}: threshold {theta} must be a finite positive number for NIR's reset-to-zero LIF")
+            raise UserError(
+                f"layer {i}: threshold {theta} must be a finite positive number for NIR's reset-to-zero LIF"
+            )
 
 
-def _conv_node(weight: np.ndarray, input_hw: tuple[int, ...], stride: int, padding: int,
-               bias: np.ndarray | None = None) -> nir.Conv2d:
+def _conv_node(
+    weight: np.ndarray, input_hw: tuple[int, ...], stride: int, padding: int, bias: np.ndarray | None = None
+) -> nir.Conv2d:
     """A Conv2d node; a bias-free conv gets NIR's zero bias (adding 0 is exact in every runtime)."""
     bias = np.zeros(weight.shape[0], dtype=np.float32) if bias is None else bias
-    return nir.Conv2d(input_shape=input_hw, weight=weight, stride=stride, padding=padding, dilation=1, groups=1,
-                      bias=bias)
+    return nir.Conv2d(
+        input_shape=input_hw, weight=weight, stride=stride, padding=padding, dilation=1, groups=1, bias=bias
+    )
 
 
 def _bias(module: torch.nn.Module) -> np.ndarray | None:
@@ -139,7 +143,7 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
         edges.append((previous, name))
         previous = name
 
-    for i, (layer, module) in enumerate(zip(cfg.layers, student.body)):
+    for i, (layer, module) in enumerate(zip(cfg.layers, student.body, strict=True)):
         if isinstance(layer, Dropout):
             continue
         name = cfg.layer_name(i)
@@ -161,8 +165,16 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
         shape = shapes[i]
         if i in lif_of:
             zeros = np.zeros(shape, dtype=np.float32)
-            add(f"lif{i}", nir.LIF(tau=np.full(shape, tau), r=np.full(shape, r), v_leak=zeros, v_reset=zeros.copy(),
-                                   v_threshold=np.full(shape, thresholds[lif_of[i]])))
+            add(
+                f"lif{i}",
+                nir.LIF(
+                    tau=np.full(shape, tau),
+                    r=np.full(shape, r),
+                    v_leak=zeros,
+                    v_reset=zeros.copy(),
+                    v_threshold=np.full(shape, thresholds[lif_of[i]]),
+                ),
+            )
             if isinstance(layer, Shortcut):
                 edges.append((name, previous))
         produced[i] = previous
@@ -230,10 +242,14 @@ def _settings(graph: nir.NIRGraph, where: Any) -> dict[str, Any]:
             "output_form": str(meta["output_form"]),
         }
     except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{where} has malformed lasnn-deploy metadata ({type(err).__name__}: {err}); {EXPORT_HINT}") from err
+        raise UserError(
+            f"{where} has malformed lasnn-deploy metadata ({type(err).__name__}: {err}); {EXPORT_HINT}"
+        ) from err
     if settings["output_form"] != OUTPUT_FORM or settings["encoding"] not in ("direct", "poisson"):
-        raise UserError(f"{where}: unsupported output form {settings['output_form']!r} or encoding "
-                        f"{settings['encoding']!r}; {EXPORT_HINT}")
+        raise UserError(
+            f"{where}: unsupported output form {settings['output_form']!r} or encoding "
+            f"{settings['encoding']!r}; {EXPORT_HINT}"
+        )
     return settings
 
 
@@ -257,8 +273,10 @@ def _chain(graph: nir.NIRGraph, where: Any) -> list[str]:
     while not isinstance(graph.nodes[chain[-1]], nir.Output):
         nxt = successors.get(chain[-1], [])
         if len(nxt) != 1 or nxt[0] in chain:
-            raise UserError(f"{where}: node {chain[-1]!r} does not lead to exactly one next node; only a chain "
-                            "with the shortcut branches its metadata names is supported")
+            raise UserError(
+                f"{where}: node {chain[-1]!r} does not lead to exactly one next node; only a chain "
+                "with the shortcut branches its metadata names is supported"
+            )
         chain.append(nxt[0])
     return chain
 
@@ -275,12 +293,20 @@ def _layout(graph: nir.NIRGraph, where: Any) -> tuple[list[str], dict[str, str]]
     for name in _shortcut_names(graph):
         ins = [src for src, dst in graph.edges if dst == name]
         outs = [dst for src, dst in graph.edges if src == name]
-        ok = (isinstance(graph.nodes.get(name), nir.Conv2d) and len(ins) == len(outs) == 1 and ins[0] in position
-              and outs[0] in position and 0 < position[ins[0]] < position[outs[0]] and outs[0] not in into
-              and isinstance(graph.nodes[outs[0]], nir.LIF))
+        ok = (
+            isinstance(graph.nodes.get(name), nir.Conv2d)
+            and len(ins) == len(outs) == 1
+            and ins[0] in position
+            and outs[0] in position
+            and 0 < position[ins[0]] < position[outs[0]]
+            and outs[0] not in into
+            and isinstance(graph.nodes[outs[0]], nir.LIF)
+        )
         if not ok:
-            raise UserError(f"{where}: shortcut {name!r} must be a Conv2d node with one edge from the chain (after "
-                            f"its Input) into one later LIF node; {EXPORT_HINT}")
+            raise UserError(
+                f"{where}: shortcut {name!r} must be a Conv2d node with one edge from the chain (after "
+                f"its Input) into one later LIF node; {EXPORT_HINT}"
+            )
         into[outs[0]] = name
     n_edges = len(chain) - 1 + 2 * len(into)  # the chain's links, and two per shortcut
     if len(graph.nodes) != len(chain) + len(into) or not len(graph.edges) == len(set(graph.edges)) == n_edges:
@@ -308,9 +334,14 @@ def _conv_spec(node: nir.Conv2d, where: str) -> Conv:
     plain = not isinstance(node.padding, str) and np.all(np.asarray(node.dilation) == 1) and node.groups == 1
     if not plain:
         raise UserError(f"{where}: only convolutions with integer padding, no dilation and one group are supported")
-    return Conv(node.weight.shape[1], node.weight.shape[0], _pair(node.weight.shape[2:], "kernel", where),
-                _pair(node.stride, "stride", where), _pair(node.padding, "padding", where),
-                bias=bool(np.any(node.bias)))
+    return Conv(
+        node.weight.shape[1],
+        node.weight.shape[0],
+        _pair(node.weight.shape[2:], "kernel", where),
+        _pair(node.stride, "stride", where),
+        _pair(node.padding, "padding", where),
+        bias=bool(np.any(node.bias)),
+    )
 
 
 def _shortcut_spec(node: nir.Conv2d, source: int, where: str) -> Shortcut:
@@ -320,12 +351,16 @@ def _shortcut_spec(node: nir.Conv2d, source: int, where: str) -> Shortcut:
     if conv.bias:
         raise UserError(f"{where}: a shortcut adds no bias (its block's conv carries it); its Conv2d bias must be 0")
     if conv.kernel_size != 1 or conv.padding != 0:
-        raise UserError(f"{where}: a shortcut must be a 1x1 convolution without padding, got "
-                        f"{conv.kernel_size}x{conv.kernel_size} with padding {conv.padding}")
+        raise UserError(
+            f"{where}: a shortcut must be a 1x1 convolution without padding, got "
+            f"{conv.kernel_size}x{conv.kernel_size} with padding {conv.padding}"
+        )
     spec = Shortcut(source, conv.in_channels, conv.out_channels, conv.stride)
     if not spec.projects and not np.array_equal(node.weight[:, :, 0, 0], np.eye(spec.out_channels)):
-        raise UserError(f"{where}: a shortcut that keeps channels and size is the identity in a student, "
-                        "but its weights are not the identity matrix")
+        raise UserError(
+            f"{where}: a shortcut that keeps channels and size is the identity in a student, "
+            "but its weights are not the identity matrix"
+        )
     return spec
 
 
@@ -391,11 +426,20 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
         layer_of[name] = len(layers) - 1
     if len(set(leaks)) > 1:
         raise UserError(f"the NIR graph's LIF layers have different leaks {sorted(set(leaks))}; a student shares one")
-    config = StudentConfig(settings["arch"], settings["input_shape"], settings["num_classes"], tuple(layers),
-                           timesteps=settings["timesteps"], encoding=settings["encoding"], reset="hard")
+    config = StudentConfig(
+        settings["arch"],
+        settings["input_shape"],
+        settings["num_classes"],
+        tuple(layers),
+        timesteps=settings["timesteps"],
+        encoding=settings["encoding"],
+        reset="hard",
+    )
     if lif_after != config.spiking_layers:
-        raise UserError(f"the NIR graph has LIF nodes after layers {lif_after}, but a student has one after each "
-                        f"Conv/Linear except the last: {config.spiking_layers}")
+        raise UserError(
+            f"the NIR graph has LIF nodes after layers {lif_after}, but a student has one after each "
+            f"Conv/Linear except the last: {config.spiking_layers}"
+        )
     exact = not taus or taus[0] == leak_to_tau(settings["leak"], dt)[0]
     student = SpikingStudent(config, leak=settings["leak"] if exact else leaks[0], thresholds=thresholds)
     with torch.no_grad():
@@ -420,14 +464,18 @@ def _input_steps(images: Any, input_spikes: Any, settings: dict[str, Any], where
     spikes, x = _as_tensor(input_spikes), _as_tensor(images)
     if spikes is not None:
         if spikes.dim() != 5 or tuple(spikes.shape[2:]) != shape or spikes.shape[0] != T or spikes.shape[1] == 0:
-            raise UserError(f"{where} was exported for input spikes [T={T}, B, {', '.join(map(str, shape))}], "
-                            f"got {list(spikes.shape)}; pass spikes with the exported time steps and input shape")
+            raise UserError(
+                f"{where} was exported for input spikes [T={T}, B, {', '.join(map(str, shape))}], "
+                f"got {list(spikes.shape)}; pass spikes with the exported time steps and input shape"
+            )
         return spikes
     if x is None:
         raise UserError(f"{where}: give images [B, {', '.join(map(str, shape))}] or input spikes")
     if x.dim() != 4 or tuple(x.shape[1:]) != shape or x.shape[0] == 0:
-        raise UserError(f"{where} was exported for images [B, {', '.join(map(str, shape))}], got {list(x.shape)}; "
-                        "use the data set the student was trained on")
+        raise UserError(
+            f"{where} was exported for images [B, {', '.join(map(str, shape))}], got {list(x.shape)}; "
+            "use the data set the student was trained on"
+        )
     return model_input(settings["encoding"], T, x).steps(T)  # Poisson: seed 0, as every runtime's fallback
 
 
@@ -436,7 +484,9 @@ def snntorch_module(graph: nir.NIRGraph) -> torch.nn.Module:
     try:
         from snntorch.import_nir import import_from_nir
     except ImportError as err:
-        raise UserError("running a NIR graph needs snnTorch 1.0 (`snntorch==1.0.0`); install it into this environment") from err
+        raise UserError(
+            "running a NIR graph needs snnTorch 1.0 (`snntorch==1.0.0`); install it into this environment"
+        ) from err
     with contextlib.redirect_stdout(io.StringIO()):
         return import_from_nir(graph)
 
@@ -533,7 +583,7 @@ class NirTarget(Target):
     _check, _export = staticmethod(_check), staticmethod(_export)
 
     @classmethod
-    def for_file(cls, path: str | Path, runtime: str | None = None) -> "NirTarget":
+    def for_file(cls, path: str | Path, runtime: str | None = None) -> NirTarget:
         """The target with the runtime resolved for the file at ``path`` (its own, or the one asked for)."""
         from . import nir_runtimes
 

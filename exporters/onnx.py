@@ -1,4 +1,4 @@
-"""ONNX target: the student with its ``T`` steps unrolled into one graph (SPEC section 3).
+"""ONNX target: the student with its ``T`` steps unrolled into one graph (docs/semantics.md, 'ONNX').
 
 The graph is built node by node with ``onnx.helper`` rather than traced with ``torch.onnx.export``,
 because spike-exactness is the point of this target and a hand-built graph controls every rounding
@@ -70,8 +70,10 @@ def _check(student: SpikingStudent) -> None:
     """ONNX expresses every student (soft reset included); refuse only what one file cannot hold."""
     params = sum(p.numel() for m in student.weighted_modules() for p in (m.weight, m.bias) if p is not None)
     if params * 8 > MAX_BYTES:  # weights and biases are stored in float64
-        raise UserError(f"the student has {params:,} weights, more than one .onnx file can hold "
-                        "(2 GiB in float64); use a smaller student")
+        raise UserError(
+            f"the student has {params:,} weights, more than one .onnx file can hold "
+            "(2 GiB in float64); use a smaller student"
+        )
 
 
 def _export(student: SpikingStudent, path: Path) -> Path:
@@ -90,12 +92,23 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
     cfg = student.config
     g = _Graph()
     T = cfg.timesteps
-    weights = {i: m.weight.detach().cpu().double().numpy() for i, m in enumerate(student.body)
-               if isinstance(cfg.layers[i], (Conv, Linear))}
-    weights.update({i: m.proj.weight.detach().cpu().double().numpy() for i, m in enumerate(student.body)
-                    if isinstance(cfg.layers[i], Shortcut) and m.proj is not None})
-    biases = {i: m.bias.detach().cpu().double().numpy() for i, m in enumerate(student.body)
-              if isinstance(cfg.layers[i], (Conv, Linear)) and m.bias is not None}
+    weights = {
+        i: m.weight.detach().cpu().double().numpy()
+        for i, m in enumerate(student.body)
+        if isinstance(cfg.layers[i], (Conv, Linear))
+    }
+    weights.update(
+        {
+            i: m.proj.weight.detach().cpu().double().numpy()
+            for i, m in enumerate(student.body)
+            if isinstance(cfg.layers[i], Shortcut) and m.proj is not None
+        }
+    )
+    biases = {
+        i: m.bias.detach().cpu().double().numpy()
+        for i, m in enumerate(student.body)
+        if isinstance(cfg.layers[i], (Conv, Linear)) and m.bias is not None
+    }
     lif_index = {layer: k for k, layer in enumerate(cfg.spiking_layers)}
     leak = g.const(student.leak.detach().cpu().float().numpy(), "leak")
     thresholds = student.thresholds.detach().cpu().float().numpy()
@@ -152,21 +165,28 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
     outputs.insert(0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, [BATCH, cfg.num_classes]))
 
     graph = helper.make_graph(g.nodes, f"{cfg.arch}_T{T}", inputs, outputs, g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lasnn-deploy",
-                              doc_string=f"LaSNN student {cfg.arch}, {T} time steps unrolled, SPEC section 1; "
-                                         "synaptic currents in float64, rounded once to float32 at each LIF")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="lasnn-deploy",
+        doc_string=f"LaSNN student {cfg.arch}, {T} time steps unrolled, docs/semantics.md; "
+        "synaptic currents in float64, rounded once to float32 at each LIF",
+    )
     model.ir_version = IR_VERSION
-    helper.set_model_props(model, {
-        "format": FORMAT,
-        "currents": CURRENTS,
-        "timesteps": str(T),
-        "encoding": cfg.encoding,
-        "reset": cfg.reset,
-        "input_shape": json.dumps(list(cfg.input_shape)),
-        "num_classes": str(cfg.num_classes),
-        "layer_names": json.dumps(lif_layer_names(student)),
-        "student_config": json.dumps(cfg.to_dict()),
-    })
+    helper.set_model_props(
+        model,
+        {
+            "format": FORMAT,
+            "currents": CURRENTS,
+            "timesteps": str(T),
+            "encoding": cfg.encoding,
+            "reset": cfg.reset,
+            "input_shape": json.dumps(list(cfg.input_shape)),
+            "num_classes": str(cfg.num_classes),
+            "layer_names": json.dumps(lif_layer_names(student)),
+            "student_config": json.dumps(cfg.to_dict()),
+        },
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -224,8 +244,9 @@ class _Graph:
         y = self.op("Reshape", total, self.ints(out_channels, -1, *out_shape[1:]))
         return self.op("Transpose", y, perm=[1, 0, 2, 3])
 
-    def shortcut(self, source: str, is_double: bool, weight: np.ndarray | None, stride: int,
-                 out_shape: tuple[int, int, int]) -> str:
+    def shortcut(
+        self, source: str, is_double: bool, weight: np.ndarray | None, stride: int, out_shape: tuple[int, int, int]
+    ) -> str:
         """A residual input in float64: the source as it is, or through its 1x1 projection ``weight``."""
         x = source if is_double else self.op("Cast", source, to=TensorProto.DOUBLE)
         return x if weight is None else self.conv(x, weight, stride, 0, out_shape)
@@ -240,7 +261,7 @@ class _Graph:
         return self.op("Div", total, self.const(np.array(k * k, np.float64)))
 
     def lif(self, currents: list[str], leak: str, theta: str, reset: str, name: str) -> str:
-        """SPEC section 1 for one layer, step by step in float32; returns the step spikes concatenated on axis 0."""
+        """The LIF recurrence for one layer, step by step in float32; returns the step spikes concatenated on axis 0."""
         one = self.const(np.array(1.0, np.float32)) if reset == "hard" and len(currents) > 1 else ""
         spikes, u = [], None
         for t, current in enumerate(currents):
@@ -248,7 +269,11 @@ class _Graph:
             s = self.op("Cast", self.op("Greater", u, theta), to=TensorProto.FLOAT)
             spikes.append(s)
             if t < len(currents) - 1:
-                u = self.op("Mul", u, self.op("Sub", one, s)) if reset == "hard" else self.op("Sub", u, self.op("Mul", theta, s))
+                u = (
+                    self.op("Mul", u, self.op("Sub", one, s))
+                    if reset == "hard"
+                    else self.op("Sub", u, self.op("Mul", theta, s))
+                )
         return self.op("Concat", *spikes, axis=0, name=name)
 
 
@@ -256,7 +281,9 @@ class _Graph:
 def _load(path: Path) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The model and its metadata; one UserError for a missing, truncated, outdated or foreign file."""
     if not path.is_file():
-        raise UserError(f"no ONNX file at {path}; create one with `lasnn-deploy export MODEL --target onnx --out {path}`")
+        raise UserError(
+            f"no ONNX file at {path}; create one with `lasnn-deploy export MODEL --target onnx --out {path}`"
+        )
     try:
         model = onnx.load_model(str(path), load_external_data=False)
         onnx.checker.check_model(model)
@@ -285,14 +312,20 @@ def _feed(meta: dict[str, str], images, input_spikes, path: Path) -> tuple[str, 
             raise UserError(f"{path} uses direct encoding and needs images [B, {dims}], got none")
         x = _numpy(images)
         if x.ndim != 4 or x.shape[1:] != shape or len(x) == 0:
-            raise UserError(f"{path} was exported for images [B, {dims}], got {list(x.shape)}; export the student trained on this data")
+            raise UserError(
+                f"{path} was exported for images [B, {dims}], got {list(x.shape)}; export the student trained on this data"
+            )
         return "image", x
     if input_spikes is None and images is None:
         raise UserError(f"{path} uses Poisson encoding and needs input spikes [T, B, C, H, W] or images, got neither")
-    x = _numpy(model_input("poisson", T, None if images is None else torch.as_tensor(_numpy(images)), input_spikes).spikes)
+    x = _numpy(
+        model_input("poisson", T, None if images is None else torch.as_tensor(_numpy(images)), input_spikes).spikes
+    )
     if x.ndim != 5 or x.shape[0] != T or x.shape[2:] != shape or x.shape[1] == 0:
-        raise UserError(f"{path} was exported for input spikes [{T}, B, {dims}], got {list(x.shape)}; "
-                        f"encode with {T} time steps and this student's input shape")
+        raise UserError(
+            f"{path} was exported for input spikes [{T}, B, {dims}], got {list(x.shape)}; "
+            f"encode with {T} time steps and this student's input shape"
+        )
     return "spikes", x
 
 
@@ -318,14 +351,16 @@ def _run(path: Path, images=None, input_spikes=None) -> RunResult:
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         for start in range(0, x.shape[batch_axis], RUN_CHUNK):
-            part = x[start:start + RUN_CHUNK] if batch_axis == 0 else x[:, start:start + RUN_CHUNK]
+            part = x[start : start + RUN_CHUNK] if batch_axis == 0 else x[:, start : start + RUN_CHUNK]
             logits, *spikes = session.run(["logits", *taps], {name: part})
             chunks.append((logits, [s.reshape(T, len(logits), *s.shape[1:]) for s in spikes]))
     except Exception as err:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         raise UserError(f"onnxruntime cannot run {path} ({str(err).strip().splitlines()[0]}); export it again") from err
-    return RunResult(logits=np.concatenate([c[0] for c in chunks]),
-                     spikes=[np.concatenate([c[1][k] for c in chunks], axis=1) for k in range(len(taps))],
-                     layer_names=names)
+    return RunResult(
+        logits=np.concatenate([c[0] for c in chunks]),
+        spikes=[np.concatenate([c[1][k] for c in chunks], axis=1) for k in range(len(taps))],
+        layer_names=names,
+    )
 
 
 def _reference(student: SpikingStudent, images=None, input_spikes=None) -> RunResult:
@@ -348,9 +383,11 @@ def _reference(student: SpikingStudent, images=None, input_spikes=None) -> RunRe
                 traces.append(student.run(input_spikes=part, record=True, exact=True))
             else:
                 traces.append(student.run(part, record=True, exact=True))
-    return RunResult(logits=torch.cat([t.logits for t in traces]).numpy(),
-                     spikes=[torch.cat([t.spikes[k] for t in traces], dim=1).numpy() for k in range(len(traces[0].spikes))],
-                     layer_names=lif_layer_names(student))
+    return RunResult(
+        logits=torch.cat([t.logits for t in traces]).numpy(),
+        spikes=[torch.cat([t.spikes[k] for t in traces], dim=1).numpy() for k in range(len(traces[0].spikes))],
+        layer_names=lif_layer_names(student),
+    )
 
 
 class OnnxTarget(Target):

@@ -56,7 +56,7 @@ class Target:
         self.settings = {**self.options, **options}
 
     @classmethod
-    def for_file(cls, path: str | Path, **options: Any) -> "Target":
+    def for_file(cls, path: str | Path, **options: Any) -> Target:
         """The target that runs the file at ``path`` (a target may read options from the file itself)."""
         return cls(**options)
 
@@ -69,8 +69,10 @@ class Target:
     def export(self, student: Any, path: str | Path) -> Path:
         path = Path(path)
         if path.suffix.lower() not in self.suffixes:
-            raise UserError(f"the {self.name} export must end in {' or '.join(self.suffixes)}, got {path}; "
-                            f"pass --out NAME{self.suffixes[0]} (validate tells the target by the suffix)")
+            raise UserError(
+                f"the {self.name} export must end in {' or '.join(self.suffixes)}, got {path}; "
+                f"pass --out NAME{self.suffixes[0]} (validate tells the target by the suffix)"
+            )
         if path.is_dir():
             raise UserError(f"--out {path} is a folder; give a file name ending in {self.suffixes[0]}")
         self.check(student)

@@ -35,13 +35,18 @@ def break_even_rate(rate: float, fixed_j: float, spiking_j: float, ann_j: float)
     return rate * (ann_j - fixed_j) / spiking_j
 
 
-def baseline_entries(ann_macs: int, rate: float, fixed_j: float | None,
-                     spiking_j: float | None) -> dict[str, dict[str, Any]]:
+def baseline_entries(
+    ann_macs: int, rate: float, fixed_j: float | None, spiking_j: float | None
+) -> dict[str, dict[str, Any]]:
     """Both ANN baselines with their energy and the SNN's break-even rate against each (None if unknown)."""
     out = {}
     for name, b in ann_baselines().items():
         energy = ann_macs * b["mac_joules"]
         known = fixed_j is not None and spiking_j is not None and math.isfinite(fixed_j) and math.isfinite(spiking_j)
-        out[name] = {"energy_j": energy, "mac_j": b["mac_joules"], "source": b["source"],
-                     "break_even_rate": break_even_rate(rate, fixed_j, spiking_j, energy) if known else None}
+        out[name] = {
+            "energy_j": energy,
+            "mac_j": b["mac_joules"],
+            "source": b["source"],
+            "break_even_rate": break_even_rate(rate, fixed_j, spiking_j, energy) if known else None,
+        }
     return out

@@ -60,7 +60,9 @@ class _ConvAxons:
     """Counts the distinct neurons of one input (an axon group) read by a run of consecutive output
     neurons through a conv; ``identity``: output channel c reads input channel c only."""
 
-    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], k: int, s: int, p: int, identity: bool = False):
+    def __init__(
+        self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], k: int, s: int, p: int, identity: bool = False
+    ):
         c_in, h, w = in_shape
         _, ho, wo = out_shape
         self.rows = self._touch(h, ho, k, s, p)  # [Ho, H]: output row reads input row
@@ -110,18 +112,24 @@ class _Footprint:
 
     def __init__(self, layer: DeployedLayer):
         if layer.kind == "conv":
-            self.groups = [_ConvAxons(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)]
+            self.groups = [
+                _ConvAxons(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
+            ]
         else:
             self.groups = [_DenseAxons(layer.in_shape[0])]
         sc = layer.shortcut
         if sc is not None:
-            self.groups.append(_ConvAxons(sc.in_shape, layer.out_shape, sc.weight.shape[-1], sc.stride, 0, is_identity(sc)))
+            self.groups.append(
+                _ConvAxons(sc.in_shape, layer.out_shape, sc.weight.shape[-1], sc.stride, 0, is_identity(sc))
+            )
 
     def axons(self, start: int, stop: int) -> int:
         return sum(g.axons(start, stop) for g in self.groups)
 
 
-def _fits(n: int, fi: np.ndarray, footprint: _Footprint | None, mem_bits: int, axon_limit: int, bits: int) -> str | None:
+def _fits(
+    n: int, fi: np.ndarray, footprint: _Footprint | None, mem_bits: int, axon_limit: int, bits: int
+) -> str | None:
     """None if chunks of ``n`` consecutive neurons fit every core, else the limit that breaks."""
     total = len(fi)
     per_chunk = np.add.reduceat(fi, np.arange(0, total, n)) * bits
@@ -132,7 +140,9 @@ def _fits(n: int, fi: np.ndarray, footprint: _Footprint | None, mem_bits: int, a
     return None
 
 
-def map_layer(layer: DeployedLayer, limits: Limits, weight_bits: int, host_computed: bool) -> tuple[LayerMapping, list[str]]:
+def map_layer(
+    layer: DeployedLayer, limits: Limits, weight_bits: int, host_computed: bool
+) -> tuple[LayerMapping, list[str]]:
     """Neurons per core and cores of one layer, with the violations that no split can fix."""
     neurons = int(np.prod(layer.out_shape))
     compartments = int(limits.compartments_per_core.value)
@@ -142,11 +152,15 @@ def map_layer(layer: DeployedLayer, limits: Limits, weight_bits: int, host_compu
     max_fi = int(fi.max(initial=0))
     violations = []
     if max_fi and not limits.weight_bits_min <= weight_bits <= limits.weight_bits_max:
-        violations.append(f"{layer.name}: {weight_bits}-bit weights, the hardware stores {limits.weight_bits_min} to {limits.weight_bits_max} bits")
+        violations.append(
+            f"{layer.name}: {weight_bits}-bit weights, the hardware stores {limits.weight_bits_min} to {limits.weight_bits_max} bits"
+        )
     if max_fi > axon_limit:
         violations.append(f"{layer.name}: fan-in {max_fi} exceeds {axon_limit} input axons per core")
     if max_fi * weight_bits > mem_bits:
-        violations.append(f"{layer.name}: one neuron's {max_fi} synapses x {weight_bits} bits exceed {mem_bits // 8} bytes of synaptic memory per core")
+        violations.append(
+            f"{layer.name}: one neuron's {max_fi} synapses x {weight_bits} bits exceed {mem_bits // 8} bytes of synaptic memory per core"
+        )
     # Limits that a single neuron already breaks cannot constrain the split; count cores without them.
     mem = mem_bits if max_fi * weight_bits <= mem_bits else math.inf
     footprint = _Footprint(layer) if max_fi and max_fi <= axon_limit else None
@@ -161,7 +175,9 @@ def map_layer(layer: DeployedLayer, limits: Limits, weight_bits: int, host_compu
     return LayerMapping(layer.name, neurons, int(fi.sum()), max_fi, n, math.ceil(neurons / n), limited), violations
 
 
-def map_to_cores(layers: list[DeployedLayer], limits: Limits, *, weight_bits: int = 8, direct_encoding: bool) -> Deployment:
+def map_to_cores(
+    layers: list[DeployedLayer], limits: Limits, *, weight_bits: int = 8, direct_encoding: bool
+) -> Deployment:
     """Map the deployed graph onto cores and chips of a constrained profile (assumptions above)."""
     mapped, violations = [], []
     for j, layer in enumerate(layers):

@@ -1,4 +1,4 @@
-"""Exact event counts of one student run on the deployed graph (SPEC section 4).
+"""Exact event counts of one student run on the deployed graph (docs/semantics.md, 'Energy counts').
 
 Counts are taken on ``deployed_layers(student)``: Conv/Linear only, each AvgPool folded into the
 layer after it, so every synaptic input is a binary spike and every synaptic event is one
@@ -44,7 +44,9 @@ def _axis_taps(size_in: int, size_out: int, kernel: int, stride: int, padding: i
     return reach.astype(np.int64), valid.sum(axis=1).astype(np.int64)
 
 
-def conv_reach(in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], kernel: int, stride: int, padding: int) -> np.ndarray:
+def conv_reach(
+    in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], kernel: int, stride: int, padding: int
+) -> np.ndarray:
     """Synapses each input neuron ``[C_in, H, W]`` of a conv reaches (over all output channels)."""
     _, h, w = in_shape
     c_out, ho, wo = out_shape
@@ -53,7 +55,9 @@ def conv_reach(in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], 
     return np.broadcast_to(c_out * rh[:, None] * rw[None, :], in_shape).copy()
 
 
-def conv_fan_in(in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], kernel: int, stride: int, padding: int) -> np.ndarray:
+def conv_fan_in(
+    in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], kernel: int, stride: int, padding: int
+) -> np.ndarray:
     """Synapses into each output neuron ``[C_out, Ho, Wo]`` of a conv (padding taps excluded)."""
     c_in, h, w = in_shape
     _, ho, wo = out_shape
@@ -181,8 +185,20 @@ def count_events(layers: list[DeployedLayer], trace: Trace, timesteps: int) -> l
         spikes = _per_sample(trace.spikes[layer.lif]).sum(1).numpy() if layer.lif is not None else zeros
         neurons = int(np.prod(layer.out_shape))
         bias_inputs = neurons * timesteps if layer.bias is not None else 0
-        counts.append(LayerCounts(layer.name, layer.kind, neurons, timesteps, spikes, synops, macs, layer.lif is not None,
-                                  shortcut, bias_inputs))
+        counts.append(
+            LayerCounts(
+                layer.name,
+                layer.kind,
+                neurons,
+                timesteps,
+                spikes,
+                synops,
+                macs,
+                layer.lif is not None,
+                shortcut,
+                bias_inputs,
+            )
+        )
     return counts
 
 
@@ -196,7 +212,10 @@ def concat_counts(parts: list[list[LayerCounts]]) -> list[LayerCounts]:
     first = parts[0]
     return [
         LayerCounts(
-            c.name, c.kind, c.neurons, c.timesteps,
+            c.name,
+            c.kind,
+            c.neurons,
+            c.timesteps,
             np.concatenate([p[k].spikes for p in parts]),
             np.concatenate([p[k].synops for p in parts]),
             np.concatenate([p[k].macs for p in parts]),

@@ -1,7 +1,7 @@
 """Run the student on a set of images, count its events per sample, and price them on a profile.
 
 ``energy = sum_l synops_l E_synop + macs_l E_mac + neuron_updates_l E_neuron + spikes_l E_spike``
-(SPEC section 4), per sample, so that means and spreads over the samples come out together; plus
+(docs/semantics.md, 'Energy counts'), per sample, so that means and spreads over the samples come out together; plus
 ``bias_inputs_l E_bias`` for a layer with a bias, when the profile's bias figure is known.
 """
 
@@ -35,8 +35,16 @@ class StudentRun:
 
 
 @torch.no_grad()
-def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: int, seed: int = 0, batch_size: int = 64,
-                  progress: bool = True, observers: Sequence[Callable[[Trace, torch.Tensor], None]] = ()) -> StudentRun:
+def run_and_count(
+    student: SpikingStudent,
+    images: torch.Tensor,
+    *,
+    timesteps: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    observers: Sequence[Callable[[Trace, torch.Tensor], None]] = (),
+) -> StudentRun:
     """Run the student in eval mode, in batches, and count the events of every sample exactly.
 
     Each observer (e.g. ``traffic.TrafficCounter.add``) also sees every batch's trace and images."""
@@ -49,12 +57,22 @@ def run_and_count(student: SpikingStudent, images: torch.Tensor, *, timesteps: i
             given = model_input(student.config.encoding, timesteps, x, seed=seed, first_index=start)
             trace = student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
             if poisson:
-                entering.append(trace.input_spikes.double().sum(dim=tuple(d for d in range(trace.input_spikes.dim()) if d != 1)).numpy())
+                entering.append(
+                    trace.input_spikes.double()
+                    .sum(dim=tuple(d for d in range(trace.input_spikes.dim()) if d != 1))
+                    .numpy()
+                )
             parts.append(count_events(layers, trace, timesteps))
             for observe in observers:
                 observe(trace, x)
             predictions.append(trace.logits.argmax(1).cpu().numpy())
-    return StudentRun(concat_counts(parts), timesteps, student.config.encoding, np.concatenate(predictions), np.concatenate(entering) if poisson else None)
+    return StudentRun(
+        concat_counts(parts),
+        timesteps,
+        student.config.encoding,
+        np.concatenate(predictions),
+        np.concatenate(entering) if poisson else None,
+    )
 
 
 @torch.no_grad()
@@ -67,8 +85,9 @@ def first_layer_current(student: SpikingStudent, images: torch.Tensor) -> torch.
     return h.flatten(1)
 
 
-def price_layer(counts: LayerCounts, profile: Profile,
-                traffic: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def price_layer(
+    counts: LayerCounts, profile: Profile, traffic: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Per-sample energy of one layer in joules, by event category.
 
     Without ``traffic`` (a profile with no mesh): ``neuron_updates`` is neurons x T x E_neuron and
@@ -84,8 +103,11 @@ def price_layer(counts: LayerCounts, profile: Profile,
         neuron, network = np.full(n, counts.neuron_updates * profile.e_neuron), np.zeros(n)
     else:
         neuron = traffic["accesses"] * profile.e_neuron + traffic["updates"] * profile.e("neuron_update")
-        network = (traffic["messages"] * profile.e("message") + traffic["hops_ew"] * profile.e("hop_ew")
-                   + traffic["hops_ns"] * profile.e("hop_ns"))
+        network = (
+            traffic["messages"] * profile.e("message")
+            + traffic["hops_ew"] * profile.e("hop_ew")
+            + traffic["hops_ns"] * profile.e("hop_ns")
+        )
     priced = {
         "synops": counts.synops * synop,
         "macs": counts.macs * profile.e_mac,

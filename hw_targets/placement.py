@@ -89,26 +89,38 @@ class Placement:
         groups = ([self.input] if self.input else []) + list(self.layers)
         return {
             "mesh": f"{self.tiles_x} x {self.tiles_y} tiles of {self.cores_per_tile} cores per chip, "
-                    "chips stacked north-south",
-            "cores": self.cores, "tiles": self.tiles, "chips": self.chips,
-            "groups": [{"name": g.name, "neurons": g.neurons, "neurons_per_core": g.per_core, "first_core": g.first,
-                        "cores": g.cores} for g in groups],
+            "chips stacked north-south",
+            "cores": self.cores,
+            "tiles": self.tiles,
+            "chips": self.chips,
+            "groups": [
+                {
+                    "name": g.name,
+                    "neurons": g.neurons,
+                    "neurons_per_core": g.per_core,
+                    "first_core": g.first,
+                    "cores": g.cores,
+                }
+                for g in groups
+            ],
         }
 
 
-def place(names: list[str], neurons: list[int], per_core: list[int], profile: Profile,
-          input_neurons: int = 0) -> Placement:
+def place(
+    names: list[str], neurons: list[int], per_core: list[int], profile: Profile, input_neurons: int = 0
+) -> Placement:
     """Place the layers (and ``input_neurons`` input generators, 0 for none) on ``profile``'s mesh."""
     if profile.mesh is None or profile.limits is None:
-        raise UserError(f"{profile.path}: key 'mesh' is missing: profile {profile.name!r} has no mesh "
-                        "to place the network on")
+        raise UserError(
+            f"{profile.path}: key 'mesh' is missing: profile {profile.name!r} has no mesh to place the network on"
+        )
     compartments = int(profile.limits.compartments_per_core.value)
     first, inp = 0, None
     if input_neurons:
         inp = Group("input", input_neurons, min(compartments, math.ceil(input_neurons / INPUT_SPREAD)), 0)
         first = inp.cores
     layers = []
-    for name, n, p in zip(names, neurons, per_core):
+    for name, n, p in zip(names, neurons, per_core, strict=True):
         if not 1 <= p <= compartments:
             raise UserError(f"layer {name}: {p} neurons per core, the mesh's cores hold 1 to {compartments}")
         layers.append(Group(name, n, p, first))

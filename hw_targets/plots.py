@@ -3,6 +3,7 @@ category, and SNN against ANN energy. Each file is written atomically."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +29,31 @@ def _save(fig: plt.Figure, path: Path) -> None:
 def _firing_rates(report: dict[str, Any], path: Path) -> None:
     layers = [l for l in report["layers"] if l["spiking"]]
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(layers) + 2), 3.5))
-    ax.bar([l["name"] for l in layers], [l["firing_rate"] for l in layers], yerr=[l["firing_rate_std"] for l in layers], capsize=4, color="tab:blue")
+    ax.bar(
+        [l["name"] for l in layers],
+        [l["firing_rate"] for l in layers],
+        yerr=[l["firing_rate_std"] for l in layers],
+        capsize=4,
+        color="tab:blue",
+    )
     ax.set_ylabel("firing rate (spikes / neuron / step)")
-    ax.set_title(f"Firing rate per layer ({report['samples']} samples, T={report['timesteps']}, {report['encoding']} input)")
+    ax.set_title(
+        f"Firing rate per layer ({report['samples']} samples, T={report['timesteps']}, {report['encoding']} input)"
+    )
     _save(fig, path)
 
 
 def _energy_by_layer(reports: list[dict[str, Any]], path: Path) -> None:
     reports = [r for r in reports if r["dynamic_energy_j"] is not None] or reports[:1]  # unknown figures: no bars
     fig, axes = plt.subplots(1, len(reports), figsize=(5 * len(reports), 3.8), squeeze=False)
-    for ax, report in zip(axes[0], reports):
+    for ax, report in zip(axes[0], reports, strict=True):
         names = [l["name"] for l in report["layers"]]
         bottom = [0.0] * len(names)
         biased = any("bias_inputs" in l["energy_by_category_j"] for l in report["layers"])
         for cat in (*CATEGORIES, "bias_inputs") if biased else CATEGORIES:  # a bias's own term, where priced
             values = [np.nan_to_num(l["energy_by_category_j"].get(cat, 0.0)) for l in report["layers"]]
             ax.bar(names, values, bottom=bottom, label=cat.replace("_", " "))
-            bottom = [b + v for b, v in zip(bottom, values)]
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         ax.set_ylim(0, 1.08 * max(bottom, default=0.0) or 1.0)  # a zero-height top bar would pin the limit to the stack
         ax.set_title(report["hardware"])
         ax.set_ylabel("energy per sample (J)")
@@ -67,11 +76,19 @@ def _snn_vs_ann(reports: list[dict[str, Any]], path: Path) -> None:
     ax.bar(x + 0.27, [r["ann_baselines"]["int8"]["energy_j"] for r in reports], 0.27, label="ANN int8 (45 nm)")
     for i, r in enumerate(reports):
         if r["dynamic_energy_j"] is None:
-            ax.annotate("SNN energy\nunknown", (i - 0.27, r["ann_baselines"]["int8"]["energy_j"]), ha="center",
-                        fontsize="x-small")
+            ax.annotate(
+                "SNN energy\nunknown",
+                (i - 0.27, r["ann_baselines"]["int8"]["energy_j"]),
+                ha="center",
+                fontsize="x-small",
+            )
         if "energy_j" in r.get("sanafe", {}):
-            ax.plot([i - 0.27], [r["sanafe"]["energy_j"]], "kD",
-                    label=f"SANA-FE Loihi model ({r['sanafe']['samples']} samples)")
+            ax.plot(
+                [i - 0.27],
+                [r["sanafe"]["energy_j"]],
+                "kD",
+                label=f"SANA-FE Loihi model ({r['sanafe']['samples']} samples)",
+            )
     ax.set_xticks(list(x), names)
     ax.set_yscale("log")
     ax.set_ylabel("energy per sample (J)")
@@ -102,19 +119,25 @@ def pareto_plot(result: dict[str, Any], path: Path) -> None:
     names = names or result["hardware"][:1]
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
     methods = sorted({r["method"] for r in result["rows"]})
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=True):
         rows = [r for r in result["rows"] if energy(r, name) is not None]
-        for marker, method in zip("os^Dv<>p", methods):
+        for marker, method in zip(itertools.cycle("os^Dv<>p"), methods):
             mine = [r for r in rows if r["method"] == method]
             ax.plot([energy(r, name) for r in mine], [r["accuracy"] for r in mine], marker, label=method)
             for r in mine:
-                ax.annotate(f"T={r['timesteps']}", (energy(r, name), r["accuracy"]), fontsize="x-small", xytext=(3, 3),
-                            textcoords="offset points")
+                ax.annotate(
+                    f"T={r['timesteps']}",
+                    (energy(r, name), r["accuracy"]),
+                    fontsize="x-small",
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         points = [(energy(r, name), r["accuracy"]) for r in rows]
         front = [points[i] for i in pareto_front(points)]
         if front:
-            ax.step([p[0] for p in front], [p[1] for p in front], "k--", where="post", linewidth=0.8,
-                    label="Pareto front")
+            ax.step(
+                [p[0] for p in front], [p[1] for p in front], "k--", where="post", linewidth=0.8, label="Pareto front"
+            )
         ax.set_xscale("log")
         static = rows and rows[0]["energy"][name]["static_energy_j"] is not None
         ax.set_xlabel("energy per inference (J)" + (", dynamic + static" if static else ""))

@@ -73,7 +73,7 @@ class Figure:
 
 @dataclass(frozen=True)
 class Limits:
-    """Core and chip limits of constrained hardware (SPEC section 4)."""
+    """Core and chip limits of constrained hardware (docs/semantics.md, 'Energy counts')."""
 
     cores_per_chip: Figure
     compartments_per_core: Figure
@@ -84,8 +84,14 @@ class Limits:
     weight_bits_source: str
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: {"value": int(getattr(self, k).value), "source": getattr(self, k).source} for k in COUNT_LIMITS}
-        out["weight_bits"] = {"min": self.weight_bits_min, "max": self.weight_bits_max, "source": self.weight_bits_source}
+        out: dict[str, Any] = {
+            k: {"value": int(getattr(self, k).value), "source": getattr(self, k).source} for k in COUNT_LIMITS
+        }
+        out["weight_bits"] = {
+            "min": self.weight_bits_min,
+            "max": self.weight_bits_max,
+            "source": self.weight_bits_source,
+        }
         return out
 
 
@@ -204,9 +210,13 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     if not (path.suffix == ".toml" or os.sep in text or path.is_file()):
         path = PROFILE_DIR / f"{text}.toml"
         if not path.is_file():
-            raise UserError(f"unknown hardware profile {text!r}: choose one of {', '.join(list_profiles())} or give a .toml file")
+            raise UserError(
+                f"unknown hardware profile {text!r}: choose one of {', '.join(list_profiles())} or give a .toml file"
+            )
     if not path.is_file():
-        raise UserError(f"no hardware profile file at {path}: give one of {', '.join(list_profiles())} or an existing .toml file")
+        raise UserError(
+            f"no hardware profile file at {path}: give one of {', '.join(list_profiles())} or an existing .toml file"
+        )
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -223,8 +233,10 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
             raise fail(key, f"must be a table, got {type(d).__name__}")
         unknown = sorted(set(d) - allowed - optional)
         if unknown:
-            raise fail(f"{key}.{unknown[0]}" if key else unknown[0],
-                       f"is unknown (allowed here: {', '.join(sorted(allowed | optional))})")
+            raise fail(
+                f"{key}.{unknown[0]}" if key else unknown[0],
+                f"is unknown (allowed here: {', '.join(sorted(allowed | optional))})",
+            )
         missing = sorted(allowed - set(d))
         if missing:
             raise fail(f"{key}.{missing[0]}" if key else missing[0], "is missing")
@@ -241,7 +253,7 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
         if value == UNKNOWN:
             return math.nan
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise fail(where, f"must be a non-negative number of {unit} or \"unknown\", got {value!r}")
+            raise fail(where, f'must be a non-negative number of {unit} or "unknown", got {value!r}')
         return float(value)
 
     def figure(d: dict[str, Any], key: str, unit: str) -> Figure:
@@ -258,41 +270,65 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
     table(data, "", {"name", "description", "energy"} | (optional & set(data)))
     name = text(data, "name", "name")
     energy_table = table(data["energy"], "energy", set(ENERGY_KEYS) | (set(OPTIONAL_ENERGY) & set(data["energy"])))
-    energy = {key: figure(energy_table, f"energy.{key}", "joules")
-              for key in (*ENERGY_KEYS, *OPTIONAL_ENERGY) if key in energy_table}
+    energy = {
+        key: figure(energy_table, f"energy.{key}", "joules")
+        for key in (*ENERGY_KEYS, *OPTIONAL_ENERGY)
+        if key in energy_table
+    }
     limits = None
     if "limits" in data:
         lim = table(data["limits"], "limits", set(COUNT_LIMITS) | {"weight_bits"})
         figures = {}
         for key in COUNT_LIMITS:
             fig = table(lim[key], f"limits.{key}", {"value", "source"})
-            figures[key] = Figure(count(fig, "value", f"limits.{key}.value"), text(fig, "source", f"limits.{key}.source"))
+            figures[key] = Figure(
+                count(fig, "value", f"limits.{key}.value"), text(fig, "source", f"limits.{key}.source")
+            )
         bits = table(lim["weight_bits"], "limits.weight_bits", {"min", "max", "source"})
         lo, hi = count(bits, "min", "limits.weight_bits.min"), count(bits, "max", "limits.weight_bits.max")
         if lo > hi:
             raise fail("limits.weight_bits", f"has min {lo} > max {hi}")
-        limits = Limits(**figures, weight_bits_min=lo, weight_bits_max=hi, weight_bits_source=text(bits, "source", "limits.weight_bits.source"))
+        limits = Limits(
+            **figures,
+            weight_bits_min=lo,
+            weight_bits_max=hi,
+            weight_bits_source=text(bits, "source", "limits.weight_bits.source"),
+        )
     mesh = latency = barrier = static = None
     network = [k for k in NETWORK_ENERGY if k in energy]
     if "mesh" in data:
         m = table(data["mesh"], "mesh", set(MESH_KEYS))
-        mesh = Mesh(*(Figure(count(table(m[k], f"mesh.{k}", {"value", "source"}), "value", f"mesh.{k}.value"),
-                             text(m[k], "source", f"mesh.{k}.source")) for k in MESH_KEYS))
+        mesh = Mesh(
+            *(
+                Figure(
+                    count(table(m[k], f"mesh.{k}", {"value", "source"}), "value", f"mesh.{k}.value"),
+                    text(m[k], "source", f"mesh.{k}.source"),
+                )
+                for k in MESH_KEYS
+            )
+        )
         if limits is None:
-            raise fail("limits", "is missing: the mesh placement needs the per-core limits "
-                                 "(cores_per_chip, compartments, ...)")
+            raise fail(
+                "limits", "is missing: the mesh placement needs the per-core limits (cores_per_chip, compartments, ...)"
+            )
         missing = [k for k in NETWORK_ENERGY if k not in energy]
         if missing:
-            raise fail(f"energy.{missing[0]}", "is missing: a profile with a mesh prices every message and hop "
-                                                "(write \"unknown\" if unpublished)")
+            raise fail(
+                f"energy.{missing[0]}",
+                'is missing: a profile with a mesh prices every message and hop (write "unknown" if unpublished)',
+            )
         per_chip = int(mesh.cores_per_tile.value * mesh.tiles_x.value * mesh.tiles_y.value)
         if per_chip != int(limits.cores_per_chip.value):
-            raise fail("mesh", f"is impossible: {int(mesh.cores_per_tile.value)} cores x {int(mesh.tiles_x.value)} x "
-                               f"{int(mesh.tiles_y.value)} tiles = {per_chip} cores per chip, but "
-                               f"limits.cores_per_chip is {int(limits.cores_per_chip.value)}")
+            raise fail(
+                "mesh",
+                f"is impossible: {int(mesh.cores_per_tile.value)} cores x {int(mesh.tiles_x.value)} x "
+                f"{int(mesh.tiles_y.value)} tiles = {per_chip} cores per chip, but "
+                f"limits.cores_per_chip is {int(limits.cores_per_chip.value)}",
+            )
     elif network:
-        raise fail("mesh", f"is missing: energy.{network[0]} is priced per message or hop, "
-                           "which needs a placement on a mesh")
+        raise fail(
+            "mesh", f"is missing: energy.{network[0]} is priced per message or hop, which needs a placement on a mesh"
+        )
     if "latency" in data:
         if mesh is None:
             raise fail("mesh", "is missing: per-core latencies need a placement on a mesh")
@@ -303,8 +339,9 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
         lists = isinstance(tiles, list) and isinstance(seconds, list) and tiles and len(tiles) == len(seconds)
         counts = lists and all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tiles)
         if not counts or tiles != sorted(set(tiles)):
-            raise fail("latency.barrier", "needs 'tiles' (increasing positive integers) and 'seconds' "
-                                          "of the same length")
+            raise fail(
+                "latency.barrier", "needs 'tiles' (increasing positive integers) and 'seconds' of the same length"
+            )
         times = tuple(number({"s": v}, "s", "latency.barrier.seconds", "seconds") for v in seconds)
         barrier = Barrier(tuple(tiles), times, text(b, "source", "latency.barrier.source"))
     if "static" in data:

@@ -1,10 +1,10 @@
-"""The ``energy`` command's output: ``energy.json``, ``energy.md`` and PNG plots (SPEC section 5).
+"""The ``energy`` command's output: ``energy.json``, ``energy.md`` and PNG plots (docs/semantics.md, 'Files the commands write').
 
-One profile gives the SPEC form (``hardware``, ``timesteps``, ``samples``, ``layers``,
+One profile gives the contract's form (``hardware``, ``timesteps``, ``samples``, ``layers``,
 ``total_energy_j``, ``ann_macs``, ``ann_energy_j``, ``profile`` and, for constrained hardware,
 ``cores``, ``chips``, ``violations``). ``hw="all"`` gives every shipped profile side by side::
 
-    {"hardware": ["cmos45", "loihi", ...], "timesteps": T, "samples": N, "reports": {"loihi": <SPEC form>, ...}}
+    {"hardware": ["cmos45", "loihi", ...], "timesteps": T, "samples": N, "reports": {"loihi": <one profile's form>, ...}}
 
 Counts are per sample: means over the samples evaluated, with ``*_std`` the population standard
 deviation over those samples.
@@ -47,19 +47,30 @@ def _resolve_profiles(hw: str | os.PathLike) -> list[Profile]:
     return [load_profile(hw)]
 
 
-def traffic_counter(student: SpikingStudent, profile: Profile, *, timesteps: int,
-                    weight_bits: int = 8) -> TrafficCounter:
+def traffic_counter(
+    student: SpikingStudent, profile: Profile, *, timesteps: int, weight_bits: int = 8
+) -> TrafficCounter:
     """A counter of messages, hops and time on ``profile``'s mesh, the network placed with
     ``map_to_cores``' neurons per core (the Poisson input's generators first)."""
     layers = deployed_layers(student)
     direct = student.config.encoding == "direct"
     deployment = map_to_cores(layers, profile.limits, weight_bits=weight_bits, direct_encoding=direct)
-    placement = place([m.name for m in deployment.layers], [m.neurons for m in deployment.layers],
-                      [m.neurons_per_core for m in deployment.layers], profile,
-                      0 if direct else int(np.prod(student.config.input_shape)))
-    return TrafficCounter(layers, placement, timesteps, direct, student.config.reset == "hard",
-                          profile if profile.latency is not None else None,
-                          partial(first_layer_current, student) if direct else None)
+    placement = place(
+        [m.name for m in deployment.layers],
+        [m.neurons for m in deployment.layers],
+        [m.neurons_per_core for m in deployment.layers],
+        profile,
+        0 if direct else int(np.prod(student.config.input_shape)),
+    )
+    return TrafficCounter(
+        layers,
+        placement,
+        timesteps,
+        direct,
+        student.config.reset == "hard",
+        profile if profile.latency is not None else None,
+        partial(first_layer_current, student) if direct else None,
+    )
 
 
 def _known(value: float) -> float | None:
@@ -78,9 +89,12 @@ def _time_and_static(report: dict[str, Any], profile: Profile, counter: TrafficC
         if latency is None:
             unknown.append("time: a latency figure of the profile is unknown")
     steps = counter.steps if counter is not None else None
-    report.update(steps_per_inference=steps, latency_s=latency,
-                  time_per_step_s=latency / steps if latency is not None else None,
-                  throughput_per_s=1.0 / latency if latency else None)
+    report.update(
+        steps_per_inference=steps,
+        latency_s=latency,
+        time_per_step_s=latency / steps if latency is not None else None,
+        throughput_per_s=1.0 / latency if latency else None,
+    )
     power = profile.static_power
     chips = report.get("placement", {}).get("chips", report.get("chips"))
     if power is None or not power.known:
@@ -99,36 +113,58 @@ def _time_and_static(report: dict[str, Any], profile: Profile, counter: TrafficC
     report["unknown"] = [f"energy: {k} unknown" for k in profile.unknown if k.startswith("energy.")] + unknown
 
 
-def profile_report(run: StudentRun, student: SpikingStudent, profile: Profile, *, weight_bits: int = 8,
-                   traffic: TrafficCounter | None = None) -> dict[str, Any]:
-    """The SPEC section 5 ``energy.json`` content of one profile, from the counted run, plus (with
+def profile_report(
+    run: StudentRun,
+    student: SpikingStudent,
+    profile: Profile,
+    *,
+    weight_bits: int = 8,
+    traffic: TrafficCounter | None = None,
+) -> dict[str, Any]:
+    """The ``energy.json`` content of one profile, from the counted run, plus (with
     ``traffic``) messages, hops, time and static energy, and both ANN baselines with break-even rates."""
     ann = ann_macs(student.config)
     counts = traffic.result() if traffic is not None else None
     layers, total = [], np.zeros(len(run.predictions))
     fixed = np.zeros(len(run.predictions))
-    for j, (c, source) in enumerate(zip(run.layers, (d.source for d in deployed_layers(student)))):
+    for j, (c, source) in enumerate(zip(run.layers, (d.source for d in deployed_layers(student)), strict=True)):
         t = counts["layers"][j] if counts is not None else None
         by_cat = price_layer(c, profile, t)
         energy = sum(by_cat.values())
         total = total + energy
         accesses = t["accesses"] * profile.e_neuron if t is not None else by_cat["neuron_updates"]
         fixed = fixed + by_cat["macs"] + accesses
-        spikes, rate, synops, macs, e = _stat(c.spikes), _stat(c.firing_rate), _stat(c.synops), _stat(c.macs), _stat(energy)
-        layers.append({
-            "name": c.name, "kind": c.kind, "spiking": c.spiking, "neurons": c.neurons,
-            "spikes": spikes[0], "spikes_std": spikes[1],
-            "firing_rate": rate[0], "firing_rate_std": rate[1],
-            "synops": synops[0], "synops_std": synops[1],
-            "macs": macs[0],
-            "neuron_updates": c.neuron_updates,
-            "energy_j": e[0], "energy_j_std": e[1],
-            "energy_by_category_j": {k: float(np.mean(v)) for k, v in by_cat.items()},
-            "ann_macs": ann[source],
-        })
+        spikes, rate, synops, macs, e = (
+            _stat(c.spikes),
+            _stat(c.firing_rate),
+            _stat(c.synops),
+            _stat(c.macs),
+            _stat(energy),
+        )
+        layers.append(
+            {
+                "name": c.name,
+                "kind": c.kind,
+                "spiking": c.spiking,
+                "neurons": c.neurons,
+                "spikes": spikes[0],
+                "spikes_std": spikes[1],
+                "firing_rate": rate[0],
+                "firing_rate_std": rate[1],
+                "synops": synops[0],
+                "synops_std": synops[1],
+                "macs": macs[0],
+                "neuron_updates": c.neuron_updates,
+                "energy_j": e[0],
+                "energy_j_std": e[1],
+                "energy_by_category_j": {k: float(np.mean(v)) for k, v in by_cat.items()},
+                "ann_macs": ann[source],
+            }
+        )
         if t is not None:
-            layers[-1].update({k: float(np.mean(t[k])) for k in ("messages", "hops_ew", "hops_ns", "interchip",
-                                                                  "updates")})
+            layers[-1].update(
+                {k: float(np.mean(t[k])) for k in ("messages", "hops_ew", "hops_ns", "interchip", "updates")}
+            )
             layers[-1]["accesses"] = t["accesses"]
         if c.shortcut_synops is not None:
             layers[-1]["shortcut_synops"] = float(np.mean(c.shortcut_synops))
@@ -149,29 +185,40 @@ def profile_report(run: StudentRun, student: SpikingStudent, profile: Profile, *
         "total_energy_j": dynamic,
         "total_energy_j_std": _known(total_std),
         "dynamic_energy_j": dynamic,
-        "dynamic_energy_by_term_j": {k: _known(sum(l["energy_by_category_j"][k] for l in layers))
-                                     for k in CATEGORY_TERMS},
+        "dynamic_energy_by_term_j": {
+            k: _known(sum(l["energy_by_category_j"][k] for l in layers)) for k in CATEGORY_TERMS
+        },
         "firing_rate": rate,
         "ann_macs": ann_total,
         "ann_energy_j": ann_total * profile.e_mac,
-        "ann_baselines": baseline_entries(ann_total, rate, fixed_mean,
-                                          (total_mean - fixed_mean) if dynamic is not None else None),
+        "ann_baselines": baseline_entries(
+            ann_total, rate, fixed_mean, (total_mean - fixed_mean) if dynamic is not None else None
+        ),
         "profile": profile.to_dict(),
     }
     if run.input_spikes is not None:
         report["input_spikes"], report["input_spikes_std"] = _stat(run.input_spikes)
     bias_inputs = sum(c.bias_inputs for c in run.layers)
     if bias_inputs and not profile.bias_known:
-        report["unpriced"] = {"bias_inputs": bias_inputs, "reason": "the profile's energy per bias input is unknown; "
-                                                                    "total_energy_j leaves them out"}
+        report["unpriced"] = {
+            "bias_inputs": bias_inputs,
+            "reason": "the profile's energy per bias input is unknown; total_energy_j leaves them out",
+        }
     if profile.limits is not None:
-        deployment = map_to_cores(deployed_layers(student), profile.limits, weight_bits=weight_bits, direct_encoding=run.input_spikes is None)
-        report.update(cores=deployment.cores, chips=deployment.chips, violations=deployment.violations,
-                      mapping={"weight_bits": weight_bits, "layers": [vars(m) for m in deployment.layers]})
+        deployment = map_to_cores(
+            deployed_layers(student), profile.limits, weight_bits=weight_bits, direct_encoding=run.input_spikes is None
+        )
+        report.update(
+            cores=deployment.cores,
+            chips=deployment.chips,
+            violations=deployment.violations,
+            mapping={"weight_bits": weight_bits, "layers": [vars(m) for m in deployment.layers]},
+        )
     if traffic is not None:
         report["placement"] = traffic.placement.to_dict()
-        report["network"] = {k: float(sum(l[k] for l in layers))
-                             for k in ("messages", "hops_ew", "hops_ns", "interchip")}
+        report["network"] = {
+            k: float(sum(l[k] for l in layers)) for k in ("messages", "hops_ew", "hops_ns", "interchip")
+        }
         report["chips"] = traffic.placement.chips
     _time_and_static(report, profile, traffic)
     return report
@@ -201,15 +248,18 @@ def energy_report(
     cfg = student.config
     T = cfg.timesteps  # another T: student.with_config(timesteps=T), the one rule (lasnn_deploy/inputs.py)
     if images.dim() != 4 or tuple(images.shape[1:]) != tuple(cfg.input_shape) or len(images) == 0:
-        raise UserError(f"images must be [N, {', '.join(map(str, cfg.input_shape))}] with N >= 1, got {list(images.shape)}")
+        raise UserError(
+            f"images must be [N, {', '.join(map(str, cfg.input_shape))}] with N >= 1, got {list(images.shape)}"
+        )
     if labels is not None and len(labels) != len(images):
         raise UserError(f"{len(labels)} labels for {len(images)} images: give one label per image")
     if sanafe_samples:
         from .sanafe_compare import check_feed_forward
 
         if not {"loihi", "loihi_calibrated"} & {p.name for p in profiles}:
-            raise UserError("the SANA-FE comparison is against a Loihi profile: use --hw loihi_calibrated, "
-                            "--hw loihi or --hw all")
+            raise UserError(
+                "the SANA-FE comparison is against a Loihi profile: use --hw loihi_calibrated, --hw loihi or --hw all"
+            )
         check_feed_forward(student)
     deployed_layers(student)  # raises on a pool that cannot be folded, before any work
     check_parameters(student)
@@ -217,15 +267,26 @@ def energy_report(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for energy.json, energy.md and the plots")
 
-    counters = {p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits)
-                for p in profiles if p.mesh is not None}
+    counters = {
+        p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits)
+        for p in profiles
+        if p.mesh is not None
+    }
     if sanafe_samples and "loihi_calibrated" not in counters:  # SANA-FE is compared with its own figures
         calibrated = load_profile("loihi_calibrated")
         counters[calibrated.name] = traffic_counter(student, calibrated, timesteps=T, weight_bits=weight_bits)
-    run = run_and_count(student, images, timesteps=T, seed=seed, batch_size=batch_size, progress=progress,
-                        observers=[c.add for c in counters.values()])
-    reports = {p.name: profile_report(run, student, p, weight_bits=weight_bits, traffic=counters.get(p.name))
-               for p in profiles}
+    run = run_and_count(
+        student,
+        images,
+        timesteps=T,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        observers=[c.add for c in counters.values()],
+    )
+    reports = {
+        p.name: profile_report(run, student, p, weight_bits=weight_bits, traffic=counters.get(p.name)) for p in profiles
+    }
     if labels is not None:
         accuracy = float((torch.as_tensor(run.predictions) == labels.cpu()).double().mean())
         for r in reports.values():
@@ -234,8 +295,15 @@ def energy_report(
         from .sanafe_compare import compare_with_sanafe
 
         target = reports.get("loihi_calibrated") or reports["loihi"]
-        target["sanafe"] = compare_with_sanafe(student, images[:sanafe_samples], run, load_profile("loihi_calibrated"),
-                                               counters["loihi_calibrated"], timesteps=T, seed=seed)
+        target["sanafe"] = compare_with_sanafe(
+            student,
+            images[:sanafe_samples],
+            run,
+            load_profile("loihi_calibrated"),
+            counters["loihi_calibrated"],
+            timesteps=T,
+            seed=seed,
+        )
 
     if len(reports) == 1:
         result = next(iter(reports.values()))

@@ -44,12 +44,15 @@ def check_feed_forward(student: SpikingStudent) -> None:
     edge would deliver its source's spikes a step early for every layer it skips, and SANA-FE would
     simulate another network (relay neurons to delay them would add energy of their own)."""
     if has_shortcuts(student.config):
-        raise UserError(f"SANA-FE comparison supports feed-forward students only; {student.config.arch} has residual "
-                        "shortcuts: run the energy report without --sanafe")
+        raise UserError(
+            f"SANA-FE comparison supports feed-forward students only; {student.config.arch} has residual "
+            "shortcuts: run the energy report without --sanafe"
+        )
 
 
-def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter, timesteps: int,
-          seed: int) -> dict[str, np.ndarray]:
+def _spec(
+    student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter, timesteps: int, seed: int
+) -> dict[str, np.ndarray]:
     layers = deployed_layers(student)
     direct = student.config.encoding == "direct"
     thresholds = student.thresholds.detach().double().cpu().numpy()
@@ -60,17 +63,29 @@ def _spec(student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter
         cores = group.first + np.arange(group.cores)
         return placement.sanafe_tile(cores) * placement.cores_per_tile + cores % placement.cores_per_tile
 
-    spec: dict[str, Any] = {"depth": len(layers), "direct": direct, "leak": float(student.leak.detach()),
-                            "timesteps": timesteps, "rows": placement.tiles_y * placement.chips}
+    spec: dict[str, Any] = {
+        "depth": len(layers),
+        "direct": direct,
+        "leak": float(student.leak.detach()),
+        "timesteps": timesteps,
+        "rows": placement.tiles_y * placement.chips,
+    }
     spec.update({f"sites_{j}": sites(g) for j, g in enumerate(placement.layers)})
     if placement.input is not None:
         spec.update(sites_input=sites(placement.input), input_per_core=placement.input.per_core)
     for j, layer in enumerate(layers):
-        spec.update({
-            f"kind_{j}": layer.kind, f"weight_{j}": layer.weight, f"in_shape_{j}": np.array(layer.in_shape),
-            f"out_shape_{j}": np.array(layer.out_shape), f"stride_{j}": layer.stride, f"padding_{j}": layer.padding,
-            f"threshold_{j}": thresholds[layer.lif] if layer.lif is not None else np.inf, f"per_core_{j}": per_core[j],
-        })
+        spec.update(
+            {
+                f"kind_{j}": layer.kind,
+                f"weight_{j}": layer.weight,
+                f"in_shape_{j}": np.array(layer.in_shape),
+                f"out_shape_{j}": np.array(layer.out_shape),
+                f"stride_{j}": layer.stride,
+                f"padding_{j}": layer.padding,
+                f"threshold_{j}": thresholds[layer.lif] if layer.lif is not None else np.inf,
+                f"per_core_{j}": per_core[j],
+            }
+        )
         if layer.bias is not None and not (direct and j == 0):  # the host's current already holds layer 0's
             per_neuron = layer.bias.reshape(-1, 1, 1) if layer.kind == "conv" else layer.bias
             spec[f"bias_{j}"] = np.broadcast_to(per_neuron, layer.out_shape).reshape(-1).copy()
@@ -95,8 +110,16 @@ def _relative(theirs: float, ours: float) -> float:
     return float((theirs - ours) / ours) if ours else float("inf")
 
 
-def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: StudentRun, profile: Profile,
-                        counter: TrafficCounter, *, timesteps: int, seed: int = 0) -> dict[str, Any]:
+def compare_with_sanafe(
+    student: SpikingStudent,
+    images: torch.Tensor,
+    run: StudentRun,
+    profile: Profile,
+    counter: TrafficCounter,
+    *,
+    timesteps: int,
+    seed: int = 0,
+) -> dict[str, Any]:
     """SANA-FE's Loihi energy and time of the first ``len(images)`` samples beside ``profile``'s.
 
     ``run`` holds our counts and ``counter`` (``report.traffic_counter``, fed the same run) our
@@ -125,7 +148,7 @@ def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: Stud
         with np.load(out_path, allow_pickle=False) as res:
             result = {k: res[k] for k in res.files}
     traffic = counter.result()
-    priced = [price_layer(c, profile, t) for c, t in zip(run.layers, traffic["layers"])]
+    priced = [price_layer(c, profile, t) for c, t in zip(run.layers, traffic["layers"], strict=True)]
     ours_terms = {
         "synapse": sum(float(np.mean(p["synops"][:samples])) for p in priced),
         "soma": sum(float(np.mean((p["neuron_updates"] + p["spikes"])[:samples])) for p in priced),
@@ -142,16 +165,25 @@ def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: Stud
         window = sim[:, delay : delay + timesteps]
         agree += int((window == raster).sum()) + (sim.size - window.size) - int(sim.sum() - window.sum())
         total += sim.size
-        per_layer.append({"name": layers[j].name, "spikes_sanafe": float(sim.sum() / samples), "spikes_ours": float(raster.sum() / samples)})
+        per_layer.append(
+            {
+                "name": layers[j].name,
+                "spikes_sanafe": float(sim.sum() / samples),
+                "spikes_ours": float(raster.sum() / samples),
+            }
+        )
     breakdown = {k: float(np.mean(result[f"energy_{k}"])) for k in ("synapse", "dendrite", "soma", "network")}
     steps = int(result["steps"])
     out = {
         "samples": samples,
         "sanafe_version": importlib.metadata.version("sanafe"),
-        "architecture": "sanafe/examples/loihi.yaml (SANA-FE's Loihi model)" + (
-            "" if int(result["rows"]) == 4 else
-            f", mesh stretched to 8 x {int(result['rows'])} tiles: one virtual chip of {32 * int(result['rows'])} cores, "
-            "so traffic between Loihi chips is priced as on-chip mesh hops (SANA-FE models no chip-to-chip links)"),
+        "architecture": "sanafe/examples/loihi.yaml (SANA-FE's Loihi model)"
+        + (
+            ""
+            if int(result["rows"]) == 4
+            else f", mesh stretched to 8 x {int(result['rows'])} tiles: one virtual chip of {32 * int(result['rows'])} cores, "
+            "so traffic between Loihi chips is priced as on-chip mesh hops (SANA-FE models no chip-to-chip links)"
+        ),
         "simulated_steps": steps,
         "cores": int(result["cores"]),
         "potential_scale": float(result["scale"]),
@@ -161,14 +193,19 @@ def compare_with_sanafe(student: SpikingStudent, images: torch.Tensor, run: Stud
         "profile": profile.name,
         "analytical_energy_j": ours,
         "relative_difference": _relative(theirs, ours),
-        "terms": {k: {"sanafe_j": breakdown[k], "ours_j": v, "relative_difference": _relative(breakdown[k], v)}
-                  for k, v in ours_terms.items()},
+        "terms": {
+            k: {"sanafe_j": breakdown[k], "ours_j": v, "relative_difference": _relative(breakdown[k], v)}
+            for k, v in ours_terms.items()
+        },
         "spike_agreement": agree / total,
         "layers": per_layer,
     }
     if "inference_s" in traffic:
         theirs_t = float(np.mean(result["sim_time"])) / steps
         ours_t = float(np.mean(traffic["inference_s"][:samples])) / traffic["steps"]
-        out["time_per_step_s"] = {"sanafe": theirs_t, "ours": ours_t,
-                                  "relative_difference": _relative(theirs_t, ours_t)}
+        out["time_per_step_s"] = {
+            "sanafe": theirs_t,
+            "ours": ours_t,
+            "relative_difference": _relative(theirs_t, ours_t),
+        }
     return out

@@ -34,7 +34,9 @@ NEVER = 1e300  # threshold of the output integrator
 SIM = {"timing_model": "simple", "processing_threads": 1, "spike_trace": True}
 
 
-def conv_edges(w: np.ndarray, in_shape, out_shape, stride: int, padding: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def conv_edges(
+    w: np.ndarray, in_shape, out_shape, stride: int, padding: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(source, destination, weight) of every real synapse of a conv, neurons indexed in (C, H, W) order."""
     c_out, c_in, k, _ = w.shape
     _, h, wd = in_shape
@@ -86,7 +88,8 @@ def loihi_arch(input_units: int, folder: str, rows: int = CHIP_ROWS):
     text = (resources.files("sanafe.examples") / "loihi.yaml").read_text()
     text = text.replace("loihi_inputs[0..1023]", f"loihi_inputs[0..{input_units - 1}]")
     text = text.replace(f"height: {CHIP_ROWS}", f"height: {rows}").replace(
-        f"loihi_tile[0..{8 * CHIP_ROWS - 1}]", f"loihi_tile[0..{8 * rows - 1}]")
+        f"loihi_tile[0..{8 * CHIP_ROWS - 1}]", f"loihi_tile[0..{8 * rows - 1}]"
+    )
     path = Path(folder) / "loihi.yaml"
     path.write_text(text)
     return sanafe.load_arch(str(path))
@@ -108,20 +111,37 @@ def build(spec, folder: str, scale: float):
         kind = str(spec[f"kind_{j}"])
         theta = float(spec[f"threshold_{j}"])
         spiking = math.isfinite(theta)
-        attrs = {"threshold": theta * scale if spiking else NEVER, "leak_decay": float(spec["leak"]) if spiking else 1.0,
-                 "reset_mode": "hard", "reset": 0.0, "reverse_reset_mode": "none", "input_decay": 0.0}
+        attrs = {
+            "threshold": theta * scale if spiking else NEVER,
+            "leak_decay": float(spec["leak"]) if spiking else 1.0,
+            "reset_mode": "hard",
+            "reset": 0.0,
+            "reverse_reset_mode": "none",
+            "input_decay": 0.0,
+        }
         synapse = "loihi_conv_synapse" if kind == "conv" else "loihi_dense_synapse"
-        group = net.create_neuron_group(f"layer{j}", int(np.prod(spec[f"out_shape_{j}"])), model_attributes=attrs,
-                                        default_synapse_hw_name=synapse, log_spikes=True)
+        group = net.create_neuron_group(
+            f"layer{j}",
+            int(np.prod(spec[f"out_shape_{j}"])),
+            model_attributes=attrs,
+            default_synapse_hw_name=synapse,
+            log_spikes=True,
+        )
         placement.append((group, int(spec[f"per_core_{j}"])))
         if groups:  # not the host-computed first layer under direct encoding
             w = spec[f"weight_{j}"] * scale
             if kind == "conv":
-                s, d, wt = conv_edges(w, tuple(spec[f"in_shape_{j}"]), tuple(spec[f"out_shape_{j}"]), int(spec[f"stride_{j}"]), int(spec[f"padding_{j}"]))
+                s, d, wt = conv_edges(
+                    w,
+                    tuple(spec[f"in_shape_{j}"]),
+                    tuple(spec[f"out_shape_{j}"]),
+                    int(spec[f"stride_{j}"]),
+                    int(spec[f"padding_{j}"]),
+                )
             else:
                 d, s = np.indices(w.shape).reshape(2, -1)
                 wt = w.reshape(-1)
-            groups[-1].connect_neurons_sparse(group, {"w": wt.tolist()}, list(zip(s.tolist(), d.tolist())))
+            groups[-1].connect_neurons_sparse(group, {"w": wt.tolist()}, list(zip(s.tolist(), d.tolist(), strict=True)))
         groups.append(group)
     used = 0
     if not direct:
@@ -160,7 +180,7 @@ def simulate(chip, spec, scale: float) -> dict[str, np.ndarray]:
         else:
             trains = np.zeros((steps, x.shape[1]), dtype=bool)
             trains[:T] = x.astype(bool)
-            for neuron, train in zip(groups["input"], trains.T.tolist()):
+            for neuron, train in zip(groups["input"], trains.T.tolist(), strict=True):
                 neuron.set_attributes(model_attributes={"spikes": train})
         changes: dict[int, list[tuple[int, np.ndarray]]] = {}  # step -> (layer, bias from that step on)
         for j, (start, bias) in windows.items():
@@ -172,7 +192,7 @@ def simulate(chip, spec, scale: float) -> dict[str, np.ndarray]:
                 parts.append(chip.sim(step - done, **SIM))
                 done = step
             for j, bias in changes.get(step, []):  # those at ``steps`` clear the biases for the next sample
-                for neuron, b in zip(groups[f"layer{j}"], bias.tolist()):
+                for neuron, b in zip(groups[f"layer{j}"], bias.tolist(), strict=True):
                     neuron.set_attributes(model_attributes={"bias": b})
         for k in energy:
             energy[k].append(sum(p["energy"][k] for p in parts))

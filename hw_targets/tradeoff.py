@@ -111,8 +111,9 @@ def tradeoff(
     for _, _, student, _ in models:
         shape = tuple(student.config.input_shape)
         if images.dim() != 4 or tuple(images.shape[1:]) != shape or len(images) == 0 or len(labels) != len(images):
-            raise UserError(f"images must be [N, {', '.join(map(str, shape))}] with one label each, "
-                            f"got {list(images.shape)}")
+            raise UserError(
+                f"images must be [N, {', '.join(map(str, shape))}] with one label each, got {list(images.shape)}"
+            )
         deployed_layers(student)
         check_parameters(student)
     out = Path(out_dir)
@@ -122,24 +123,57 @@ def tradeoff(
     for run, method, trained, how in models:
         for T in Ts:
             student = trained.with_config(timesteps=T)  # the one way to run at another T (lasnn_deploy/inputs.py)
-            counters = {p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits)
-                        for p in profiles if p.mesh is not None}
-            counted = run_and_count(student, images, timesteps=T, seed=seed, batch_size=batch_size, progress=progress,
-                                    observers=[c.add for c in counters.values()])
+            counters = {
+                p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits)
+                for p in profiles
+                if p.mesh is not None
+            }
+            counted = run_and_count(
+                student,
+                images,
+                timesteps=T,
+                seed=seed,
+                batch_size=batch_size,
+                progress=progress,
+                observers=[c.add for c in counters.values()],
+            )
             accuracy = float((torch.as_tensor(counted.predictions) == labels.cpu()).double().mean())
             energy = {}
             for p in profiles:
                 r = profile_report(counted, student, p, weight_bits=weight_bits, traffic=counters.get(p.name))
-                energy[p.name] = {k: r[k] for k in ("dynamic_energy_j", "static_energy_j", "energy_with_static_j",
-                                                    "latency_s",
-                                                    "time_per_step_s", "throughput_per_s", "unknown")}
+                energy[p.name] = {
+                    k: r[k]
+                    for k in (
+                        "dynamic_energy_j",
+                        "static_energy_j",
+                        "energy_with_static_j",
+                        "latency_s",
+                        "time_per_step_s",
+                        "throughput_per_s",
+                        "unknown",
+                    )
+                }
                 energy[p.name]["ann_fp32_j"] = r["ann_baselines"]["fp32"]["energy_j"]
                 energy[p.name]["ann_int8_j"] = r["ann_baselines"]["int8"]["energy_j"]
-            rows.append({"run": run, "method": method, "timesteps": T, "trained_timesteps": trained.config.timesteps,
-                         "obtained": f"{how}; run unchanged for T={T} steps (no rebalancing or fine-tuning at this T)",
-                         "accuracy": accuracy, "firing_rate": r["firing_rate"], "energy": energy})
-    result = {"samples": len(images), "timesteps": Ts, "hardware": [p.name for p in profiles], "rows": rows,
-              "profiles": {p.name: p.to_dict() for p in profiles}}
+            rows.append(
+                {
+                    "run": run,
+                    "method": method,
+                    "timesteps": T,
+                    "trained_timesteps": trained.config.timesteps,
+                    "obtained": f"{how}; run unchanged for T={T} steps (no rebalancing or fine-tuning at this T)",
+                    "accuracy": accuracy,
+                    "firing_rate": r["firing_rate"],
+                    "energy": energy,
+                }
+            )
+    result = {
+        "samples": len(images),
+        "timesteps": Ts,
+        "hardware": [p.name for p in profiles],
+        "rows": rows,
+        "profiles": {p.name: p.to_dict() for p in profiles},
+    }
     with atomic_path(out / FILES[0]) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     write_text(out / FILES[1], tradeoff_markdown(result))
@@ -158,22 +192,37 @@ def _e(value: float | None) -> str:
 def tradeoff_markdown(result: dict[str, Any]) -> str:
     """One table: a row per method and T, a column group per profile."""
     names = result["hardware"]
-    head = ("| method | T | accuracy | firing rate | " + " | ".join(f"{n} dynamic / static / latency" for n in names)
-            + " | obtained |")
-    lines = ["# Accuracy, energy and latency against T", "",
-             f"{result['samples']} test samples; energy per inference; static = chips' static power x latency; "
-             "unknown where a profile's figure is unpublished.", "", head, "|" + "---|" * (5 + len(names))]
+    head = (
+        "| method | T | accuracy | firing rate | "
+        + " | ".join(f"{n} dynamic / static / latency" for n in names)
+        + " | obtained |"
+    )
+    lines = [
+        "# Accuracy, energy and latency against T",
+        "",
+        f"{result['samples']} test samples; energy per inference; static = chips' static power x latency; "
+        "unknown where a profile's figure is unpublished.",
+        "",
+        head,
+        "|" + "---|" * (5 + len(names)),
+    ]
     for row in result["rows"]:
         cells = []
         for n in names:
             e = row["energy"][n]
             latency = "unknown" if e["latency_s"] is None else f"{e['latency_s'] * 1e6:.4g} us"
             cells.append(f"{_e(e['dynamic_energy_j'])} / {_e(e['static_energy_j'])} / {latency}")
-        lines.append(f"| {row['method']} | {row['timesteps']} | {row['accuracy']:.4f} | {row['firing_rate']:.4f} | "
-                     + " | ".join(cells) + f" | {row['obtained']} |")
+        lines.append(
+            f"| {row['method']} | {row['timesteps']} | {row['accuracy']:.4f} | {row['firing_rate']:.4f} | "
+            + " | ".join(cells)
+            + f" | {row['obtained']} |"
+        )
     first = next(iter(result["rows"][0]["energy"].values()))
-    lines += ["", "ANN baselines (same network, 45 nm, per inference): "
-              + f"fp32 {_e(first['ann_fp32_j'])}, int8 {_e(first['ann_int8_j'])}."]
+    lines += [
+        "",
+        "ANN baselines (same network, 45 nm, per inference): "
+        + f"fp32 {_e(first['ann_fp32_j'])}, int8 {_e(first['ann_int8_j'])}.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -65,8 +65,9 @@ def _cover(group: Group, out_shape: tuple[int, ...]) -> np.ndarray:
     return cover
 
 
-def _touched(cover: np.ndarray, in_shape: tuple[int, int, int], out_hw: tuple[int, int], k: int, s: int, p: int,
-             depthwise: bool) -> np.ndarray:
+def _touched(
+    cover: np.ndarray, in_shape: tuple[int, int, int], out_hw: tuple[int, int], k: int, s: int, p: int, depthwise: bool
+) -> np.ndarray:
     """[cores, C_in, H, W] bool: inputs read by each core's neurons through a conv (all channels, or
     the own channel only when ``depthwise``), found with a transposed conv of the cover by ones."""
     c_in, h, w = in_shape
@@ -77,8 +78,15 @@ def _touched(cover: np.ndarray, in_shape: tuple[int, int, int], out_hw: tuple[in
     return t.expand(-1, c_in, -1, -1).numpy() if not depthwise else t.numpy()
 
 
-def make_link(source: int, src: Group, src_shape: tuple[int, ...], dst: Group, layer: DeployedLayer,
-              placement: Placement, shortcut: bool = False) -> Link:
+def make_link(
+    source: int,
+    src: Group,
+    src_shape: tuple[int, ...],
+    dst: Group,
+    layer: DeployedLayer,
+    placement: Placement,
+    shortcut: bool = False,
+) -> Link:
     """The axons of ``src``'s neurons into ``dst``'s cores, with messages and hops per spike."""
     n_src = int(np.prod(src_shape))
     if shortcut:
@@ -99,8 +107,17 @@ def make_link(source: int, src: Group, src_shape: tuple[int, ...], dst: Group, l
     xd, yd, cd = placement.site(dst.first + cols)
     per = lambda v: np.bincount(rows, weights=v.astype(np.float64), minlength=n_src)  # noqa: E731
     dense = torch.from_numpy(axons.toarray().astype(np.float32)) if n_src * dst.cores <= DENSE_LIMIT else None
-    return Link(source, axons, per(np.ones(len(rows))), per(np.abs(xs - xd)), per(np.abs(ys - yd)), per(cs != cd),
-                (kind, k, s, p), tuple(src_shape), dense)
+    return Link(
+        source,
+        axons,
+        per(np.ones(len(rows))),
+        per(np.abs(xs - xd)),
+        per(np.abs(ys - yd)),
+        per(cs != cd),
+        (kind, k, s, p),
+        tuple(src_shape),
+        dense,
+    )
 
 
 def _events_per_neuron(spikes: torch.Tensor, link: Link, out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -149,9 +166,16 @@ class LayerTraffic:
 class TrafficCounter:
     """Counts messages, hops and neuron activity (and, with latencies, the time of every step) batch by batch."""
 
-    def __init__(self, layers: list[DeployedLayer], placement: Placement, timesteps: int, direct: bool,
-                 hard_reset: bool, latency_profile: Profile | None = None,
-                 first_current: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        layers: list[DeployedLayer],
+        placement: Placement,
+        timesteps: int,
+        direct: bool,
+        hard_reset: bool,
+        latency_profile: Profile | None = None,
+        first_current: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.layers, self.placement, self.T, self.direct, self.hard = layers, placement, timesteps, direct, hard_reset
         self.depth = len(layers)
         self.steps = timesteps + self.depth - (1 if direct else 0)
@@ -164,8 +188,11 @@ class TrafficCounter:
                 links.append(make_link(j - 1, src, layer.in_shape, placement.layers[j], layer, placement))
             if layer.shortcut is not None:
                 s = layer.shortcut.producer
-                links.append(make_link(s, placement.layers[s], layer.shortcut.in_shape, placement.layers[j], layer,
-                                       placement, True))
+                links.append(
+                    make_link(
+                        s, placement.layers[s], layer.shortcut.in_shape, placement.layers[j], layer, placement, True
+                    )
+                )
             self.links.append(links)
         # messages each neuron of a population sends per spike, over all the layers that read it
         self.sent = {-1: 0.0, **{j: 0.0 for j in range(self.depth)}}
@@ -186,8 +213,11 @@ class TrafficCounter:
             pops[-1] = trace.input_spikes.detach().float().reshape(T, B, -1)
         for j, layer in enumerate(self.layers):
             n = int(np.prod(layer.out_shape))
-            pops[j] = (trace.spikes[layer.lif].detach().float().reshape(T, B, n) if layer.lif is not None
-                       else torch.zeros(T, B, n))
+            pops[j] = (
+                trace.spikes[layer.lif].detach().float().reshape(T, B, n)
+                if layer.lif is not None
+                else torch.zeros(T, B, n)
+            )
         lat = self.latency.latency if self.latency is not None else None
         S = self.steps
         neuron_max, message_max = np.zeros((S, B)), np.zeros((S, B))
@@ -212,8 +242,11 @@ class TrafficCounter:
                 getattr(traffic, key).append(np.broadcast_to(value, (B,)).astype(np.float64))
             received = events > 0
             if self.direct and j == 0:  # the host-computed current (its bias included) is a bias at every step
-                bias = (torch.ones(B, n, dtype=torch.bool) if self.first_current is None or images is None
-                        else (self.first_current(images).reshape(B, n) != 0))
+                bias = (
+                    torch.ones(B, n, dtype=torch.bool)
+                    if self.first_current is None or images is None
+                    else (self.first_current(images).reshape(B, n) != 0)
+                )
                 received = bias.unsqueeze(0).expand(T, B, n)
             elif layer.bias is not None:  # a layer's own bias is on during the T steps of its inputs
                 shaped = layer.bias.reshape(-1, *([1] * (len(layer.out_shape) - 1)))
@@ -234,8 +267,12 @@ class TrafficCounter:
             per_spike = torch.from_numpy((np.asarray(self.sent[j]) * np.ones(n)).astype(np.float32))
             sent_c = _per_core(pops[j] * per_spike, group).double()
             spk_c = _per_core(pops[j], group).double()
-            work = (occupancy * lat["neuron"].value + upd_c * lat["neuron_update"].value + spk_c * lat["spike"].value
-                    + sent_c * lat["message_out"].value)
+            work = (
+                occupancy * lat["neuron"].value
+                + upd_c * lat["neuron_update"].value
+                + spk_c * lat["spike"].value
+                + sent_c * lat["message_out"].value
+            )
             a = self.lag[j]
             neuron_max[a : a + T] = np.maximum(neuron_max[a : a + T], work.amax(-1).numpy())
             neuron_max[:a] = np.maximum(neuron_max[:a], float(occupancy.max()) * lat["neuron"].value)
@@ -244,16 +281,20 @@ class TrafficCounter:
             neuron_max[a + T :] = np.maximum(neuron_max[a + T :], idle[None, :])
             if self.links[j]:
                 synop = lat["synop_conv" if layer.kind == "conv" else "synop"].value
-                msg_work = (msgs_in.reshape(T, B, -1) * lat["message_in"].value
-                            + _per_core(events, group).double().numpy() * synop)
+                msg_work = (
+                    msgs_in.reshape(T, B, -1) * lat["message_in"].value
+                    + _per_core(events, group).double().numpy() * synop
+                )
                 message_max[a - 1 : a - 1 + T] = np.maximum(message_max[a - 1 : a - 1 + T], msg_work.max(-1))
         if lat is not None:
             self.step_times.append(np.maximum(neuron_max, message_max) + self.latency.barrier.at(self.placement.tiles))
 
     def result(self) -> dict[str, np.ndarray | list[dict[str, np.ndarray]]]:
         """Per-layer per-sample counts, and per-sample inference time in seconds (with latencies)."""
-        layers = [{k: np.concatenate(getattr(t, k)) for k in ("messages", "hops_ew", "hops_ns", "interchip", "updates")}
-                  for t in self.traffic]
+        layers = [
+            {k: np.concatenate(getattr(t, k)) for k in ("messages", "hops_ew", "hops_ns", "interchip", "updates")}
+            for t in self.traffic
+        ]
         for j, layer in enumerate(layers):
             layer["accesses"] = float(self.placement.layers[j].neurons * self.steps)
         out: dict = {"layers": layers, "steps": self.steps}

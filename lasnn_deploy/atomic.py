@@ -14,8 +14,8 @@ import os
 import re
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 _HOST = socket.gethostname().replace("/", "_")
 _TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[^/]+)\.[^.]+\.tmp$")

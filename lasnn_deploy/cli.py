@@ -10,8 +10,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import __version__
 from .errors import UserError
@@ -56,8 +56,14 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 def _add_data(p: argparse.ArgumentParser, samples_default: int | None) -> None:
     p.add_argument("--dataset", default="digits", help=DATASET_HELP)
     p.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
-    p.add_argument("--samples", type=_int_at_least(1), default=samples_default, metavar="N",
-                   help="use the first N test samples in file order" + (" (default: all)" if samples_default is None else f" (default: {samples_default})"))
+    p.add_argument(
+        "--samples",
+        type=_int_at_least(1),
+        default=samples_default,
+        metavar="N",
+        help="use the first N test samples in file order"
+        + (" (default: all)" if samples_default is None else f" (default: {samples_default})"),
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson input spikes (default: 0)")
 
 
@@ -94,10 +100,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from torch.utils.data import Subset
+
     from .data import load_split
     from .evaluation import evaluate_student
     from .student import load_student
-    from torch.utils.data import Subset
 
     student = load_student(args.model)
     split = load_split(args.dataset, args.data_dir, "test")
@@ -106,10 +113,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.timesteps is not None:
         student = student.with_config(timesteps=args.timesteps)
     result = evaluate_student(student, split, seed=args.seed, progress=True, loihi=args.loihi)
-    result.update(timesteps=student.config.timesteps, encoding=student.config.encoding, dataset=args.dataset,
-                  mode="loihi-quantised" if args.loihi else "float")
-    _print_json_or(args, result, lambda r: f"test_accuracy {r['test_accuracy']:.4f}  spikes_per_sample {r['spikes_per_sample']:.1f}  "
-                                           f"({r['samples']} samples, T={r['timesteps']}, {r['encoding']}, {r['mode']})")
+    result.update(
+        timesteps=student.config.timesteps,
+        encoding=student.config.encoding,
+        dataset=args.dataset,
+        mode="loihi-quantised" if args.loihi else "float",
+    )
+    _print_json_or(
+        args,
+        result,
+        lambda r: (
+            f"test_accuracy {r['test_accuracy']:.4f}  spikes_per_sample {r['spikes_per_sample']:.1f}  "
+            f"({r['samples']} samples, T={r['timesteps']}, {r['encoding']}, {r['mode']})"
+        ),
+    )
     return 0
 
 
@@ -137,8 +154,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .nir_import import import_nir
 
-    path = import_nir(args.file, args.out, library=args.source, dt=args.dt, timesteps=args.timesteps,
-                      encoding=args.encoding, input_shape=args.input_shape)
+    path = import_nir(
+        args.file,
+        args.out,
+        library=args.source,
+        dt=args.dt,
+        timesteps=args.timesteps,
+        encoding=args.encoding,
+        input_shape=args.input_shape,
+    )
     print(f"wrote student: {path}")
     return 0
 
@@ -164,28 +188,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
     images, labels = _test_split(args)
     if args.trace is not None and args.trace.is_dir():
         raise UserError(f"--trace {args.trace} is a folder; give a file name such as golden.h5")
-    report = validate(student, args.file, images, labels, seed=args.seed, progress=True, runtime=args.runtime,
-                      trace=args.trace)
+    report = validate(
+        student, args.file, images, labels, seed=args.seed, progress=True, runtime=args.runtime, trace=args.trace
+    )
 
     def summary(r: dict) -> str:
         lines = [f"FAILED: the runtime's layers are not the reference's: {p}" for p in r["layer_mismatch"]]
         if r["first_divergence"]:
             d = r["first_divergence"]
-            potentials = ", ".join(f"{side} potential {d[f'potential_{side}']:.9g}" for side in ("reference", "runtime")
-                                   if f"potential_{side}" in d)
-            lines.append(f"first divergence: layer {d['layer']}, step {d['step']}, sample {d['sample']}, neuron "
-                         f"{tuple(d['neuron'])}: spike {d['spike_reference']:g} in the reference, "
-                         f"{d['spike_runtime']:g} in the runtime" + (f" ({potentials})" if potentials else ""))
+            potentials = ", ".join(
+                f"{side} potential {d[f'potential_{side}']:.9g}"
+                for side in ("reference", "runtime")
+                if f"potential_{side}" in d
+            )
+            lines.append(
+                f"first divergence: layer {d['layer']}, step {d['step']}, sample {d['sample']}, neuron "
+                f"{tuple(d['neuron'])}: spike {d['spike_reference']:g} in the reference, "
+                f"{d['spike_runtime']:g} in the runtime" + (f" ({potentials})" if potentials else "")
+            )
         lines += [f"{'layer':<12}{'spike agreement':>18}"]
         lines += [f"{l['name']:<12}{l['spike_agreement']:>18.6f}" for l in r["layers"]]
         spikes = "not compared" if r["spike_agreement"] is None else f"{r['spike_agreement']:.6f}"
         target = r["target"] + (f" in {r['runtime']}" if "runtime" in r else "")
-        lines.append(f"{target}: output_agreement {r['output_agreement']:.6f}  spike_agreement {spikes}  "
-                     f"max_abs_logit_error {r['max_abs_logit_error']:.3g}  ({r['samples']} samples)  "
-                     + ("PASSED" if r["passed"] else "FAILED: the export does not reproduce PyTorch"))
+        lines.append(
+            f"{target}: output_agreement {r['output_agreement']:.6f}  spike_agreement {spikes}  "
+            f"max_abs_logit_error {r['max_abs_logit_error']:.3g}  ({r['samples']} samples)  "
+            + ("PASSED" if r["passed"] else "FAILED: the export does not reproduce PyTorch")
+        )
         if "runtime_accuracy" in r:
-            lines.append(f"accuracy: runtime {r['runtime_accuracy']:.4f}, reference {r['reference_accuracy']:.4f}, "
-                         f"float student {r['float_accuracy']:.4f}")
+            lines.append(
+                f"accuracy: runtime {r['runtime_accuracy']:.4f}, reference {r['reference_accuracy']:.4f}, "
+                f"float student {r['float_accuracy']:.4f}"
+            )
         return "\n".join(lines)
 
     _print_json_or(args, report, summary)
@@ -210,8 +244,16 @@ def cmd_energy(args: argparse.Namespace) -> int:
     images, labels = _test_split(args)
     if args.timesteps is not None:
         student = student.with_config(timesteps=args.timesteps)
-    report = energy_report(student, images, labels, hw=args.hw, out_dir=args.out, seed=args.seed,
-                           weight_bits=args.weight_bits, sanafe_samples=args.sanafe)
+    report = energy_report(
+        student,
+        images,
+        labels,
+        hw=args.hw,
+        out_dir=args.out,
+        seed=args.seed,
+        weight_bits=args.weight_bits,
+        sanafe_samples=args.sanafe,
+    )
     if args.json:
         from .atomic import write_text
 
@@ -239,82 +281,150 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str, example: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=_formatter)
+        p = sub.add_parser(
+            name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=_formatter
+        )
         p.set_defaults(func=func)
         return p
 
-    p = add("demo", cmd_demo, "run the whole pipeline (train, export x3, validate, energy) on the bundled digits data",
-            "lasnn-deploy demo --out runs/demo")
+    p = add(
+        "demo",
+        cmd_demo,
+        "run the whole pipeline (train, export x3, validate, energy) on the bundled digits data",
+        "lasnn-deploy demo --out runs/demo",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
     p.add_argument("--fast", action="store_true", help="a shorter schedule (used by the tests)")
 
-    p = add("train", cmd_train, "train a student SNN: teacher ANN, intermediate ANN, conversion, distillation",
-            "lasnn-deploy train --dataset mnist --data-dir ../shared/data --preset quick --method lasnn --out runs/mnist")
+    p = add(
+        "train",
+        cmd_train,
+        "train a student SNN: teacher ANN, intermediate ANN, conversion, distillation",
+        "lasnn-deploy train --dataset mnist --data-dir ../shared/data --preset quick --method lasnn --out runs/mnist",
+    )
     from .training.config import add_train_arguments
 
     add_train_arguments(p)
 
-    p = add("evaluate", cmd_evaluate, "test accuracy and spikes per sample of a trained student",
-            "lasnn-deploy evaluate runs/mnist --dataset mnist --data-dir ../shared/data --timesteps 16")
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "test accuracy and spikes per sample of a trained student",
+        "lasnn-deploy evaluate runs/mnist --dataset mnist --data-dir ../shared/data --timesteps 16",
+    )
     p.add_argument("model", type=Path, help="run folder or student.safetensors")
     _add_data(p, samples_default=None)
     p.add_argument("--timesteps", type=int, help="run with this many time steps instead of the trained T")
-    p.add_argument("--loihi", action="store_true",
-                   help="run the Loihi-quantised mode (8-bit weights, integer neurons: what the Lava export computes)")
+    p.add_argument(
+        "--loihi",
+        action="store_true",
+        help="run the Loihi-quantised mode (8-bit weights, integer neurons: what the Lava export computes)",
+    )
     p.add_argument("--json", type=Path, help="also write the result to this JSON file")
 
-    p = add("export", cmd_export, "export a student to NIR, ONNX (time unrolled) or Lava netx HDF5",
-            "lasnn-deploy export runs/mnist --target lava --out runs/mnist/student.h5")
+    p = add(
+        "export",
+        cmd_export,
+        "export a student to NIR, ONNX (time unrolled) or Lava netx HDF5",
+        "lasnn-deploy export runs/mnist --target lava --out runs/mnist/student.h5",
+    )
     p.add_argument("model", type=Path, help="run folder or student.safetensors")
     p.add_argument("--target", required=True, help="nir | onnx | lava")
     p.add_argument("--out", type=Path, help="output file (default: student.<ext> in the run folder)")
-    p.add_argument("--nir-for", metavar="RUNTIME", choices=RUNTIME_NAMES,
-                   help="with --target nir: an equivalent graph that RUNTIME's importer runs as it ships "
-                   f"({', '.join(RUNTIME_NAMES)}; docs/interop.md); default: the plain NIR file")
+    p.add_argument(
+        "--nir-for",
+        metavar="RUNTIME",
+        choices=RUNTIME_NAMES,
+        help="with --target nir: an equivalent graph that RUNTIME's importer runs as it ships "
+        f"({', '.join(RUNTIME_NAMES)}; docs/interop.md); default: the plain NIR file",
+    )
 
-    p = add("import", cmd_import, "read a NIR graph (ours, or written by snnTorch, Norse, Sinabs or SpikingJelly) into a "
-            "student run folder that export, validate and energy take", "lasnn-deploy import net.nir --from snntorch --out runs/net")
+    p = add(
+        "import",
+        cmd_import,
+        "read a NIR graph (ours, or written by snnTorch, Norse, Sinabs or SpikingJelly) into a "
+        "student run folder that export, validate and energy take",
+        "lasnn-deploy import net.nir --from snntorch --out runs/net",
+    )
     p.add_argument("file", type=Path, help="the .nir file")
     p.add_argument("--out", type=Path, required=True, help="run folder to write student.safetensors into")
-    p.add_argument("--from", dest="source", choices=["snntorch", "norse", "sinabs", "spikingjelly"],
-                   help="the exporter that wrote the file: sets its dt and tau convention (docs/semantics.md)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=["snntorch", "norse", "sinabs", "spikingjelly"],
+        help="the exporter that wrote the file: sets its dt and tau convention (docs/semantics.md)",
+    )
     p.add_argument("--dt", type=float, help="time step in seconds (overrides the exporter's default or the file's)")
     p.add_argument("--timesteps", type=_int_at_least(1), default=8, help="time steps per sample (default: 8)")
-    p.add_argument("--encoding", choices=["direct", "poisson"], default="direct", help="input encoding (default: direct)")
+    p.add_argument(
+        "--encoding", choices=["direct", "poisson"], default="direct", help="input encoding (default: direct)"
+    )
     p.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="read a vector input as this image shape")
 
-    p = add("validate", cmd_validate, "run an export in its own runtime and compare its spikes with PyTorch (exit 1 on disagreement)",
-            "lasnn-deploy validate runs/mnist runs/mnist/student.onnx --dataset mnist --data-dir ../shared/data --samples 256 --json v.json")
+    p = add(
+        "validate",
+        cmd_validate,
+        "run an export in its own runtime and compare its spikes with PyTorch (exit 1 on disagreement)",
+        "lasnn-deploy validate runs/mnist runs/mnist/student.onnx --dataset mnist --data-dir ../shared/data --samples 256 --json v.json",
+    )
     p.add_argument("model", type=Path, help="run folder or student.safetensors")
     p.add_argument("file", type=Path, help="the exported file (.onnx, .nir, or .h5 / .net for netx)")
     _add_data(p, samples_default=64)
-    p.add_argument("--json", type=Path, help="write the full report (SPEC section 5) to this JSON file")
-    p.add_argument("--runtime", choices=RUNTIME_NAMES,
-                   help="NIR importer to run a .nir file in (default: the one it was exported for, else snntorch)")
-    p.add_argument("--trace", type=Path, metavar="FILE",
-                   help="also write the reference's spikes per LIF layer as a golden trace (NIR data, HDF5)")
+    p.add_argument(
+        "--json", type=Path, help="write the full report (docs/semantics.md lists its keys) to this JSON file"
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIME_NAMES,
+        help="NIR importer to run a .nir file in (default: the one it was exported for, else snntorch)",
+    )
+    p.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="also write the reference's spikes per LIF layer as a golden trace (NIR data, HDF5)",
+    )
 
-    p = add("energy", cmd_energy, "spikes, synaptic operations, energy and deployability on named hardware",
-            "lasnn-deploy energy runs/mnist --dataset mnist --data-dir ../shared/data --hw all --out runs/mnist/energy")
+    p = add(
+        "energy",
+        cmd_energy,
+        "spikes, synaptic operations, energy and deployability on named hardware",
+        "lasnn-deploy energy runs/mnist --dataset mnist --data-dir ../shared/data --hw all --out runs/mnist/energy",
+    )
     p.add_argument("model", type=Path, help="run folder or student.safetensors")
     _add_data(p, samples_default=256)
-    p.add_argument("--hw", default="loihi", help="hardware profile name, a profile .toml file, or 'all' (default: loihi)")
+    p.add_argument(
+        "--hw", default="loihi", help="hardware profile name, a profile .toml file, or 'all' (default: loihi)"
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for energy.json, energy.md and the plots")
     p.add_argument("--timesteps", type=int, help="run with this many time steps instead of the trained T")
-    p.add_argument("--weight-bits", type=_int_at_least(1), default=8, help="synaptic weight bits for the core mapping (default: 8)")
-    p.add_argument("--sanafe", type=_int_at_least(0), default=0, metavar="N",
-                   help="also simulate the first N samples with SANA-FE's Loihi model (optional extra, GPL-3.0, run in a separate process)")
+    p.add_argument(
+        "--weight-bits", type=_int_at_least(1), default=8, help="synaptic weight bits for the core mapping (default: 8)"
+    )
+    p.add_argument(
+        "--sanafe",
+        type=_int_at_least(0),
+        default=0,
+        metavar="N",
+        help="also simulate the first N samples with SANA-FE's Loihi model (optional extra, GPL-3.0, run in a separate process)",
+    )
     p.add_argument("--json", type=Path, help="also write energy.json's content to this file")
 
-    p = add("tradeoff", cmd_tradeoff,
-            "accuracy, energy (dynamic and static) and latency at several T, for every method present",
-            "lasnn-deploy tradeoff runs/mnist --dataset mnist --data-dir ../shared/data --timesteps 2,4,8 "
-            "--out runs/mnist/tradeoff")
+    p = add(
+        "tradeoff",
+        cmd_tradeoff,
+        "accuracy, energy (dynamic and static) and latency at several T, for every method present",
+        "lasnn-deploy tradeoff runs/mnist --dataset mnist --data-dir ../shared/data --timesteps 2,4,8 "
+        "--out runs/mnist/tradeoff",
+    )
     p.add_argument("runs", type=Path, nargs="+", help="run folders (their student, and their converted SNN when kept)")
     _add_data(p, samples_default=256)
     p.add_argument("--timesteps", default="2,4,8", help="comma-separated T values, each once (default: 2,4,8)")
-    p.add_argument("--hw", default="all",
-                   help="'all', a profile name, a comma-separated list of names or a .toml file (default: all)")
+    p.add_argument(
+        "--hw",
+        default="all",
+        help="'all', a profile name, a comma-separated list of names or a .toml file (default: all)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for tradeoff.json, tradeoff.md and pareto.png")
     return parser
 
@@ -336,7 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         first = str(err).splitlines()[0] if str(err) else ""
-        print(f"lasnn-deploy {args.command}: error: {type(err).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"lasnn-deploy {args.command}: error: {type(err).__name__}: {first} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

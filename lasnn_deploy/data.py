@@ -1,4 +1,4 @@
-"""Data sets through torchvision's readers, images as ``[C, H, W]`` floats in [0, 1] (SPEC 1).
+"""Data sets through torchvision's readers, images as ``[C, H, W]`` floats in [0, 1] (docs/semantics.md, 'The float student').
 
 ``digits`` (scikit-learn's bundled 8x8 digits, each pixel repeated 2x2 to 16x16) needs no files.
 The others read the official files with ``download=False``; a missing folder gives one line that
@@ -9,9 +9,9 @@ names the layout expected. The test split is always returned in file order, unsh
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -67,15 +67,19 @@ def _mnist_like(cls_name: str, folder: str) -> Callable[[Path, str], Dataset]:
             ds = getattr(tvd, cls_name)(str(root), train=split == "train", download=False)
         except Exception as err:  # noqa: BLE001 - torchvision's readers raise RuntimeError, AssertionError, ValueError...
             if all(f.is_file() for f in raw):
-                raise UserError(f"{raw[0].parent} holds a corrupt or truncated {cls_name} {split} file "
-                                f"({type(err).__name__} {err}); restore the official files") from err
+                raise UserError(
+                    f"{raw[0].parent} holds a corrupt or truncated {cls_name} {split} file "
+                    f"({type(err).__name__} {err}); restore the official files"
+                ) from err
             raise UserError(
                 f"no {cls_name} {split} split under {data_dir}: expected {folder}/raw/{prefix}-images-idx3-ubyte and "
                 f"{prefix}-labels-idx1-ubyte inside --data-dir (or --data-dir naming {folder}/ itself)"
             ) from err
         if ds.data.dim() != 3 or len(ds.data) != len(ds.targets):
-            raise UserError(f"{raw[0].parent}: {list(ds.data.shape)} images but {len(ds.targets)} labels; "
-                            "restore the official files")
+            raise UserError(
+                f"{raw[0].parent}: {list(ds.data.shape)} images but {len(ds.targets)} labels; "
+                "restore the official files"
+            )
         return _tensor_dataset(ds.data, ds.targets, channels_last=False)
 
     return load
@@ -106,9 +110,13 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
         images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = [int(y) for y in labels]
     except Exception as err:  # noqa: BLE001 - any failure to read the batch is the same problem for the user
-        raise UserError(f"{path} is a corrupt batch file ({type(err).__name__}: {err}); restore the official files") from err
+        raise UserError(
+            f"{path} is a corrupt batch file ({type(err).__name__}: {err}); restore the official files"
+        ) from err
     if len(images) != len(labels):
-        raise UserError(f"{path} is a corrupt batch file ({len(images)} images, {len(labels)} labels); restore the official files")
+        raise UserError(
+            f"{path} is a corrupt batch file ({len(images)} images, {len(labels)} labels); restore the official files"
+        )
     return images, labels
 
 
@@ -149,7 +157,9 @@ def _image_folder(data_dir: Path, split: str) -> Dataset:
 
     folder = data_dir / split
     if not folder.is_dir():
-        raise UserError(f"no {split}/ folder in {data_dir}: an image folder needs train/<class>/<image> and test/<class>/<image>")
+        raise UserError(
+            f"no {split}/ folder in {data_dir}: an image folder needs train/<class>/<image> and test/<class>/<image>"
+        )
     try:
         return tvd.ImageFolder(str(folder), transform=tvt.ToTensor(), loader=_read_image)
     except (FileNotFoundError, RuntimeError) as err:

@@ -20,8 +20,14 @@ from .validation import validate
 # The Lava simulator takes about half a second per sample; the other runtimes are fast.
 VALIDATE_SAMPLES = {"onnx": 360, "nir": 360, "lava": 16}
 # The quick preset with the tiny student: sized for 1,437 digits images on a laptop CPU.
-DEMO_OPTIONS = {"preset": "quick", "student": "tiny", "student_width": 1.0, "teacher_epochs": 2, "ann_epochs": 8,
-                "student_epochs": 2}
+DEMO_OPTIONS = {
+    "preset": "quick",
+    "student": "tiny",
+    "student_width": 1.0,
+    "teacher_epochs": 2,
+    "ann_epochs": 8,
+    "student_epochs": 2,
+}
 FAST_OVERRIDES = {"teacher_epochs": 1, "ann_epochs": 1, "student_epochs": 1}
 
 
@@ -38,8 +44,14 @@ def run_demo(out: str | Path = "runs/demo", *, fast: bool = False) -> dict:
     student = load_student(run)
     images, labels = first_samples(load_split("digits", None, "test"), None)
 
-    summary: dict = {"run": str(run), "student": str(run / "student.safetensors"), "metrics": str(run / "metrics.json"),
-                     "test_accuracy": metrics["test_accuracy"], "exports": {}, "validation": {}}
+    summary: dict = {
+        "run": str(run),
+        "student": str(run / "student.safetensors"),
+        "metrics": str(run / "metrics.json"),
+        "test_accuracy": metrics["test_accuracy"],
+        "exports": {},
+        "validation": {},
+    }
     for target, kind in TARGETS.items():
         path = export(student, target, run / f"student{kind.suffixes[0]}")
         n = VALIDATE_SAMPLES[target]
@@ -47,9 +59,13 @@ def run_demo(out: str | Path = "runs/demo", *, fast: bool = False) -> dict:
         report_path = run / f"validate_{target}.json"
         write_text(report_path, json.dumps(report, indent=2) + "\n")
         summary["exports"][target] = str(path)
-        summary["validation"][target] = {"file": str(report_path), "passed": report["passed"],
-                                         "output_agreement": report["output_agreement"],
-                                         "spike_agreement": report["spike_agreement"], "samples": report["samples"]}
+        summary["validation"][target] = {
+            "file": str(report_path),
+            "passed": report["passed"],
+            "output_agreement": report["output_agreement"],
+            "spike_agreement": report["spike_agreement"],
+            "samples": report["samples"],
+        }
     energy_dir = run / "energy"
     energy_report(student, images, labels, hw="all", out_dir=energy_dir)
     summary["energy"] = str(energy_dir)
@@ -68,6 +84,8 @@ def _print_summary(s: dict) -> None:
         spikes = "n/a" if v["spike_agreement"] is None else f"{v['spike_agreement']:.4f}"
         verdict = "PASSED" if v["passed"] else "FAILED"
         print(f"  {target:<5} export  {path}")
-        print(f"  {target:<5} check   {v['file']}  ({v['samples']} samples: output agreement "
-              f"{v['output_agreement']:.4f}, spike agreement {spikes}, {verdict})")
+        print(
+            f"  {target:<5} check   {v['file']}  ({v['samples']} samples: output agreement "
+            f"{v['output_agreement']:.4f}, spike agreement {spikes}, {verdict})"
+        )
     print(f"  energy report  {s['energy']}/energy.md (energy.json, plots)")

@@ -44,8 +44,15 @@ class ModelInput:
         return self.images if self.images is not None else self.spikes[0]
 
 
-def model_input(encoding: str, timesteps: int, images: torch.Tensor | None = None,
-                input_spikes: torch.Tensor | None = None, *, seed: int = 0, first_index: int = 0) -> ModelInput:
+def model_input(
+    encoding: str,
+    timesteps: int,
+    images: torch.Tensor | None = None,
+    input_spikes: torch.Tensor | None = None,
+    *,
+    seed: int = 0,
+    first_index: int = 0,
+) -> ModelInput:
     """The input for a student or file of ``encoding`` run for ``timesteps`` steps (see the module docstring).
 
     ``first_index`` is the index of ``images[0]`` in the whole data set (its Poisson seed offset).

@@ -78,9 +78,7 @@ def import_netx() -> ModuleType:
         with contextlib.redirect_stdout(io.StringIO()):
             import lava.lib.dl.netx as netx
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
-            f"lava-dl is not importable ({err}); install the project with `make install`"
-        ) from err
+        raise RuntimeError(f"lava-dl is not importable ({err}); install the project with `make install`") from err
     finally:
         extension_log.setLevel(level)
     return netx

@@ -1,4 +1,4 @@
-r"""Loihi-quantised mode of the student: the integer network that Lava's netx runs (SPEC section 3).
+r"""Loihi-quantised mode of the student: the integer network that Lava's netx runs (docs/semantics.md, 'Lava / netx').
 
 netx runs fixed point only, so the Lava export is checked against this mode, spike for spike, and
 its accuracy cost against the float student is reported separately.
@@ -26,7 +26,7 @@ Lava's bit-accurate LIF (``lava.proc.lif.models.PyLifModelBitAcc``, tag ``fixed_
     v = clip(v, -(2**23 - 1), 2**23 - 1)
     s = v > (vThMant << 6);  v = 0 where s
 
-This is SPEC section 1 with ``lam = 1 - vDecay / 4096`` in units of ``1 / (64 s_l)``. A layer's
+This is the float student's recurrence with ``lam = 1 - vDecay / 4096`` in units of ``1 / (64 s_l)``. A layer's
 bias ``b`` (a constant current every step) is the neuron's bias mantissa ``b_int`` with netx's
 fixed exponent 6: the same units as the synaptic input ``a << 6``. It joins ``v`` before the clip,
 every step, the output layer included (``v_out = 64 s_out sum_t (W s_L[t] + b)``).
@@ -128,8 +128,9 @@ def _top(values: np.ndarray, percentile: float) -> float:
     return float(np.percentile(values, percentile)) if values.size else 0.0
 
 
-def layer_scale(weight: np.ndarray, theta: float | None, percentile: float = 100.0,
-                bias: np.ndarray | None = None) -> float:
+def layer_scale(
+    weight: np.ndarray, theta: float | None, percentile: float = 100.0, bias: np.ndarray | None = None
+) -> float:
     """Largest scale that puts the weights' ``percentile`` into [-256, 254], theta into 17 bits and
     every bias into the signed 13-bit bias mantissa (a bias is never clipped)."""
     top_pos, top_neg = _top(weight[weight > 0], percentile), _top(-weight[weight < 0], percentile)
@@ -137,8 +138,10 @@ def layer_scale(weight: np.ndarray, theta: float | None, percentile: float = 100
     if theta is not None:
         limits.append(VTH_MAX / theta)
     if bias is not None and bias.size:
-        limits += [BIAS_MAX / bias.max() if bias.max() > 0 else np.inf,
-                   -BIAS_MIN / -bias.min() if bias.min() < 0 else np.inf]
+        limits += [
+            BIAS_MAX / bias.max() if bias.max() > 0 else np.inf,
+            -BIAS_MIN / -bias.min() if bias.min() < 0 else np.inf,
+        ]
     return float(min(limits))
 
 
@@ -164,14 +167,18 @@ def quantise(student: SpikingStudent, weight_percentile: float = 100.0) -> Loihi
     deployed = deployed_layers(student)
     lif_names = [d.name for d in deployed if d.lif is not None]
     if cfg.reset != "hard" and lif_names:
-        raise UserError(f"layer {lif_names[0]}: Loihi resets v to 0 after a spike (hard reset) but this student uses "
-                        "reset='soft'; retrain it with reset='hard' or export it to ONNX")
+        raise UserError(
+            f"layer {lif_names[0]}: Loihi resets v to 0 after a spike (hard reset) but this student uses "
+            "reset='soft'; retrain it with reset='hard' or export it to ONNX"
+        )
     thetas = student.thresholds.detach().double().cpu().numpy()
     lam = float(student.leak.detach())
     direct = cfg.encoding == "direct"
     if direct and deployed[0].lif is None:
-        raise UserError("a direct-encoded student needs at least one LIF layer before its output layer: the first "
-                        "layer runs on the host, so nothing would be left to run on chip")
+        raise UserError(
+            "a direct-encoded student needs at least one LIF layer before its output layer: the first "
+            "layer runs on the host, so nothing would be left to run on chip"
+        )
     layers = []
     for idx, d in enumerate(deployed):
         theta = None if d.lif is None else float(thetas[d.lif])
@@ -180,19 +187,43 @@ def quantise(student: SpikingStudent, weight_percentile: float = 100.0) -> Loihi
         if not np.any(d.weight):
             raise UserError(f"layer {d.name}: all weights are zero, which netx cannot map to a weight exponent")
         shortcut_lif = None if d.shortcut is None else deployed[d.shortcut.producer].lif
-        layers.append(_quantise_layer(d, theta, weight_percentile, on_host=direct and idx == 0, shortcut_lif=shortcut_lif))
-    return LoihiNet(layers, int(np.clip(round((1 - lam) * DECAY_UNITY), 0, DECAY_UNITY - 1)), cfg.timesteps,
-                    cfg.encoding, tuple(cfg.input_shape), cfg.num_classes, lif_names)
+        layers.append(
+            _quantise_layer(d, theta, weight_percentile, on_host=direct and idx == 0, shortcut_lif=shortcut_lif)
+        )
+    return LoihiNet(
+        layers,
+        int(np.clip(round((1 - lam) * DECAY_UNITY), 0, DECAY_UNITY - 1)),
+        cfg.timesteps,
+        cfg.encoding,
+        tuple(cfg.input_shape),
+        cfg.num_classes,
+        lif_names,
+    )
 
 
-def _quantise_layer(d: DeployedLayer, theta: float | None, percentile: float, on_host: bool,
-                    shortcut_lif: int | None = None) -> QuantLayer:
-    common = dict(name=d.name, kind=d.kind, in_shape=d.in_shape, out_shape=d.out_shape, stride=d.stride,
-                  padding=d.padding, flatten_before=d.flatten_before, is_output=theta is None)
+def _quantise_layer(
+    d: DeployedLayer, theta: float | None, percentile: float, on_host: bool, shortcut_lif: int | None = None
+) -> QuantLayer:
+    common = dict(
+        name=d.name,
+        kind=d.kind,
+        in_shape=d.in_shape,
+        out_shape=d.out_shape,
+        stride=d.stride,
+        padding=d.padding,
+        flatten_before=d.flatten_before,
+        is_output=theta is None,
+    )
     if on_host:
         scale = host_scale(d.weight, theta, d.bias)
-        return QuantLayer(weight=d.weight.copy(), scale=scale, v_th=int(round(theta * scale)), on_host=True,
-                          bias=None if d.bias is None else d.bias.copy(), **common)
+        return QuantLayer(
+            weight=d.weight.copy(),
+            scale=scale,
+            v_th=int(round(theta * scale)),
+            on_host=True,
+            bias=None if d.bias is None else d.bias.copy(),
+            **common,
+        )
     scale = layer_scale(d.weight, theta, percentile, d.bias)
     if d.shortcut is not None:  # its current joins this layer's before the same LIF: one scale for both
         scale = min(scale, layer_scale(d.shortcut.weight, None, percentile))
@@ -204,12 +235,15 @@ def _quantise_layer(d: DeployedLayer, theta: float | None, percentile: float, on
         clipped, size = clipped + shortcut_clipped, size + d.shortcut.weight.size
     fraction = clipped / size
     if fraction > MAX_CLIP_FRACTION:
-        raise UserError(f"layer {d.name}: {fraction:.1%} of its weights would clip to the 8-bit range [{weight_min(d.weight)}, {W_MAX}] "
-                        f"(at most {MAX_CLIP_FRACTION:.0%} allowed); use a higher weight percentile")
+        raise UserError(
+            f"layer {d.name}: {fraction:.1%} of its weights would clip to the 8-bit range [{weight_min(d.weight)}, {W_MAX}] "
+            f"(at most {MAX_CLIP_FRACTION:.0%} allowed); use a higher weight percentile"
+        )
     v_th = VTH_MAX if theta is None else int(round(theta * scale))
     bias = None if d.bias is None else np.round(d.bias * scale).astype(np.int64)  # within 13 bits by the scale
-    return QuantLayer(weight=weight, scale=scale, v_th=v_th, clip_fraction=fraction, shortcut=shortcut, bias=bias,
-                      **common)
+    return QuantLayer(
+        weight=weight, scale=scale, v_th=v_th, clip_fraction=fraction, shortcut=shortcut, bias=bias, **common
+    )
 
 
 def _integer_weights(weight: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
@@ -270,8 +304,9 @@ def _wrap24(u: torch.Tensor) -> torch.Tensor:
     return torch.where(wrapped <= -STATE_LIMIT, u + 2 * STATE_LIMIT, wrapped)
 
 
-def loihi_lif(current: torch.Tensor, v_decay: int, v_th: int,
-              bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def loihi_lif(
+    current: torch.Tensor, v_decay: int, v_th: int, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Bit-accurate CUBA LIF with iDecay = 4096 over ``current`` ``[T, ...]`` (int64), plus the
     bias mantissa ``bias`` (broadcast over ``current[t]``) at exponent 6 every step.
 

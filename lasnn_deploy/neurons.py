@@ -1,4 +1,4 @@
-r"""Spiking neuron and input encodings of the student SNN (SPEC section 1).
+r"""Spiking neuron and input encodings of the student SNN (docs/semantics.md, 'The float student').
 
 For LIF layer ``l`` at step ``t = 1..T``, state 0 at ``t = 0``::
 
@@ -192,7 +192,7 @@ class LIFFunction(torch.autograd.Function):
 
 
 def lif_reference(current, leak: float, theta: float, reset: Reset = "hard"):
-    """Plain element-by-element loop of SPEC section 1, for float64 checks (numpy or lists)."""
+    """Plain element-by-element loop of the LIF recurrence, for float64 checks (numpy or lists)."""
     import numpy as np
 
     current = np.asarray(current, dtype=np.float64)
@@ -224,7 +224,9 @@ def poisson_inputs(images: torch.Tensor, timesteps: int, seed: int, first_index:
     the batch or chunk it falls in: ``evaluate``, ``validate`` and ``energy`` see the same spikes.
     """
     cpu = images.detach().cpu()  # drawn on the CPU generator, moved once
-    return torch.stack([poisson_spikes(x, timesteps, seed + first_index + i) for i, x in enumerate(cpu)], dim=1).to(images.device)
+    return torch.stack([poisson_spikes(x, timesteps, seed + first_index + i) for i, x in enumerate(cpu)], dim=1).to(
+        images.device
+    )
 
 
 def encode(x: torch.Tensor, timesteps: int, encoding: Encoding, seed: int = 0) -> torch.Tensor:

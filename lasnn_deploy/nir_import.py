@@ -84,8 +84,9 @@ def _uniform(value: Any, what: str, name: str) -> float:
     """The one value of a per-neuron parameter; refuses heterogeneous ones (a student has one per layer)."""
     values = np.unique(np.asarray(value, dtype=np.float64))
     if values.size != 1:
-        raise UserError(f"{_where(name)}: {what} differs across neurons ({values.size} values); a student has one "
-                        "per layer")
+        raise UserError(
+            f"{_where(name)}: {what} differs across neurons ({values.size} values); a student has one per layer"
+        )
     if not np.isfinite(values[0]):
         raise UserError(f"{_where(name)}: {what} is {values[0]}, not a finite number")
     return float(values[0])
@@ -127,15 +128,19 @@ def _neuron(node: nir.NIRNode, name: str, conv: Convention) -> _Neuron:
         step = (1 - math.exp(-dt / tau)) if conv.exact else dt / tau
         lam = 1.0 - step
         if not 0 < lam <= 1:
-            raise UserError(f"{_where(name)}: dt = {dt:.6g} against tau = {tau:.6g} gives leak {lam:.6g}, "
-                            f"outside (0, 1]: a wrong dt for this file; {HINT}")
+            raise UserError(
+                f"{_where(name)}: dt = {dt:.6g} against tau = {tau:.6g} gives leak {lam:.6g}, "
+                f"outside (0, 1]: a wrong dt for this file; {HINT}"
+            )
         gain, drive = r * step, step * v_leak
         if isinstance(node, nir.CubaLIF):
             tau_syn, w_in = _uniform(node.tau_syn, "tau_syn", name), _uniform(node.w_in, "w_in", name)
             tau_syn = tau_syn / dt if conv.norse else tau_syn
             if conv.exact or not math.isclose(tau_syn, dt, rel_tol=UNITY):
-                raise UserError(f"{_where(name)}: CubaLIF synapse tau_syn = {tau_syn} keeps current from step to "
-                                f"step at dt = {dt} (it reduces to a student LIF only when tau_syn = dt)")
+                raise UserError(
+                    f"{_where(name)}: CubaLIF synapse tau_syn = {tau_syn} keeps current from step to "
+                    f"step at dt = {dt} (it reduces to a student LIF only when tau_syn = dt)"
+                )
             gain *= w_in * dt / tau_syn
     if not theta > 0 or not gain > 0:
         raise UserError(f"{_where(name)}: threshold {theta} and input gain {gain} must be positive for a student LIF")
@@ -149,8 +154,10 @@ def _chain(graph: nir.NIRGraph) -> list[str]:
     """Node names from the one Input to the Output; refuses branches, recurrence and subgraphs."""
     for name, node in graph.nodes.items():
         if isinstance(node, nir.NIRGraph):
-            raise UserError(f"{_where(name)}: a subgraph (recurrent layers are exported as one) cannot map to a "
-                            "feed-forward student")
+            raise UserError(
+                f"{_where(name)}: a subgraph (recurrent layers are exported as one) cannot map to a "
+                "feed-forward student"
+            )
     succ: dict[str, list[str]] = {}
     pred: dict[str, list[str]] = {}
     for src, dst in graph.edges:
@@ -161,8 +168,10 @@ def _chain(graph: nir.NIRGraph) -> list[str]:
         pred.setdefault(dst, []).append(src)
     for name, ins in pred.items():
         if len(set(ins)) > 1:
-            raise UserError(f"{_where(name)}: {len(set(ins))} incoming edges ({', '.join(sorted(set(ins)))}): "
-                            "recurrence or branches cannot map to a feed-forward student")
+            raise UserError(
+                f"{_where(name)}: {len(set(ins))} incoming edges ({', '.join(sorted(set(ins)))}): "
+                "recurrence or branches cannot map to a feed-forward student"
+            )
     inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if len(inputs) != 1:
         raise UserError(f"the NIR graph has {len(inputs)} Input nodes; a student has one input")
@@ -170,11 +179,13 @@ def _chain(graph: nir.NIRGraph) -> list[str]:
     while not isinstance(graph.nodes[chain[-1]], nir.Output):
         nxt = sorted(set(succ.get(chain[-1], [])))
         if len(nxt) != 1:
-            raise UserError(f"{_where(chain[-1])}: leads to {len(nxt)} nodes; a student is one chain from input "
-                            "to output")
+            raise UserError(
+                f"{_where(chain[-1])}: leads to {len(nxt)} nodes; a student is one chain from input to output"
+            )
         if nxt[0] in chain:
-            raise UserError(f"{_where(nxt[0])}: an edge back from {chain[-1]!r} (recurrence) cannot map to a "
-                            "feed-forward student")
+            raise UserError(
+                f"{_where(nxt[0])}: an edge back from {chain[-1]!r} (recurrence) cannot map to a feed-forward student"
+            )
         chain.append(nxt[0])
     extra = sorted(set(graph.nodes) - set(chain))
     if extra:
@@ -205,8 +216,10 @@ def _flatten_ok(node: nir.Flatten, name: str) -> None:
     a batch axis; a student's Flatten takes the whole ``[C, H, W]`` map."""
     start, end = int(node.start_dim), int(node.end_dim)
     if start not in (0, -3) or end not in (-1, 2):
-        raise UserError(f"{_where(name)}: Flatten(start_dim={start}, end_dim={end}) does not flatten the whole "
-                        f"[C, H, W] map; a student flattens all of it")
+        raise UserError(
+            f"{_where(name)}: Flatten(start_dim={start}, end_dim={end}) does not flatten the whole "
+            f"[C, H, W] map; a student flattens all of it"
+        )
 
 
 class _Builder:
@@ -233,12 +246,16 @@ class _Builder:
     def neuron(self, name: str, n: _Neuron) -> None:
         i = len(self.layers) - 1
         if i < 0 or i != self.last_weighted or (self.neurons and self.neurons[-1][0] == i):
-            raise UserError(f"{_where(name)}: a neuron must directly follow a Conv2d, Linear or Affine node "
-                            "(a student's LIF layer reads one synaptic layer)")
+            raise UserError(
+                f"{_where(name)}: a neuron must directly follow a Conv2d, Linear or Affine node "
+                "(a student's LIF layer reads one synaptic layer)"
+            )
         if self.neurons and not math.isclose(n.lam, self.neurons[0][1].lam, rel_tol=1e-6):
             first = self.neurons[0][2]
-            raise UserError(f"{_where(name)}: leak {n.lam:.7g} differs from {first!r}'s {self.neurons[0][1].lam:.7g} "
-                            "(heterogeneous time constants or dt); a student shares one leak")
+            raise UserError(
+                f"{_where(name)}: leak {n.lam:.7g} differs from {first!r}'s {self.neurons[0][1].lam:.7g} "
+                "(heterogeneous time constants or dt); a student shares one leak"
+            )
         if n.gain != 1.0:
             self.weights[i] = self.weights[i] * n.gain
             if i in self.biases:
@@ -260,10 +277,12 @@ def _conv_readout(b: _Builder, input_shape: tuple[int, int, int]) -> None:
     c, h, w = _shape_before(input_shape, b.layers[:i])
     if spec.padding != 0 or spec.kernel_size != h or h != w:
         k = spec.kernel_size
-        raise UserError(f"layer {i} (conv): the graph ends with a {k}x{k} convolution on a {h}x{w} map; a student's "
-                        "output is a vector (a Linear, or a conv over the whole map)")
+        raise UserError(
+            f"layer {i} (conv): the graph ends with a {k}x{k} convolution on a {h}x{w} map; a student's "
+            "output is a vector (a Linear, or a conv over the whole map)"
+        )
     weight = b.weights[i].reshape(spec.out_channels, -1)
-    b.layers[i:i + 1] = [Flatten(), Linear(weight.shape[1], spec.out_channels, spec.bias)]
+    b.layers[i : i + 1] = [Flatten(), Linear(weight.shape[1], spec.out_channels, spec.bias)]
     b.weights = {(k + 1 if k >= i else k): v for k, v in b.weights.items()}
     b.biases = {(k + 1 if k >= i else k): v for k, v in b.biases.items()}
     b.weights[i + 1] = weight
@@ -276,9 +295,14 @@ def _shape_before(input_shape: tuple[int, int, int], layers: list) -> tuple[int,
     return shape
 
 
-def student_from_foreign_nir(graph: nir.NIRGraph, convention: Convention, timesteps: int = 8,
-                             encoding: str = "direct", arch: str = "nir-import",
-                             input_shape: tuple[int, ...] | None = None) -> SpikingStudent:
+def student_from_foreign_nir(
+    graph: nir.NIRGraph,
+    convention: Convention,
+    timesteps: int = 8,
+    encoding: str = "direct",
+    arch: str = "nir-import",
+    input_shape: tuple[int, ...] | None = None,
+) -> SpikingStudent:
     """The student that computes what ``graph`` means under ``convention`` (module docstring)."""
     if not isinstance(graph, nir.NIRGraph):
         raise UserError(f"expected a NIR graph, got {type(graph).__name__}")
@@ -295,8 +319,17 @@ def student_from_foreign_nir(graph: nir.NIRGraph, convention: Convention, timest
             if np.any(np.asarray(node.dilation) != 1) or int(node.groups) != 1 or np.ndim(node.weight) != 4:
                 raise UserError(f"{_where(name)}: dilated or grouped convolutions are not supported")
             w = np.asarray(node.weight)
-            b.weighted(Conv(w.shape[1], w.shape[0], _pair(w.shape[2:], "kernel", name),
-                            _pair(node.stride, "stride", name), _pair(node.padding, "padding", name)), w, node.bias)
+            b.weighted(
+                Conv(
+                    w.shape[1],
+                    w.shape[0],
+                    _pair(w.shape[2:], "kernel", name),
+                    _pair(node.stride, "stride", name),
+                    _pair(node.padding, "padding", name),
+                ),
+                w,
+                node.bias,
+            )
         elif isinstance(node, (nir.Linear, nir.Affine)):
             w = np.asarray(node.weight)
             if w.ndim != 2:
@@ -316,32 +349,47 @@ def student_from_foreign_nir(graph: nir.NIRGraph, convention: Convention, timest
         elif isinstance(node, NEURONS):
             b.neuron(name, _neuron(node, name, convention))
         else:
-            raise UserError(f"{_where(name)}: node type {type(node).__name__} has no student equivalent (supported: "
-                            "Conv2d, Linear, Affine, AvgPool2d, SumPool2d, Flatten, LIF, IF, CubaLIF)")
+            raise UserError(
+                f"{_where(name)}: node type {type(node).__name__} has no student equivalent (supported: "
+                "Conv2d, Linear, Affine, AvgPool2d, SumPool2d, Flatten, LIF, IF, CubaLIF)"
+            )
     if not b.weights or b.scale != 1.0:
         raise UserError("the NIR graph has no Conv2d/Linear/Affine after its last pool; a student ends with a Linear")
     _conv_readout(b, shape)
     if b.neurons and b.neurons[-1][0] == len(b.layers) - 1:  # ends at a neuron: read its spikes out
         k = b.weights[len(b.layers) - 1].shape[0]
         if not isinstance(b.layers[-1], Linear):
-            raise UserError(f"{_where(b.neurons[-1][2])}: the graph ends at a neuron after a Conv2d; a student's "
-                            "output is a vector (add a Flatten and Linear readout)")
+            raise UserError(
+                f"{_where(b.neurons[-1][2])}: the graph ends at a neuron after a Conv2d; a student's "
+                "output is a vector (add a Flatten and Linear readout)"
+            )
         b.weighted(Linear(k, k), np.eye(k), None)
     lam = b.neurons[0][1].lam if b.neurons else 1.0
-    config = StudentConfig(arch, shape, int(b.weights[len(b.layers) - 1].shape[0]), tuple(b.layers),
-                           timesteps=timesteps, encoding=encoding, reset="hard")
+    config = StudentConfig(
+        arch,
+        shape,
+        int(b.weights[len(b.layers) - 1].shape[0]),
+        tuple(b.layers),
+        timesteps=timesteps,
+        encoding=encoding,
+        reset="hard",
+    )
     lif_after = [i for i, _, _ in b.neurons]
     if lif_after != config.spiking_layers:
         missing = sorted(set(config.spiking_layers) - set(lif_after))
-        raise UserError(f"the Conv2d/Linear node that becomes layer {missing[0] if missing else '?'} has no neuron "
-                        "after it; a student has a LIF layer after every Conv/Linear but the last")
+        raise UserError(
+            f"the Conv2d/Linear node that becomes layer {missing[0] if missing else '?'} has no neuron "
+            "after it; a student has a LIF layer after every Conv/Linear but the last"
+        )
     student = SpikingStudent(config, leak=float(np.float32(lam)), thresholds=[n.theta for _, n, _ in b.neurons])
     with torch.no_grad():
         for i, weight in b.weights.items():
             module = student.body[i]
             if tuple(module.weight.shape) != weight.shape:
-                raise UserError(f"layer {i} ({config.layers[i].type}): weights {list(weight.shape)} do not fit its "
-                                f"input; expected {list(module.weight.shape)}")
+                raise UserError(
+                    f"layer {i} ({config.layers[i].type}): weights {list(weight.shape)} do not fit its "
+                    f"input; expected {list(module.weight.shape)}"
+                )
             module.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
             if i in b.biases:
                 module.bias.copy_(torch.from_numpy(b.biases[i].astype(np.float32)))
@@ -376,9 +424,14 @@ def convention_for(graph: nir.NIRGraph, library: str | None, dt: float | None) -
     return dataclasses.replace(base, dt=float(dt))
 
 
-def student_from_any_nir(source: str | os.PathLike | nir.NIRGraph, library: str | None = None,
-                         dt: float | None = None, timesteps: int = 8, encoding: str = "direct",
-                         input_shape: tuple[int, ...] | None = None) -> SpikingStudent:
+def student_from_any_nir(
+    source: str | os.PathLike | nir.NIRGraph,
+    library: str | None = None,
+    dt: float | None = None,
+    timesteps: int = 8,
+    encoding: str = "direct",
+    input_shape: tuple[int, ...] | None = None,
+) -> SpikingStudent:
     """A student from our own NIR file (exact round trip) or a foreign exporter's graph."""
     from .exporters.nir import FORMAT, student_from_nir
 
@@ -396,14 +449,22 @@ def load_nir_student(path: str | os.PathLike) -> SpikingStudent:
     graph = read_nir(path)
     meta = graph.metadata if isinstance(graph.metadata, dict) else {}
     if "dt" not in meta:
-        raise UserError(f"{path} does not say its time step (metadata key 'dt'): run `lasnn-deploy import {path} "
-                        "--from LIBRARY --out RUN` and pass RUN instead")
+        raise UserError(
+            f"{path} does not say its time step (metadata key 'dt'): run `lasnn-deploy import {path} "
+            "--from LIBRARY --out RUN` and pass RUN instead"
+        )
     return student_from_any_nir(graph)
 
 
-def import_nir(source: str | os.PathLike | nir.NIRGraph, out: str | os.PathLike, library: str | None = None,
-               dt: float | None = None, timesteps: int = 8, encoding: str = "direct",
-               input_shape: tuple[int, ...] | None = None) -> Path:
+def import_nir(
+    source: str | os.PathLike | nir.NIRGraph,
+    out: str | os.PathLike,
+    library: str | None = None,
+    dt: float | None = None,
+    timesteps: int = 8,
+    encoding: str = "direct",
+    input_shape: tuple[int, ...] | None = None,
+) -> Path:
     """Read a NIR file (or graph) into a student and write the run folder ``out``; returns its student file.
 
     Everything is checked before anything is written, and the file is written atomically.

@@ -1,4 +1,5 @@
-"""``validate``: run an exported file in its own runtime and compare it with PyTorch (SPEC 3, 5).
+"""``validate``: run an exported file in its own runtime and compare it with PyTorch
+(docs/semantics.md, 'What `validate` accepts as agreement').
 
 Both sides get the same input: the first N test images in file order (direct encoding) or the
 same Poisson spikes, sample ``i`` drawn from seed ``seed + i``. Agreement is reported as fractions, never as
@@ -20,7 +21,6 @@ from .atomic import atomic_path
 from .exporters import TARGETS, RunResult, target_of_file
 from .inputs import model_input
 from .student import SpikingStudent, check_images, check_parameters
-
 
 CHUNK = 256  # samples per runtime call: memory stays flat however many samples are validated
 
@@ -52,8 +52,11 @@ def layer_mismatch(reference: RunResult, result: RunResult) -> list[str]:
     if not problems and names != ref_names:
         problems.append(f"layers in another order: {', '.join(names)} (reference: {', '.join(ref_names)})")
     if not problems:
-        problems += [f"layer {n}: spike shape {list(got.shape)}, reference {list(ref.shape)}"
-                     for n, ref, got in zip(ref_names, reference.spikes, result.spikes) if ref.shape != got.shape]
+        problems += [
+            f"layer {n}: spike shape {list(got.shape)}, reference {list(ref.shape)}"
+            for n, ref, got in zip(ref_names, reference.spikes, result.spikes, strict=True)
+            if ref.shape != got.shape
+        ]
     return problems
 
 
@@ -65,7 +68,7 @@ def first_divergence(reference: RunResult, result: RunResult, sample_offset: int
     are included where the result carries them (``RunResult.potentials``).
     """
     best = None
-    for k, (ref, got) in enumerate(zip(reference.spikes, result.spikes)):
+    for k, (ref, got) in enumerate(zip(reference.spikes, result.spikes, strict=True)):
         differ = ref != got
         if not differ.any():
             continue
@@ -78,8 +81,14 @@ def first_divergence(reference: RunResult, result: RunResult, sample_offset: int
     flat = np.flatnonzero(reference.spikes[k][t] != result.spikes[k][t])[0]
     b, *neuron = (int(i) for i in np.unravel_index(flat, reference.spikes[k][t].shape))
     where = (t, b, *neuron)
-    found = {"layer": reference.layer_names[k], "step": t, "sample": sample_offset + b, "neuron": neuron,
-             "spike_reference": float(reference.spikes[k][where]), "spike_runtime": float(result.spikes[k][where])}
+    found = {
+        "layer": reference.layer_names[k],
+        "step": t,
+        "sample": sample_offset + b,
+        "neuron": neuron,
+        "spike_reference": float(reference.spikes[k][where]),
+        "spike_runtime": float(result.spikes[k][where]),
+    }
     for side, run in (("reference", reference), ("runtime", result)):
         if run.potentials is not None:
             found[f"potential_{side}"] = float(run.potentials[k][where])
@@ -126,7 +135,7 @@ class Agreement:
             self.divergence = first_divergence(reference, result, offset)
 
     def report(self) -> dict:
-        """The SPEC section 5 keys: fractions over everything added so far.
+        """The report's keys: fractions over everything added so far.
 
         ``spike_agreement`` is None when the layers did not come back as the reference's
         (``layer_mismatch`` says how); ``first_divergence`` is None when every spike agreed.
@@ -138,15 +147,19 @@ class Agreement:
             "spike_agreement": sum(self.equal) / total if total and not self.mismatch else None,
             "layer_mismatch": list(self.mismatch),
             "first_divergence": self.divergence,
-            "layers": [] if self.mismatch else [
+            "layers": []
+            if self.mismatch
+            else [
                 {"name": name, "spike_agreement": eq / size, "spikes_reference": ref, "spikes_runtime": got}
-                for name, eq, size, ref, got in zip(self.names, self.equal, self.size, self.spikes_reference, self.spikes_runtime)
+                for name, eq, size, ref, got in zip(
+                    self.names, self.equal, self.size, self.spikes_reference, self.spikes_runtime, strict=True
+                )
             ],
         }
 
 
 def compare(reference: RunResult, result: RunResult) -> dict:
-    """Agreement figures of ``result`` against ``reference`` (SPEC section 5 keys)."""
+    """Agreement figures of ``result`` against ``reference`` (the report's keys)."""
     agreement = Agreement()
     agreement.add(reference, result)
     return agreement.report()
@@ -181,9 +194,14 @@ def validate(
     agreement = Agreement()
     correct = {"reference_accuracy": 0, "runtime_accuracy": 0, "float_accuracy": 0}
     golden: list[RunResult] = []
-    for start in tqdm(range(0, images.shape[0], CHUNK), desc=f"validate {target}", unit="chunk", leave=False,
-                      disable=None if progress else True):  # None: only on a terminal
-        x = images[start:start + CHUNK]
+    for start in tqdm(
+        range(0, images.shape[0], CHUNK),
+        desc=f"validate {target}",
+        unit="chunk",
+        leave=False,
+        disable=None if progress else True,
+    ):  # None: only on a terminal
+        x = images[start : start + CHUNK]
         given = model_input(cfg.encoding, cfg.timesteps, x, seed=seed, first_index=start)
         direct_images, input_spikes = given.images, given.spikes
         reference = module.reference(student, direct_images, input_spikes)
@@ -192,19 +210,26 @@ def validate(
         if trace is not None:
             golden.append(RunResult(reference.logits, reference.spikes, reference.layer_names))
         if labels is not None:
-            y = labels[start:start + CHUNK].numpy()
+            y = labels[start : start + CHUNK].numpy()
             with torch.no_grad():
                 float_logits = student.run(direct_images, input_spikes=input_spikes).logits.numpy()
-            for key, logits in zip(correct, (reference.logits, result.logits, float_logits)):
+            for key, logits in zip(correct, (reference.logits, result.logits, float_logits), strict=True):
                 correct[key] += int(np.sum(logits.argmax(1) == y))
-    report = {"target": target, "file": str(path), "samples": int(images.shape[0]),
-              **({"runtime": module.settings["runtime"]} if "runtime" in module.settings else {}),
-              "timesteps": cfg.timesteps, "encoding": cfg.encoding, **agreement.report()}
+    report = {
+        "target": target,
+        "file": str(path),
+        "samples": int(images.shape[0]),
+        **({"runtime": module.settings["runtime"]} if "runtime" in module.settings else {}),
+        "timesteps": cfg.timesteps,
+        "encoding": cfg.encoding,
+        **agreement.report(),
+    }
     if labels is not None:
         # For Lava the reference is the Loihi-quantised mode: float_accuracy shows the quantisation's cost.
         report.update({key: count / images.shape[0] for key, count in correct.items()})
-    report["passed"] = (report["output_agreement"] == 1.0 and report["spike_agreement"] == 1.0
-                        and not report["layer_mismatch"])
+    report["passed"] = (
+        report["output_agreement"] == 1.0 and report["spike_agreement"] == 1.0 and not report["layer_mismatch"]
+    )
     if trace is not None:
         report["trace"] = str(write_trace(trace, golden, *_trace_layout(target, path)))
     return report
@@ -222,8 +247,9 @@ def _trace_layout(target: str, path: str | Path) -> tuple[float, dict[str, str]]
     return settings["dt"], names
 
 
-def write_trace(path: str | Path, chunks: list[RunResult], dt: float = 1.0,
-                node_names: dict[str, str] | None = None) -> Path:
+def write_trace(
+    path: str | Path, chunks: list[RunResult], dt: float = 1.0, node_names: dict[str, str] | None = None
+) -> Path:
     """The reference's spikes per LIF layer as a golden trace, a NIR data file (``nir.write_data``).
 
     ``NIRGraphData`` with one ``NIRNodeData`` per LIF layer (named after the file's LIF node for a

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import make_student
+
 from lasnn_deploy.student import SpikingStudent
 
 torch.set_num_threads(2)

@@ -52,17 +52,28 @@ def _snntorch(kind: str, seed: int) -> Foreign:
     from snntorch.export_nir import export_to_nir
 
     def leaky(shape, beta=0.9, theta=0.5):  # tensor beta/threshold: the exporter's type inference needs shapes
-        return snn.Leaky(beta=torch.full(shape, beta), threshold=torch.full(shape, theta), init_hidden=True,
-                         reset_mechanism="zero")
+        return snn.Leaky(
+            beta=torch.full(shape, beta), threshold=torch.full(shape, theta), init_hidden=True, reset_mechanism="zero"
+        )
 
     if kind in ("conv", "int"):
-        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), leaky((4, 16, 16)), nn.AvgPool2d(2),
-                            nn.Flatten(), nn.Linear(256, 10, bias=False))
+        net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False),
+            leaky((4, 16, 16)),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(256, 10, bias=False),
+        )
         if kind == "int":  # Loihi-representable: see representable()
             net[1] = leaky((4, 16, 16), beta=0.5, theta=40 / 256)
     else:
-        net = nn.Sequential(nn.Flatten(), nn.Linear(256, 32, bias=False), leaky((32,)), nn.Linear(32, 10, bias=False),
-                            leaky((10,), theta=0.3))
+        net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(256, 32, bias=False),
+            leaky((32,)),
+            nn.Linear(32, 10, bias=False),
+            leaky((10,), theta=0.3),
+        )
     _init(net, seed, 1.0)
     if kind == "int":
         representable(net[0], net[4], seed)
@@ -88,11 +99,21 @@ def _spikingjelly(kind: str, seed: int) -> Foreign:
     from spikingjelly.activation_based.nir_exchange import export_to_nir
 
     if kind == "conv":
-        net = nn.Sequential(layer.Conv2d(1, 4, 3, padding=1, bias=False), neuron.LIFNode(tau=2.0, v_threshold=0.5),
-                            layer.AvgPool2d(2), layer.Flatten(), layer.Linear(256, 10, bias=False))
+        net = nn.Sequential(
+            layer.Conv2d(1, 4, 3, padding=1, bias=False),
+            neuron.LIFNode(tau=2.0, v_threshold=0.5),
+            layer.AvgPool2d(2),
+            layer.Flatten(),
+            layer.Linear(256, 10, bias=False),
+        )
     else:
-        net = nn.Sequential(layer.Flatten(), layer.Linear(256, 32, bias=False), neuron.IFNode(v_threshold=1.0),
-                            layer.Linear(32, 10, bias=False), neuron.IFNode(v_threshold=0.5))
+        net = nn.Sequential(
+            layer.Flatten(),
+            layer.Linear(256, 32, bias=False),
+            neuron.IFNode(v_threshold=1.0),
+            layer.Linear(32, 10, bias=False),
+            neuron.IFNode(v_threshold=0.5),
+        )
     _init(net, seed, 1.0)
     graph = export_to_nir(net, torch.rand(1, *SHAPE))
     return Foreign(net, graph, [m for m in net if isinstance(m, neuron.BaseNode)])
@@ -105,16 +126,21 @@ def _sinabs(kind: str, seed: int) -> Foreign:
 
     one = dict(spike_fn=SingleSpike, reset_fn=MembraneReset())
     if kind == "conv":
-        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False),
-                            sl.IAFSqueeze(batch_size=1, spike_threshold=1.0, **one),
-                            sl.SumPool2d(2), nn.Flatten(), nn.Linear(256, 10, bias=False))
+        net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False),
+            sl.IAFSqueeze(batch_size=1, spike_threshold=1.0, **one),
+            sl.SumPool2d(2),
+            nn.Flatten(),
+            nn.Linear(256, 10, bias=False),
+        )
     else:
-        net = nn.Sequential(nn.Flatten(), nn.Linear(256, 32, bias=False),
-                            sl.LIFSqueeze(tau_mem=torch.full((32,), 4.0), batch_size=1,
-                                          spike_threshold=torch.full((32,), 0.1), **one),
-                            nn.Linear(32, 10, bias=False),
-                            sl.LIFSqueeze(tau_mem=torch.full((10,), 4.0), batch_size=1,
-                                          spike_threshold=torch.full((10,), 0.05), **one))
+        net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(256, 32, bias=False),
+            sl.LIFSqueeze(tau_mem=torch.full((32,), 4.0), batch_size=1, spike_threshold=torch.full((32,), 0.1), **one),
+            nn.Linear(32, 10, bias=False),
+            sl.LIFSqueeze(tau_mem=torch.full((10,), 4.0), batch_size=1, spike_threshold=torch.full((10,), 0.05), **one),
+        )
     _init(net, seed, 1.0)
     graph = sinabs.to_nir(net, torch.rand(1, *SHAPE))
     sinabs.reset_states(net)
@@ -129,9 +155,12 @@ def _norse(kind: str, seed: int) -> Foreign:
     if kind == "conv":  # Norse's exporter maps no pool or flatten: the readout is a conv over the whole map
         net = norse.SequentialState(nn.Conv2d(1, 4, 3, padding=1), norse.LIFBoxCell(p), nn.Conv2d(4, 10, 16))
     else:
-        net = norse.SequentialState(nn.Linear(256, 32), norse.LIFBoxCell(p), nn.Linear(32, 10),
-                                    norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=torch.tensor(200.0),
-                                                                            v_th=torch.tensor(0.05))))
+        net = norse.SequentialState(
+            nn.Linear(256, 32),
+            norse.LIFBoxCell(p),
+            nn.Linear(32, 10),
+            norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=torch.tensor(200.0), v_th=torch.tensor(0.05))),
+        )
     _init(net, seed, 1.0)
     graph = to_nir(net, torch.rand(1, *SHAPE) if kind == "conv" else torch.rand(1, 256))
     return Foreign(net, graph, [m for m in net if isinstance(m, norse.LIFBoxCell)])
@@ -140,8 +169,11 @@ def _norse(kind: str, seed: int) -> Foreign:
 def write(graph: nir.NIRGraph, path) -> None:
     """``nir.write``; Sinabs' ``to_nir`` leaves Conv2d ``input_shape`` and some types undefined, which
     ``nir.write`` cannot store, so its graphs get nir's own ``infer_types()`` first."""
-    undefined = [n for n in graph.nodes.values() if getattr(n, "input_shape", 0) is None
-                 or any(v is None for v in (n.input_type or {}).values())]
+    undefined = [
+        n
+        for n in graph.nodes.values()
+        if getattr(n, "input_shape", 0) is None or any(v is None for v in (n.input_type or {}).values())
+    ]
     if undefined:
         graph.infer_types()
     nir.write(path, graph)
@@ -153,6 +185,7 @@ def simulate(library: str, f: Foreign, steps: torch.Tensor) -> tuple[np.ndarray,
     Returns logits ``[B, K]`` (the output summed over the steps / T) and spikes ``[T, B, ...]`` per neuron layer.
     """
     spikes: list[list[torch.Tensor]] = [[] for _ in f.neurons]
+
     def record(k: int):
         return lambda m, i, o: spikes[k].append((o[0] if isinstance(o, tuple) else o).detach())
 

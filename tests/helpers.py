@@ -15,15 +15,30 @@ from lasnn_deploy.models import build_student
 from lasnn_deploy.student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, StudentConfig
 
 
-def make_student(encoding: str = "direct", reset: str = "hard", timesteps: int = 4, leak: float = 0.9,
-                 seed: int = 0, input_shape=(1, 8, 8), bias: bool = False) -> SpikingStudent:
+def make_student(
+    encoding: str = "direct",
+    reset: str = "hard",
+    timesteps: int = 4,
+    leak: float = 0.9,
+    seed: int = 0,
+    input_shape=(1, 8, 8),
+    bias: bool = False,
+) -> SpikingStudent:
     """conv-LIF-avgpool-conv-LIF-avgpool-flatten-linear-LIF-linear with weights that fire 5-40%.
 
     With ``bias`` every Conv and Linear has a bias of about a third of its layer's threshold.
     """
     c, h, w = input_shape
-    layers = (Conv(c, 4, 3, 1, 1), AvgPool(2), Dropout(0.1), Conv(4, 6, 3, 1, 1), AvgPool(2), Flatten(),
-              Linear(6 * (h // 4) * (w // 4), 12), Linear(12, 5))
+    layers = (
+        Conv(c, 4, 3, 1, 1),
+        AvgPool(2),
+        Dropout(0.1),
+        Conv(4, 6, 3, 1, 1),
+        AvgPool(2),
+        Flatten(),
+        Linear(6 * (h // 4) * (w // 4), 12),
+        Linear(12, 5),
+    )
     cfg = StudentConfig("test", input_shape, 5, layers, timesteps=timesteps, encoding=encoding, reset=reset)
     torch.manual_seed(seed)
     student = SpikingStudent(with_bias(cfg) if bias else cfg, leak=leak, thresholds=[0.3, 0.2, 0.2])

@@ -20,14 +20,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import make_student, run_cli, write_idx
+from lasnn_deploy.exporters import export
 from onnx import TensorProto, helper
 from PIL import Image
 from safetensors.torch import save_file
 
-from helpers import make_student, run_cli, write_idx
 from lasnn_deploy.cli import build_parser
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.exporters import export
 from lasnn_deploy.student import FORMAT, AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig, save_student
 
 
@@ -51,7 +51,9 @@ CASES = [
     Case("student-truncated", "evaluate {w}/truncated.safetensors", "is not a readable student file"),
     Case("safetensors-without-our-metadata", "evaluate {w}/foreign.safetensors", "is not a lasnn-deploy student"),
     Case("description-not-json", "evaluate {w}/desc-not-json.safetensors", "malformed student description"),
-    Case("description-kernel-zero", "evaluate {w}/desc-kernel0.safetensors", "conv kernel_size must be an integer >= 1"),
+    Case(
+        "description-kernel-zero", "evaluate {w}/desc-kernel0.safetensors", "conv kernel_size must be an integer >= 1"
+    ),
     Case("description-classes-as-text", "evaluate {w}/desc-classes.safetensors", "num_classes must be an integer"),
     Case("description-huge-layer", "evaluate {w}/desc-huge.safetensors", "tensor 'body.0.weight' is torch.float32"),
     Case("tensor-missing", "evaluate {w}/no-leak.safetensors", "tensor 'leak' is missing"),
@@ -60,34 +62,75 @@ CASES = [
     Case("timesteps-huge", "evaluate {w}/digits --timesteps 10000000", "time steps must be an integer in 1..10000"),
     Case("energy-timesteps-zero", "energy {w}/digits --timesteps 0 --out {out}/e", "time steps must be an integer"),
     Case("samples-zero", "evaluate {w}/digits --samples 0", "argument --samples: must be at least 1"),
-    Case("samples-negative", "validate {w}/digits {w}/digits.onnx --samples -5", "argument --samples: must be at least 1"),
+    Case(
+        "samples-negative", "validate {w}/digits {w}/digits.onnx --samples -5", "argument --samples: must be at least 1"
+    ),
     Case("samples-not-a-number", "energy {w}/digits --samples many --out {out}/e", "expected an integer, got 'many'"),
-    Case("weight-bits-zero", "energy {w}/digits --weight-bits 0 --out {out}/e", "argument --weight-bits: must be at least 1"),
+    Case(
+        "weight-bits-zero",
+        "energy {w}/digits --weight-bits 0 --out {out}/e",
+        "argument --weight-bits: must be at least 1",
+    ),
     Case("unknown-option", "export {w}/digits --target onnx --bogus", "unrecognized arguments: --bogus"),
     # -- data sets ------------------------------------------------------------------------------
     Case("dataset-unknown", "evaluate {w}/digits --dataset svhn", "unknown data set 'svhn'"),
     Case("mnist-without-data-dir", "evaluate {w}/digits --dataset mnist", "--data-dir is required for mnist"),
     Case("mnist-folder-missing", "evaluate {w}/digits --dataset mnist --data-dir {w}/nowhere", "does not exist"),
-    Case("mnist-data-dir-is-a-file", "evaluate {w}/digits --dataset mnist --data-dir {w}/zero.onnx", "is a file, not a folder"),
+    Case(
+        "mnist-data-dir-is-a-file",
+        "evaluate {w}/digits --dataset mnist --data-dir {w}/zero.onnx",
+        "is a file, not a folder",
+    ),
     Case("mnist-empty-folder", "evaluate {w}/digits --dataset mnist --data-dir {w}/empty", "no MNIST test split"),
-    Case("mnist-truncated", "evaluate {w}/digits --dataset mnist --data-dir {w}/mnist-truncated", "corrupt or truncated"),
+    Case(
+        "mnist-truncated", "evaluate {w}/digits --dataset mnist --data-dir {w}/mnist-truncated", "corrupt or truncated"
+    ),
     Case("mnist-bad-magic", "evaluate {w}/digits --dataset mnist --data-dir {w}/mnist-magic", "corrupt or truncated"),
     Case("mnist-label-count", "evaluate {w}/digits --dataset mnist --data-dir {w}/mnist-count", "images but 4 labels"),
-    Case("fashion-mnist-empty", "evaluate {w}/digits --dataset fashion-mnist --data-dir {w}/empty", "no FashionMNIST test split"),
+    Case(
+        "fashion-mnist-empty",
+        "evaluate {w}/digits --dataset fashion-mnist --data-dir {w}/empty",
+        "no FashionMNIST test split",
+    ),
     Case("cifar10-empty", "evaluate {w}/digits --dataset cifar10 --data-dir {w}/empty", "no CIFAR10 data"),
-    Case("cifar10-corrupt-batch", "evaluate {w}/digits --dataset cifar10 --data-dir {w}/cifar-corrupt", "corrupt batch file"),
+    Case(
+        "cifar10-corrupt-batch",
+        "evaluate {w}/digits --dataset cifar10 --data-dir {w}/cifar-corrupt",
+        "corrupt batch file",
+    ),
     Case("cifar100-empty", "evaluate {w}/digits --dataset cifar100 --data-dir {w}/empty", "no CIFAR100 data"),
     Case("imagefolder-no-test", "evaluate {w}/digits --dataset imagefolder --data-dir {w}/empty", "no test/ folder"),
-    Case("imagefolder-no-classes", "evaluate {w}/digits --dataset imagefolder --data-dir {w}/images-empty", "holds no images"),
-    Case("imagefolder-broken-image", "evaluate {w}/digits --dataset imagefolder --data-dir {w}/images-broken", "is not a readable image"),
+    Case(
+        "imagefolder-no-classes",
+        "evaluate {w}/digits --dataset imagefolder --data-dir {w}/images-empty",
+        "holds no images",
+    ),
+    Case(
+        "imagefolder-broken-image",
+        "evaluate {w}/digits --dataset imagefolder --data-dir {w}/images-broken",
+        "is not a readable image",
+    ),
     # -- a student meets data of another shape ------------------------------------------------------
-    Case("digits-student-evaluated-on-mnist", "evaluate {w}/digits --dataset mnist --data-dir {w}/mnist",
-         "the student expects images [N, 1, 16, 16]"),
-    Case("digits-student-validated-on-mnist", "validate {w}/digits {w}/digits.onnx --dataset mnist --data-dir {w}/mnist",
-         "the student expects images [N, 1, 16, 16]"),
-    Case("digits-student-energy-on-mnist", "energy {w}/digits --dataset mnist --data-dir {w}/mnist --out {out}/e",
-         "images must be [N, 1, 16, 16]"),
-    Case("student-with-fewer-classes", "validate {w}/five-classes {w}/digits.onnx --samples 20", "but the student has 5 classes"),
+    Case(
+        "digits-student-evaluated-on-mnist",
+        "evaluate {w}/digits --dataset mnist --data-dir {w}/mnist",
+        "the student expects images [N, 1, 16, 16]",
+    ),
+    Case(
+        "digits-student-validated-on-mnist",
+        "validate {w}/digits {w}/digits.onnx --dataset mnist --data-dir {w}/mnist",
+        "the student expects images [N, 1, 16, 16]",
+    ),
+    Case(
+        "digits-student-energy-on-mnist",
+        "energy {w}/digits --dataset mnist --data-dir {w}/mnist --out {out}/e",
+        "images must be [N, 1, 16, 16]",
+    ),
+    Case(
+        "student-with-fewer-classes",
+        "validate {w}/five-classes {w}/digits.onnx --samples 20",
+        "but the student has 5 classes",
+    ),
     Case("onnx-exported-for-other-shape", "validate {w}/digits {w}/small.onnx", "was exported for images [B, 1, 8, 8]"),
     Case("nir-exported-for-other-shape", "validate {w}/digits {w}/small.nir", "was exported for images [B, 1, 8, 8]"),
     Case("lava-exported-for-other-shape", "validate {w}/digits {w}/small.h5", "expects images [B, 1, 8, 8]"),
@@ -110,23 +153,51 @@ CASES = [
     Case("h5-foreign", "validate {w}/digits {w}/foreign.h5", "is not a lasnn-deploy netx file"),
     # -- export ---------------------------------------------------------------------------------
     Case("target-unknown", "export {w}/digits --target tflite --out {out}/x.tflite", "unknown export target 'tflite'"),
-    Case("export-suffix-names-no-target", "export {w}/digits --target onnx --out {out}/student.txt", "must end in .onnx"),
-    Case("export-suffix-of-another-target", "export {w}/digits --target nir --out {out}/student.onnx", "must end in .nir"),
-    Case("export-out-is-a-folder", "export {w}/digits --target onnx --out {out}/dir.onnx", "is a folder", make=("dir.onnx/",)),
+    Case(
+        "export-suffix-names-no-target", "export {w}/digits --target onnx --out {out}/student.txt", "must end in .onnx"
+    ),
+    Case(
+        "export-suffix-of-another-target", "export {w}/digits --target nir --out {out}/student.onnx", "must end in .nir"
+    ),
+    Case(
+        "export-out-is-a-folder",
+        "export {w}/digits --target onnx --out {out}/dir.onnx",
+        "is a folder",
+        make=("dir.onnx/",),
+    ),
     Case("export-nan-weights-onnx", "export {w}/nan --target onnx --out {out}/x.onnx", "'body.0.weight' contains NaN"),
     Case("export-nan-weights-nir", "export {w}/nan --target nir --out {out}/x.nir", "'body.0.weight' contains NaN"),
     Case("export-nan-weights-lava", "export {w}/nan --target lava --out {out}/x.h5", "'body.0.weight' contains NaN"),
-    Case("export-inf-threshold", "export {w}/inf-threshold --target onnx --out {out}/x.onnx", "'thresholds' contains NaN or inf"),
+    Case(
+        "export-inf-threshold",
+        "export {w}/inf-threshold --target onnx --out {out}/x.onnx",
+        "'thresholds' contains NaN or inf",
+    ),
     Case("validate-nan-student", "validate {w}/nan {w}/digits.onnx", "'body.0.weight' contains NaN"),
-    Case("export-soft-reset-to-nir", "export {w}/soft --target nir --out {out}/x.nir", "soft reset cannot be expressed in NIR"),
+    Case(
+        "export-soft-reset-to-nir",
+        "export {w}/soft --target nir --out {out}/x.nir",
+        "soft reset cannot be expressed in NIR",
+    ),
     Case("export-soft-reset-to-lava", "export {w}/soft --target lava --out {out}/x.h5", "reset='soft'"),
     # -- energy ---------------------------------------------------------------------------------
     Case("hw-profile-unknown", "energy {w}/digits --hw loihi9 --out {out}/e", "unknown hardware profile 'loihi9'"),
     Case("hw-profile-not-toml", "energy {w}/digits --hw {w}/broken.toml --out {out}/e", "not valid TOML"),
-    Case("hw-profile-unknown-key", "energy {w}/digits --hw {w}/misspelt.toml --out {out}/e", "key 'energy.spikes' is unknown"),
-    Case("hw-profile-file-missing", "energy {w}/digits --hw {w}/nowhere.toml --out {out}/e", "no hardware profile file"),
+    Case(
+        "hw-profile-unknown-key",
+        "energy {w}/digits --hw {w}/misspelt.toml --out {out}/e",
+        "key 'energy.spikes' is unknown",
+    ),
+    Case(
+        "hw-profile-file-missing", "energy {w}/digits --hw {w}/nowhere.toml --out {out}/e", "no hardware profile file"
+    ),
     Case("energy-without-out", "energy {w}/digits", "the following arguments are required: --out"),
-    Case("energy-out-is-a-file", "energy {w}/digits --samples 2 --out {out}/taken", "is a file; give a folder", make=("taken",)),
+    Case(
+        "energy-out-is-a-file",
+        "energy {w}/digits --samples 2 --out {out}/taken",
+        "is a file; give a folder",
+        make=("taken",),
+    ),
     # -- train ----------------------------------------------------------------------------------
     Case("train-without-out", "train --timesteps 4", "--out is required"),
     Case("train-out-is-a-file", "train --out {out}/taken", "is a file; give a folder", make=("taken",)),
@@ -134,16 +205,28 @@ CASES = [
     Case("train-timesteps-huge", "train --timesteps 10000000 --out {out}/run", "--timesteps must be at most 10000"),
     Case("train-batch-size-negative", "train --batch-size -1 --out {out}/run", "--batch-size must be positive"),
     Case("train-dataset-unknown", "train --dataset svhn --out {out}/run", "invalid choice: 'svhn'"),
-    Case("train-mnist-folder-missing", "train --dataset mnist --data-dir {w}/nowhere --out {out}/run", "does not exist"),
+    Case(
+        "train-mnist-folder-missing", "train --dataset mnist --data-dir {w}/nowhere --out {out}/run", "does not exist"
+    ),
     Case("train-resume-nothing", "train --resume --out {out}/run", "nothing to resume"),
     Case("config-missing", "train --config {w}/nowhere.yaml --out {out}/run", "does not exist"),
     Case("config-json-suffix", "train --config {w}/config.json --out {out}/run", "must end in .yaml, .yml or .toml"),
     Case("config-yaml-unknown-key", "train --config {w}/unknown-key.yaml --out {out}/run", "unknown key 'epochs'"),
-    Case("config-yaml-wrong-type", "train --config {w}/wrong-type.yaml --out {out}/run", "key 'timesteps' must be an integer"),
+    Case(
+        "config-yaml-wrong-type",
+        "train --config {w}/wrong-type.yaml --out {out}/run",
+        "key 'timesteps' must be an integer",
+    ),
     Case("config-yaml-malformed", "train --config {w}/malformed.yaml --out {out}/run", "is not valid"),
     Case("config-yaml-not-a-mapping", "train --config {w}/list.yaml --out {out}/run", "must hold a mapping"),
-    Case("config-toml-unknown-key", "train --config {w}/unknown-key.toml --out {out}/run", "unknown key 'learning_rate'"),
-    Case("config-toml-wrong-type", "train --config {w}/wrong-type.toml --out {out}/run", "key 'student_lr' must be a number"),
+    Case(
+        "config-toml-unknown-key", "train --config {w}/unknown-key.toml --out {out}/run", "unknown key 'learning_rate'"
+    ),
+    Case(
+        "config-toml-wrong-type",
+        "train --config {w}/wrong-type.toml --out {out}/run",
+        "key 'student_lr' must be a number",
+    ),
     Case("config-toml-malformed", "train --config {w}/malformed.toml --out {out}/run", "is not valid"),
     Case("resume-corrupt-config-json", "train --resume --out {w}/run-corrupt-config", "config.json"),
     Case("resume-config-json-not-a-mapping", "train --resume --out {w}/run-list-config", "config.json"),
@@ -153,8 +236,14 @@ CASES = [
 # -- the inputs, built once ------------------------------------------------------------------------
 def digits_student(**config) -> SpikingStudent:
     """A 10-class student for the bundled 16x16 digits: conv-LIF-pool-flatten-linear."""
-    cfg = StudentConfig("digits", (1, 16, 16), 10, (Conv(1, 4, 3, 1, 1), AvgPool(2), Flatten(), Linear(4 * 8 * 8, 10)),
-                        timesteps=3, **config)
+    cfg = StudentConfig(
+        "digits",
+        (1, 16, 16),
+        10,
+        (Conv(1, 4, 3, 1, 1), AvgPool(2), Flatten(), Linear(4 * 8 * 8, 10)),
+        timesteps=3,
+        **config,
+    )
     torch.manual_seed(0)
     return SpikingStudent(cfg, leak=0.9, thresholds=[0.3]).eval()
 
@@ -163,7 +252,9 @@ def write_mnist(root: Path, test_labels: int = 5) -> Path:
     rng = np.random.default_rng(0)
     raw = root / "MNIST" / "raw"
     write_idx(raw, "train", rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), rng.integers(0, 10, 6, dtype=np.uint8))
-    write_idx(raw, "t10k", rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), rng.integers(0, 10, test_labels, dtype=np.uint8))
+    write_idx(
+        raw, "t10k", rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), rng.integers(0, 10, test_labels, dtype=np.uint8)
+    )
     return raw
 
 
@@ -208,28 +299,48 @@ def world(tmp_path_factory) -> Path:
     save_file({"weight": torch.zeros(2)}, str(w / "foreign.safetensors"))
     config = digits.config.to_dict()
     save_description(w / "desc-not-json.safetensors", digits, "{layers: [")
-    save_description(w / "desc-kernel0.safetensors", digits,
-                     {**config, "layers": [{**config["layers"][0], "kernel_size": 0}, *config["layers"][1:]]})
+    save_description(
+        w / "desc-kernel0.safetensors",
+        digits,
+        {**config, "layers": [{**config["layers"][0], "kernel_size": 0}, *config["layers"][1:]]},
+    )
     save_description(w / "desc-classes.safetensors", digits, {**config, "num_classes": "10"})
-    huge = {**config, "layers": [{**config["layers"][0], "out_channels": 10**6}, *config["layers"][1:3],
-                                 {**config["layers"][3], "in_features": 64 * 10**6}]}
+    huge = {
+        **config,
+        "layers": [
+            {**config["layers"][0], "out_channels": 10**6},
+            *config["layers"][1:3],
+            {**config["layers"][3], "in_features": 64 * 10**6},
+        ],
+    }
     save_description(w / "desc-huge.safetensors", digits, huge)  # refused before 64e12 weights are allocated
-    save_description(w / "no-leak.safetensors", digits, config,
-                     {k: v for k, v in digits.state_dict().items() if k != "leak"})
+    save_description(
+        w / "no-leak.safetensors", digits, config, {k: v for k, v in digits.state_dict().items() if k != "leak"}
+    )
 
     # exported files that are not ours
     Image.new("L", (8, 8)).save(w / "image.png")
     for suffix in (".onnx", ".h5"):
         (w / f"image{suffix}").write_bytes((w / "image.png").read_bytes())
     (w / "notes.txt").write_text("not a model\n")
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph), w / "foreign.onnx")
-    nir.write(w / "foreign.nir", nir.NIRGraph(
-        nodes={"input": nir.Input(input_type={"input": np.array([3])}), "linear": nir.Linear(weight=np.ones((2, 3))),
-               "output": nir.Output(output_type={"output": np.array([2])})},
-        edges=[("input", "linear"), ("linear", "output")]))
+    nir.write(
+        w / "foreign.nir",
+        nir.NIRGraph(
+            nodes={
+                "input": nir.Input(input_type={"input": np.array([3])}),
+                "linear": nir.Linear(weight=np.ones((2, 3))),
+                "output": nir.Output(output_type={"output": np.array([2])}),
+            },
+            edges=[("input", "linear"), ("linear", "output")],
+        ),
+    )
     for name in ("plain-hdf5.nir", "foreign.h5"):
         with h5py.File(w / name, "w") as f:
             f["data"] = np.arange(3)
@@ -275,8 +386,13 @@ def tree(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else [])
-                                  for c in CASES])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else [])
+        for c in CASES
+    ],
+)
 def test_bad_input_is_one_line_and_leaves_nothing(case: Case, world: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -319,8 +435,10 @@ def test_lava_check_refuses_nan_weights():
 def test_entry_point_prints_one_line_and_debug_shows_the_traceback(tmp_path):
     exe = Path(sys.executable).with_name("lasnn-deploy")
     argv = [str(exe), "export", str(tmp_path / "nothing"), "--target", "onnx"]
-    plain, debug = (subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                    for a in (argv, [argv[0], "--debug", *argv[1:]]))
+    plain, debug = (
+        subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for a in (argv, [argv[0], "--debug", *argv[1:]])
+    )
     _, plain_err = plain.communicate(timeout=300)
     _, debug_err = debug.communicate(timeout=300)
     assert plain.returncode == 2

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import make_student, run_cli
+
 from lasnn_deploy.student import save_student
 
 COMMANDS = ["demo", "train", "evaluate", "export", "validate", "energy", "import", "tradeoff"]
@@ -40,7 +40,9 @@ def test_unknown_option_is_one_line(capsys):
 
 
 def test_train_with_missing_data_folder_names_the_layout(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "train", "--dataset", "mnist", "--data-dir", "/nonexistent", "--out", str(tmp_path / "run"))
+    code, _, err = run_cli(
+        capsys, "train", "--dataset", "mnist", "--data-dir", "/nonexistent", "--out", str(tmp_path / "run")
+    )
     assert_one_line_error(code, err, "/nonexistent", "MNIST/raw/")
     assert not (tmp_path / "run" / "student.safetensors").exists()
 

@@ -5,9 +5,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import write_idx
 from PIL import Image
 
-from helpers import write_idx
 from lasnn_deploy.data import data_info, first_samples, load_split
 from lasnn_deploy.errors import UserError
 
@@ -16,8 +16,12 @@ from lasnn_deploy.errors import UserError
 def mnist_root(tmp_path):
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 12), ("t10k", 5)):
-        write_idx(tmp_path / "MNIST" / "raw", prefix, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-                  rng.integers(0, 10, n, dtype=np.uint8))
+        write_idx(
+            tmp_path / "MNIST" / "raw",
+            prefix,
+            rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, n, dtype=np.uint8),
+        )
     return tmp_path
 
 
@@ -52,7 +56,14 @@ def write_cifar(root, folder, train_files, test_file, meta_name, label_key, n=4,
 
 
 def test_cifar10_and_cifar100_read_python_batches(tmp_path):
-    base = write_cifar(tmp_path, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta", "labels")
+    base = write_cifar(
+        tmp_path,
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "batches.meta",
+        "labels",
+    )
     train = load_split("cifar10", tmp_path, "train")
     assert len(train) == 20 and data_info(train).input_shape == (3, 32, 32)
     raw = pickle.loads((base / "test_batch").read_bytes())["data"][0]
@@ -63,7 +74,14 @@ def test_cifar10_and_cifar100_read_python_batches(tmp_path):
 
 
 def test_corrupt_cifar_batch_is_one_clear_error(tmp_path):
-    base = write_cifar(tmp_path, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta", "labels")
+    base = write_cifar(
+        tmp_path,
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "batches.meta",
+        "labels",
+    )
     (base / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="corrupt batch"):
         load_split("cifar10", tmp_path, "test")
@@ -75,7 +93,9 @@ def test_image_folder_and_cifar_subset_layout(tmp_path):
         for cls in ("cat", "dog"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(2):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
     for name in ("imagefolder", "cifar10"):
         test = load_split(name, tmp_path, "test")
         assert len(test) == 4 and data_info(test).num_classes == 2
@@ -96,11 +116,14 @@ def test_digits_is_bundled_and_split_deterministically():
     assert torch.equal(x[1, 0, ::2, ::2], torch.tensor(load_digits().images[5], dtype=torch.float32) / 16)
 
 
-@pytest.mark.parametrize("args,match", [
-    (("svhn", None, "train"), "unknown data set"),
-    (("mnist", None, "train"), "--data-dir is required"),
-    (("digits", None, "validation"), "unknown split"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (("svhn", None, "train"), "unknown data set"),
+        (("mnist", None, "train"), "--data-dir is required"),
+        (("digits", None, "validation"), "unknown split"),
+    ],
+)
 def test_bad_data_arguments(args, match):
     with pytest.raises(UserError, match=match):
         load_split(*args)

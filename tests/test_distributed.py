@@ -87,7 +87,9 @@ def _watch_writes(root: str, seen: list[str]):
     def hook(event: str, args: tuple) -> None:
         if event == "open":
             path, mode, flags = args
-            writes = any(c in (mode or "") for c in "wax+") or (mode is None and isinstance(flags, int) and flags & WRITE_FLAGS)
+            writes = any(c in (mode or "") for c in "wax+") or (
+                mode is None and isinstance(flags, int) and flags & WRITE_FLAGS
+            )
             targets = [path] if writes else []
         elif event in WRITES:
             targets = list(args)
@@ -139,7 +141,12 @@ def _worker(rank: int, world: int, jobs: list[dict], root: str) -> None:
 
 def _launch(jobs: list[dict], root: Path) -> None:
     ports = _free_ports(len(jobs))
-    mp.spawn(_worker, args=(2, [dict(job, port=p) for job, p in zip(jobs, ports)], str(root)), nprocs=2, join=True)
+    mp.spawn(
+        _worker,
+        args=(2, [dict(job, port=p) for job, p in zip(jobs, ports, strict=True)], str(root)),
+        nprocs=2,
+        join=True,
+    )
 
 
 def _in_float64(**options) -> Path:
@@ -190,13 +197,16 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     with pytest.raises(_Stop):
         train(out=str(stopped), on_epoch_end=_stop_after_first_ann_epoch, **LASNN)
     two = {"lasnn": root / "two", "tssd": root / "two-tssd"}
-    _launch([
-        dict(LASNN, out=str(root / "odd"), batch_size=15, expect="must divide by the 2 processes"),
-        dict(LASNN, out=str(stopped), resume=True, expect="written by 1 process(es) but this run has 2"),
-        dict(LASNN, out=str(two["lasnn"]), stop=True),
-        dict(LASNN, out=str(two["lasnn"]), resume=True),
-        dict(TSSD, out=_seeded(two["tssd"], one["lasnn"])),
-    ], root)
+    _launch(
+        [
+            dict(LASNN, out=str(root / "odd"), batch_size=15, expect="must divide by the 2 processes"),
+            dict(LASNN, out=str(stopped), resume=True, expect="written by 1 process(es) but this run has 2"),
+            dict(LASNN, out=str(two["lasnn"]), stop=True),
+            dict(LASNN, out=str(two["lasnn"]), resume=True),
+            dict(TSSD, out=_seeded(two["tssd"], one["lasnn"])),
+        ],
+        root,
+    )
     return {"root": root, **{f"one-{k}": v for k, v in one.items()}, **{f"two-{k}": v for k, v in two.items()}}
 
 
@@ -204,8 +214,14 @@ def test_two_processes_train_every_stage_to_the_weights_of_one(runs):
     for name in ("teacher", "ann", "converted", "student"):
         _assert_weights_close(runs["one-lasnn"] / f"{name}.safetensors", runs["two-lasnn"] / f"{name}.safetensors")
     one, two = _metrics(runs["one-lasnn"]), _metrics(runs["two-lasnn"])
-    for key in ("teacher_test_accuracy", "ann_test_accuracy", "converted_test_accuracy", "test_accuracy",
-                "spikes_per_sample", "converted_spikes_per_sample"):
+    for key in (
+        "teacher_test_accuracy",
+        "ann_test_accuracy",
+        "converted_test_accuracy",
+        "test_accuracy",
+        "spikes_per_sample",
+        "converted_spikes_per_sample",
+    ):
         assert one[key] == two[key], key
     assert one["thresholds"] == pytest.approx(two["thresholds"], rel=1e-12)
     for stage in ("teacher", "ann", "finetune"):
@@ -218,8 +234,10 @@ def test_two_processes_train_every_stage_to_the_weights_of_one(runs):
 def test_conversion_from_the_same_ann_gives_identical_thresholds_and_tssd_matches(runs):
     one, two = _metrics(runs["one-tssd"]), _metrics(runs["two-tssd"])
     assert one["stages"]["conversion"]["thresholds"] == two["stages"]["conversion"]["thresholds"]  # bit for bit
-    assert torch.equal(load_file(str(runs["one-tssd"] / "converted.safetensors"))["thresholds"],
-                       load_file(str(runs["two-tssd"] / "converted.safetensors"))["thresholds"])
+    assert torch.equal(
+        load_file(str(runs["one-tssd"] / "converted.safetensors"))["thresholds"],
+        load_file(str(runs["two-tssd"] / "converted.safetensors"))["thresholds"],
+    )
     _assert_weights_close(runs["one-tssd"] / "student.safetensors", runs["two-tssd"] / "student.safetensors")
     assert one["test_accuracy"] == two["test_accuracy"] and one["spikes_per_sample"] == two["spikes_per_sample"]
 
@@ -228,8 +246,16 @@ def test_the_resumed_run_cleaned_up_and_left_no_temporaries(runs):
     folder = runs["two-lasnn"]
     assert not (folder / "checkpoints").exists()
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["ann.safetensors", "config.json", "converted.safetensors", "metrics.json", "progress.json",
-         "student.safetensors", "teacher.safetensors"])
+        [
+            "ann.safetensors",
+            "config.json",
+            "converted.safetensors",
+            "metrics.json",
+            "progress.json",
+            "student.safetensors",
+            "teacher.safetensors",
+        ]
+    )
 
 
 @pytest.mark.slow  # one more launch of two processes, each importing torch
@@ -239,9 +265,22 @@ def test_torchrun_cli_converts_to_the_thresholds_of_one_process(runs, tmp_path):
     reference = train(out=_seeded(tmp_path / "one", runs["one-lasnn"]), **options)
     folder = _seeded(tmp_path / "two", runs["one-lasnn"])
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items() if not isinstance(v, bool)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "lasnn_deploy", "train", *flags, "--no-progress", f"--out={folder}"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "lasnn_deploy",
+        "train",
+        *flags,
+        "--no-progress",
+        f"--out={folder}",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = _metrics(reference), _metrics(Path(folder))
     assert one["thresholds"] == two["thresholds"]

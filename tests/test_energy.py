@@ -1,4 +1,4 @@
-"""Energy and deployability (SPEC sections 4 and 5): exact counts on hand-fixed spikes, profile
+"""Energy and deployability (docs/semantics.md, 'Energy counts' and 'Files the commands write'): exact counts on hand-fixed spikes, profile
 files, core mapping, the report files, and SANA-FE in its own process."""
 
 from __future__ import annotations
@@ -13,20 +13,30 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import make_student, small_resnet
-from lasnn_deploy.errors import UserError
 from lasnn_deploy.hw_targets.constraints import map_to_cores
 from lasnn_deploy.hw_targets.counting import ann_macs, conv_reach, count_events
 from lasnn_deploy.hw_targets.energy import price_layer, run_and_count
 from lasnn_deploy.hw_targets.placement import place
 from lasnn_deploy.hw_targets.profile import PROFILE_DIR, list_profiles, load_profile
 from lasnn_deploy.hw_targets.report import energy_report, traffic_counter
-from lasnn_deploy.hw_targets.traffic import TrafficCounter
 from lasnn_deploy.hw_targets.sanafe_compare import compare_with_sanafe, sanafe_available
+from lasnn_deploy.hw_targets.traffic import TrafficCounter
+
+from lasnn_deploy.errors import UserError
 from lasnn_deploy.neurons import poisson_spikes
-from lasnn_deploy.student import (AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig, Trace,
-                                  deployed_layers, save_student)
+from lasnn_deploy.student import (
+    AvgPool,
+    Conv,
+    Flatten,
+    Linear,
+    Shortcut,
+    SpikingStudent,
+    StudentConfig,
+    Trace,
+    deployed_layers,
+    save_student,
+)
 
 SPEC_KEYS = {"hardware", "timesteps", "samples", "layers", "total_energy_j", "ann_macs", "ann_energy_j", "profile"}
 LAYER_KEYS = {"name", "neurons", "spikes", "firing_rate", "synops", "macs", "neuron_updates", "energy_j"}
@@ -36,21 +46,27 @@ def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-30)
 
 
-# -- independent references: the SPEC's own formulas, computed with torch convolutions ------------
+# -- independent references: the contract's own formulas, computed with torch convolutions ------------
 def ref_synops(spikes: torch.Tensor, conv: Conv | None, pool: int, out_features: int | None = None) -> np.ndarray:
     """Synops per sample of spikes ``[T, B, ...]`` entering a layer: conv(spikes, all-ones kernel of
     the folded shape) summed over time, outputs and channels; or spikes x out_features."""
     s = spikes.double()
     if conv is None:
         return (s.sum(dim=(0, *range(2, s.dim()))) * out_features).numpy()
-    ones = torch.ones(conv.out_channels, conv.in_channels, conv.kernel_size * pool, conv.kernel_size * pool, dtype=torch.float64)
-    out = torch.stack([F.conv2d(s[t], ones, stride=conv.stride * pool, padding=conv.padding * pool) for t in range(s.shape[0])])
+    ones = torch.ones(
+        conv.out_channels, conv.in_channels, conv.kernel_size * pool, conv.kernel_size * pool, dtype=torch.float64
+    )
+    out = torch.stack(
+        [F.conv2d(s[t], ones, stride=conv.stride * pool, padding=conv.padding * pool) for t in range(s.shape[0])]
+    )
     return out.sum(dim=(0, 2, 3, 4)).numpy()
 
 
 def ref_dense_macs(conv: Conv, in_shape: tuple[int, int, int]) -> int:
     ones = torch.ones(conv.out_channels, conv.in_channels, conv.kernel_size, conv.kernel_size, dtype=torch.float64)
-    return int(F.conv2d(torch.ones(1, *in_shape, dtype=torch.float64), ones, stride=conv.stride, padding=conv.padding).sum())
+    return int(
+        F.conv2d(torch.ones(1, *in_shape, dtype=torch.float64), ones, stride=conv.stride, padding=conv.padding).sum()
+    )
 
 
 def ref_energy(spikes, synops, macs, updates, profile) -> float:
@@ -92,7 +108,12 @@ def test_hand_fixed_spikes_give_exact_counts_and_energy():
     conv_a, conv_b = cfg.layers[0], cfg.layers[3]
     # Spikes by hand: the input spikes above reach 4*4, 4*6 and 4*9 synapses of conv_a (4 channels).
     assert np.array_equal(ref_synops(x_in, conv_a, 1), [4 * 4 + 4 * 6, 4 * 9])
-    want_synops = [ref_synops(x_in, conv_a, 1), ref_synops(s1, conv_b, 2), ref_synops(s2, None, 2, 12), ref_synops(s3, None, 1, 5)]
+    want_synops = [
+        ref_synops(x_in, conv_a, 1),
+        ref_synops(s1, conv_b, 2),
+        ref_synops(s2, None, 2, 12),
+        ref_synops(s3, None, 1, 5),
+    ]
     want_spikes = [[3, 2], [1, 6], [4, 1], [0, 0]]
     neurons = [4 * 64, 6 * 16, 12, 5]
     profile = load_profile("loihi")
@@ -123,7 +144,12 @@ def test_direct_encoding_counts_first_layer_as_macs_once():
 def test_ann_macs_on_the_pooled_graph():
     cfg = make_student().config
     got = ann_macs(cfg)
-    assert got == {0: ref_dense_macs(cfg.layers[0], (1, 8, 8)), 3: ref_dense_macs(cfg.layers[3], (4, 4, 4)), 6: 24 * 12, 7: 12 * 5}
+    assert got == {
+        0: ref_dense_macs(cfg.layers[0], (1, 8, 8)),
+        3: ref_dense_macs(cfg.layers[3], (4, 4, 4)),
+        6: 24 * 12,
+        7: 12 * 5,
+    }
 
 
 def tiny_resnet() -> SpikingStudent:
@@ -132,8 +158,19 @@ def tiny_resnet() -> SpikingStudent:
     LIF populations A..F: A conv0 [2,4,4], B conv2 [2,2,2] (pool folded), C conv3 + identity from
     pool(A) [2,2,2], D conv5 [3,2,2], E conv6 [4,1,1], F conv7 + projection from D [4,1,1].
     """
-    layers = (Conv(1, 2, 3, 1, 1), AvgPool(2), Conv(2, 2, 3, 1, 1), Conv(2, 2, 3, 1, 1), Shortcut(1, 2, 2),
-              Conv(2, 3, 1), Conv(3, 4, 3, 2, 1), Conv(4, 4, 1), Shortcut(5, 3, 4, 2), Flatten(), Linear(4, 2))
+    layers = (
+        Conv(1, 2, 3, 1, 1),
+        AvgPool(2),
+        Conv(2, 2, 3, 1, 1),
+        Conv(2, 2, 3, 1, 1),
+        Shortcut(1, 2, 2),
+        Conv(2, 3, 1),
+        Conv(3, 4, 3, 2, 1),
+        Conv(4, 4, 1),
+        Shortcut(5, 3, 4, 2),
+        Flatten(),
+        Linear(4, 2),
+    )
     cfg = StudentConfig("tiny-resnet", (1, 4, 4), 2, layers, timesteps=2, encoding="poisson")
     return SpikingStudent(cfg).eval()
 
@@ -174,7 +211,15 @@ def test_residual_hand_fixed_spikes_give_exact_counts():
     # 1x1 to 3 channels. conv6: 3x3 stride 2 on 2x2 -> 1x1 reaches 4 channels from anywhere.
     # conv7: 1x1 from E to 4 channels, and 4 per D spike at (0, 0) through the projection.
     shortcut = [None, None, [3, 16], None, None, [4 * 2, 4 * 3], None]
-    synops = [[26, 12], [8 * 3, 8 * 16], [8 * 1 + 3, 8 * 5 + 16], [3 * 2, 0], [4 * 3, 4 * 12], [4 * 2 + 8, 4 * 1 + 12], [2 * 4, 0]]
+    synops = [
+        [26, 12],
+        [8 * 3, 8 * 16],
+        [8 * 1 + 3, 8 * 5 + 16],
+        [3 * 2, 0],
+        [4 * 3, 4 * 12],
+        [4 * 2 + 8, 4 * 1 + 12],
+        [2 * 4, 0],
+    ]
     spikes = [[3, 16], [1, 5], [2, 0], [3, 12], [2, 1], [4, 0], [0, 0]]
     for count, want_shortcut, want_synops, want_spikes in zip(counts, shortcut, synops, spikes, strict=True):
         assert np.array_equal(count.synops, want_synops), count.name
@@ -193,14 +238,20 @@ def test_residual_core_mapping_counts_the_shortcut_axon_group(tmp_path):
     limits = load_profile(_write(tmp_path, GOOD + TINY_LIMITS)).limits
     d = map_to_cores(deployed_layers(tiny_resnet()), limits, weight_bits=8, direct_encoding=False)
     # conv3's neuron (c, y, x) reads all of B ([2,2,2], 8) and its own channel's 2x2 window of A.
-    conv3 = [{("B", i) for i in range(8)} | {("A", ch, 2 * y + dy, 2 * x + dx) for dy in (0, 1) for dx in (0, 1)}
-             for ch in range(2) for y in range(2) for x in range(2)]
+    conv3 = [
+        {("B", i) for i in range(8)} | {("A", ch, 2 * y + dy, 2 * x + dx) for dy in (0, 1) for dx in (0, 1)}
+        for ch in range(2)
+        for y in range(2)
+        for x in range(2)
+    ]
     # conv7's neuron reads all of E ([4,1,1]) and D's 3 channels at (0, 0).
     conv7 = [{("E", i) for i in range(4)} | {("D", ch) for ch in range(3)} for _ in range(4)]
     for m, fields in ((d.layers[2], conv3), (d.layers[5], conv7)):
         n = m.neurons_per_core
         assert m.synapses == sum(map(len, fields)) and m.max_fan_in == max(map(len, fields)), m.name
-        assert _chunks_fit(fields, n, 256, 12, 8) and (n == len(fields) or not _chunks_fit(fields, n + 1, 256, 12, 8)), m.name
+        assert _chunks_fit(fields, n, 256, 12, 8) and (
+            n == len(fields) or not _chunks_fit(fields, n + 1, 256, 12, 8)
+        ), m.name
     # By hand: conv3 has 8 + 4 = 12 synapses per neuron; two neighbours would fit 24 of 32 bytes but
     # read 8 + 8 = 16 axons, beyond 12. conv7: 4 + 3 per neuron, all four in one core.
     assert (d.layers[2].neurons_per_core, d.layers[2].limited_by, d.layers[2].cores) == (1, "input axons", 8)
@@ -211,9 +262,15 @@ def test_residual_core_mapping_counts_the_shortcut_axon_group(tmp_path):
 def test_residual_ann_macs_count_projections_with_their_block():
     cfg = tiny_resnet().config
     # conv7: 1x1 4 -> 4 on 1x1, plus the projection 3 -> 4 reading one position; the identity costs none.
-    assert ann_macs(cfg) == {0: ref_dense_macs(cfg.layers[0], (1, 4, 4)), 2: ref_dense_macs(cfg.layers[2], (2, 2, 2)),
-                             3: ref_dense_macs(cfg.layers[3], (2, 2, 2)), 5: 2 * 3 * 4, 6: 3 * 4 * 4,
-                             7: 4 * 4 + 3 * 4, 10: 4 * 2}
+    assert ann_macs(cfg) == {
+        0: ref_dense_macs(cfg.layers[0], (1, 4, 4)),
+        2: ref_dense_macs(cfg.layers[2], (2, 2, 2)),
+        3: ref_dense_macs(cfg.layers[3], (2, 2, 2)),
+        5: 2 * 3 * 4,
+        6: 3 * 4 * 4,
+        7: 4 * 4 + 3 * 4,
+        10: 4 * 2,
+    }
 
 
 def _ones_shortcut(spikes: torch.Tensor, weight: np.ndarray, stride: int) -> np.ndarray:
@@ -254,7 +311,12 @@ def test_energy_cli_on_a_resnet_digits_student(tmp_path, capsys):
     torch.manual_seed(0)
     student = SpikingStudent(build_student("resnet12", (1, 16, 16), 10, timesteps=4, width=0.125)).eval()
     path = save_student(student, tmp_path / "student.safetensors")
-    assert main(["energy", str(path), "--dataset", "digits", "--samples", "4", "--hw", "all", "--out", str(tmp_path / "e")]) == 0
+    assert (
+        main(
+            ["energy", str(path), "--dataset", "digits", "--samples", "4", "--hw", "all", "--out", str(tmp_path / "e")]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "e" / "energy.json").read_text())
     assert result["samples"] == 4 and sum("shortcut_synops" in l for l in result["reports"]["loihi"]["layers"]) == 4
 
@@ -262,7 +324,9 @@ def test_energy_cli_on_a_resnet_digits_student(tmp_path, capsys):
 def test_sanafe_refuses_a_residual_student_before_any_work(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(UserError, match="SANA-FE comparison supports feed-forward students only") as err:
-        energy_report(small_resnet().float(), torch.rand(2, 1, 8, 8), hw="loihi", out_dir=out, sanafe_samples=1, progress=False)
+        energy_report(
+            small_resnet().float(), torch.rand(2, 1, 8, 8), hw="loihi", out_dir=out, sanafe_samples=1, progress=False
+        )
     assert "without --sanafe" in str(err.value) and "\n" not in str(err.value)
     assert not out.exists()
 
@@ -274,15 +338,24 @@ def test_report_numbers_equal_independent_counts(tmp_path, encoding):
     student = make_student(encoding, timesteps=T)
     cfg = student.config
     x = torch.rand(5, 1, 8, 8)
-    result = energy_report(student, x, torch.arange(5) % 5, hw="loihi", out_dir=tmp_path, seed=seed, batch_size=2, progress=False)
+    result = energy_report(
+        student, x, torch.arange(5) % 5, hw="loihi", out_dir=tmp_path, seed=seed, batch_size=2, progress=False
+    )
     profile = load_profile("loihi")
     # Independent run: Poisson spikes of sample i drawn with seed + i, whatever the batch.
     s0 = torch.stack([poisson_spikes(x[i], T, seed + i) for i in range(5)], dim=1) if encoding == "poisson" else None
     with torch.no_grad():
         trace = student.run(input_spikes=s0, record=True) if s0 is not None else student.run(x, record=True)
     first = ref_synops(s0, cfg.layers[0], 1) if s0 is not None else np.zeros(5)
-    synops = [first, ref_synops(trace.spikes[0], cfg.layers[3], 2), ref_synops(trace.spikes[1], None, 1, 12), ref_synops(trace.spikes[2], None, 1, 5)]
-    spikes = [s.double().sum(dim=tuple(d for d in range(s.dim()) if d != 1)).numpy() for s in trace.spikes] + [np.zeros(5)]
+    synops = [
+        first,
+        ref_synops(trace.spikes[0], cfg.layers[3], 2),
+        ref_synops(trace.spikes[1], None, 1, 12),
+        ref_synops(trace.spikes[2], None, 1, 5),
+    ]
+    spikes = [s.double().sum(dim=tuple(d for d in range(s.dim()) if d != 1)).numpy() for s in trace.spikes] + [
+        np.zeros(5)
+    ]
     macs = [ref_dense_macs(cfg.layers[0], (1, 8, 8)) if encoding == "direct" else 0, 0, 0, 0]
     neurons = [256, 96, 12, 5]
     total = np.zeros(5)
@@ -297,12 +370,15 @@ def test_report_numbers_equal_independent_counts(tmp_path, encoding):
     assert result["ann_macs"] == ann and close(result["ann_energy_j"], ann * 4.6e-12)
     if encoding == "poisson":
         assert close(result["input_spikes"], s0.double().sum(dim=(0, 2, 3, 4)).mean().item())
-    # Files: the JSON on disk is the result; SPEC keys; a summary and three PNG plots.
+    # Files: the JSON on disk is the result; the contract's keys; a summary and three PNG plots.
     on_disk = json.loads((tmp_path / "energy.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
     assert SPEC_KEYS | {"cores", "chips", "violations"} <= set(on_disk) and on_disk["hardware"] == "loihi"
     assert all(LAYER_KEYS <= set(l) for l in on_disk["layers"])
-    assert on_disk["profile"]["energy_j"]["synop"]["joules"] == 23.6e-12 and "Davies" in on_disk["profile"]["energy_j"]["synop"]["source"]
+    assert (
+        on_disk["profile"]["energy_j"]["synop"]["joules"] == 23.6e-12
+        and "Davies" in on_disk["profile"]["energy_j"]["synop"]["source"]
+    )
     assert on_disk["cores"] == 4 and on_disk["chips"] == 1 and on_disk["violations"] == []
     assert "| conv0 |" in (tmp_path / "energy.md").read_text()
     for png in ("firing_rate.png", "energy_by_layer.png", "snn_vs_ann.png"):
@@ -337,8 +413,14 @@ def test_shipped_profiles_hold_the_spec_figures():
     assert (cmos.e_synop, cmos.e_mac) == (0.9e-12, 4.6e-12)
     assert (loihi.e_synop, loihi.e_neuron, loihi.e_spike) == (23.6e-12, 81e-12, 1.7e-12)
     lim = loihi.limits
-    assert (lim.cores_per_chip.value, lim.compartments_per_core.value, lim.synaptic_memory_per_core_bytes.value,
-            lim.input_axons_per_core.value, lim.weight_bits_min, lim.weight_bits_max) == (128, 1024, 128 * 1024, 4096, 1, 9)
+    assert (
+        lim.cores_per_chip.value,
+        lim.compartments_per_core.value,
+        lim.synaptic_memory_per_core_bytes.value,
+        lim.input_axons_per_core.value,
+        lim.weight_bits_min,
+        lim.weight_bits_max,
+    ) == (128, 1024, 128 * 1024, 4096, 1, 9)
     for name in list_profiles():  # every figure carries the source written beside it; unknown ones say so
         written = tomllib.loads((PROFILE_DIR / f"{name}.toml").read_text())["energy"]
         loaded = load_profile(name).energy
@@ -346,7 +428,10 @@ def test_shipped_profiles_hold_the_spec_figures():
         for key, figure in loaded.items():
             assert figure.source == written[key]["source"], (name, key)
             if written[key]["joules"] == "unknown":
-                assert math.isnan(figure.value) and re.search(r"unpublished|unknown|no .*figure", figure.source), (name, key)
+                assert math.isnan(figure.value) and re.search(r"unpublished|unknown|no .*figure", figure.source), (
+                    name,
+                    key,
+                )
             else:
                 assert figure.value == written[key]["joules"], (name, key)
 
@@ -360,13 +445,19 @@ def _write(tmp_path, text: str):
 GOOD = (load_profile("cmos45").path).read_text()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name = 'x'\n[energy\n", "not valid TOML"),
-    (GOOD.replace("[energy.spike]\njoules = 0.0\n", "[energy.spike]\n"), "key 'energy.spike.joules' is missing"),
-    (GOOD + "\n[energy.photon]\njoules = 1.0\nsource = 'x'\n", "key 'energy.photon' is unknown"),
-    (GOOD.replace("joules = 4.6e-12", "joules = 'a lot'", 1), "key 'energy.mac.joules' must be a non-negative number"),
-    ("colour = 'red'\n" + GOOD, "key 'colour' is unknown"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name = 'x'\n[energy\n", "not valid TOML"),
+        (GOOD.replace("[energy.spike]\njoules = 0.0\n", "[energy.spike]\n"), "key 'energy.spike.joules' is missing"),
+        (GOOD + "\n[energy.photon]\njoules = 1.0\nsource = 'x'\n", "key 'energy.photon' is unknown"),
+        (
+            GOOD.replace("joules = 4.6e-12", "joules = 'a lot'", 1),
+            "key 'energy.mac.joules' must be a non-negative number",
+        ),
+        ("colour = 'red'\n" + GOOD, "key 'colour' is unknown"),
+    ],
+)
 def test_malformed_profile_files_fail_with_one_line(tmp_path, text, message):
     path = _write(tmp_path, text)
     with pytest.raises(UserError) as err:
@@ -422,20 +513,28 @@ def _receptive_fields(conv: Conv, in_hw: int) -> list[set[int]]:
     for _co in range(conv.out_channels):
         for oh in range(out_hw):
             for ow in range(out_hw):
-                fields.append({
-                    (ci * in_hw + ih) * in_hw + iw
-                    for ci in range(conv.in_channels)
-                    for ih in range(oh * conv.stride - conv.padding, oh * conv.stride - conv.padding + conv.kernel_size)
-                    for iw in range(ow * conv.stride - conv.padding, ow * conv.stride - conv.padding + conv.kernel_size)
-                    if 0 <= ih < in_hw and 0 <= iw < in_hw
-                })
+                fields.append(
+                    {
+                        (ci * in_hw + ih) * in_hw + iw
+                        for ci in range(conv.in_channels)
+                        for ih in range(
+                            oh * conv.stride - conv.padding, oh * conv.stride - conv.padding + conv.kernel_size
+                        )
+                        for iw in range(
+                            ow * conv.stride - conv.padding, ow * conv.stride - conv.padding + conv.kernel_size
+                        )
+                        if 0 <= ih < in_hw and 0 <= iw < in_hw
+                    }
+                )
     return fields
 
 
 def test_core_mapping_on_a_network_beyond_the_core_limits(tmp_path):
     limits = load_profile(_write(tmp_path, GOOD + TINY_LIMITS)).limits
     conv = Conv(1, 2, 3, 1, 1)
-    cfg = StudentConfig("tiny", (1, 4, 4), 2, (conv, Flatten(), Linear(32, 3), Linear(3, 2)), timesteps=2, encoding="poisson")
+    cfg = StudentConfig(
+        "tiny", (1, 4, 4), 2, (conv, Flatten(), Linear(32, 3), Linear(3, 2)), timesteps=2, encoding="poisson"
+    )
     layers = deployed_layers(SpikingStudent(cfg))
     d = map_to_cores(layers, limits, weight_bits=8, direct_encoding=False)
     fields = _receptive_fields(conv, 4)
@@ -487,8 +586,13 @@ def test_sanafe_runs_in_its_own_process(encoding, bias):
     # Soma and time too, but for the updates of potentials that inputs on this 1/16 grid bring back
     # to exactly zero (SANA-FE then skips the update; our count cannot see a zero potential).
     terms = result["terms"]
-    assert abs(terms["synapse"]["relative_difference"]) < 1e-9 and abs(terms["network"]["relative_difference"]) < 1e-9, terms
-    assert abs(terms["soma"]["relative_difference"]) < 0.01 and abs(result["time_per_step_s"]["relative_difference"]) < 0.01, result
+    assert (
+        abs(terms["synapse"]["relative_difference"]) < 1e-9 and abs(terms["network"]["relative_difference"]) < 1e-9
+    ), terms
+    assert (
+        abs(terms["soma"]["relative_difference"]) < 0.01
+        and abs(result["time_per_step_s"]["relative_difference"]) < 0.01
+    ), result
 
 
 @pytest.mark.skipif(not sanafe_available(), reason="SANA-FE (optional, GPL-3.0) is not installed")
@@ -529,8 +633,12 @@ def test_a_bias_is_its_own_term_priced_per_profile(tmp_path):
         for layer, spikes in zip(report["layers"], [*trace.spikes, torch.zeros(1, 3)], strict=True):
             assert close(layer["spikes"], float(spikes.sum()) / 3)
             c = layer["energy_by_category_j"]
-            expected = layer["synops"] * profile.e_synop + layer["macs"] * profile.e_mac + \
-                layer["neuron_updates"] * profile.e_neuron + layer["spikes"] * profile.e_spike
+            expected = (
+                layer["synops"] * profile.e_synop
+                + layer["macs"] * profile.e_mac
+                + layer["neuron_updates"] * profile.e_neuron
+                + layer["spikes"] * profile.e_spike
+            )
             if profile.bias_known:
                 assert close(c["bias_inputs"], layer["bias_inputs"] * profile.e_bias)
                 expected += layer["bias_inputs"] * profile.e_bias
@@ -556,4 +664,6 @@ def test_profile_bias_figure_is_optional_and_may_be_unknown(tmp_path):
     assert not load_profile(_write(tmp_path, GOOD.split("[energy.bias]")[0])).bias_known  # absent: unknown
     assert load_profile("cmos45").e_bias == 0.9e-12 and not load_profile("truenorth").bias_known
     # any figure may be "unknown" (Loihi 2 publishes no per-event energies): listed, never guessed
-    assert load_profile(_write(tmp_path, GOOD.replace("joules = 4.6e-12", 'joules = "unknown"', 1))).unknown == ["energy.mac"]
+    assert load_profile(_write(tmp_path, GOOD.replace("joules = 4.6e-12", 'joules = "unknown"', 1))).unknown == [
+        "energy.mac"
+    ]

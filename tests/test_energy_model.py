@@ -9,10 +9,7 @@ import re
 
 import pytest
 import torch
-
 from helpers import make_student
-from lasnn_deploy.cli import main
-from lasnn_deploy.errors import UserError
 from lasnn_deploy.hw_targets.baselines import break_even_rate
 from lasnn_deploy.hw_targets.counting import ann_macs
 from lasnn_deploy.hw_targets.energy import run_and_count
@@ -21,17 +18,21 @@ from lasnn_deploy.hw_targets.profile import load_profile
 from lasnn_deploy.hw_targets.report import energy_report, profile_report
 from lasnn_deploy.hw_targets.tradeoff import parse_timesteps
 from lasnn_deploy.hw_targets.traffic import TrafficCounter
+
+from lasnn_deploy.cli import main
+from lasnn_deploy.errors import UserError
 from lasnn_deploy.student import Flatten, Linear, SpikingStudent, StudentConfig, Trace, deployed_layers, save_student
 
 CALIBRATED = load_profile("loihi_calibrated").path.read_text()
 # A chip of 2 x 2 tiles of 2 cores, every latency 0 but 1 ns per neuron access, a flat 1 us barrier.
-SMALL_MESH = (CALIBRATED.replace("[mesh.cores_per_tile]\nvalue = 4", "[mesh.cores_per_tile]\nvalue = 2")
-              .replace("[mesh.tiles_x]\nvalue = 8", "[mesh.tiles_x]\nvalue = 2")
-              .replace("[mesh.tiles_y]\nvalue = 4", "[mesh.tiles_y]\nvalue = 2")
-              .replace("[limits.cores_per_chip]\nvalue = 128", "[limits.cores_per_chip]\nvalue = 8")
-              .replace("tiles = [1, 2, 4, 29]\nseconds = [0.6e-6, 1.0e-6, 1.4e-6, 1.8e-6]",
-                       "tiles = [1]\nseconds = [1e-6]")
-              .replace("[static.power_per_chip]\nwatts = 0.029", "[static.power_per_chip]\nwatts = 0.5"))
+SMALL_MESH = (
+    CALIBRATED.replace("[mesh.cores_per_tile]\nvalue = 4", "[mesh.cores_per_tile]\nvalue = 2")
+    .replace("[mesh.tiles_x]\nvalue = 8", "[mesh.tiles_x]\nvalue = 2")
+    .replace("[mesh.tiles_y]\nvalue = 4", "[mesh.tiles_y]\nvalue = 2")
+    .replace("[limits.cores_per_chip]\nvalue = 128", "[limits.cores_per_chip]\nvalue = 8")
+    .replace("tiles = [1, 2, 4, 29]\nseconds = [0.6e-6, 1.0e-6, 1.4e-6, 1.8e-6]", "tiles = [1]\nseconds = [1e-6]")
+    .replace("[static.power_per_chip]\nwatts = 0.029", "[static.power_per_chip]\nwatts = 0.5")
+)
 for key in ("neuron_update", "spike", "message_out", "message_in", "synop", "synop_conv"):
     SMALL_MESH = SMALL_MESH.replace(f"[latency.{key}]\nseconds = ", f"[latency.{key}]\nseconds = 0.0 #")
 SMALL_MESH = SMALL_MESH.replace("[latency.neuron]\nseconds = 6.0e-9", "[latency.neuron]\nseconds = 1e-9")
@@ -97,8 +98,9 @@ def test_static_energy_is_static_power_times_chips_times_time(tmp_path):
 def test_int8_and_fp32_baselines_and_the_break_even_rate(tmp_path):
     student = make_student("poisson")
     macs = sum(ann_macs(student.config).values())
-    report = energy_report(student, torch.rand(3, 1, 8, 8), hw="loihi_calibrated", out_dir=tmp_path / "e",
-                           progress=False)
+    report = energy_report(
+        student, torch.rand(3, 1, 8, 8), hw="loihi_calibrated", out_dir=tmp_path / "e", progress=False
+    )
     b = report["ann_baselines"]
     assert math.isclose(b["int8"]["energy_j"], macs * (0.2e-12 + 0.03e-12), rel_tol=1e-12)
     assert math.isclose(b["fp32"]["energy_j"], macs * (3.7e-12 + 0.9e-12), rel_tol=1e-12)
@@ -137,8 +139,22 @@ def digits_run(tmp_path_factory):
 
 def test_tradeoff_command_on_the_digits_demo(digits_run, tmp_path, capsys):
     out = tmp_path / "t"
-    code = main(["tradeoff", str(digits_run), "--dataset", "digits", "--samples", "24", "--timesteps", "2,4",
-                 "--hw", "loihi_calibrated,cmos45,loihi2", "--out", str(out)])
+    code = main(
+        [
+            "tradeoff",
+            str(digits_run),
+            "--dataset",
+            "digits",
+            "--samples",
+            "24",
+            "--timesteps",
+            "2,4",
+            "--hw",
+            "loihi_calibrated,cmos45,loihi2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "tradeoff.json").read_text())
     rows = [(r["method"], r["timesteps"]) for r in result["rows"]]
@@ -154,14 +170,21 @@ def test_tradeoff_command_on_the_digits_demo(digits_run, tmp_path, capsys):
 
 
 # -- bad input ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: re.sub(r"\[energy.hop_ns\][^[]*", "", t), "key 'energy.hop_ns' is missing: a profile with a mesh"),
-    (lambda t: t.replace("[limits.cores_per_chip]\nvalue = 128", "[limits.cores_per_chip]\nvalue = 100"),
-     "key 'mesh' is impossible"),
-    (lambda t: t.replace("[mesh.tiles_x]\nvalue = 8", "[mesh.tiles_x]\nvalue = 0"),
-     "key 'mesh.tiles_x.value' must be a positive integer"),
-    (lambda t: t[: t.index("[mesh.cores_per_tile]")], "key 'mesh' is missing: energy.message"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: re.sub(r"\[energy.hop_ns\][^[]*", "", t), "key 'energy.hop_ns' is missing: a profile with a mesh"),
+        (
+            lambda t: t.replace("[limits.cores_per_chip]\nvalue = 128", "[limits.cores_per_chip]\nvalue = 100"),
+            "key 'mesh' is impossible",
+        ),
+        (
+            lambda t: t.replace("[mesh.tiles_x]\nvalue = 8", "[mesh.tiles_x]\nvalue = 0"),
+            "key 'mesh.tiles_x.value' must be a positive integer",
+        ),
+        (lambda t: t[: t.index("[mesh.cores_per_tile]")], "key 'mesh' is missing: energy.message"),
+    ],
+)
 def test_a_profile_the_placement_cannot_use_is_one_line_exit_2_nothing_written(tmp_path, capsys, edit, message):
     path = _profile(tmp_path, edit(CALIBRATED))
     with pytest.raises(UserError, match=message):
@@ -173,9 +196,10 @@ def test_a_profile_the_placement_cannot_use_is_one_line_exit_2_nothing_written(t
     assert message.split(":")[0] in err and err.count("\n") == 1 and not out.exists()
 
 
-@pytest.mark.parametrize("timesteps, message", [("2,0,8", "time steps must be an integer"),
-                                                ("4,2,4", "T = 4 appears twice"),
-                                                ("2,x", "comma-separated list")])
+@pytest.mark.parametrize(
+    "timesteps, message",
+    [("2,0,8", "time steps must be an integer"), ("4,2,4", "T = 4 appears twice"), ("2,x", "comma-separated list")],
+)
 def test_a_bad_timestep_list_is_one_line_exit_2_nothing_written(tmp_path, capsys, timesteps, message):
     with pytest.raises(UserError, match=message):
         parse_timesteps(timesteps)

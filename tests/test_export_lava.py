@@ -8,12 +8,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from helpers import make_student, small_resnet
+from lasnn_deploy.exporters import lava
+
 from lasnn_deploy import exporters
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.evaluation import evaluate_student
-from lasnn_deploy.exporters import lava
 from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, quantise, run_quantised
 from lasnn_deploy.neurons import poisson_spikes
 from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
@@ -63,20 +63,31 @@ def test_quantisation_uses_the_weight_range():
     for q in net.layers:
         assert q.weight.max() == W_MAX or q.weight.min() == W_MIN, q.name
         assert q.clip_fraction == 0
-    assert [q.v_th for q in net.layers[:-1]] == [round(t * q.scale) for t, q in zip(thetas, net.layers)]
+    assert [q.v_th for q in net.layers[:-1]] == [
+        round(t * q.scale) for t, q in zip(thetas, net.layers[:-1], strict=True)
+    ]
     assert net.v_decay == round((1 - 0.9) * 4096)
 
 
 def representable_student() -> SpikingStudent:
     """A student whose folded weights are n / 256 and thresholds m / 256: the scale is 256 in every layer."""
-    layers = (Conv(1, 3, 3, 1, 1), AvgPool(2), Conv(3, 4, 3, 1, 1), AvgPool(2), Flatten(), Linear(4 * 2 * 2, 6),
-              Linear(6, 4))
+    layers = (
+        Conv(1, 3, 3, 1, 1),
+        AvgPool(2),
+        Conv(3, 4, 3, 1, 1),
+        AvgPool(2),
+        Flatten(),
+        Linear(4 * 2 * 2, 6),
+        Linear(6, 4),
+    )
     cfg = StudentConfig("exact", (1, 8, 8), 4, layers, timesteps=5, encoding="poisson")
     student = SpikingStudent(cfg, leak=0.5, thresholds=[40 / 256, 20 / 256, 30 / 256]).double()
     return _representable_weights(student, pools=[1, 4, 4, 1], seed=0)  # folded weight = weight / pool area
 
 
-def _representable_weights(student: SpikingStudent, pools: list[int], seed: int, unpinned: int | None = None) -> SpikingStudent:
+def _representable_weights(
+    student: SpikingStudent, pools: list[int], seed: int, unpinned: int | None = None
+) -> SpikingStudent:
     """Weights n * pool area / 256 (n in [-30, 30]), whose folded form is n / 256; the first entry of
     every weight set but ``unpinned`` is W_MAX, which pins its scale to 254 / (254 / 256) = 256."""
     gen = torch.Generator().manual_seed(seed)
@@ -111,8 +122,18 @@ def test_quantised_mode_equals_float64_student_with_representable_weights():
 def representable_resnet() -> SpikingStudent:
     """Two residual blocks (an identity behind a pool, a stride-2 projection) whose folded weights are
     n / 256 and thresholds m / 256: the identity through the 2x2 pool is eye / 4, 64 at scale 256."""
-    layers = (Conv(1, 3, 3, 1, 1), AvgPool(2), Conv(3, 3, 3, 1, 1), Conv(3, 3, 3, 1, 1), Shortcut(1, 3, 3),
-              Conv(3, 4, 3, 2, 1), Conv(4, 4, 3, 1, 1), Shortcut(4, 3, 4, 2), Flatten(), Linear(16, 4))
+    layers = (
+        Conv(1, 3, 3, 1, 1),
+        AvgPool(2),
+        Conv(3, 3, 3, 1, 1),
+        Conv(3, 3, 3, 1, 1),
+        Shortcut(1, 3, 3),
+        Conv(3, 4, 3, 2, 1),
+        Conv(4, 4, 3, 1, 1),
+        Shortcut(4, 3, 4, 2),
+        Flatten(),
+        Linear(16, 4),
+    )
     cfg = StudentConfig("exact-resnet", (1, 8, 8), 4, layers, timesteps=5, encoding="poisson")
     student = SpikingStudent(cfg, leak=0.5, thresholds=[40 / 256, 20 / 256, 30 / 256, 25 / 256, 30 / 256]).double()
     # conv0, conv2 (behind the pool), conv3, conv5, conv6, projection 7, linear9; the projection shares
@@ -128,15 +149,20 @@ def test_residual_quantised_mode_equals_float64_student_with_representable_weigh
     identity, projection = net.layers[2].shortcut, net.layers[4].shortcut
     assert identity.weight.shape == (3, 3, 2, 2) and identity.stride == 2 and identity.lif == 0
     assert np.array_equal(identity.weight, 64 * np.eye(3, dtype=np.int64)[:, :, None, None].repeat(2, 2).repeat(2, 3))
-    assert np.array_equal(projection.weight, np.round(student.body[7].proj.weight.detach().numpy() * 256)) and projection.lif == 2
+    assert (
+        np.array_equal(projection.weight, np.round(student.body[7].proj.weight.detach().numpy() * 256))
+        and projection.lif == 2
+    )
     _assert_quantised_mode_exact(student, net)
 
 
 def test_refuses_a_residual_student_without_writing(tmp_path):
     with pytest.raises(UserError) as err:
         exporters.export(small_resnet().float(), "lava", tmp_path / "net.h5")
-    assert str(err.value) == ("lava-dl netx describes feed-forward layer chains; resnet12 has residual shortcuts "
-                              "(layer 9): export it to onnx or nir instead")
+    assert str(err.value) == (
+        "lava-dl netx describes feed-forward layer chains; resnet12 has residual shortcuts "
+        "(layer 9): export it to onnx or nir instead"
+    )
     assert not list(tmp_path.iterdir())
 
 
@@ -205,9 +231,13 @@ def test_quantised_mode_equals_float64_student_with_representable_biases():
     """Biases n / 256 are whole bias mantissas at scale 256: the quantised mode stays exact, readout included."""
     student = representable_student()
     cfg = student.config
-    biased = SpikingStudent(cfg.replace(layers=tuple(dataclasses.replace(l, bias=True) if isinstance(l, (Conv, Linear))
-                                                     else l for l in cfg.layers)),
-                            leak=0.5, thresholds=student.thresholds.tolist()).double()
+    biased = SpikingStudent(
+        cfg.replace(
+            layers=tuple(dataclasses.replace(l, bias=True) if isinstance(l, (Conv, Linear)) else l for l in cfg.layers)
+        ),
+        leak=0.5,
+        thresholds=student.thresholds.tolist(),
+    ).double()
     state = student.state_dict()
     gen = torch.Generator().manual_seed(2)
     for m, name in zip(biased.weighted_modules(), ["body.0", "body.2", "body.5", "body.6"], strict=True):

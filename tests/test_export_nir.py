@@ -1,18 +1,17 @@
-"""NIR target: real nir.write / nir.read files run in snnTorch 1.0's real importer (SPEC 3, "NIR")."""
+"""NIR target: real nir.write / nir.read files run in snnTorch 1.0's real importer (docs/semantics.md, 'NIR')."""
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
+import lasnn_deploy.exporters.nir as nir_target
 import numpy as np
 import pytest
 import torch
-
-import lasnn_deploy.exporters.nir as nir_target
 from helpers import make_student, resnet_student, small_resnet
-from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import export
+
+from lasnn_deploy.errors import UserError
 from lasnn_deploy.neurons import encode
 from lasnn_deploy.student import Dropout, Shortcut, SpikingStudent, StudentConfig
 from lasnn_deploy.validation import validate
@@ -66,8 +65,20 @@ def test_nir_round_trip_preserves_every_parameter(tmp_path, leak):
     path = nir_target.export(student, tmp_path / "s.nir")
     graph = nir.read(path)
     kinds = [type(graph.nodes[n]).__name__ for n in nir_target._chain(graph, path)]
-    assert kinds == ["Input", "Conv2d", "LIF", "AvgPool2d", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Linear", "LIF",
-                     "Linear", "Output"]
+    assert kinds == [
+        "Input",
+        "Conv2d",
+        "LIF",
+        "AvgPool2d",
+        "Conv2d",
+        "LIF",
+        "AvgPool2d",
+        "Flatten",
+        "Linear",
+        "LIF",
+        "Linear",
+        "Output",
+    ]
     meta = graph.metadata
     assert (meta["dt"], meta["timesteps"], meta["encoding"], meta["num_classes"]) == (1e-4, 5, "poisson", 5)
     assert list(meta["input_shape"]) == [1, 8, 8] and meta["output_form"] == "linear"
@@ -168,7 +179,10 @@ def without_dropout(config: StudentConfig) -> StudentConfig:
     kept = [i for i, layer in enumerate(config.layers) if not isinstance(layer, Dropout)]
     new_index = {old: new for new, old in enumerate(kept)}
     layers = [config.layers[i] for i in kept]
-    renumber = lambda l: dataclasses.replace(l, source=new_index[l.source]) if isinstance(l, Shortcut) else l
+
+    def renumber(layer):
+        return dataclasses.replace(layer, source=new_index[layer.source]) if isinstance(layer, Shortcut) else layer
+
     return config.replace(layers=tuple(map(renumber, layers)))
 
 
@@ -244,10 +258,18 @@ def test_residual_graph_survives_write_and_read(tmp_path):
     graph = nir.read(path)
     assert graph.metadata["shortcuts"] == "shortcut9 shortcut13 shortcut17 shortcut21"
     into = {dst: sorted(src for src, d in graph.edges if d == dst) for dst in ("lif9", "lif13", "lif17", "lif21")}
-    assert into == {"lif9": ["conv8", "shortcut9"], "lif13": ["conv12", "shortcut13"],
-                    "lif17": ["conv16", "shortcut17"], "lif21": ["conv20", "shortcut21"]}
+    assert into == {
+        "lif9": ["conv8", "shortcut9"],
+        "lif13": ["conv12", "shortcut13"],
+        "lif17": ["conv16", "shortcut17"],
+        "lif21": ["conv20", "shortcut21"],
+    }
     assert {(s, d) for s, d in graph.edges if d.startswith("shortcut")} == {
-        ("avgpool5", "shortcut9"), ("lif9", "shortcut13"), ("lif13", "shortcut17"), ("lif17", "shortcut21")}
+        ("avgpool5", "shortcut9"),
+        ("lif9", "shortcut13"),
+        ("lif13", "shortcut17"),
+        ("lif17", "shortcut21"),
+    }
     identity = graph.nodes["shortcut9"]
     assert identity.weight.shape == (8, 8, 1, 1) and np.array_equal(identity.weight[:, :, 0, 0], np.eye(8))
     assert np.array_equal(graph.nodes["shortcut13"].weight, student.body[13].proj.weight.detach().numpy())
@@ -264,16 +286,26 @@ def test_residual_graph_survives_write_and_read(tmp_path):
         assert torch.equal(back(x), student(x))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda g: g.nodes["shortcut9"].weight.__imul__(2), "weights are not the identity matrix"),
-    (lambda g: g.edges.append(("shortcut9", "lif10")), "shortcut 'shortcut9' must be a Conv2d node"),
-    (lambda g: g.edges.remove(("shortcut9", "lif9")), "shortcut 'shortcut9' must be a Conv2d node"),
-    (lambda g: g.metadata.update(shortcuts="shortcut9 shortcut13"), "'lif13' does not lead to exactly one next node"),
-    (lambda g: (g.edges.remove(("avgpool5", "shortcut9")), g.edges.append(("input", "shortcut9"))),
-     r"one edge from the chain \(after its Input\)"),
-    (lambda g: (g.nodes.update(stray=g.nodes["shortcut9"]), g.edges.append(("stray", "lif6"))),
-     "nodes or edges outside"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda g: g.nodes["shortcut9"].weight.__imul__(2), "weights are not the identity matrix"),
+        (lambda g: g.edges.append(("shortcut9", "lif10")), "shortcut 'shortcut9' must be a Conv2d node"),
+        (lambda g: g.edges.remove(("shortcut9", "lif9")), "shortcut 'shortcut9' must be a Conv2d node"),
+        (
+            lambda g: g.metadata.update(shortcuts="shortcut9 shortcut13"),
+            "'lif13' does not lead to exactly one next node",
+        ),
+        (
+            lambda g: (g.edges.remove(("avgpool5", "shortcut9")), g.edges.append(("input", "shortcut9"))),
+            r"one edge from the chain \(after its Input\)",
+        ),
+        (
+            lambda g: (g.nodes.update(stray=g.nodes["shortcut9"]), g.edges.append(("stray", "lif6"))),
+            "nodes or edges outside",
+        ),
+    ],
+)
 def test_reading_back_refuses_a_residual_graph_that_is_no_student(change, message):
     graph = nir_target.to_nir_graph(resnet_student())
     change(graph)
@@ -289,8 +321,20 @@ def test_biased_student_is_conv2d_bias_and_affine_and_runs_spike_exact_in_snntor
     path = export(student, "nir", tmp_path / "b.nir")
     graph = nir.read(path)
     kinds = [type(graph.nodes[n]).__name__ for n in nir_target._chain(graph, path)]
-    assert kinds == ["Input", "Conv2d", "LIF", "AvgPool2d", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine", "LIF",
-                     "Affine", "Output"]
+    assert kinds == [
+        "Input",
+        "Conv2d",
+        "LIF",
+        "AvgPool2d",
+        "Conv2d",
+        "LIF",
+        "AvgPool2d",
+        "Flatten",
+        "Affine",
+        "LIF",
+        "Affine",
+        "Output",
+    ]
     assert np.array_equal(graph.nodes["conv0"].bias, student.body[0].bias.detach().numpy())
     assert np.array_equal(graph.nodes["linear7"].bias, student.body[7].bias.detach().numpy())
     x = images(6)

@@ -5,7 +5,7 @@ The file computes every synaptic current in float64 and rounds it once to float3
 ordinary float weights and images: any difference is an error of the graph. Plain float32
 kernels flipped spikes near the threshold on about 2% of samples of a random student firing ~15%
 (the case ``test_random_student_near_threshold_is_spike_exact`` keeps). One dyadic student
-(every sum exact in float32) also ties the graph to the float64 student of SPEC section 1.
+(every sum exact in float32) also ties the graph to the float64 student of docs/semantics.md.
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import make_student, resnet_student
-from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import export
 from lasnn_deploy.exporters import onnx as onnx_export
+
+from lasnn_deploy.errors import UserError
 from lasnn_deploy.neurons import encode
 from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig
 from lasnn_deploy.validation import validate
-
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,22 +51,35 @@ def assert_identical(got, ref, lo: float = 0.01, hi: float = 0.6) -> None:
     np.testing.assert_array_equal(got.logits, ref.logits)
 
 
-def ort_session(g: "onnx_export._Graph", out: str):
+def ort_session(g: onnx_export._Graph, out: str):
     """A float64 graph part built by the exporter, from input ``x`` to ``out``."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph(g.nodes, "part", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, None)],
-                              [helper.make_tensor_value_info(out, TensorProto.DOUBLE, None)], g.initializers)
+    graph = helper.make_graph(
+        g.nodes,
+        "part",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, None)],
+        [helper.make_tensor_value_info(out, TensorProto.DOUBLE, None)],
+        g.initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_export.OPSET)])
     model.ir_version = onnx_export.IR_VERSION
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("encoding,reset,timesteps", [
-    ("direct", "hard", 3), ("direct", "soft", 6), ("poisson", "hard", 6), ("poisson", "soft", 3), ("direct", "hard", 1),
-    ("poisson", "soft", 1), ("direct", "hard", 8),
-])
+@pytest.mark.parametrize(
+    "encoding,reset,timesteps",
+    [
+        ("direct", "hard", 3),
+        ("direct", "soft", 6),
+        ("poisson", "hard", 6),
+        ("poisson", "soft", 3),
+        ("direct", "hard", 1),
+        ("poisson", "soft", 1),
+        ("direct", "hard", 8),
+    ],
+)
 def test_round_trip_with_float_weights_is_bit_exact(tmp_path, encoding, reset, timesteps):
     student = make_student(encoding, reset, timesteps, seed=timesteps)
     images, spikes = inputs_for(student, random_images(seed=timesteps))
@@ -82,8 +93,15 @@ def test_round_trip_with_float_weights_is_bit_exact(tmp_path, encoding, reset, t
 def test_random_student_near_threshold_is_spike_exact(tmp_path):
     """The MNIST-sized random student whose float32 export flipped spikes on 214 of 10,000 MNIST
     samples: thresholds tuned to ~15% firing, 256 images; every spike and logit must agree."""
-    layers = (Conv(1, 16, 3, 1, 1), AvgPool(2), Conv(16, 32, 3, 1, 1), AvgPool(2), Flatten(), Linear(32 * 7 * 7, 128),
-              Linear(128, 10))
+    layers = (
+        Conv(1, 16, 3, 1, 1),
+        AvgPool(2),
+        Conv(16, 32, 3, 1, 1),
+        AvgPool(2),
+        Flatten(),
+        Linear(32 * 7 * 7, 128),
+        Linear(128, 10),
+    )
     cfg = StudentConfig("near-threshold", (1, 28, 28), 10, layers, timesteps=8, encoding="direct")
     torch.manual_seed(1)
     student = SpikingStudent(cfg, leak=0.9).eval()
@@ -129,7 +147,9 @@ def test_float64_conv_without_conv_node_matches_torch(stride, padding, size):
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-13, atol=1e-13)
     np.testing.assert_array_equal(got.astype(np.float32), ref.float().numpy())  # the same after the one rounding
-    assert not np.array_equal(F.conv2d(x.float(), w.float(), stride=stride, padding=padding).numpy(), ref.float().numpy())
+    assert not np.array_equal(
+        F.conv2d(x.float(), w.float(), stride=stride, padding=padding).numpy(), ref.float().numpy()
+    )
 
 
 def test_float64_pooling_matches_torch_rounding():
@@ -204,7 +224,9 @@ def test_file_is_single_unrolled_opset17_model_with_metadata(tmp_path):
     assert not set(ops) & {"Loop", "Scan", "If"}
     assert ops.count("Greater") == 6 * 3  # T steps x LIF layers
     assert ops.count("MatMul") == 9 + 9 + 2  # one per kernel offset of each 3x3 conv, one per linear
-    weights = [t for t in model.graph.initializer if t.dims and np.prod(t.dims) > 1 and t.data_type != onnx.TensorProto.INT64]
+    weights = [
+        t for t in model.graph.initializer if t.dims and np.prod(t.dims) > 1 and t.data_type != onnx.TensorProto.INT64
+    ]
     assert weights and all(t.data_type == onnx.TensorProto.DOUBLE for t in weights)
     assert sum(int(np.prod(t.dims)) for t in weights) == sum(m.weight.numel() for m in student.weighted_modules())
     (inp,) = model.graph.input
@@ -271,18 +293,25 @@ def test_broken_or_foreign_files_are_user_errors(tmp_path):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model at all")
     foreign = tmp_path / "foreign.onnx"
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(foreign))
     older = tmp_path / "older.onnx"  # a float32-current export of the first format
     model = onnx.load_from_string(good)
     next(p for p in model.metadata_props if p.key == "format").value = "lasnn-deploy-onnx/1"
     onnx.save(model, str(older))
     images = torch.rand(1, 1, 8, 8)
-    for path, message in [(truncated, "not a readable ONNX model"), (garbage, "not a readable ONNX model"),
-                          (foreign, "not a lasnn-deploy ONNX export"), (older, "older lasnn-deploy ONNX export .* again"),
-                          (tmp_path / "missing.onnx", "no ONNX file")]:
+    for path, message in [
+        (truncated, "not a readable ONNX model"),
+        (garbage, "not a readable ONNX model"),
+        (foreign, "not a lasnn-deploy ONNX export"),
+        (older, "older lasnn-deploy ONNX export .* again"),
+        (tmp_path / "missing.onnx", "no ONNX file"),
+    ]:
         with pytest.raises(UserError, match=message) as info:
             onnx_export.run(path, images, None)
         assert "\n" not in str(info.value)

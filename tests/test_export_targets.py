@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import TARGETS, RunResult, Target, export, get_target, target_of_file
 from lasnn_deploy.exporters.lava import LavaTarget
 
+from lasnn_deploy.errors import UserError
 
-@pytest.mark.parametrize("name,target", [("a.onnx", "onnx"), ("a.nir", "nir"), ("a.h5", "lava"), ("a.HDF5", "lava"),
-                                         ("a.net", "lava")])
+
+@pytest.mark.parametrize(
+    "name,target", [("a.onnx", "onnx"), ("a.nir", "nir"), ("a.h5", "lava"), ("a.HDF5", "lava"), ("a.net", "lava")]
+)
 def test_each_target_declares_the_suffixes_it_reads(name, target):
     assert target_of_file(name) == target
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import make_student
-from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import get_target
+
+from lasnn_deploy.errors import UserError
 from lasnn_deploy.inputs import model_input
 from lasnn_deploy.loihi_quant import quantise, run_quantised
 from lasnn_deploy.neurons import poisson_inputs

@@ -89,16 +89,18 @@ def test_hook_patches_in_memory_and_never_writes_site_packages(monkeypatch, name
 def test_installed_hook_leaves_other_lava_modules_to_the_standard_loaders():
     lava_compat.import_netx()
     lava_modules = {name: m for name, m in sys.modules.items() if name.startswith("lava.") and m is not None}
-    patched = {name for name, m in lava_modules.items()
-               if isinstance(getattr(m, "__loader__", None), lava_compat._PatchedSourceLoader)}
+    patched = {
+        name
+        for name, m in lava_modules.items()
+        if isinstance(getattr(m, "__loader__", None), lava_compat._PatchedSourceLoader)
+    }
     assert VAR_MODEL in patched and patched <= set(lava_compat.PATCHES)
     assert len(lava_modules) > 50
 
 
 def test_without_the_hook_lava_fails_on_python_311():
     """The hook is needed: the unpatched module raises the dataclass error (until upstream fixes it)."""
-    result = subprocess.run([sys.executable, "-c", f"import {VAR_MODEL}"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", f"import {VAR_MODEL}"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "mutable default" in result.stderr
 
 

@@ -175,8 +175,12 @@ def _residual_block_student() -> SpikingStudent:
     student = SpikingStudent(StudentConfig("block", (1, 2, 2), 2, layers, timesteps=400, reset="soft"))
     with torch.no_grad():
         student.body[0].weight.copy_(torch.tensor([1.0, 0.5, 2.0]).reshape(3, 1, 1, 1))
-        student.body[1].weight.copy_(torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.6, 0.2], [0.1, 0.1, 0.9]]).reshape(3, 3, 1, 1))
-        student.body[2].weight.copy_(torch.tensor([[0.4, 0.1, 0.0], [0.2, 0.5, 0.1], [0.1, 0.3, 0.3]]).reshape(3, 3, 1, 1))
+        student.body[1].weight.copy_(
+            torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.6, 0.2], [0.1, 0.1, 0.9]]).reshape(3, 3, 1, 1)
+        )
+        student.body[2].weight.copy_(
+            torch.tensor([[0.4, 0.1, 0.0], [0.2, 0.5, 0.1], [0.1, 0.3, 0.3]]).reshape(3, 3, 1, 1)
+        )
     return student
 
 
@@ -195,5 +199,7 @@ def test_conversion_puts_both_branches_of_a_residual_block_on_one_scale():
     assert torch.allclose(student.body[5].weight, readout * scales[-1])
     with torch.no_grad():
         spikes = student.run(x, record=True).spikes
-    for rate, act, scale in zip(spikes, acts, scales, strict=True):  # soft-reset IF at T = 400: rate * Lambda ~ ANN activation
+    for rate, act, scale in zip(
+        spikes, acts, scales, strict=True
+    ):  # soft-reset IF at T = 400: rate * Lambda ~ ANN activation
         assert torch.allclose(rate.mean(0) * scale, act, atol=0.02 * float(act.max()) + 3 * scale / 400)

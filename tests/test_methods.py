@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lasnn_deploy.models import build_student
+from lasnn_deploy.student import SpikingStudent
 from lasnn_deploy.training import config as config_module
 from lasnn_deploy.training.methods import Method
 from lasnn_deploy.training.objectives import FineTune
-from lasnn_deploy.models import build_student
-from lasnn_deploy.student import SpikingStudent
 
 
 def test_the_method_lists_are_read_from_the_classes():

@@ -32,7 +32,10 @@ def test_every_student_fits_the_data_and_folds_its_pools(name, shape):
 def test_vgg_depth_counts_weight_layers(name, depth):
     cfg = build_student(name, (3, 32, 32), 10)
     assert sum(isinstance(l, (Conv, Linear)) for l in cfg.layers) == depth
-    assert sum(isinstance(l, AvgPool) for l in cfg.layers) == {"vgg5": 2, "vgg7": 3, "vgg9": 4, "vgg16": 4, "3conv2linear": 3}[name]
+    assert (
+        sum(isinstance(l, AvgPool) for l in cfg.layers)
+        == {"vgg5": 2, "vgg7": 3, "vgg9": 4, "vgg16": 4, "3conv2linear": 3}[name]
+    )
     # 0.2 after a conv that no pool follows, 0.5 after hidden Linears (Rathi et al.)
     expected = {0.5} if name == "3conv2linear" else {0.2, 0.5}  # every conv of 3conv2linear is pooled
     assert {l.p for l in cfg.layers if isinstance(l, Dropout)} == expected
@@ -43,14 +46,23 @@ def test_resnet12_has_a_three_conv_stem_four_blocks_and_twelve_weight_layers():
     assert sum(isinstance(l, (Conv, Linear)) for l in cfg.layers) == 12
     assert [l.type for l in cfg.layers[:6]] == ["conv", "dropout", "conv", "dropout", "conv", "avgpool"]
     shortcuts = [l for l in cfg.layers if isinstance(l, Shortcut)]
-    assert [(s.out_channels, s.stride, s.projects) for s in shortcuts] == [(64, 1, False), (128, 2, True), (256, 2, True), (512, 2, True)]
+    assert [(s.out_channels, s.stride, s.projects) for s in shortcuts] == [
+        (64, 1, False),
+        (128, 2, True),
+        (256, 2, True),
+        (512, 2, True),
+    ]
     assert cfg.shapes()[-3] == (512, 2, 2) and len(cfg.spiking_layers) == 11
 
 
 def test_tiny_student_layout_and_options():
     cfg = build_student("tiny", (1, 28, 28), 10)
     assert [l.type for l in cfg.layers] == ["conv", "avgpool", "conv", "avgpool", "flatten", "linear"]
-    assert cfg.layers[0].out_channels == 16 and cfg.layers[2].out_channels == 32 and cfg.layers[-1].in_features == 32 * 7 * 7
+    assert (
+        cfg.layers[0].out_channels == 16
+        and cfg.layers[2].out_channels == 32
+        and cfg.layers[-1].in_features == 32 * 7 * 7
+    )
     wide = build_student("vgg5", (1, 28, 28), 10, width=0.5, dropout=0.0)
     assert wide.layers[0].out_channels == 32 and not any(isinstance(l, Dropout) for l in wide.layers)
     # 28 -> 14 -> 7: the third pool of 3conv2linear would leave a remainder and is left out
@@ -64,7 +76,9 @@ def test_unknown_names_are_user_errors():
         build_teacher("alexnet", (3, 32, 32), 10)
 
 
-@pytest.mark.parametrize("name", [n if n != "densenet121" else pytest.param(n, marks=pytest.mark.slow) for n in TEACHERS])
+@pytest.mark.parametrize(
+    "name", [n if n != "densenet121" else pytest.param(n, marks=pytest.mark.slow) for n in TEACHERS]
+)
 def test_teachers_return_logits_and_three_feature_maps(name):
     torch.manual_seed(0)
     teacher = build_teacher(name, (1, 16, 16), 5).eval()

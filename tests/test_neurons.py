@@ -54,7 +54,7 @@ def test_direct_encoding_repeats_the_image():
 
 
 def lif_autograd(current, leak, theta, reset):
-    """The straightforward loop of SPEC section 1 with autograd through every op (the reference)."""
+    """The straightforward loop of the LIF recurrence with autograd through every op (the reference)."""
     u = torch.zeros_like(current[0])
     spikes = []
     for i_t in current:

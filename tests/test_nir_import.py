@@ -9,17 +9,17 @@ import warnings
 from copy import deepcopy
 from pathlib import Path
 
+import foreign_nets as fn
 import nir
 import numpy as np
 import pytest
 import torch
-
-import foreign_nets as fn
 from helpers import make_student, run_cli
+from lasnn_deploy.exporters import RunResult, get_target
+
 from lasnn_deploy import export, import_nir, load_student
 from lasnn_deploy.data import first_samples, load_split
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.exporters import RunResult, get_target
 from lasnn_deploy.neurons import poisson_inputs
 from lasnn_deploy.nir_import import CONVENTIONS, student_from_any_nir
 from lasnn_deploy.student import Dropout, SpikingStudent
@@ -31,8 +31,10 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 def needs(library: str):
     module = {"snntorch": "snntorch", "spikingjelly": "spikingjelly", "sinabs": "sinabs", "norse": "norse"}[library]
-    return pytest.mark.skipif(importlib.util.find_spec(module) is None,
-                              reason=f"{library} is not installed (extra `{library}`; CI installs it)")
+    return pytest.mark.skipif(
+        importlib.util.find_spec(module) is None,
+        reason=f"{library} is not installed (extra `{library}`; CI installs it)",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +50,27 @@ def imported(library: str, f: fn.Foreign, tmp_path: Path, capsys, encoding: str 
     else:
         raw = student_from_any_nir(f.graph, library=library, timesteps=T, encoding=encoding, input_shape=fn.SHAPE)
         fn.write(f.graph, tmp_path / "net.nir")  # Sinabs' graph gets nir's infer_types() first
-        code, out, err = run_cli(capsys, "import", tmp_path / "net.nir", "--from", library, "--out", run,
-                                 "--timesteps", T, "--encoding", encoding, "--input-shape", "1,16,16")
+        code, out, err = run_cli(
+            capsys,
+            "import",
+            tmp_path / "net.nir",
+            "--from",
+            library,
+            "--out",
+            run,
+            "--timesteps",
+            T,
+            "--encoding",
+            encoding,
+            "--input-shape",
+            "1,16,16",
+        )
         assert code == 0, err
         through_file = load_student(run)
-        assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), through_file.state_dict().values(), strict=True))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(raw.state_dict().values(), through_file.state_dict().values(), strict=True)
+        )
         return through_file
     return load_student(run)
 
@@ -79,8 +97,9 @@ def assert_same(foreign: RunResult, got: RunResult) -> None:
 
 @pytest.mark.parametrize("kind", ["conv", "dense"])
 @pytest.mark.parametrize("library", [pytest.param(lib, marks=needs(lib)) for lib in fn.LIBRARIES])
-def test_foreign_export_imports_as_a_student_that_computes_what_the_library_does(library, kind, images, tmp_path,
-                                                                                   capsys):
+def test_foreign_export_imports_as_a_student_that_computes_what_the_library_does(
+    library, kind, images, tmp_path, capsys
+):
     """The library's own simulation is the reference: the student and its ONNX export match it spike for spike."""
     f = fn.build(library, kind)
     steps = images.unsqueeze(0).expand(T, *images.shape)
@@ -138,8 +157,9 @@ def test_cubalif_with_an_instant_synapse_is_a_lif_and_one_with_memory_is_refused
     from spikingjelly.activation_based.nir_exchange import export_to_nir as sj_export
 
     cuba = neuron.CUBALIFNode(c_decay=0.0, v_decay=0.9, v_threshold=0.5, v_reset=0.0)
-    body = torch.nn.Sequential(layer.Flatten(), layer.Linear(256, 32, bias=False), cuba,
-                               layer.Linear(32, 10, bias=False))
+    body = torch.nn.Sequential(
+        layer.Flatten(), layer.Linear(256, 32, bias=False), cuba, layer.Linear(32, 10, bias=False)
+    )
     fn._init(body, 0, 1.0)
     instant = fn.Foreign(body, sj_export(body, torch.rand(1, *fn.SHAPE)), [cuba])
     assert any(isinstance(n, nir.CubaLIF) for n in instant.graph.nodes.values())
@@ -149,10 +169,16 @@ def test_cubalif_with_an_instant_synapse_is_a_lif_and_one_with_memory_is_refused
 
     _norse_cubalif_matches_norse(images)
 
-    syn = snn.Synaptic(alpha=torch.full((32,), 0.5), beta=torch.full((32,), 0.9), threshold=torch.full((32,), 0.5),
-                       init_hidden=True, reset_mechanism="zero")
-    body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 32, bias=False), syn,
-                               torch.nn.Linear(32, 10, bias=False))
+    syn = snn.Synaptic(
+        alpha=torch.full((32,), 0.5),
+        beta=torch.full((32,), 0.9),
+        threshold=torch.full((32,), 0.5),
+        init_hidden=True,
+        reset_mechanism="zero",
+    )
+    body = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(256, 32, bias=False), syn, torch.nn.Linear(32, 10, bias=False)
+    )
     with pytest.raises(UserError, match=r"NIR node '2': CubaLIF synapse tau_syn"):
         student_from_any_nir(export_to_nir(body, torch.rand(1, *fn.SHAPE), ignore_dims=[0]), library="snntorch")
 
@@ -164,8 +190,9 @@ def _norse_cubalif_matches_norse(images) -> None:
     import norse.torch as norse
     from norse.torch.utils.export_nir import to_nir
 
-    cell = norse.LIFCell(norse.LIFParameters(tau_syn_inv=torch.tensor(1000.0), tau_mem_inv=torch.tensor(200.0),
-                                              v_th=torch.tensor(0.2)))
+    cell = norse.LIFCell(
+        norse.LIFParameters(tau_syn_inv=torch.tensor(1000.0), tau_mem_inv=torch.tensor(200.0), v_th=torch.tensor(0.2))
+    )
     body = norse.SequentialState(torch.nn.Linear(256, 32), cell, torch.nn.Linear(32, 10))
     fn._init(body, 1, 1.0)
     f = fn.Foreign(body, to_nir(body, torch.rand(1, 256)), [cell])
@@ -178,8 +205,9 @@ def _norse_cubalif_matches_norse(images) -> None:
 def test_our_own_nir_file_comes_back_as_the_identical_student(tmp_path, capsys):
     source = make_student(leak=0.87, seed=4)
     layers = tuple(l for l in source.config.layers if not isinstance(l, Dropout))
-    student = SpikingStudent(source.config.replace(layers=layers), leak=source.leak.item(),
-                             thresholds=source.thresholds.detach().tolist())
+    student = SpikingStudent(
+        source.config.replace(layers=layers), leak=source.leak.item(), thresholds=source.thresholds.detach().tolist()
+    )
     weights = [m.weight for m in source.weighted_modules()]
     with torch.no_grad():
         for m, w in zip(student.weighted_modules(), weights, strict=True):
@@ -201,8 +229,13 @@ def _graph(library: str = "snntorch", kind: str = "dense") -> nir.NIRGraph:
 @needs("snntorch")
 def test_heterogeneous_leaks_are_refused_naming_the_node():
     g = _graph()
-    g.nodes["4"] = nir.LIF(tau=g.nodes["4"].tau * 2, r=g.nodes["4"].r * 2, v_leak=g.nodes["4"].v_leak,
-                           v_threshold=g.nodes["4"].v_threshold, v_reset=g.nodes["4"].v_reset)
+    g.nodes["4"] = nir.LIF(
+        tau=g.nodes["4"].tau * 2,
+        r=g.nodes["4"].r * 2,
+        v_leak=g.nodes["4"].v_leak,
+        v_threshold=g.nodes["4"].v_threshold,
+        v_reset=g.nodes["4"].v_reset,
+    )
     with pytest.raises(UserError, match=r"NIR node '4': leak 0.95 differs from '2'"):
         student_from_any_nir(g, library="snntorch")
 
@@ -257,14 +290,20 @@ def files(tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    ("{f}/threshold.nir --from snntorch", "NIR node '2': node type Threshold has no student equivalent"),
-    ("{f}/ok.nir --dt 0.001", "NIR node '2': dt = 0.001 against tau = 0.001 gives leak -3.01749e-07, outside (0, 1]"),
-    ("{f}/ok.nir --dt 0.01", "gives leak -9, outside (0, 1]: a wrong dt"),
-    ("{f}/ok.nir", "does not say its time step (metadata key 'dt')"),
-    ("{f}/truncated.nir --from snntorch", "is not a readable NIR file"),
-    ("{f}/missing.nir --from snntorch", "no NIR file at"),
-])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        ("{f}/threshold.nir --from snntorch", "NIR node '2': node type Threshold has no student equivalent"),
+        (
+            "{f}/ok.nir --dt 0.001",
+            "NIR node '2': dt = 0.001 against tau = 0.001 gives leak -3.01749e-07, outside (0, 1]",
+        ),
+        ("{f}/ok.nir --dt 0.01", "gives leak -9, outside (0, 1]: a wrong dt"),
+        ("{f}/ok.nir", "does not say its time step (metadata key 'dt')"),
+        ("{f}/truncated.nir --from snntorch", "is not a readable NIR file"),
+        ("{f}/missing.nir --from snntorch", "no NIR file at"),
+    ],
+)
 def test_bad_nir_input_is_one_line_exit_2_and_nothing_written(files, argv, fragment, capsys):
     before = sorted(p.name for p in files.iterdir())
     code, out, err = run_cli(capsys, "import", *argv.format(f=files).split(), "--out", files / "run")
@@ -282,14 +321,17 @@ def test_a_nir_file_is_accepted_where_a_model_is(tmp_path, capsys):
     assert code == 0 and (tmp_path / "student.onnx").is_file(), err
     if importlib.util.find_spec("snntorch") is not None:
         fn.write(_graph(), tmp_path / "foreign.nir")
-        code, _, err = run_cli(capsys, "export", tmp_path / "foreign.nir", "--target", "onnx",
-                               "--out", tmp_path / "f.onnx")
+        code, _, err = run_cli(
+            capsys, "export", tmp_path / "foreign.nir", "--target", "onnx", "--out", tmp_path / "f.onnx"
+        )
         assert code == 2 and "lasnn-deploy import" in err and not (tmp_path / "f.onnx").exists()
         g = _graph()
         g.metadata = {"dt": 1e-4}  # a foreign file that says its dt is read as plain NIR at that dt
         fn.write(g, tmp_path / "with_dt.nir")
-        assert load_student(tmp_path / "with_dt.nir").state_dict().keys() == \
-            student_from_any_nir(g, library="snntorch").state_dict().keys()
+        assert (
+            load_student(tmp_path / "with_dt.nir").state_dict().keys()
+            == student_from_any_nir(g, library="snntorch").state_dict().keys()
+        )
         assert float(load_student(tmp_path / "with_dt.nir").leak) == np.float32(0.9)
 
 
@@ -303,8 +345,9 @@ def test_a_leak_potential_becomes_a_bias(images):
     from norse.torch.functional.lif_box import LIFBoxFeedForwardState
     from norse.torch.utils.export_nir import to_nir
 
-    cell = norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=torch.tensor(200.0), v_th=torch.tensor(0.2),
-                                                   v_leak=torch.tensor(0.3)))
+    cell = norse.LIFBoxCell(
+        norse.LIFBoxParameters(tau_mem_inv=torch.tensor(200.0), v_th=torch.tensor(0.2), v_leak=torch.tensor(0.3))
+    )
     body = norse.SequentialState(torch.nn.Linear(256, 32), cell, torch.nn.Linear(32, 10))
     fn._init(body, 2, 0.5)
     f = fn.Foreign(body, to_nir(body, torch.rand(1, 256)), [cell])
@@ -328,9 +371,12 @@ def test_a_recurrent_layer_is_refused_naming_it():
     import snntorch as snn
     from snntorch.export_nir import export_to_nir
 
-    body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 32, bias=False),
-                               snn.RLeaky(beta=0.9, linear_features=32, init_hidden=True, reset_mechanism="zero"),
-                               torch.nn.Linear(32, 10, bias=False))
+    body = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(256, 32, bias=False),
+        snn.RLeaky(beta=0.9, linear_features=32, init_hidden=True, reset_mechanism="zero"),
+        torch.nn.Linear(32, 10, bias=False),
+    )
     graph = export_to_nir(body, torch.rand(1, *fn.SHAPE), ignore_dims=[0])
     with pytest.raises(UserError, match=r"NIR node '2.lif': 2 incoming edges .*recurrence"):
         student_from_any_nir(graph, library="snntorch")

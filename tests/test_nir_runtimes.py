@@ -7,12 +7,12 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-
 from helpers import make_student
-from lasnn_deploy.errors import UserError
 from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import nir_runtimes
 from lasnn_deploy.exporters.nir_runtimes import spyx as spyx_runtime
+
+from lasnn_deploy.errors import UserError
 from lasnn_deploy.neurons import poisson_inputs
 from lasnn_deploy.validation import compare, validate
 
@@ -42,8 +42,10 @@ def inputs(encoding: str, n: int = 12, T: int = 4):
 def run_both(student, path, runtime, encoding):
     images, spikes = inputs(encoding, T=student.config.timesteps)
     in_batches = nir_runtimes.batched(nir.read(path), runtime)
-    return (nir_runtimes.reference(student, images, spikes, in_batches=in_batches),
-            nir_runtimes.run(path, images, spikes, runtime=runtime))
+    return (
+        nir_runtimes.reference(student, images, spikes, in_batches=in_batches),
+        nir_runtimes.run(path, images, spikes, runtime=runtime),
+    )
 
 
 def test_the_cli_names_every_runtime():
@@ -120,16 +122,35 @@ def test_a_file_for_one_runtime_is_refused_by_another(tmp_path):
 
 
 def test_cli_refuses_runtime_options_where_they_do_not_apply(capsys, tmp_path):
-    from lasnn_deploy.student import save_student
     from helpers import run_cli
+
+    from lasnn_deploy.student import save_student
 
     student = make_student("direct")
     save_student(student, tmp_path / "run")
-    code, _, err = run_cli(capsys, "export", str(tmp_path / "run"), "--target", "onnx", "--nir-for", "norse",
-                           "--out", str(tmp_path / "s.onnx"))
+    code, _, err = run_cli(
+        capsys,
+        "export",
+        str(tmp_path / "run"),
+        "--target",
+        "onnx",
+        "--nir-for",
+        "norse",
+        "--out",
+        str(tmp_path / "s.onnx"),
+    )
     assert code == 2 and "--target nir" in err and not (tmp_path / "s.onnx").exists()
-    code, out, _ = run_cli(capsys, "export", str(tmp_path / "run"), "--target", "nir", "--nir-for", "spikingjelly",
-                           "--out", str(tmp_path / "s.nir"))
+    code, out, _ = run_cli(
+        capsys,
+        "export",
+        str(tmp_path / "run"),
+        "--target",
+        "nir",
+        "--nir-for",
+        "spikingjelly",
+        "--out",
+        str(tmp_path / "s.nir"),
+    )
     assert code == 0 and nir.read(tmp_path / "s.nir").metadata["nir_for"] == "spikingjelly"
     code, _, err = run_cli(capsys, "export", str(tmp_path / "run"), "--target", "nir", "--nir-for", "rockpool")
     assert code == 2 and "invalid choice" in err
@@ -158,7 +179,9 @@ def test_plain_file_runs_unbatched_in_snntorch_and_its_flavour_batched(tmp_path)
     plain = nir_target.export(student, tmp_path / "plain.nir")
     flavoured = nir_runtimes.export(student, tmp_path / "snntorch.nir", "snntorch")
     assert not nir_runtimes.batched(nir.read(plain), "snntorch")
-    assert nir_runtimes.batched(nir.read(flavoured), "snntorch") and nir_runtimes.batched(nir.read(plain), "spikingjelly")
+    assert nir_runtimes.batched(nir.read(flavoured), "snntorch") and nir_runtimes.batched(
+        nir.read(plain), "spikingjelly"
+    )
     assert nir.read(flavoured).nodes["flatten5"].start_dim == -3
     reference, result = run_both(student, plain, "snntorch", "direct")
     assert compare(reference, result)["spike_agreement"] == 1.0

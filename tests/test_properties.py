@@ -9,7 +9,7 @@ promises:
 - ONNX: the file run in onnxruntime gives the spikes of ``onnx.reference`` (the student's exact
   float64-current mode) bit for bit, and its logits within float32 rounding.
 - Lava: the Loihi-quantised mode (``loihi_quant.run_quantised``) equals an independent int64 numpy
-  implementation of Lava's bit-accurate CUBA LIF (SPEC section 3, ``PyLifModelBitAcc``) over the
+  implementation of Lava's bit-accurate CUBA LIF (``PyLifModelBitAcc``) over the
   folded integer weights; a few students also go through the real Lava simulator. Random residual
   students (resnet12 at width 1/8) check the quantised mode's shortcuts the same way.
 - NIR: ``nir.write`` then ``nir.read`` and ``student_from_nir`` give back every parameter exactly.
@@ -22,19 +22,23 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from lasnn_deploy.exporters import lava as lava_target
 from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import onnx as onnx_target
+
 from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, LoihiNet, QuantLayer, quantise, run_quantised
 from lasnn_deploy.models import build_student
 from lasnn_deploy.neurons import encode
 from lasnn_deploy.student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, StudentConfig, deployed_layers
 
-EXAMPLES = settings(max_examples=50, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+EXAMPLES = settings(
+    max_examples=50,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 BATCH = 3
 
 
@@ -44,7 +48,9 @@ def _pools(h: int, w: int) -> list[int]:
 
 
 @st.composite
-def students(draw, resets=("hard", "soft"), encodings=("direct", "poisson")) -> tuple[SpikingStudent, torch.Tensor, torch.Tensor | None]:
+def students(
+    draw, resets=("hard", "soft"), encodings=("direct", "poisson")
+) -> tuple[SpikingStudent, torch.Tensor, torch.Tensor | None]:
     """A random valid student, ``BATCH`` images in [0, 1], and its input spikes (Poisson) or None."""
     channels, height, width = draw(st.integers(1, 2)), draw(st.integers(3, 9)), draw(st.integers(3, 9))
     h, w = height, width
@@ -76,12 +82,19 @@ def students(draw, resets=("hard", "soft"), encodings=("direct", "poisson")) -> 
         features = units
     classes = draw(st.integers(2, 5))
     layers.append(Linear(features, classes, bias=bias))
-    config = StudentConfig("random", (channels, height, width), classes, tuple(layers),
-                           timesteps=draw(st.integers(1, 6)), encoding=draw(st.sampled_from(encodings)),
-                           reset=draw(st.sampled_from(resets)))
+    config = StudentConfig(
+        "random",
+        (channels, height, width),
+        classes,
+        tuple(layers),
+        timesteps=draw(st.integers(1, 6)),
+        encoding=draw(st.sampled_from(encodings)),
+        reset=draw(st.sampled_from(resets)),
+    )
     leak = draw(st.one_of(st.just(1.0), st.floats(0.01, 1.0)))
-    thresholds = draw(st.lists(st.floats(0.02, 1.0), min_size=len(config.spiking_layers),
-                               max_size=len(config.spiking_layers)))
+    thresholds = draw(
+        st.lists(st.floats(0.02, 1.0), min_size=len(config.spiking_layers), max_size=len(config.spiking_layers))
+    )
     return _with_random_weights(draw, config, leak, thresholds)
 
 
@@ -104,8 +117,14 @@ def _with_random_weights(draw, config: StudentConfig, leak: float, thresholds: l
 @st.composite
 def residual_students(draw) -> tuple[SpikingStudent, torch.Tensor, torch.Tensor | None]:
     """resnet12 at width 1/8 (an identity shortcut behind a pool, three strided projections), drawn like ``students``."""
-    config = build_student("resnet12", (draw(st.integers(1, 2)), 8, 8), draw(st.integers(2, 5)), width=0.125,
-                           timesteps=draw(st.integers(1, 6)), encoding=draw(st.sampled_from(("direct", "poisson"))))
+    config = build_student(
+        "resnet12",
+        (draw(st.integers(1, 2)), 8, 8),
+        draw(st.integers(2, 5)),
+        width=0.125,
+        timesteps=draw(st.integers(1, 6)),
+        encoding=draw(st.sampled_from(("direct", "poisson"))),
+    )
     leak = draw(st.one_of(st.just(1.0), st.floats(0.01, 1.0)))
     n = len(config.spiking_layers)
     return _with_random_weights(draw, config, leak, draw(st.lists(st.floats(0.02, 1.0), min_size=n, max_size=n)))
@@ -142,7 +161,7 @@ def test_nir_round_trip_keeps_every_parameter(case, tmp_path_factory):
     weights = [m.weight for m in student.weighted_modules()]
     assert all(torch.equal(a, b.weight) for a, b in zip(weights, back.weighted_modules(), strict=True))
     assert len(weights) == len(back.weighted_modules())
-    for a, b in zip(student.weighted_modules(), back.weighted_modules()):
+    for a, b in zip(student.weighted_modules(), back.weighted_modules(), strict=True):
         assert (a.bias is None and b.bias is None) or torch.equal(a.bias, b.bias)
 
 
@@ -162,9 +181,10 @@ def _decay(x: np.ndarray, decay: int) -> np.ndarray:
     return np.sign(product) * (np.abs(product) >> 12)
 
 
-def loihi_lif(drive: np.ndarray, v_decay: int, v_th: int, *, synaptic: bool,
-              bias_mant: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC 3's bit-accurate CUBA LIF with iDecay = 4096 over ``drive [T, ...]`` (int64).
+def loihi_lif(
+    drive: np.ndarray, v_decay: int, v_th: int, *, synaptic: bool, bias_mant: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lava's bit-accurate CUBA LIF with iDecay = 4096 over ``drive [T, ...]`` (int64).
 
     ``synaptic``: ``drive`` is the synaptic input ``a`` (``u = wrap(a << 6)``), plus the layer's
     bias mantissas ``bias_mant`` (``<< 6``, every step) if any; else ``drive`` is the bias mantissa
@@ -226,8 +246,13 @@ def reimplemented_lava(net: LoihiNet, images: np.ndarray, input_spikes: np.ndarr
         if layer.shortcut is not None:  # a Conv of its own from an earlier LIF layer, into the same neurons
             sc = layer.shortcut
             a = a + _wrap_conv(np.stack([_conv(s_t, sc.weight, sc.stride, 0) for s_t in recorded[sc.lif]]))
-        out, v = loihi_lif(a, 0 if layer.is_output else net.v_decay, layer.v_th, synaptic=True,
-                           bias_mant=_per_neuron(layer, layer.bias, None))
+        out, v = loihi_lif(
+            a,
+            0 if layer.is_output else net.v_decay,
+            layer.v_th,
+            synaptic=True,
+            bias_mant=_per_neuron(layer, layer.bias, None),
+        )
         if layer.is_output:
             return recorded, v / (64 * layer.scale * T)
         spikes = out
@@ -250,7 +275,9 @@ def test_loihi_quantised_residual_mode_equals_an_int64_reimplementation(case):
     residual = [(q, d) for q, d in zip(net.layers, deployed_layers(student), strict=True) if d.shortcut is not None]
     assert len(residual) == 4
     for q, d in residual:  # the shortcut in the layer's own scale, which is the largest that fits both
-        assert q.shortcut.weight.dtype == np.int64 and np.abs(q.shortcut.weight - d.shortcut.weight * q.scale).max() <= 0.5
+        assert (
+            q.shortcut.weight.dtype == np.int64 and np.abs(q.shortcut.weight - d.shortcut.weight * q.scale).max() <= 0.5
+        )
         edges = [w for w in (q.weight, q.shortcut.weight) if w.max() == W_MAX or w.min() in (W_MIN, W_MIN + 1)]
         assert edges or q.v_th == VTH_MAX, q.name
         assert q.v_th == round(thetas[d.lif] * q.scale)
@@ -259,14 +286,18 @@ def test_loihi_quantised_residual_mode_equals_an_int64_reimplementation(case):
 
 def _check_quantised_mode(student: SpikingStudent, images: torch.Tensor, spikes: torch.Tensor | None) -> None:
     net = quantise(student)
-    for q, d in zip(net.layers, deployed_layers(student), strict=True):  # weights are the folded ones, rounded, unclipped
+    for q, d in zip(
+        net.layers, deployed_layers(student), strict=True
+    ):  # weights are the folded ones, rounded, unclipped
         if not q.on_host:
             assert q.weight.dtype == np.int64 and np.abs(q.weight - d.weight * q.scale).max() <= 0.5
     trace = run_quantised(net, images, input_spikes=spikes)
     want_spikes, want_logits = reimplemented_lava(net, images.numpy(), None if spikes is None else spikes.numpy())
     assert len(trace.spikes) == len(want_spikes) == len(student.config.spiking_layers)
     for k, (got, want) in enumerate(zip(trace.spikes, want_spikes, strict=True)):
-        assert np.array_equal(got.numpy().astype(np.int64), want), f"LIF layer {k}: {int((got.numpy() != want).sum())} spikes differ"
+        assert np.array_equal(got.numpy().astype(np.int64), want), (
+            f"LIF layer {k}: {int((got.numpy() != want).sum())} spikes differ"
+        )
     assert np.array_equal(trace.logits.numpy(), want_logits)
 
 
@@ -287,7 +318,9 @@ def _all_negative_dense(student: SpikingStudent) -> bool:
     return any(q.kind == "linear" and not q.on_host and q.weight.max() < 0 for q in quantise(student).layers)
 
 
-def _lava_run_equals_reference(student: SpikingStudent, images: torch.Tensor, spikes: torch.Tensor | None, path) -> None:
+def _lava_run_equals_reference(
+    student: SpikingStudent, images: torch.Tensor, spikes: torch.Tensor | None, path
+) -> None:
     lava_target.export(student, path)
     direct = images if spikes is None else None
     got = lava_target.run(path, direct, spikes)
@@ -299,7 +332,9 @@ def _lava_run_equals_reference(student: SpikingStudent, images: torch.Tensor, sp
 
 @pytest.mark.slow
 def test_lava_runs_a_dense_layer_with_only_negative_weights_exactly(tmp_path):
-    config = StudentConfig("negative", (1, 3, 3), 2, (Flatten(), Linear(9, 1), Linear(1, 2)), timesteps=4, encoding="poisson")
+    config = StudentConfig(
+        "negative", (1, 3, 3), 2, (Flatten(), Linear(9, 1), Linear(1, 2)), timesteps=4, encoding="poisson"
+    )
     student = SpikingStudent(config, leak=1.0, thresholds=[0.3]).eval()
     with torch.no_grad():
         student.body[1].weight.fill_(0.5)

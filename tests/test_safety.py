@@ -25,14 +25,14 @@ import nir
 import numpy as np
 import pytest
 import torch
+from helpers import make_student
+from lasnn_deploy.exporters import export
 from safetensors.torch import load_file
 
-from helpers import make_student
 from lasnn_deploy.atomic import atomic_path
 from lasnn_deploy.cli import main
 from lasnn_deploy.data import load_split
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.exporters import export
 from lasnn_deploy.student import load_student, save_student
 from lasnn_deploy.training.checkpoint import load_checkpoint, read_weights, save_checkpoint
 from lasnn_deploy.training.config import config_to_json, make_config
@@ -96,8 +96,20 @@ def restore_threads():
 
 
 def test_train_resume_refuses_a_planted_checkpoint(tmp_path, marker, capsys, restore_threads):
-    options = dict(dataset="digits", student="tiny", student_width=0.25, method="conversion", train_samples=32,
-                   test_samples=8, batch_size=16, ann_epochs=2, balance_batches=1, timesteps=2, threads=1, progress=False)
+    options = dict(
+        dataset="digits",
+        student="tiny",
+        student_width=0.25,
+        method="conversion",
+        train_samples=32,
+        test_samples=8,
+        batch_size=16,
+        ann_epochs=2,
+        balance_batches=1,
+        timesteps=2,
+        threads=1,
+        progress=False,
+    )
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.json").write_text(config_to_json(make_config(out=str(run), **options)))
@@ -147,15 +159,30 @@ def _unsafe_loads(source: str) -> list[str]:
     pickle/dill/joblib loaders, yaml's unsafe loaders, np.load(allow_pickle=True)."""
     found = []
     for node in ast.walk(ast.parse(source)):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+        ):
             continue
         owner, name = node.func.value.id, node.func.attr
         keywords = {k.arg: k.value for k in node.keywords}
-        flag = lambda key: isinstance(keywords.get(key), ast.Constant) and keywords[key].value is True  # noqa: E731
-        if (owner == "torch" and name == "load" and not flag("weights_only")
-                or owner in ("pickle", "dill", "joblib", "cloudpickle") and name in ("load", "loads", "Unpickler")
-                or owner == "yaml" and name in ("load", "unsafe_load", "full_load", "load_all")
-                or owner in ("np", "numpy") and name == "load" and flag("allow_pickle")):
+
+        def flag(key, keywords=keywords):
+            return isinstance(keywords.get(key), ast.Constant) and keywords[key].value is True
+
+        if (
+            owner == "torch"
+            and name == "load"
+            and not flag("weights_only")
+            or owner in ("pickle", "dill", "joblib", "cloudpickle")
+            and name in ("load", "loads", "Unpickler")
+            or owner == "yaml"
+            and name in ("load", "unsafe_load", "full_load", "load_all")
+            or owner in ("np", "numpy")
+            and name == "load"
+            and flag("allow_pickle")
+        ):
             found.append(f"line {node.lineno}: {owner}.{name}")
     return found
 
@@ -167,7 +194,9 @@ def test_no_module_loads_files_with_a_code_running_loader():
     offending = {str(p.relative_to(root)): bad for p in sources if (bad := _unsafe_loads(p.read_text()))}
     assert offending == {}
     assert _unsafe_loads("import torch, pickle\ntorch.load(f)\npickle.loads(b)\ntorch.load(f, weights_only=True)") == [
-        "line 2: torch.load", "line 3: pickle.loads"]  # the scan itself finds what it looks for
+        "line 2: torch.load",
+        "line 3: pickle.loads",
+    ]  # the scan itself finds what it looks for
 
 
 # -- (b) atomic writes -------------------------------------------------------------------------------
@@ -183,7 +212,7 @@ def _interrupt_after_half(real):
     """Wrap a writer ``real(..., path)``: let it write, cut the file to half, then raise Interrupted."""
 
     def writer(*args, **kwargs):
-        result = real(*args, **kwargs)
+        real(*args, **kwargs)
         path = next(Path(a) for a in [*args, *kwargs.values()] if isinstance(a, (str, os.PathLike)))
         size = path.stat().st_size
         with open(path, "r+b") as f:
@@ -206,8 +235,10 @@ def test_interrupted_nir_export_leaves_the_old_file_or_none(tmp_path, monkeypatc
 
 
 def test_interrupted_onnx_and_student_writes_leave_the_old_file(tmp_path, monkeypatch):
-    for name, write in (("student.onnx", lambda p: export(make_student(), "onnx", p)),
-                        ("student.safetensors", lambda p: save_student(make_student(), p))):
+    for name, write in (
+        ("student.onnx", lambda p: export(make_student(), "onnx", p)),
+        ("student.safetensors", lambda p: save_student(make_student(), p)),
+    ):
         target = tmp_path / name
         target.write_bytes(b"old")
         with monkeypatch.context() as m:
@@ -267,9 +298,25 @@ def test_sigkill_while_writing_leaves_the_old_file_and_the_next_write_sweeps_up(
 
 
 # -- (c) kill -9 during training, then --resume ------------------------------------------------------
-RESUME_OPTIONS = dict(dataset="digits", student="tiny", student_width=0.5, method="hybrid", encoding="poisson",
-                      train_samples=480, test_samples=40, batch_size=32, ann_epochs=2, ann_optimizer="adam",
-                      ann_lr=1e-3, student_epochs=4, student_lr=1e-3, balance_batches=2, timesteps=3, threads=1, seed=3)
+RESUME_OPTIONS = dict(
+    dataset="digits",
+    student="tiny",
+    student_width=0.5,
+    method="hybrid",
+    encoding="poisson",
+    train_samples=480,
+    test_samples=40,
+    batch_size=32,
+    ann_epochs=2,
+    ann_optimizer="adam",
+    ann_lr=1e-3,
+    student_epochs=4,
+    student_lr=1e-3,
+    balance_batches=2,
+    timesteps=3,
+    threads=1,
+    seed=3,
+)
 
 
 def _train_argv(run: Path, *extra: str) -> list[str]:

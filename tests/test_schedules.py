@@ -48,10 +48,25 @@ def test_training_batches_never_contain_a_validation_image(tmp_path, monkeypatch
             yield x, y
 
     monkeypatch.setattr(loop, "batches", recording)
-    options = dict(dataset="digits", student="tiny", student_width=0.25, teacher="small-cnn", train_samples=120,
-                   test_samples=20, batch_size=32, teacher_epochs=1, ann_epochs=1, student_epochs=1, timesteps=2,
-                   balance_batches=1, balance_percentile=99.0, method="kd", progress=False, threads=1,
-                   validation_fraction=0.25)
+    options = dict(
+        dataset="digits",
+        student="tiny",
+        student_width=0.25,
+        teacher="small-cnn",
+        train_samples=120,
+        test_samples=20,
+        batch_size=32,
+        teacher_epochs=1,
+        ann_epochs=1,
+        student_epochs=1,
+        timesteps=2,
+        balance_batches=1,
+        balance_percentile=99.0,
+        method="kd",
+        progress=False,
+        threads=1,
+        validation_fraction=0.25,
+    )
     run = train(out=str(tmp_path / "run"), **options)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["validation"]["samples"] == 30 and metrics["train_samples"] == 90
@@ -84,9 +99,18 @@ def test_selection_keeps_the_best_epoch_and_stops_on_a_plateau(tmp_path, patienc
     opt = make_optimizer(module.parameters(), "sgd", 1.0, 0.0, 0.0)
     states = []
     data = TensorDataset(torch.zeros(8, 1), torch.zeros(8, dtype=torch.long))
-    plan = FitPlan("s", data, 6, 4, 0, tmp_path / "s.pt", torch.device("cpu"), progress=False,
-                   on_epoch_end=lambda _n, _e: states.append(float(module.w.detach())),
-                   select=Selection(lambda: next(scores), patience))
+    plan = FitPlan(
+        "s",
+        data,
+        6,
+        4,
+        0,
+        tmp_path / "s.pt",
+        torch.device("cpu"),
+        progress=False,
+        on_epoch_end=lambda _n, _e: states.append(float(module.w.detach())),
+        select=Selection(lambda: next(scores), patience),
+    )
     result = fit(module, opt, make_scheduler(opt, "constant", 6), plan)
     assert result.epochs_run == ran and len(states) == ran
     assert result.best_epoch == kept and result.best_score == 0.7
@@ -96,9 +120,23 @@ def test_selection_keeps_the_best_epoch_and_stops_on_a_plateau(tmp_path, patienc
 
 def test_quick_preset_on_a_small_data_set_stops_by_validation(tmp_path):
     """The preset's fine-tuning runs in validated rounds and ends on a plateau, not after an epoch count."""
-    run = train(out=str(tmp_path / "run"), preset="quick", dataset="digits", student="tiny", student_width=0.5,
-                train_samples=300, test_samples=40, teacher_epochs=1, ann_epochs=3, timesteps=4, method="hybrid",
-                student_lr=3e-3, patience=2, progress=False, threads=1)
+    run = train(
+        out=str(tmp_path / "run"),
+        preset="quick",
+        dataset="digits",
+        student="tiny",
+        student_width=0.5,
+        train_samples=300,
+        test_samples=40,
+        teacher_epochs=1,
+        ann_epochs=3,
+        timesteps=4,
+        method="hybrid",
+        student_lr=3e-3,
+        patience=2,
+        progress=False,
+        threads=1,
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     finetune = metrics["stages"]["finetune"]
     assert metrics["config"]["student_epochs"] == 20

@@ -2,17 +2,27 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import make_student, small_resnet
+
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.neurons import encode, lif_reference
-from lasnn_deploy.student import (AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig,
-                                  deployed_layers, load_student, save_student)
+from lasnn_deploy.student import (
+    AvgPool,
+    Conv,
+    Flatten,
+    Linear,
+    Shortcut,
+    SpikingStudent,
+    StudentConfig,
+    deployed_layers,
+    load_student,
+    save_student,
+)
 
 
 @torch.no_grad()
 def reference_forward(student: SpikingStudent, s0: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Float64 step-by-step run of SPEC section 1 from the layer list, with torch functional ops."""
+    """Float64 step-by-step run of the LIF recurrence from the layer list, with torch functional ops."""
     cfg, leak = student.config, student.leak.item()
     thetas = student.thresholds.detach().double().numpy()
     spikes, lif, outputs = [], {i: k for k, i in enumerate(cfg.spiking_layers)}, {}
@@ -22,10 +32,14 @@ def reference_forward(student: SpikingStudent, s0: np.ndarray) -> tuple[np.ndarr
         if isinstance(spec, Shortcut):
             source = outputs[spec.source]
             if mod.proj is not None:
-                source = torch.stack([F.conv2d(source[t], mod.proj.weight.double(), stride=spec.stride) for t in range(T)])
+                source = torch.stack(
+                    [F.conv2d(source[t], mod.proj.weight.double(), stride=spec.stride) for t in range(T)]
+                )
             h = h + source
         elif isinstance(spec, Conv):
-            h = torch.stack([F.conv2d(h[t], mod.weight.double(), stride=spec.stride, padding=spec.padding) for t in range(T)])
+            h = torch.stack(
+                [F.conv2d(h[t], mod.weight.double(), stride=spec.stride, padding=spec.padding) for t in range(T)]
+            )
             if spec.bias:  # u[t] = lam u[t-1] + W s[t] + b: a constant current every step
                 h = h + mod.bias.double()[:, None, None]
         elif isinstance(spec, Linear):
@@ -95,8 +109,15 @@ def test_bias_is_written_only_when_true(tmp_path):
 
 def test_bias_flag_must_be_a_bool():
     with pytest.raises(UserError, match="bias must be true or false"):
-        StudentConfig.from_dict({**make_student().config.to_dict(), "layers": [
-            {"type": "flatten"}, {"type": "linear", "in_features": 64, "out_features": 5, "bias": "yes"}]})
+        StudentConfig.from_dict(
+            {
+                **make_student().config.to_dict(),
+                "layers": [
+                    {"type": "flatten"},
+                    {"type": "linear", "in_features": 64, "out_features": 5, "bias": "yes"},
+                ],
+            }
+        )
 
 
 def test_residual_student_matches_float64_reference():
@@ -130,8 +151,11 @@ def test_deployed_residual_graph_computes_the_student(bias):
     for d in deployed:
         inp = h.flatten(2) if d.kind == "linear" else h
         w = torch.from_numpy(d.weight)
-        current = (torch.stack([F.conv2d(inp[t], w, stride=d.stride, padding=d.padding) for t in range(6)])
-                   if d.kind == "conv" else inp @ w.T)
+        current = (
+            torch.stack([F.conv2d(inp[t], w, stride=d.stride, padding=d.padding) for t in range(6)])
+            if d.kind == "conv"
+            else inp @ w.T
+        )
         assert (d.bias is not None) == bias
         if bias:
             current = current + torch.from_numpy(d.bias).reshape(-1, *[1] * (current.dim() - 3))
@@ -149,16 +173,21 @@ def test_residual_student_saves_and_loads(tmp_path):
     student = small_resnet().float()
     back = load_student(save_student(student, tmp_path / "s.safetensors"))
     assert back.config == student.config
-    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), back.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(student.state_dict().values(), back.state_dict().values(), strict=True)
+    )
     assert "body.13.proj.weight" in back.state_dict()
 
 
-@pytest.mark.parametrize("bad, message", [
-    (Shortcut(0, 1, 2), "must directly follow the Conv"),
-    (Shortcut(3, 2, 2), "must be a layer before"),
-    (Shortcut(0, 2, 2, 2), "does not give"),
-    (Shortcut(0, 3, 2), "in_channels 3"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (Shortcut(0, 1, 2), "must directly follow the Conv"),
+        (Shortcut(3, 2, 2), "must be a layer before"),
+        (Shortcut(0, 2, 2, 2), "does not give"),
+        (Shortcut(0, 3, 2), "in_channels 3"),
+    ],
+)
 def test_bad_shortcuts_are_refused(bad, message):
     layers = [Conv(1, 2, 3, 1, 1), Conv(2, 2, 3, 1, 1), Conv(2, 2, 3, 1, 1), Flatten(), Linear(2 * 16, 3)]
     if message == "must directly follow the Conv":

@@ -17,8 +17,7 @@ from lasnn_deploy.data import load_split
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.evaluation import evaluate_student
 from lasnn_deploy.student import SpikingStudent, load_student
-from lasnn_deploy.training import METHODS, PRESETS, add_train_arguments, config_from_args, make_config, train
-from lasnn_deploy.training import losses
+from lasnn_deploy.training import METHODS, PRESETS, add_train_arguments, config_from_args, losses, make_config, train
 from lasnn_deploy.training.config import FIELDS
 from lasnn_deploy.training.objectives import FineTune
 
@@ -44,8 +43,17 @@ TINY = dict(
     threads=1,  # several test processes share few cores: more threads only thrash
 )
 METRIC_KEYS = {
-    "method", "dataset", "timesteps", "encoding", "teacher_test_accuracy", "ann_test_accuracy",
-    "converted_test_accuracy", "test_accuracy", "spikes_per_sample", "train_seconds", "stages",
+    "method",
+    "dataset",
+    "timesteps",
+    "encoding",
+    "teacher_test_accuracy",
+    "ann_test_accuracy",
+    "converted_test_accuracy",
+    "test_accuracy",
+    "spikes_per_sample",
+    "train_seconds",
+    "stages",
 }
 
 
@@ -70,7 +78,9 @@ def test_every_method_trains_and_writes_the_run_folder(method, shared_run, tmp_p
     assert METRIC_KEYS <= set(metrics)
     assert metrics["method"] == method and metrics["dataset"] == "digits" and metrics["timesteps"] == 3
     for key in ("ann_test_accuracy", "converted_test_accuracy", "test_accuracy"):  # fractions of the 40 test images
-        assert metrics[key] * TINY["test_samples"] == round(metrics[key] * TINY["test_samples"]) and 0 <= metrics[key] <= 1
+        assert (
+            metrics[key] * TINY["test_samples"] == round(metrics[key] * TINY["test_samples"]) and 0 <= metrics[key] <= 1
+        )
     test_images = Subset(load_split("digits", None, "test"), range(TINY["test_samples"]))
     assert metrics["test_accuracy"] == evaluate_student(load_student(folder), test_images)["test_accuracy"]
     assert metrics["spikes_per_sample"] > 0 and metrics["train_seconds"] > 0
@@ -104,8 +114,13 @@ def test_tssd_student_is_the_first_t_steps_of_the_long_run_and_heads_stay_outsid
     from lasnn_deploy.models import build_student
 
     torch.manual_seed(0)
-    student = SpikingStudent(build_student("tiny", (1, 16, 16), 10, timesteps=3, width=0.5, encoding=encoding),
-                             thresholds=[0.2, 0.2]).double().eval()
+    student = (
+        SpikingStudent(
+            build_student("tiny", (1, 16, 16), 10, timesteps=3, width=0.5, encoding=encoding), thresholds=[0.2, 0.2]
+        )
+        .double()
+        .eval()
+    )
     objective = FineTune(student, "tssd", make_config(method="tssd", tssd_timesteps=7, **TINY)).double()
     assert objective.head_level == 1  # one weak classifier, at the middle of the tiny student's two conv levels
     assert set(student.state_dict()) == set(SpikingStudent(student.config).state_dict())
@@ -145,8 +160,16 @@ class _Stop(Exception):
     pass
 
 
-RESUME = dict(TINY, student="3conv2linear", student_width=0.125, encoding="poisson", teacher_epochs=2, ann_epochs=2,
-              student_epochs=2, method="lasnn")
+RESUME = dict(
+    TINY,
+    student="3conv2linear",
+    student_width=0.125,
+    encoding="poisson",
+    teacher_epochs=2,
+    ann_epochs=2,
+    student_epochs=2,
+    method="lasnn",
+)
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +282,15 @@ def test_every_option_has_a_flag_with_help():
     for name in FIELDS:
         assert f"--{name.replace('_', '-')}" in actions[name].option_strings and actions[name].help.strip(), name
     text = add_train_arguments(argparse.ArgumentParser()).format_help()
-    for flag in ("--balance-percentile", "--teacher-temperature", "--student-temperature", "--kd-weight",
-                 "--tssd-timesteps", "--resume", "--config", "--preset"):
+    for flag in (
+        "--balance-percentile",
+        "--teacher-temperature",
+        "--student-temperature",
+        "--kd-weight",
+        "--tssd-timesteps",
+        "--resume",
+        "--config",
+        "--preset",
+    ):
         assert flag in text
     assert "quick: 3300" in text

@@ -6,14 +6,12 @@ import copy
 
 import pytest
 import torch
-
 from helpers import make_student
+from lasnn_deploy.exporters import onnx as onnx_export
+
 from lasnn_deploy import validation
 from lasnn_deploy.evaluation import evaluate_student
-from lasnn_deploy.exporters import onnx as onnx_export
 from lasnn_deploy.neurons import poisson_inputs
-
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,7 +49,9 @@ def test_chunked_validation_reports_what_one_chunk_reports(tmp_path, monkeypatch
     chunked = validation.validate(student, path, images, labels)
     assert chunked == whole
     assert whole["passed"] and whole["spike_agreement"] == 1.0 and whole["samples"] == 13
-    assert [layer["spikes_reference"] for layer in whole["layers"]] == [layer["spikes_runtime"] for layer in whole["layers"]]
+    assert [layer["spikes_reference"] for layer in whole["layers"]] == [
+        layer["spikes_runtime"] for layer in whole["layers"]
+    ]
     assert sum(layer["spikes_reference"] for layer in whole["layers"]) > 0
 
 
@@ -75,10 +75,12 @@ def test_the_package_offers_the_whole_data_flow_without_loading_matplotlib():
     import subprocess
     import sys
 
-    code = ("import sys, lasnn_deploy as l; "
-            "assert all(callable(getattr(l, n)) for n in l.__all__ if n != '__version__'), l.__all__; "
-            "assert {'train', 'load_split', 'first_samples', 'export', 'validate', 'energy_report'} <= set(l.__all__); "
-            "assert 'matplotlib' not in sys.modules")
+    code = (
+        "import sys, lasnn_deploy as l; "
+        "assert all(callable(getattr(l, n)) for n in l.__all__ if n != '__version__'), l.__all__; "
+        "assert {'train', 'load_split', 'first_samples', 'export', 'validate', 'energy_report'} <= set(l.__all__); "
+        "assert 'matplotlib' not in sys.modules"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
 
@@ -89,10 +91,12 @@ from unittest import mock  # noqa: E402
 import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from lasnn_deploy.exporters import RunResult, target_of_file  # noqa: E402
+from lasnn_deploy.exporters import (  # noqa: E402
+    RunResult,
+    nir_runtimes,  # noqa: E402
+    target_of_file,
+)
 from lasnn_deploy.exporters import nir as nir_target  # noqa: E402
-from lasnn_deploy.exporters import nir_runtimes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +130,9 @@ def test_a_runtime_that_drops_or_renames_a_layer_fails_validation(onnx_file, how
     student, path = onnx_file
     images, labels = images_and_labels(5)
     real_run = onnx_export._run  # the target's own step, which validate reaches through OnnxTarget.run
-    with mock.patch.object(onnx_export.OnnxTarget, "_run", staticmethod(lambda *a, **kw: tampered(real_run(*a, **kw), how, k))):
+    with mock.patch.object(
+        onnx_export.OnnxTarget, "_run", staticmethod(lambda *a, **kw: tampered(real_run(*a, **kw), how, k))
+    ):
         report = validation.validate(student, path, images, labels)
     assert not report["passed"]
     assert report["layer_mismatch"] and report["spike_agreement"] is None

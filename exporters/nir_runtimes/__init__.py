@@ -33,8 +33,8 @@ from ...atomic import atomic_path
 from ...errors import UserError
 from ...neurons import _lif_forward
 from ...student import AvgPool, Conv, Linear, Shortcut, SpikingStudent
-from ..target import RunResult
 from .. import nir as nir_target
+from ..target import RunResult
 from . import transforms
 
 RUNTIMES = {  # name: the extra that installs it
@@ -94,8 +94,10 @@ def runtime_of(graph: nir.NIRGraph, runtime: str | None, where: Any) -> str:
     chosen = runtime or written_for or DEFAULT
     runtime_module(chosen)
     if written_for and chosen != written_for:
-        raise UserError(f"{where} was written for {written_for} (--nir-for {written_for}); validate it with "
-                        f"--runtime {written_for}, or export a file for {chosen} with --nir-for {chosen}")
+        raise UserError(
+            f"{where} was written for {written_for} (--nir-for {written_for}); validate it with "
+            f"--runtime {written_for}, or export a file for {chosen} with --nir-for {chosen}"
+        )
     return chosen
 
 
@@ -103,8 +105,9 @@ def batched(graph: nir.NIRGraph, runtime: str) -> bool:
     """Whether ``runtime`` runs ``graph`` on a whole batch at once (see the module docstring)."""
     module = runtime_module(runtime)
     literal = getattr(module, "LITERAL_FLATTEN", False)
-    return module.BATCHED and not (literal and any(isinstance(node, nir.Flatten) and int(node.start_dim) >= 0
-                                                   for node in graph.nodes.values()))
+    return module.BATCHED and not (
+        literal and any(isinstance(node, nir.Flatten) and int(node.start_dim) >= 0 for node in graph.nodes.values())
+    )
 
 
 def run(path: str | Path, images: Any = None, input_spikes: Any = None, runtime: str | None = None) -> RunResult:
@@ -166,18 +169,21 @@ def _batched_order(student: SpikingStudent, batch: int) -> SpikingStudent:
     return copy
 
 
-def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = None,
-              in_batches: bool = False) -> RunResult:
+def reference(
+    student: SpikingStudent, images: Any = None, input_spikes: Any = None, in_batches: bool = False
+) -> RunResult:
     """The float32 student on the same input, in the order the runtime computes its layers (``in_batches``:
     each step's whole batch, see :func:`batched`; else image by image), with the potentials before
     reset of every LIF layer (for the first-divergence report)."""
     cfg = student.config
     x, spikes = nir_target._as_tensor(images), nir_target._as_tensor(input_spikes)
-    batch = (spikes.shape[1] if spikes is not None else x.shape[0])
+    batch = spikes.shape[1] if spikes is not None else x.shape[0]
     ordered = _batched_order(student, batch) if in_batches else nir_target.runtime_order(student)
     currents: dict[int, torch.Tensor] = {}
-    hooks = [ordered.body[i].register_forward_hook(lambda m, a, out, i=i: currents.__setitem__(i, out))
-             for i in cfg.spiking_layers]
+    hooks = [
+        ordered.body[i].register_forward_hook(lambda m, a, out, i=i: currents.__setitem__(i, out))
+        for i in cfg.spiking_layers
+    ]
     try:
         with torch.no_grad():
             trace = ordered.run(x, input_spikes=spikes, record=True)
@@ -193,5 +199,6 @@ def reference(student: SpikingStudent, images: Any = None, input_spikes: Any = N
         _, v = _lif_forward(current.float(), student.leak.detach(), student.thresholds[k].detach(), True, True)
         potentials.append(torch.stack(v).numpy())
     names = [cfg.layer_name(i) for i in cfg.spiking_layers]
-    return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names,
-                     potentials=potentials)
+    return RunResult(
+        logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names, potentials=potentials
+    )

@@ -15,8 +15,8 @@ import nir
 import numpy as np
 import torch
 
-from . import Recorded, transforms
 from .. import nir as nir_target
+from . import Recorded, transforms
 
 BATCHED = True
 LITERAL_FLATTEN = True
@@ -39,5 +39,7 @@ def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> R
     reset_state(net)
     with torch.no_grad():
         outputs = [net(x)[0] for x in steps]
-    return Recorded(outputs=torch.stack(outputs).numpy(),
-                    spikes={n: torch.stack(s).numpy().astype(np.float32) for n, s in spikes.items()})
+    return Recorded(
+        outputs=torch.stack(outputs).numpy(),
+        spikes={n: torch.stack(s).numpy().astype(np.float32) for n, s in spikes.items()},
+    )

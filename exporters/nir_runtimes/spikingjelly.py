@@ -41,5 +41,7 @@ def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> R
         for x in steps:
             out, state = net(x, state)
             outputs.append(out)
-    return Recorded(outputs=torch.stack(outputs).numpy(),
-                    spikes={n: torch.stack(s).numpy().astype(np.float32) for n, s in spikes.items()})
+    return Recorded(
+        outputs=torch.stack(outputs).numpy(),
+        spikes={n: torch.stack(s).numpy().astype(np.float32) for n, s in spikes.items()},
+    )

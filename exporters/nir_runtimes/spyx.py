@@ -39,8 +39,10 @@ def python() -> Path:
     """Spyx's interpreter: ``$LASNN_SPYX_PYTHON``, else ``.venv-spyx`` at the repository root."""
     path = Path(os.environ.get("LASNN_SPYX_PYTHON") or Path(__file__).resolve().parents[2] / ".venv-spyx/bin/python")
     if not path.is_file():
-        raise UserError(f"the spyx runtime is not installed (no {path}); run `make spyx` in the repository, "
-                        "or point LASNN_SPYX_PYTHON at a Python with spyx==1.0.0 and nir")
+        raise UserError(
+            f"the spyx runtime is not installed (no {path}); run `make spyx` in the repository, "
+            "or point LASNN_SPYX_PYTHON at a Python with spyx==1.0.0 and nir"
+        )
     return path
 
 
@@ -53,12 +55,16 @@ def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> R
         graph_path, in_path, out_path = (Path(tmp) / name for name in ("graph.nir", "in.npz", "out.npz"))
         nir.write(graph_path, graph)
         np.savez(in_path, steps=padded.numpy())
-        done = subprocess.run([str(python()), "-I", str(RUNNER), str(graph_path), str(in_path), str(out_path)],
-                              capture_output=True, text=True, timeout=TIMEOUT_S)
+        done = subprocess.run(
+            [str(python()), "-I", str(RUNNER), str(graph_path), str(in_path), str(out_path)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise UserError(f"Spyx could not run the graph ({last}); export it with --nir-for spyx")
         with np.load(out_path) as out:
-            outputs = out["outputs"][len(lifs):]
-            spikes = {n: out[f"spikes/{n}"][k + 1:k + 1 + T] for k, n in enumerate(lifs)}
+            outputs = out["outputs"][len(lifs) :]
+            spikes = {n: out[f"spikes/{n}"][k + 1 : k + 1 + T] for k, n in enumerate(lifs)}
     return Recorded(outputs=outputs, spikes=spikes)

@@ -28,7 +28,7 @@ def main(graph_path: str, in_path: str, out_path: str) -> None:
     if len(order) != len(states):
         raise SystemExit(f"spyx built {len(states)} layers for the graph's {len(order)} nodes")
     result = {"outputs": np.asarray(outputs)}
-    for name, state in zip(order, states):
+    for name, state in zip(order, states, strict=True):
         node = graph.nodes[name]
         if isinstance(node, nir.LIF):
             v = np.asarray(state)  # potential after each step, [T, B, N]

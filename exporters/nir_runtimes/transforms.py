@@ -42,16 +42,20 @@ def _chain(graph: nir.NIRGraph) -> list[str]:
     while not isinstance(graph.nodes[chain[-1]], nir.Output):
         nxt = successors.get(chain[-1], [])
         if len(nxt) != 1:
-            raise UserError(f"node {chain[-1]!r} has {len(nxt)} successors: runtime flavours are written for "
-                            "feed-forward students only; export the plain file (no --nir-for)")
+            raise UserError(
+                f"node {chain[-1]!r} has {len(nxt)} successors: runtime flavours are written for "
+                "feed-forward students only; export the plain file (no --nir-for)"
+            )
         chain.append(nxt[0])
     return chain
 
 
-def _rebuild(graph: nir.NIRGraph, nodes: dict[str, nir.NIRNode], metadata: dict[str, Any] | None = None) -> nir.NIRGraph:
+def _rebuild(
+    graph: nir.NIRGraph, nodes: dict[str, nir.NIRNode], metadata: dict[str, Any] | None = None
+) -> nir.NIRGraph:
     """A new chain graph of ``nodes`` (in order), type-checked by nir."""
     names = list(nodes)
-    edges = list(zip(names[:-1], names[1:]))
+    edges = list(zip(names[:-1], names[1:], strict=True))
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata={**graph.metadata, **(metadata or {})}, type_check=True)
 
 
@@ -64,13 +68,23 @@ def sum_pools(graph: nir.NIRGraph) -> nir.NIRGraph:
         if isinstance(node, nir.AvgPool2d):
             area = float(np.prod(np.asarray(node.kernel_size)))
             scale = (scale or 1.0) / area
-            node = nir.SumPool2d(kernel_size=np.asarray(node.kernel_size), stride=np.asarray(node.stride),
-                                 padding=np.asarray(node.padding))
+            node = nir.SumPool2d(
+                kernel_size=np.asarray(node.kernel_size),
+                stride=np.asarray(node.stride),
+                padding=np.asarray(node.padding),
+            )
         elif isinstance(node, (nir.Conv2d, nir.Linear, nir.Affine)) and scale is not None:
             weight = (np.asarray(node.weight, dtype=np.float64) * scale).astype(np.float32)  # the bias stays
             if isinstance(node, nir.Conv2d):
-                node = nir.Conv2d(input_shape=node.input_shape, weight=weight, stride=node.stride,
-                                  padding=node.padding, dilation=node.dilation, groups=node.groups, bias=node.bias)
+                node = nir.Conv2d(
+                    input_shape=node.input_shape,
+                    weight=weight,
+                    stride=node.stride,
+                    padding=node.padding,
+                    dilation=node.dilation,
+                    groups=node.groups,
+                    bias=node.bias,
+                )
             elif isinstance(node, nir.Affine):
                 node = nir.Affine(weight=weight, bias=node.bias)
             else:
@@ -96,10 +110,13 @@ def neurons(graph: nir.NIRGraph, dt: float, *, fold_r: bool = False, steps: bool
         if isinstance(node, nir.LIF):
             theta = np.asarray(node.v_threshold, dtype=np.float32)
             shape = theta.shape
-            node = nir.LIF(tau=np.full(shape, tau, dtype=np.float32),
-                           r=np.full(shape, 1.0 if fold_r else r, dtype=np.float32),
-                           v_leak=np.zeros(shape, np.float32), v_reset=np.zeros(shape, np.float32),
-                           v_threshold=(theta / np.float32(r)).astype(np.float32) if fold_r else theta)
+            node = nir.LIF(
+                tau=np.full(shape, tau, dtype=np.float32),
+                r=np.full(shape, 1.0 if fold_r else r, dtype=np.float32),
+                v_leak=np.zeros(shape, np.float32),
+                v_reset=np.zeros(shape, np.float32),
+                v_threshold=(theta / np.float32(r)).astype(np.float32) if fold_r else theta,
+            )
         nodes[name] = node
     return _rebuild(graph, nodes, {"dt": float(dt)})
 
@@ -134,8 +151,12 @@ def dense(graph: nir.NIRGraph) -> nir.NIRGraph:
         elif isinstance(node, nir.Flatten):
             continue
         elif isinstance(node, nir.LIF):
-            nodes[name] = nir.LIF(**{key: np.asarray(getattr(node, key)).reshape(-1)
-                                     for key in ("tau", "r", "v_leak", "v_reset", "v_threshold")})
+            nodes[name] = nir.LIF(
+                **{
+                    key: np.asarray(getattr(node, key)).reshape(-1)
+                    for key in ("tau", "r", "v_leak", "v_reset", "v_threshold")
+                }
+            )
             continue
         elif isinstance(node, (nir.Linear, nir.Affine)):
             nodes[name] = node
@@ -147,11 +168,17 @@ def dense(graph: nir.NIRGraph) -> nir.NIRGraph:
         with torch.no_grad():
             shape_out = tuple(op(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:])
         weight = _matrix(op, shape)
-        nodes[name] = nir.Linear(weight=weight) if bias is None else \
-            nir.Affine(weight=weight, bias=np.repeat(bias, int(np.prod(shape_out[1:]))))  # (C, H, W) order
+        nodes[name] = (
+            nir.Linear(weight=weight)
+            if bias is None
+            else nir.Affine(weight=weight, bias=np.repeat(bias, int(np.prod(shape_out[1:]))))
+        )  # (C, H, W) order
         shape = shape_out
-    shapes = " ".join(f"{n}={','.join(map(str, np.asarray(graph.nodes[n].v_threshold).shape))}"
-                      for n in chain if isinstance(graph.nodes[n], nir.LIF))
+    shapes = " ".join(
+        f"{n}={','.join(map(str, np.asarray(graph.nodes[n].v_threshold).shape))}"
+        for n in chain
+        if isinstance(graph.nodes[n], nir.LIF)
+    )
     return _rebuild(graph, nodes, {"input_layout": "flat (C, H, W) vector", "layer_shapes": shapes})
 
 
@@ -163,8 +190,12 @@ def layer_shapes(graph: nir.NIRGraph) -> dict[str, tuple[int, ...]]:
 
 def affine(graph: nir.NIRGraph) -> nir.NIRGraph:
     """Linear nodes as Affine with a zero bias."""
-    nodes = {name: nir.Affine(weight=graph.nodes[name].weight, bias=np.zeros(graph.nodes[name].weight.shape[0], np.float32))
-             if isinstance(graph.nodes[name], nir.Linear) else graph.nodes[name] for name in _chain(graph)}
+    nodes = {
+        name: nir.Affine(weight=graph.nodes[name].weight, bias=np.zeros(graph.nodes[name].weight.shape[0], np.float32))
+        if isinstance(graph.nodes[name], nir.Linear)
+        else graph.nodes[name]
+        for name in _chain(graph)
+    }
     return _rebuild(graph, nodes)
 
 
@@ -176,7 +207,10 @@ def batch_flatten(graph: nir.NIRGraph) -> nir.NIRGraph:
         if isinstance(node, nir.Flatten):
             ndim = len(np.asarray(node.input_type["input"]))
             start, end = int(node.start_dim), int(node.end_dim)
-            node = nir.Flatten(input_type=node.input_type, start_dim=start - ndim if start >= 0 else start,
-                               end_dim=end - ndim if end >= 0 else end)
+            node = nir.Flatten(
+                input_type=node.input_type,
+                start_dim=start - ndim if start >= 0 else start,
+                end_dim=end - ndim if end >= 0 else end,
+            )
         nodes[name] = node
     return _rebuild(graph, nodes)

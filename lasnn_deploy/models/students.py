@@ -1,4 +1,4 @@
-"""Student SNN architectures, as ``StudentConfig`` builders sized to the data (SPEC section 1).
+"""Student SNN architectures, as ``StudentConfig`` builders sized to the data (docs/semantics.md, 'The float student').
 
 Every student follows the conversion-friendly rules of LaSNN (Sec. III-A3) and of Rathi et al.'s
 hybrid-conversion VGGs: 3x3 convolutions with padding 1 and no bias, no batch norm, 2x2 average
@@ -22,7 +22,7 @@ every Conv and Linear a bias (the place of a batch norm folded in at conversion)
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 from ..errors import UserError
 from ..neurons import Encoding, Reset
@@ -31,7 +31,7 @@ from ..student import AvgPool, Conv, Dropout, Flatten, LayerSpec, Linear, Shortc
 POOL = "A"
 CONV_DROPOUT = 0.2
 HIDDEN_DROPOUT = 0.5
-Plan = Sequence[Union[int, str]]
+Plan = Sequence[int | str]
 
 
 def _scaled(n: int, width: float) -> int:
@@ -79,7 +79,7 @@ def plan_layers(
     return tuple(layers)
 
 
-LayerPlan = Callable[[Sequence[int], int, float, Union[float, None]], tuple[LayerSpec, ...]]
+LayerPlan = Callable[[Sequence[int], int, float, float | None], tuple[LayerSpec, ...]]
 StudentBuilder = Callable[..., StudentConfig]
 
 
@@ -112,7 +112,9 @@ def _builder(arch: str, plan: LayerPlan, doc: str) -> StudentBuilder:
 def _vgg(arch: str, convs: Plan, hidden: Sequence[int], conv_dropout: float, hidden_dropout: float) -> StudentBuilder:
     """A VGG-style student (``plan_layers``); ``dropout`` replaces both rates when given."""
 
-    def plan(input_shape: Sequence[int], num_classes: int, width: float, dropout: float | None) -> tuple[LayerSpec, ...]:
+    def plan(
+        input_shape: Sequence[int], num_classes: int, width: float, dropout: float | None
+    ) -> tuple[LayerSpec, ...]:
         return plan_layers(
             input_shape,
             num_classes,
@@ -165,9 +167,17 @@ def resnet_layers(
     return tuple(layers)
 
 
-def _resnet12_plan(input_shape: Sequence[int], num_classes: int, width: float, dropout: float | None) -> tuple[LayerSpec, ...]:
-    return resnet_layers(input_shape, num_classes, RESNET12_STEM, RESNET12_BLOCKS, width=width,
-                         dropout=CONV_DROPOUT if dropout is None else dropout)
+def _resnet12_plan(
+    input_shape: Sequence[int], num_classes: int, width: float, dropout: float | None
+) -> tuple[LayerSpec, ...]:
+    return resnet_layers(
+        input_shape,
+        num_classes,
+        RESNET12_STEM,
+        RESNET12_BLOCKS,
+        width=width,
+        dropout=CONV_DROPOUT if dropout is None else dropout,
+    )
 
 
 STUDENTS: dict[str, StudentBuilder] = {
@@ -179,7 +189,9 @@ STUDENTS: dict[str, StudentBuilder] = {
     "3conv2linear": _vgg("3conv2linear", [64, POOL, 128, POOL, 256, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
     "vgg5": _vgg("vgg5", [64, POOL, 128, 128, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
     "vgg7": _vgg("vgg7", [64, 64, POOL, 128, 128, POOL, 256, POOL], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
-    "vgg9": _vgg("vgg9", [64, POOL, 128, 256, POOL, 256, 512, POOL, 512, POOL, 512], [1024], CONV_DROPOUT, HIDDEN_DROPOUT),
+    "vgg9": _vgg(
+        "vgg9", [64, POOL, 128, 256, POOL, 256, 512, POOL, 512, POOL, 512], [1024], CONV_DROPOUT, HIDDEN_DROPOUT
+    ),
     "vgg16": _vgg(
         "vgg16",
         [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512],

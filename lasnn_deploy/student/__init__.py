@@ -12,17 +12,61 @@ Index convention: ``source`` (``Shortcut.source``, ``DeployedLayer.source``) is 
 """
 
 from .config import MAX_TIMESTEPS, StudentConfig, check_timesteps
-from .deployed import (DeployedLayer, DeployedShortcut, deployed_layers, fold_pool_into_conv, fold_pool_into_linear,
-                       has_shortcuts)
+from .deployed import (
+    DeployedLayer,
+    DeployedShortcut,
+    deployed_layers,
+    fold_pool_into_conv,
+    fold_pool_into_linear,
+    has_shortcuts,
+)
 from .files import FORMAT, STUDENT_FILE, load_student, parameter_shapes, resolve_student_path, save_student
-from .layers import (LAYER_TYPES, AvgPool, Conv, Dropout, Flatten, LayerSpec, Linear, ResidualAdd, Shortcut,
-                     layer_from_dict, layer_name, layer_to_dict)
+from .layers import (
+    LAYER_TYPES,
+    AvgPool,
+    Conv,
+    Dropout,
+    Flatten,
+    LayerSpec,
+    Linear,
+    ResidualAdd,
+    Shortcut,
+    layer_from_dict,
+    layer_name,
+    layer_to_dict,
+)
 from .module import SpikingStudent, Trace, check_images, check_parameters
 
 __all__ = [
-    "FORMAT", "LAYER_TYPES", "MAX_TIMESTEPS", "STUDENT_FILE", "AvgPool", "Conv", "DeployedLayer", "DeployedShortcut",
-    "Dropout", "Flatten", "LayerSpec", "Linear", "ResidualAdd", "Shortcut", "SpikingStudent", "StudentConfig", "Trace",
-    "check_images", "check_parameters", "check_timesteps", "deployed_layers", "fold_pool_into_conv",
-    "fold_pool_into_linear", "has_shortcuts", "layer_from_dict", "layer_name", "layer_to_dict", "load_student",
-    "parameter_shapes", "resolve_student_path", "save_student",
+    "FORMAT",
+    "LAYER_TYPES",
+    "MAX_TIMESTEPS",
+    "STUDENT_FILE",
+    "AvgPool",
+    "Conv",
+    "DeployedLayer",
+    "DeployedShortcut",
+    "Dropout",
+    "Flatten",
+    "LayerSpec",
+    "Linear",
+    "ResidualAdd",
+    "Shortcut",
+    "SpikingStudent",
+    "StudentConfig",
+    "Trace",
+    "check_images",
+    "check_parameters",
+    "check_timesteps",
+    "deployed_layers",
+    "fold_pool_into_conv",
+    "fold_pool_into_linear",
+    "has_shortcuts",
+    "layer_from_dict",
+    "layer_name",
+    "layer_to_dict",
+    "load_student",
+    "parameter_shapes",
+    "resolve_student_path",
+    "save_student",
 ]

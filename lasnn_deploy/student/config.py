@@ -14,12 +14,23 @@ from typing import Any
 
 from ..errors import UserError
 from ..neurons import Encoding, Reset
-from .layers import (LAYER_TYPES, AvgPool, Conv, LayerSpec, Linear, Shortcut, _checked_int, layer_from_dict, layer_name,
-                     layer_to_dict)
+from .layers import (
+    LAYER_TYPES,
+    AvgPool,
+    Conv,
+    LayerSpec,
+    Linear,
+    Shortcut,
+    _checked_int,
+    layer_from_dict,
+    layer_name,
+    layer_to_dict,
+)
+
 
 @dataclass(frozen=True)
 class StudentConfig:
-    """Architecture and run settings of a student SNN (SPEC sections 1 and 5)."""
+    """Architecture and run settings of a student SNN (docs/semantics.md, 'The float student')."""
 
     arch: str
     input_shape: tuple[int, int, int]
@@ -37,7 +48,9 @@ class StudentConfig:
             raise UserError(f"input_shape must be [C, H, W], got {shape!r}")
         object.__setattr__(self, "input_shape", tuple(_checked_int(s, "input_shape entries", 1) for s in shape))
         object.__setattr__(self, "num_classes", _checked_int(self.num_classes, "num_classes", 1))
-        if not isinstance(self.layers, (tuple, list)) or not all(isinstance(l, tuple(LAYER_TYPES.values())) for l in self.layers):
+        if not isinstance(self.layers, (tuple, list)) or not all(
+            isinstance(l, tuple(LAYER_TYPES.values())) for l in self.layers
+        ):
             raise UserError(f"layers must be a sequence of layer specs, got {self.layers!r}")
         object.__setattr__(self, "layers", tuple(self.layers))
         if self.encoding not in ("direct", "poisson"):
@@ -60,7 +73,9 @@ class StudentConfig:
         if i == 0 or not isinstance(self.layers[i - 1], Conv):
             raise UserError(f"{where}a shortcut must directly follow the Conv whose current it adds to")
         if spec.source >= i - 1:
-            raise UserError(f"{where}source {spec.source} must be a layer before the block's last Conv (index < {i - 1})")
+            raise UserError(
+                f"{where}source {spec.source} must be a layer before the block's last Conv (index < {i - 1})"
+            )
         if self.source_lif(spec.source) is None:
             raise UserError(f"{where}source {spec.source} must be a spiking layer's output, or an average pool of one")
         shapes = self.shapes()
@@ -69,8 +84,10 @@ class StudentConfig:
         if c != spec.in_channels:
             raise UserError(f"{where}in_channels {spec.in_channels} != the {c} channels of source layer {spec.source}")
         if target != (spec.out_channels, (h - 1) // spec.stride + 1, (w - 1) // spec.stride + 1):
-            raise UserError(f"{where}source layer {spec.source} [{c}, {h}, {w}] at stride {spec.stride} does not give "
-                            f"the block's output {list(target)}")
+            raise UserError(
+                f"{where}source layer {spec.source} [{c}, {h}, {w}] at stride {spec.stride} does not give "
+                f"the block's output {list(target)}"
+            )
 
     def shapes(self) -> list[tuple[int, ...]]:
         """Batch-free output shape of every layer, in order."""
@@ -105,7 +122,7 @@ class StudentConfig:
         """The name of layer ``index`` in every export and report (``conv0``, ``linear5``)."""
         return layer_name(self.layers[index].type, index)
 
-    def replace(self, **changes: Any) -> "StudentConfig":
+    def replace(self, **changes: Any) -> StudentConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,7 +137,7 @@ class StudentConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
+    def from_dict(cls, d: dict[str, Any]) -> StudentConfig:
         if not isinstance(d, dict):
             raise UserError(f"the student description must be a mapping, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}

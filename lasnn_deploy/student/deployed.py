@@ -84,9 +84,16 @@ def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
     """
     cfg = student.config
     shapes = cfg.shapes()
-    weights = {i: m.weight.detach().double().cpu().numpy() for i, m in enumerate(student.body) if isinstance(cfg.layers[i], (Conv, Linear))}
-    biases = {i: m.bias.detach().double().cpu().numpy() for i, m in enumerate(student.body)
-              if isinstance(cfg.layers[i], (Conv, Linear)) and m.bias is not None}
+    weights = {
+        i: m.weight.detach().double().cpu().numpy()
+        for i, m in enumerate(student.body)
+        if isinstance(cfg.layers[i], (Conv, Linear))
+    }
+    biases = {
+        i: m.bias.detach().double().cpu().numpy()
+        for i, m in enumerate(student.body)
+        if isinstance(cfg.layers[i], (Conv, Linear)) and m.bias is not None
+    }
     lif = {i: k for k, i in enumerate(cfg.spiking_layers)}
     out: list[DeployedLayer] = []
     shape: tuple[int, ...] = tuple(cfg.input_shape)  # shape of the real (unpooled) signal
@@ -113,8 +120,18 @@ def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
             if pool > 1:
                 w = fold_pool_into_linear(w, shape, pool)
             in_shape = (int(np.prod(shape)),)
-            out.append(DeployedLayer("linear", w, in_shape, shapes[i], lif=lif.get(i), source=i,
-                                     flatten_before=flatten and len(shape) == 3, bias=biases.get(i)))
+            out.append(
+                DeployedLayer(
+                    "linear",
+                    w,
+                    in_shape,
+                    shapes[i],
+                    lif=lif.get(i),
+                    source=i,
+                    flatten_before=flatten and len(shape) == 3,
+                    bias=biases.get(i),
+                )
+            )
             shape, pool, flatten = shapes[i], 1, False
         elif isinstance(layer, Shortcut):
             producer, source_pool, source_shape = signal[layer.source]

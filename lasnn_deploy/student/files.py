@@ -23,7 +23,9 @@ def resolve_student_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / STUDENT_FILE
     if not path.is_file():
-        raise UserError(f"no student at {path}: pass a run folder from `lasnn-deploy train --out` or its {STUDENT_FILE}")
+        raise UserError(
+            f"no student at {path}: pass a run folder from `lasnn-deploy train --out` or its {STUDENT_FILE}"
+        )
     return path
 
 
@@ -55,7 +57,9 @@ def load_student(path: str | os.PathLike) -> SpikingStudent:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable student file ({err}); re-create it with `lasnn-deploy train`") from err
+        raise UserError(
+            f"{path} is not a readable student file ({err}); re-create it with `lasnn-deploy train`"
+        ) from err
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} is not a lasnn-deploy student (format {meta.get('format')!r}, expected {FORMAT!r})")
     try:
@@ -70,8 +74,11 @@ def load_student(path: str | os.PathLike) -> SpikingStudent:
 
 def parameter_shapes(config: StudentConfig) -> dict[str, tuple[int, ...]]:
     """Name and shape of every tensor of a ``SpikingStudent`` built from ``config``."""
-    shapes = {f"body.{i}.{name}": shape for i, layer in enumerate(config.layers)
-              for name, shape in layer.parameter_shapes().items()}
+    shapes = {
+        f"body.{i}.{name}": shape
+        for i, layer in enumerate(config.layers)
+        for name, shape in layer.parameter_shapes().items()
+    }
     return {**shapes, "leak": (), "thresholds": (len(config.spiking_layers),)}
 
 
@@ -83,5 +90,7 @@ def _check_tensor_shapes(config: StudentConfig, tensors: dict[str, torch.Tensor]
         if name not in expected:
             raise UserError(f"{path}: unexpected tensor {name!r}; the file does not match its description")
         if tuple(tensors[name].shape) != expected[name] or not tensors[name].is_floating_point():
-            raise UserError(f"{path}: tensor {name!r} is {tensors[name].dtype} {list(tensors[name].shape)}, "
-                            f"the description needs a float tensor {list(expected[name])}")
+            raise UserError(
+                f"{path}: tensor {name!r} is {tensors[name].dtype} {list(tensors[name].shape)}, "
+                f"the description needs a float tensor {list(expected[name])}"
+            )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -65,8 +65,10 @@ class Conv:
             raise UserError(f"{where}conv expects [{self.in_channels}, H, W] input, got {list(shape)}")
         h, w = ((s + 2 * self.padding - self.kernel_size) // self.stride + 1 for s in shape[1:])
         if h < 1 or w < 1:
-            raise UserError(f"{where}a {self.kernel_size}x{self.kernel_size} kernel does not fit a padded "
-                            f"{shape[1] + 2 * self.padding}x{shape[2] + 2 * self.padding} map")
+            raise UserError(
+                f"{where}a {self.kernel_size}x{self.kernel_size} kernel does not fit a padded "
+                f"{shape[1] + 2 * self.padding}x{shape[2] + 2 * self.padding} map"
+            )
         return (self.out_channels, h, w)
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -74,8 +76,9 @@ class Conv:
         return {**weight, "bias": (self.out_channels,)} if self.bias else weight
 
     def build(self) -> nn.Module:
-        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         bias=self.bias)
+        return nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, bias=self.bias
+        )
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,9 @@ class AvgPool:
         if len(shape) != 3:
             raise UserError(f"{where}avgpool needs a [C, H, W] input, got {list(shape)}")
         if self.kernel_size > min(shape[1:]):
-            raise UserError(f"{where}a {self.kernel_size}x{self.kernel_size} pool does not fit a {shape[1]}x{shape[2]} map")
+            raise UserError(
+                f"{where}a {self.kernel_size}x{self.kernel_size} pool does not fit a {shape[1]}x{shape[2]} map"
+            )
         return (shape[0], shape[1] // self.kernel_size, shape[2] // self.kernel_size)
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -202,7 +207,9 @@ class ResidualAdd(nn.Module):
     def __init__(self, spec: Shortcut):
         super().__init__()
         self.stride = spec.stride
-        self.proj = nn.Conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, bias=False) if spec.projects else None
+        self.proj = (
+            nn.Conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, bias=False) if spec.projects else None
+        )
 
     def forward(self, current: torch.Tensor, source: torch.Tensor, exact: bool = False) -> torch.Tensor:
         if self.proj is None:
@@ -212,7 +219,7 @@ class ResidualAdd(nn.Module):
         return current + self.proj(source)
 
 
-LayerSpec = Union[Conv, Linear, AvgPool, Flatten, Dropout, Shortcut]
+LayerSpec = Conv | Linear | AvgPool | Flatten | Dropout | Shortcut
 LAYER_TYPES: dict[str, type] = {c.type: c for c in (Conv, Linear, AvgPool, Flatten, Dropout, Shortcut)}
 
 
@@ -232,4 +239,3 @@ def layer_from_dict(d: dict[str, Any]) -> LayerSpec:
     if kind not in LAYER_TYPES:
         raise UserError(f"unknown layer type {kind!r} in student description; known: {sorted(LAYER_TYPES)}")
     return LAYER_TYPES[kind](**d)
-

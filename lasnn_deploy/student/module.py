@@ -29,7 +29,7 @@ class Trace:
 
 
 class SpikingStudent(nn.Module):
-    """Student SNN (float reference of SPEC section 1) that also runs as its intermediate ANN.
+    """Student SNN (the float reference of docs/semantics.md) that also runs as its intermediate ANN.
 
     ``forward`` runs the SNN for ``T`` steps and returns logits ``u_out[T] / T``; ``forward_ann``
     runs the same weights with ReLU in place of every LIF layer (the intermediate ANN).
@@ -41,7 +41,9 @@ class SpikingStudent(nn.Module):
         self.body = nn.ModuleList(l.build() for l in config.layers)
         n = len(config.spiking_layers)
         self.leak = nn.Parameter(torch.tensor(float(leak)))
-        self.thresholds = nn.Parameter(torch.tensor(thresholds if thresholds is not None else [1.0] * n, dtype=torch.float32))
+        self.thresholds = nn.Parameter(
+            torch.tensor(thresholds if thresholds is not None else [1.0] * n, dtype=torch.float32)
+        )
         self._lif_index = {layer: k for k, layer in enumerate(config.spiking_layers)}
         for module in self.weighted_modules():
             # He init (fan-in, ReLU gain) as Rathi et al.: without batch norm or bias, PyTorch's default
@@ -82,7 +84,7 @@ class SpikingStudent(nn.Module):
         h, T = (given.images, T) if static else (given.spikes, given.spikes.shape[0])
         trace = Trace(logits=torch.empty(0), input_spikes=None if static else h)
         sources, saved = self.config.shortcut_sources, {}
-        for i, (spec, module) in enumerate(zip(self.config.layers, self.body)):
+        for i, (spec, module) in enumerate(zip(self.config.layers, self.body, strict=True)):
             if isinstance(spec, Dropout):
                 h = self._dropout(h, spec.p, static)
                 continue
@@ -128,7 +130,7 @@ class SpikingStudent(nn.Module):
     def forward_ann(self, x: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Intermediate ANN: same weights, ReLU after every spiking layer. Returns logits, activations."""
         acts, sources, saved = [], self.config.shortcut_sources, {}
-        for i, (spec, module) in enumerate(zip(self.config.layers, self.body)):
+        for i, (spec, module) in enumerate(zip(self.config.layers, self.body, strict=True)):
             if isinstance(spec, Dropout):
                 x = F.dropout(x, spec.p, self.training)
                 continue
@@ -153,7 +155,7 @@ class SpikingStudent(nn.Module):
         weighted = [m.proj if isinstance(m, ResidualAdd) else m for m in self.body]
         return [m for m in weighted if isinstance(m, (nn.Conv2d, nn.Linear))]
 
-    def with_config(self, **changes: Any) -> "SpikingStudent":
+    def with_config(self, **changes: Any) -> SpikingStudent:
         """A copy that shares nothing, with run settings changed (e.g. ``timesteps``)."""
         other = SpikingStudent(self.config.replace(**changes))
         other.load_state_dict(self.state_dict())
@@ -171,15 +173,19 @@ def check_parameters(student: SpikingStudent) -> None:
             raise UserError(f"the student's {name!r} contains NaN or inf (a diverged or damaged run); retrain it")
     leak = float(student.leak.detach())
     if not 0 < leak <= 1:
-        raise UserError(f"the student's leak {leak} is outside (0, 1] (SPEC section 1); retrain it")
+        raise UserError(f"the student's leak {leak} is outside (0, 1]; retrain it")
 
 
 def check_images(config: StudentConfig, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
     """Refuse data of another shape or with more classes than the student was built for."""
     expected = [int(s) for s in config.input_shape]
     if images.dim() != 4 or list(images.shape[1:]) != expected or len(images) == 0:
-        raise UserError(f"the student expects images [N, {', '.join(map(str, expected))}] but the data gives "
-                        f"{list(images.shape)}; use the data set the student was trained on")
+        raise UserError(
+            f"the student expects images [N, {', '.join(map(str, expected))}] but the data gives "
+            f"{list(images.shape)}; use the data set the student was trained on"
+        )
     if labels is not None and len(labels) and int(labels.max()) >= config.num_classes:
-        raise UserError(f"the data has label {int(labels.max())} but the student has {config.num_classes} classes; "
-                        "use the data set the student was trained on")
+        raise UserError(
+            f"the data has label {int(labels.max())} but the student has {config.num_classes} classes; "
+            "use the data set the student was trained on"
+        )

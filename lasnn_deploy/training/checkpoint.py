@@ -36,10 +36,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which and how to recover
-        raise UserError(f"checkpoint {path} cannot be read ({str(err).splitlines()[0]}); delete it to restart that stage") from err
+        raise UserError(
+            f"checkpoint {path} cannot be read ({str(err).splitlines()[0]}); delete it to restart that stage"
+        ) from err
     if not isinstance(state, dict):
-        raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a stage checkpoint; "
-                        "delete it to restart that stage")
+        raise UserError(
+            f"checkpoint {path} holds a {type(state).__name__}, not a stage checkpoint; delete it to restart that stage"
+        )
     return state
 
 
@@ -77,10 +80,12 @@ def _restore_process_rng_state(checkpoint: dict[str, Any], path: Path) -> None:
     """
     written = int(checkpoint.get("world_size", 1))
     if written != distributed.world_size():
-        raise UserError(f"checkpoint {path} was written by {written} process(es) but this run has "
-                        f"{distributed.world_size()}; resume with {written} process(es) "
-                        f"({'without torchrun' if written == 1 else 'the same torchrun --nnodes/--nproc_per_node'}), "
-                        "or delete the checkpoint to restart that stage")
+        raise UserError(
+            f"checkpoint {path} was written by {written} process(es) but this run has "
+            f"{distributed.world_size()}; resume with {written} process(es) "
+            f"({'without torchrun' if written == 1 else 'the same torchrun --nnodes/--nproc_per_node'}), "
+            "or delete the checkpoint to restart that stage"
+        )
     set_rng_state(checkpoint["rng_ranks"][distributed.rank()] if written > 1 else checkpoint["rng"])
 
 
@@ -96,9 +101,13 @@ def _error_detail(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def restore_training_state(state: dict[str, Any], path: Path, module: torch.nn.Module,
-                           optimizer: torch.optim.Optimizer,
-                           scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[Any], float]:
+def restore_training_state(
+    state: dict[str, Any],
+    path: Path,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, list[Any], float]:
     """Continue from an epoch checkpoint: RNG, model, optimiser and scheduler state restored.
 
     Returns (finished epochs, history, seconds). A checkpoint that is readable but does not fit
@@ -113,7 +122,9 @@ def restore_training_state(state: dict[str, Any], path: Path, module: torch.nn.M
         return int(state["epoch"]), list(state["history"]), float(state["seconds"])
     except (AttributeError, KeyError, TypeError, RuntimeError, ValueError) as err:
         reason = f"no {err} entry" if isinstance(err, KeyError) else _error_detail(err)
-        raise UserError(f"checkpoint {path} does not fit this stage ({reason}); delete it to restart that stage") from err
+        raise UserError(
+            f"checkpoint {path} does not fit this stage ({reason}); delete it to restart that stage"
+        ) from err
 
 
 def save_weights(path: Path, module: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -148,7 +159,9 @@ def load_matching_weights(path: Path, module: torch.nn.Module, expected: dict[st
     differ = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
     if differ:
         detail = "; ".join(f"{k}: file has {a!r}, this run needs {b!r}" for k, (a, b) in sorted(differ.items()))
-        raise UserError(f"{path} holds a {what} trained for something else ({detail}); delete it or choose another --out")
+        raise UserError(
+            f"{path} holds a {what} trained for something else ({detail}); delete it or choose another --out"
+        )
     try:
         module.load_state_dict(tensors)
     except RuntimeError as err:

@@ -75,13 +75,20 @@ class TrainConfig:
     data_dir: str | None = _opt(None, "folder holding the data set (not needed for digits)", "data")
     train_samples: int | None = _opt(None, "train on the first N training images only", "data")
     test_samples: int | None = _opt(None, "measure test accuracy on the first N test images only", "data")
-    augment: bool = _opt(False, "random 4-pixel crops and horizontal flips of colour images (greyscale untouched)", "data")
+    augment: bool = _opt(
+        False, "random 4-pixel crops and horizontal flips of colour images (greyscale untouched)", "data"
+    )
     validation_fraction: float = _opt(
-        0.1, "share of the training images held out (seeded by --seed) to choose the balancing percentile and "
-        "the best epochs; the test set is never used for a choice", "data")
+        0.1,
+        "share of the training images held out (seeded by --seed) to choose the balancing percentile and "
+        "the best epochs; the test set is never used for a choice",
+        "data",
+    )
     # -- run --------------------------------------------------------------------------------
     out: str | None = _opt(None, "run folder to write (student.safetensors, metrics.json, checkpoints)", "run")
-    preset: str | None = _opt(None, "named schedule filling options not given (quick: a small CPU run)", "run", tuple(PRESETS))
+    preset: str | None = _opt(
+        None, "named schedule filling options not given (quick: a small CPU run)", "run", tuple(PRESETS)
+    )
     seed: int = _opt(0, "seed of weights, data order, dropout and Poisson spikes", "run")
     resume: bool = _opt(False, "continue an interrupted run in --out from its checkpoints", "run")
     device: str = _opt("auto", "torch device (auto: cuda if available, else cpu)", "run")
@@ -90,53 +97,85 @@ class TrainConfig:
     # -- architectures ------------------------------------------------------------------------
     student: str = _opt("3conv2linear", "student SNN architecture", "student", tuple(STUDENTS))
     student_width: float = _opt(1.0, "multiply the student's channel and unit counts", "student")
-    student_dropout: float | None = _opt(None, "dropout rate of every student Dropout layer (default: the architecture's)", "student")
+    student_dropout: float | None = _opt(
+        None, "dropout rate of every student Dropout layer (default: the architecture's)", "student"
+    )
     timesteps: int = _opt(8, "time steps T of the student", "student")
     encoding: str = _opt("direct", "input encoding of the student", "student", ("direct", "poisson"))
-    reset: str = _opt("hard", "membrane reset after a spike (soft cannot be exported to NIR or Lava)", "student", ("hard", "soft"))
-    teacher: str = _opt("resnet20", "teacher ANN architecture (used by kd, hetero-kd, lasnn, lasnn-grad)", "teacher", tuple(TEACHERS))
+    reset: str = _opt(
+        "hard", "membrane reset after a spike (soft cannot be exported to NIR or Lava)", "student", ("hard", "soft")
+    )
+    teacher: str = _opt(
+        "resnet20", "teacher ANN architecture (used by kd, hetero-kd, lasnn, lasnn-grad)", "teacher", tuple(TEACHERS)
+    )
     # -- stage 1: teacher ----------------------------------------------------------------------
     teacher_epochs: int = _opt(100, "teacher training epochs", "teacher")
-    teacher_steps: int | None = _opt(None, "train the teacher for about N optimiser steps instead (whole epochs, at least one)", "teacher")
+    teacher_steps: int | None = _opt(
+        None, "train the teacher for about N optimiser steps instead (whole epochs, at least one)", "teacher"
+    )
     teacher_optimizer: str = _opt("sgd", "teacher optimiser", "teacher", OPTIMIZERS)
     teacher_lr: float = _opt(0.1, "teacher learning rate", "teacher")
     teacher_weight_decay: float = _opt(5e-4, "teacher weight decay", "teacher")
     # -- stage 2: intermediate ANN ---------------------------------------------------------------
     intermediate: str = _opt(
-        "plain", "intermediate ANN: plain (the LaSNN paper's: ReLU, no bias, no batch norm), bn (batch norm, folded into "
+        "plain",
+        "intermediate ANN: plain (the LaSNN paper's: ReLU, no bias, no batch norm), bn (batch norm, folded into "
         "a per-channel bias at conversion) or qcfs (bn with Bu et al.'s clip-floor-shift activation; the clips "
-        "give the thresholds)", "ann", INTERMEDIATES)
+        "give the thresholds)",
+        "ann",
+        INTERMEDIATES,
+    )
     qcfs_levels: int | None = _opt(None, "qcfs: quantisation levels L of the activation (default: --timesteps)", "ann")
     ann_epochs: int = _opt(100, "intermediate ANN training epochs (the best on the validation split is kept)", "ann")
-    ann_steps: int | None = _opt(None, "train the intermediate ANN for about N optimiser steps instead (whole epochs)", "ann")
+    ann_steps: int | None = _opt(
+        None, "train the intermediate ANN for about N optimiser steps instead (whole epochs)", "ann"
+    )
     ann_optimizer: str = _opt("sgd", "intermediate ANN optimiser", "ann", OPTIMIZERS)
     ann_lr: float = _opt(0.01, "intermediate ANN learning rate", "ann")
     ann_weight_decay: float = _opt(5e-4, "intermediate ANN weight decay", "ann")
     momentum: float = _opt(0.9, "SGD momentum (teacher and ANN)", "ann")
-    schedule: str = _opt("cosine", "learning-rate schedule of every stage (step: x0.1 at 50%% and 75%% of the epochs)", "ann", SCHEDULES)
-    batch_size: int = _opt(64, "training batch size of all stages; under torchrun the global batch, split evenly over the processes", "ann")
+    schedule: str = _opt(
+        "cosine", "learning-rate schedule of every stage (step: x0.1 at 50%% and 75%% of the epochs)", "ann", SCHEDULES
+    )
+    batch_size: int = _opt(
+        64, "training batch size of all stages; under torchrun the global batch, split evenly over the processes", "ann"
+    )
     eval_batch_size: int = _opt(256, "batch size when measuring test accuracy", "ann")
     # -- stage 3: conversion -------------------------------------------------------------------
     balance_percentile: float | None = _opt(
-        None, "theta_l = this percentile of layer l's input current (100: the maximum); default: the best of "
-        f"{', '.join(map(str, BALANCE_CANDIDATES))} on the validation split", "conversion"
+        None,
+        "theta_l = this percentile of layer l's input current (100: the maximum); default: the best of "
+        f"{', '.join(map(str, BALANCE_CANDIDATES))} on the validation split",
+        "conversion",
     )
     balance_batches: int = _opt(8, "training batches used for threshold balancing", "conversion")
     # -- stage 4: fine-tuning ----------------------------------------------------------------
     method: str = _opt("lasnn", "training method after conversion", "method", METHODS)
-    student_epochs: int = _opt(30, "student SNN fine-tuning epochs at most (Adam; the best on the validation split is kept)", "method")
-    patience: int | None = _opt(None, "stop fine-tuning after N epochs without a better validation accuracy (default: run all)", "method")
-    student_samples: int | None = _opt(None, "fine-tune on N training images per epoch, a new seeded draw each epoch (default: all)", "method")
+    student_epochs: int = _opt(
+        30, "student SNN fine-tuning epochs at most (Adam; the best on the validation split is kept)", "method"
+    )
+    patience: int | None = _opt(
+        None, "stop fine-tuning after N epochs without a better validation accuracy (default: run all)", "method"
+    )
+    student_samples: int | None = _opt(
+        None, "fine-tune on N training images per epoch, a new seeded draw each epoch (default: all)", "method"
+    )
     student_lr: float = _opt(1e-4, "student SNN learning rate", "method")
     student_weight_decay: float = _opt(0.0, "student SNN weight decay (weights only)", "method")
-    beta: float = _opt(0.1, "lasnn/lasnn-grad: weight of the attention losses, L = CE + beta/2 * sum_j L_AT,j", "method")
+    beta: float = _opt(
+        0.1, "lasnn/lasnn-grad: weight of the attention losses, L = CE + beta/2 * sum_j L_AT,j", "method"
+    )
     temperature: float = _opt(4.0, "kd: softmax temperature of both sides", "method")
     tssd_temperature: float = _opt(1.0, "tssd: softmax temperature of its temporal and spatial terms", "method")
     teacher_temperature: float = _opt(4.0, "hetero-kd: temperature of the teacher's soft targets", "method")
     student_temperature: float = _opt(1.0, "hetero-kd: temperature of the student's softmax", "method")
-    kd_weight: float = _opt(0.5, "kd, hetero-kd, tssd: weight of the distillation terms (CE gets 1 - weight for kd)", "method")
+    kd_weight: float = _opt(
+        0.5, "kd, hetero-kd, tssd: weight of the distillation terms (CE gets 1 - weight for kd)", "method"
+    )
     sam_gamma: float = _opt(0.5, "lasnn-grad: decay of the spike activation map's contribution score", "method")
-    tssd_timesteps: int | None = _opt(None, "tssd: time steps T' > T of the training run whose first T steps are the student (default 2T)", "method")
+    tssd_timesteps: int | None = _opt(
+        None, "tssd: time steps T' > T of the training run whose first T steps are the student (default 2T)", "method"
+    )
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -168,26 +207,59 @@ def check_config(cfg: TrainConfig) -> None:
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:
             raise UserError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {value!r}")
-    positive = ["batch_size", "eval_batch_size", "balance_batches", "timesteps", "student_lr", "ann_lr", "teacher_lr",
-                "temperature", "tssd_temperature", "teacher_temperature", "student_temperature", "student_width", "sam_gamma"]
+    positive = [
+        "batch_size",
+        "eval_batch_size",
+        "balance_batches",
+        "timesteps",
+        "student_lr",
+        "ann_lr",
+        "teacher_lr",
+        "temperature",
+        "tssd_temperature",
+        "teacher_temperature",
+        "student_temperature",
+        "student_width",
+        "sam_gamma",
+    ]
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{_flag(name)} must be positive, got {getattr(cfg, name)}")
-    for name in ["teacher_epochs", "ann_epochs", "student_epochs", "beta", "momentum", "teacher_weight_decay",
-                 "ann_weight_decay", "student_weight_decay"]:
+    for name in [
+        "teacher_epochs",
+        "ann_epochs",
+        "student_epochs",
+        "beta",
+        "momentum",
+        "teacher_weight_decay",
+        "ann_weight_decay",
+        "student_weight_decay",
+    ]:
         if getattr(cfg, name) < 0:
             raise UserError(f"--{_flag(name)} must not be negative, got {getattr(cfg, name)}")
-    for name in ["train_samples", "test_samples", "student_samples", "threads", "teacher_steps", "ann_steps", "patience",
-                 "qcfs_levels"]:
+    for name in [
+        "train_samples",
+        "test_samples",
+        "student_samples",
+        "threads",
+        "teacher_steps",
+        "ann_steps",
+        "patience",
+        "qcfs_levels",
+    ]:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(cfg, name)}")
     if cfg.timesteps > MAX_TIMESTEPS:
         raise UserError(f"--timesteps must be at most {MAX_TIMESTEPS}, got {cfg.timesteps}")
     if cfg.intermediate != "qcfs" and cfg.qcfs_levels is not None:
-        raise UserError(f"--qcfs-levels applies to --intermediate qcfs only, not {cfg.intermediate}; drop it or use qcfs")
+        raise UserError(
+            f"--qcfs-levels applies to --intermediate qcfs only, not {cfg.intermediate}; drop it or use qcfs"
+        )
     if cfg.intermediate == "qcfs" and cfg.balance_percentile is not None:
-        raise UserError("--balance-percentile cannot apply to --intermediate qcfs: its learned clips give the thresholds; "
-                        "drop the percentile or use --intermediate bn")
+        raise UserError(
+            "--balance-percentile cannot apply to --intermediate qcfs: its learned clips give the thresholds; "
+            "drop the percentile or use --intermediate bn"
+        )
     if not 0 < cfg.validation_fraction < 1:
         raise UserError(f"--validation-fraction must be in (0, 1), got {cfg.validation_fraction}")
     if cfg.balance_percentile is not None and not 0 < cfg.balance_percentile <= 100:
@@ -271,8 +343,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     Flags not given stay absent from the parsed namespace, so that ``config_from_args`` can tell
     them from defaults and let a preset or config file supply them.
     """
-    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="YAML or TOML file of options by flag name; flags given here override it")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="YAML or TOML file of options by flag name; flags given here override it",
+    )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, f in FIELDS.items():
         group_name = f.metadata["group"]

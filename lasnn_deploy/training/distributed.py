@@ -22,8 +22,9 @@ function below is the identity. Under N processes:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -60,12 +61,16 @@ def _torchrun_environment() -> tuple[int, int, int] | None:
         return None
     missing = [name for name, v in values.items() if v is None]
     if missing:
-        raise UserError(f"{', '.join(missing)} unset while {', '.join(n for n in values if n not in missing)} is set; "
-                        "launch with torchrun, or unset RANK, LOCAL_RANK and WORLD_SIZE to train in one process")
+        raise UserError(
+            f"{', '.join(missing)} unset while {', '.join(n for n in values if n not in missing)} is set; "
+            "launch with torchrun, or unset RANK, LOCAL_RANK and WORLD_SIZE to train in one process"
+        )
     try:
         global_rank, local_rank, size = (int(values[name]) for name in TORCHRUN_VARIABLES)  # type: ignore[arg-type]
     except ValueError as err:
-        raise UserError(f"RANK, LOCAL_RANK and WORLD_SIZE must be integers, got {values}; launch with torchrun") from err
+        raise UserError(
+            f"RANK, LOCAL_RANK and WORLD_SIZE must be integers, got {values}; launch with torchrun"
+        ) from err
     if not (size >= 1 and 0 <= global_rank < size and 0 <= local_rank <= global_rank):
         raise UserError(f"inconsistent torchrun variables {values}: need 0 <= LOCAL_RANK <= RANK < WORLD_SIZE")
     return global_rank, local_rank, size
@@ -86,13 +91,17 @@ def launched(device: torch.device) -> Iterator[torch.device]:
     _, local_rank, size = env
     if device.type == "cuda":
         if device.index is not None and size > 1:
-            raise UserError(f"--device {device} puts every process on one GPU; use --device cuda (or auto): "
-                            "process LOCAL_RANK of each node then uses cuda:LOCAL_RANK")
+            raise UserError(
+                f"--device {device} puts every process on one GPU; use --device cuda (or auto): "
+                "process LOCAL_RANK of each node then uses cuda:LOCAL_RANK"
+            )
         device = torch.device("cuda", local_rank if device.index is None else device.index)
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if device.index >= available:
-            raise UserError(f"process LOCAL_RANK={local_rank} needs GPU {device} but this node has {available}; "
-                            "give torchrun --nproc_per_node at most the node's GPU count, or use --device cpu")
+            raise UserError(
+                f"process LOCAL_RANK={local_rank} needs GPU {device} but this node has {available}; "
+                "give torchrun --nproc_per_node at most the node's GPU count, or use --device cpu"
+            )
         torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise UserError(f"--device {device} is not supported under torchrun; use cpu (gloo) or cuda (NCCL)")
@@ -110,8 +119,10 @@ def launched(device: torch.device) -> Iterator[torch.device]:
 def check_batch_size(batch_size: int) -> None:
     """The global batch must split evenly: every process takes ``batch_size / world_size`` samples."""
     if batch_size % world_size():
-        raise UserError(f"--batch-size {batch_size} is the global batch and must divide by the {world_size()} "
-                        f"processes; use a multiple of {world_size()}")
+        raise UserError(
+            f"--batch-size {batch_size} is the global batch and must divide by the {world_size()} "
+            f"processes; use a multiple of {world_size()}"
+        )
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -268,7 +279,9 @@ def sync_batch_norm(module: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, _BatchNorm) and not isinstance(module, CpuSyncBatchNorm):
-        synced = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        synced = CpuSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             synced.weight, synced.bias = module.weight, module.bias
         if module.track_running_stats:

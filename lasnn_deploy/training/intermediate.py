@@ -69,7 +69,7 @@ class IntermediateAnn(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, seed: int = 0):
         cfg, body = self.student.config, self.student.body
         sources, saved = cfg.shortcut_sources, {}
-        for i, (spec, module) in enumerate(zip(cfg.layers, body)):
+        for i, (spec, module) in enumerate(zip(cfg.layers, body, strict=True)):
             if isinstance(spec, Dropout):
                 x = F.dropout(x, spec.p, self.training)
                 continue

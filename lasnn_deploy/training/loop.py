@@ -12,9 +12,9 @@ in DistributedDataParallel; see ``distributed`` for what keeps that equal to one
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +87,9 @@ def step_seed(seed: int, epoch: int, step: int) -> int:
     return (((seed * 1009 + epoch) * 1_000_003 + step) * 64 + distributed.rank()) % 2**63
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch schedule: cosine to 0, step (x0.1 at 50% and 75% of the epochs), or constant."""
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
@@ -123,8 +125,12 @@ class FitPlan:
     select: Selection | None = None
 
 
-def fit(step_module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-        plan: FitPlan) -> FitResult:
+def fit(
+    step_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    plan: FitPlan,
+) -> FitResult:
     """Train ``step_module`` (``forward(x, y, seed) -> (loss, logits)``) for ``plan.epochs`` epochs.
 
     Only the optimiser's parameters are trained (the others are frozen meanwhile, which also keeps
@@ -138,8 +144,9 @@ def fit(step_module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: tor
     result, start, best = FitResult(), 0, None
     if plan.resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint)
-        start, result.history, result.seconds = restore_training_state(state, checkpoint, step_module, optimizer,
-                                                                        scheduler)
+        start, result.history, result.seconds = restore_training_state(
+            state, checkpoint, step_module, optimizer, scheduler
+        )
         best = state.get("best")
     else:
         distributed.seed_this_process(plan.seed)
@@ -199,7 +206,7 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, plan: FitPlan, ep
     name, epochs, train_set, batch_size, seed = plan.name, plan.epochs, plan.train_set, plan.batch_size, plan.seed
     began = time.perf_counter()
     model.train()
-    order = distributed.epoch_order(len(train_set), seed, epoch)[:plan.epoch_samples]
+    order = distributed.epoch_order(len(train_set), seed, epoch)[: plan.epoch_samples]
     sizes = distributed.global_batch_sizes(len(order), batch_size)
     show = plan.progress and distributed.is_main_process()
     sums = [0.0, 0.0, 0.0]  # loss * n, correct, n
@@ -230,4 +237,6 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, plan: FitPlan, ep
     result.seconds += time.perf_counter() - began
     result.history.append({"epoch": epoch + 1, "loss": loss_sum / count, "train_accuracy": correct / count})
     if show:
-        tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: loss {loss_sum / count:.4f}, train accuracy {correct / count:.4f}")
+        tqdm.write(
+            f"{name} epoch {epoch + 1}/{epochs}: loss {loss_sum / count:.4f}, train accuracy {correct / count:.4f}"
+        )

@@ -1,4 +1,4 @@
-r"""Loss terms of the fine-tuning methods (SPEC section 2).
+r"""Loss terms of the fine-tuning methods (docs/semantics.md, 'Conversion' and the sections after it).
 
 Attention transfer (LaSNN eq. 5-9, after Zagoruyko and Komodakis 2017)::
 
@@ -31,7 +31,7 @@ heterogeneous temperatures cut spikes at equal accuracy).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,9 @@ def attention_distance(q_student: torch.Tensor, q_teacher: torch.Tensor) -> torc
     return (s - t).norm(dim=1).mean()
 
 
-def attention_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor], beta: float) -> torch.Tensor:
+def attention_loss(
+    student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor], beta: float
+) -> torch.Tensor:
     """``(beta / 2) * sum_j L_AT,j`` over paired ``[B, H, W]`` maps."""
     return beta / 2 * sum(attention_distance(s, t) for s, t in zip(student_maps, teacher_maps, strict=True))
 

@@ -80,17 +80,17 @@ class Method:
     name: ClassVar[str]
     needs_teacher: ClassVar[bool] = False
     fine_tunes: ClassVar[bool] = True
-    REGISTRY: ClassVar[dict[str, type["Method"]]] = {}
+    REGISTRY: ClassVar[dict[str, type[Method]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             Method.REGISTRY[cls.name] = cls
 
-    def attach(self, ft: "FineTune") -> None:
+    def attach(self, ft: FineTune) -> None:
         """Nothing beside the student by default."""
 
-    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+    def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         raise UserError(f"method {self.name!r} has no fine-tuning stage")
 
 
@@ -101,7 +101,7 @@ class Conversion(Method):
 class Hybrid(Method):
     name = "hybrid"
 
-    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+    def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         logits = ft.student.run(x, seed=seed).logits
         return F.cross_entropy(logits, y), logits
 
@@ -113,7 +113,7 @@ class KD(Method):
         """(student, teacher) softmax temperatures."""
         return cfg.temperature, cfg.temperature
 
-    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+    def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         cfg = ft.cfg
         logits = ft.student.run(x, seed=seed).logits
         with torch.no_grad():
@@ -132,10 +132,10 @@ class HeteroKD(KD):
 class LaSNN(Method):
     name, needs_teacher = "lasnn", True
 
-    def attach(self, ft: "FineTune") -> None:
+    def attach(self, ft: FineTune) -> None:
         ft.levels = attention_levels(ft.student)
 
-    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+    def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         trace = ft.student.run(x, seed=seed, record=True)
         with torch.no_grad():
             feats = ft.teacher(x)[1]
@@ -148,7 +148,7 @@ class LaSNN(Method):
 class LaSNNGrad(LaSNN):
     name = "lasnn-grad"
 
-    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+    def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         trace = ft.student.run(x, seed=seed, record=True)
         teacher_map = losses.input_gradient_map(ft.teacher, x, y)
         student_maps = [losses.spike_activation_map(trace.spikes[k], ft.cfg.sam_gamma) for k in ft.levels]
@@ -159,7 +159,7 @@ class LaSNNGrad(LaSNN):
 class TSSD(Method):
     name = "tssd"
 
-    def attach(self, ft: "FineTune") -> None:
+    def attach(self, ft: FineTune) -> None:
         levels = attention_levels(ft.student)
         ft.head_level = levels[len(levels) // 2]  # the intermediate stage (the middle of low, mid, high)
         cfg = ft.student.config
@@ -167,7 +167,7 @@ class TSSD(Method):
         nn.init.zeros_(ft.head.weight)  # a random head would push random gradients into a converted student
         nn.init.zeros_(ft.head.bias)
 
-    def loss(self, ft: "FineTune", x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
+    def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         """TSSD from one run of ``T'`` steps: its first ``T`` steps are the student, all ``T'`` the teacher.
 
         The network is causal and the input of step ``t`` does not depend on the run's length, so

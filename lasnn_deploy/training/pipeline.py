@@ -8,7 +8,7 @@ they would have been:
 3. conversion by threshold balancing -> ``RUN/converted.safetensors`` (a student file)
 4. fine-tuning by the method (none for ``conversion``) -> ``RUN/student.safetensors``
 
-then ``RUN/metrics.json`` (SPEC section 5). Every choice is made on a validation split carved from
+then ``RUN/metrics.json`` (docs/semantics.md, 'Files the commands write'). Every choice is made on a validation split carved from
 the training images (``validation_fraction``, a draw seeded by the run's seed; its size and seed
 are in metrics.json): the intermediate ANN's best epoch, the balancing percentile (when not given)
 and the fine-tuned student's best epoch, with an early stop after ``patience`` epochs without a
@@ -203,8 +203,10 @@ def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Data
     """The training images without the validation split, and the validation split (tensors when in memory)."""
     train_idx, val_idx = validation_indices(len(dataset), fraction, seed)
     if isinstance(dataset, TensorDataset):
-        return (TensorDataset(*(t[train_idx] for t in dataset.tensors)),
-                _in_default_dtype(TensorDataset(*(t[val_idx] for t in dataset.tensors))))
+        return (
+            TensorDataset(*(t[train_idx] for t in dataset.tensors)),
+            _in_default_dtype(TensorDataset(*(t[val_idx] for t in dataset.tensors))),
+        )
     return Subset(dataset, train_idx), Subset(dataset, val_idx)
 
 
@@ -249,7 +251,9 @@ def _prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook 
     test_set = load_split(config.dataset, config.data_dir, "test")
     info = data_info(full_train)
     seed = config.seed * 1000 + STAGE_SEEDS["validation"]
-    train_set, val_set = split_validation(_in_memory(full_train, config.train_samples), config.validation_fraction, seed)
+    train_set, val_set = split_validation(
+        _in_memory(full_train, config.train_samples), config.validation_fraction, seed
+    )
     run = Run(
         config=config,
         folder=folder,
@@ -274,13 +278,25 @@ def stage_epochs(run: Run, epochs: int, steps: int | None, epoch_samples: int | 
     return max(1, round(steps / per_epoch))
 
 
-def _fit(run: Run, name: str, module: nn.Module, params, optimizer: str, lr: float, weight_decay: float, epochs: int,
-         **kw) -> FitResult:
+def _fit(
+    run: Run, name: str, module: nn.Module, params, optimizer: str, lr: float, weight_decay: float, epochs: int, **kw
+) -> FitResult:
     cfg = run.config
     opt = make_optimizer(params, optimizer, lr, weight_decay, cfg.momentum)
-    plan = FitPlan(name, run.train_set, epochs, cfg.batch_size, run.seed(name), checkpoint_path(run.folder, name),
-                   run.device, resume=cfg.resume, augment=cfg.augment, progress=cfg.progress,
-                   on_epoch_end=run.on_epoch_end, **kw)
+    plan = FitPlan(
+        name,
+        run.train_set,
+        epochs,
+        cfg.batch_size,
+        run.seed(name),
+        checkpoint_path(run.folder, name),
+        run.device,
+        resume=cfg.resume,
+        augment=cfg.augment,
+        progress=cfg.progress,
+        on_epoch_end=run.on_epoch_end,
+        **kw,
+    )
     return fit(module, opt, make_scheduler(opt, cfg.schedule, epochs), plan)
 
 
@@ -301,8 +317,14 @@ def _evaluate_snn(run: Run, student: SpikingStudent, desc: str, dataset: Dataset
     model = student if run.device.type == "cpu" else copy.deepcopy(student).cpu()
     cfg, part, sums = run.config, _test_part(run, run.test_set if dataset is None else dataset), [0.0, 0.0, 0.0]
     if part is not None:
-        result = evaluate_student(model, part, batch_size=cfg.eval_batch_size, seed=cfg.seed + part.indices.start,
-                                  progress=run.show, desc=desc)
+        result = evaluate_student(
+            model,
+            part,
+            batch_size=cfg.eval_batch_size,
+            seed=cfg.seed + part.indices.start,
+            progress=run.show,
+            desc=desc,
+        )
         n = result["samples"]
         sums = [round(result["test_accuracy"] * n), round(result["spikes_per_sample"] * n), n]
     correct, spikes, total = distributed.reduce_sums(sums)
@@ -337,13 +359,26 @@ def _teacher_stage(run: Run) -> tuple[nn.Module, dict[str, Any]]:
     else:
         step = TeacherStep(distributed.sync_batch_norm(teacher, run.device))
         epochs = stage_epochs(run, cfg.teacher_epochs, cfg.teacher_steps)
-        fitted = _fit(run, "teacher", step, step.parameters(), cfg.teacher_optimizer, cfg.teacher_lr,
-                      cfg.teacher_weight_decay, epochs)
+        fitted = _fit(
+            run,
+            "teacher",
+            step,
+            step.parameters(),
+            cfg.teacher_optimizer,
+            cfg.teacher_lr,
+            cfg.teacher_weight_decay,
+            epochs,
+        )
         began = time.perf_counter()
         _recalibrate_batch_norm(run, teacher)
         accuracy = _evaluate_ann(run, teacher)
-        result = {"test_accuracy": accuracy, "seconds": fitted.seconds, "epochs": epochs,
-                  "evaluate_seconds": time.perf_counter() - began, "history": fitted.history}
+        result = {
+            "test_accuracy": accuracy,
+            "seconds": fitted.seconds,
+            "epochs": epochs,
+            "evaluate_seconds": time.perf_counter() - began,
+            "history": fitted.history,
+        }
         run.save_weights(TEACHER_FILE, teacher, {**expected, "result": result})
         run.finish_stage("teacher")
         result = {**result, "loaded": False}
@@ -403,13 +438,29 @@ def _ann_stage(run: Run) -> tuple[SpikingStudent, list[float] | None, dict[str, 
         return *_folded(ann, student), {**meta["result"], "loaded": True}
     step = distributed.sync_batch_norm(ann, run.device)
     epochs = stage_epochs(run, cfg.ann_epochs, cfg.ann_steps)
-    fitted = _fit(run, "ann", step, ann.trained_parameters(), cfg.ann_optimizer, cfg.ann_lr, cfg.ann_weight_decay,
-                  epochs, after_step=ann.clamp_parameters_, select=Selection(lambda: _evaluate_ann(run, ann, run.val_set)))
+    fitted = _fit(
+        run,
+        "ann",
+        step,
+        ann.trained_parameters(),
+        cfg.ann_optimizer,
+        cfg.ann_lr,
+        cfg.ann_weight_decay,
+        epochs,
+        after_step=ann.clamp_parameters_,
+        select=Selection(lambda: _evaluate_ann(run, ann, run.val_set)),
+    )
     began = time.perf_counter()
     accuracy = _evaluate_ann(run, ann)
-    result = {"test_accuracy": accuracy, "validation_accuracy": fitted.best_score, "best_epoch": fitted.best_epoch,
-              "seconds": fitted.seconds, "epochs": epochs, "evaluate_seconds": time.perf_counter() - began,
-              "history": fitted.history}
+    result = {
+        "test_accuracy": accuracy,
+        "validation_accuracy": fitted.best_score,
+        "best_epoch": fitted.best_epoch,
+        "seconds": fitted.seconds,
+        "epochs": epochs,
+        "evaluate_seconds": time.perf_counter() - began,
+        "history": fitted.history,
+    }
     run.save_weights(ANN_FILE, ann, {**expected, "result": result})
     run.finish_stage("ann")
     return *_folded(ann, student), {**result, "loaded": False}
@@ -433,7 +484,9 @@ def _conversion_stage(run: Run, student: SpikingStudent, clips: list[float] | No
     count = -(-len(order) // cfg.batch_size)
     mine = distributed.share(count)  # whole batches per process, so each batch's percentile is exact
     local = order[mine.start * cfg.batch_size : mine.stop * cfg.batch_size]
-    images = {b: x.to(run.device) for b, (x, _) in zip(mine, batches(run.train_set, local, cfg.batch_size))}
+    images = {
+        b: x.to(run.device) for b, (x, _) in zip(mine, batches(run.train_set, local, cfg.batch_size), strict=True)
+    }
     candidates = BALANCE_CANDIDATES if cfg.balance_percentile is None and clips is None else (cfg.balance_percentile,)
     ann_state, scores, best = copy.deepcopy(student.state_dict()), {}, None
     for p in candidates:
@@ -476,9 +529,19 @@ def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None
     weights = [p for p in objective.parameters() if all(p is not q for q in neuron)]
     params = [{"params": weights, "weight_decay": cfg.student_weight_decay}, {"params": neuron, "weight_decay": 0.0}]
     select = Selection(lambda: _evaluate_snn(run, student, "validation", run.val_set)["test_accuracy"], cfg.patience)
-    fitted = _fit(run, "finetune", objective, params, "adam", cfg.student_lr, cfg.student_weight_decay,
-                  cfg.student_epochs, after_step=student.clamp_parameters_, epoch_samples=cfg.student_samples,
-                  select=select)
+    fitted = _fit(
+        run,
+        "finetune",
+        objective,
+        params,
+        "adam",
+        cfg.student_lr,
+        cfg.student_weight_decay,
+        cfg.student_epochs,
+        after_step=student.clamp_parameters_,
+        epoch_samples=cfg.student_samples,
+        select=select,
+    )
     began = time.perf_counter()
     evaluation = _evaluate_snn(run, student, "student")
     result = {
@@ -519,8 +582,11 @@ def _metrics(run: Run, student: SpikingStudent, stages: dict[str, dict[str, Any]
         "converted_spikes_per_sample": stages["conversion"]["spikes_per_sample"],
         "test_samples": len(run.test_set),
         "train_samples": len(run.train_set),
-        "validation": {"samples": len(run.val_set), "fraction": cfg.validation_fraction,
-                       "seed": cfg.seed * 1000 + STAGE_SEEDS["validation"]},
+        "validation": {
+            "samples": len(run.val_set),
+            "fraction": cfg.validation_fraction,
+            "seed": cfg.seed * 1000 + STAGE_SEEDS["validation"],
+        },
         "leak": float(student.leak.detach()),
         "thresholds": student.thresholds.detach().tolist(),
         "train_seconds": sum(s["seconds"] for s in stages.values()),
