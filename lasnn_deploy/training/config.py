@@ -97,18 +97,20 @@ class TrainConfig:
     teacher: str = _opt("resnet20", "teacher ANN architecture (used by kd, hetero-kd, lasnn, lasnn-grad)", "teacher", tuple(TEACHERS))
     # -- stage 1: teacher ----------------------------------------------------------------------
     teacher_epochs: int = _opt(100, "teacher training epochs", "teacher")
-    teacher_steps: int | None = _opt(None, "train the teacher for about N optimiser steps instead (whole epochs, at least one)", "teacher")
+    teacher_steps: int | None = _opt(
+        None, "train the teacher for about N optimiser steps instead (whole epochs, at least one)", "teacher")
     teacher_optimizer: str = _opt("sgd", "teacher optimiser", "teacher", OPTIMIZERS)
     teacher_lr: float = _opt(0.1, "teacher learning rate", "teacher")
     teacher_weight_decay: float = _opt(5e-4, "teacher weight decay", "teacher")
     # -- stage 2: intermediate ANN ---------------------------------------------------------------
     intermediate: str = _opt(
-        "plain", "intermediate ANN: plain (the LaSNN paper's: ReLU, no bias, no batch norm), bn (batch norm, folded into "
-        "a per-channel bias at conversion) or qcfs (bn with Bu et al.'s clip-floor-shift activation; the clips "
-        "give the thresholds)", "ann", INTERMEDIATES)
+        "plain", "intermediate ANN: plain (the LaSNN paper's: ReLU, no bias, no batch norm), bn (batch norm, "
+        "folded into a per-channel bias at conversion) or qcfs (bn with Bu et al.'s clip-floor-shift activation; "
+        "the clips give the thresholds)", "ann", INTERMEDIATES)
     qcfs_levels: int | None = _opt(None, "qcfs: quantisation levels L of the activation (default: --timesteps)", "ann")
     ann_epochs: int = _opt(100, "intermediate ANN training epochs (the best on the validation split is kept)", "ann")
-    ann_steps: int | None = _opt(None, "train the intermediate ANN for about N optimiser steps instead (whole epochs)", "ann")
+    ann_steps: int | None = _opt(
+        None, "train the intermediate ANN for about N optimiser steps instead (whole epochs)", "ann")
     ann_optimizer: str = _opt("sgd", "intermediate ANN optimiser", "ann", OPTIMIZERS)
     ann_lr: float = _opt(0.01, "intermediate ANN learning rate", "ann")
     ann_weight_decay: float = _opt(5e-4, "intermediate ANN weight decay", "ann")
@@ -124,8 +126,10 @@ class TrainConfig:
     balance_batches: int = _opt(8, "training batches used for threshold balancing", "conversion")
     # -- stage 4: fine-tuning ----------------------------------------------------------------
     method: str = _opt("lasnn", "training method after conversion", "method", METHODS)
-    student_epochs: int = _opt(30, "student SNN fine-tuning epochs at most (Adam; the best on the validation split is kept)", "method")
-    patience: int | None = _opt(None, "stop fine-tuning after N epochs without a better validation accuracy (default: run all)", "method")
+    student_epochs: int = _opt(
+        30, "student SNN fine-tuning epochs at most (Adam; the best on the validation split is kept)", "method")
+    patience: int | None = _opt(
+        None, "stop fine-tuning after N epochs without a better validation accuracy (default: run all)", "method")
     student_samples: int | None = _opt(None, "fine-tune on N training images per epoch, a new seeded draw each epoch (default: all)", "method")
     student_lr: float = _opt(1e-4, "student SNN learning rate", "method")
     student_weight_decay: float = _opt(0.0, "student SNN weight decay (weights only)", "method")
@@ -177,17 +181,18 @@ def check_config(cfg: TrainConfig) -> None:
                  "ann_weight_decay", "student_weight_decay"]:
         if getattr(cfg, name) < 0:
             raise UserError(f"--{_flag(name)} must not be negative, got {getattr(cfg, name)}")
-    for name in ["train_samples", "test_samples", "student_samples", "threads", "teacher_steps", "ann_steps", "patience",
-                 "qcfs_levels"]:
+    for name in ["train_samples", "test_samples", "student_samples", "threads", "teacher_steps", "ann_steps",
+                 "patience", "qcfs_levels"]:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(cfg, name)}")
     if cfg.timesteps > MAX_TIMESTEPS:
         raise UserError(f"--timesteps must be at most {MAX_TIMESTEPS}, got {cfg.timesteps}")
     if cfg.intermediate != "qcfs" and cfg.qcfs_levels is not None:
-        raise UserError(f"--qcfs-levels applies to --intermediate qcfs only, not {cfg.intermediate}; drop it or use qcfs")
+        raise UserError(f"--qcfs-levels applies to --intermediate qcfs only, not {cfg.intermediate}; "
+                        "drop it or use qcfs")
     if cfg.intermediate == "qcfs" and cfg.balance_percentile is not None:
-        raise UserError("--balance-percentile cannot apply to --intermediate qcfs: its learned clips give the thresholds; "
-                        "drop the percentile or use --intermediate bn")
+        raise UserError("--balance-percentile cannot apply to --intermediate qcfs: its learned clips give the "
+                        "thresholds; drop the percentile or use --intermediate bn")
     if not 0 < cfg.validation_fraction < 1:
         raise UserError(f"--validation-fraction must be in (0, 1), got {cfg.validation_fraction}")
     if cfg.balance_percentile is not None and not 0 < cfg.balance_percentile <= 100:

@@ -249,7 +249,8 @@ def _prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook 
     test_set = load_split(config.dataset, config.data_dir, "test")
     info = data_info(full_train)
     seed = config.seed * 1000 + STAGE_SEEDS["validation"]
-    train_set, val_set = split_validation(_in_memory(full_train, config.train_samples), config.validation_fraction, seed)
+    train_set, val_set = split_validation(_in_memory(full_train, config.train_samples), config.validation_fraction,
+                                          seed)
     run = Run(
         config=config,
         folder=folder,
@@ -404,7 +405,8 @@ def _ann_stage(run: Run) -> tuple[SpikingStudent, list[float] | None, dict[str, 
     step = distributed.sync_batch_norm(ann, run.device)
     epochs = stage_epochs(run, cfg.ann_epochs, cfg.ann_steps)
     fitted = _fit(run, "ann", step, ann.trained_parameters(), cfg.ann_optimizer, cfg.ann_lr, cfg.ann_weight_decay,
-                  epochs, after_step=ann.clamp_parameters_, select=Selection(lambda: _evaluate_ann(run, ann, run.val_set)))
+                  epochs, after_step=ann.clamp_parameters_,
+                  select=Selection(lambda: _evaluate_ann(run, ann, run.val_set)))
     began = time.perf_counter()
     accuracy = _evaluate_ann(run, ann)
     result = {"test_accuracy": accuracy, "validation_accuracy": fitted.best_score, "best_epoch": fitted.best_epoch,
