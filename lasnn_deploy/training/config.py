@@ -119,9 +119,9 @@ class TrainConfig:
     # -- stage 2: intermediate ANN ---------------------------------------------------------------
     intermediate: str = _opt(
         "plain",
-        "intermediate ANN: plain (the LaSNN paper's: ReLU, no bias, no batch norm), bn (batch norm, folded into "
-        "a per-channel bias at conversion) or qcfs (bn with Bu et al.'s clip-floor-shift activation; the clips "
-        "give the thresholds)",
+        "intermediate ANN: plain (the LaSNN paper's: ReLU, no bias, no batch norm), bn (batch norm, "
+        "folded into a per-channel bias at conversion) or qcfs (bn with Bu et al.'s clip-floor-shift activation; "
+        "the clips give the thresholds)",
         "ann",
         INTERMEDIATES,
     )
@@ -257,8 +257,8 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.intermediate == "qcfs" and cfg.balance_percentile is not None:
         raise UserError(
-            "--balance-percentile cannot apply to --intermediate qcfs: its learned clips give the thresholds; "
-            "drop the percentile or use --intermediate bn"
+            "--balance-percentile cannot apply to --intermediate qcfs: its learned clips give the "
+            "thresholds; drop the percentile or use --intermediate bn"
         )
     if not 0 < cfg.validation_fraction < 1:
         raise UserError(f"--validation-fraction must be in (0, 1), got {cfg.validation_fraction}")
