@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from copy import deepcopy
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ import torch
 from ..atomic import atomic_path
 from ..errors import UserError
 from ..inputs import model_input
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig, table_entry
 from .target import RunResult, Target
 
 FORMAT = "lasnn-deploy-nir/1"
@@ -125,47 +127,82 @@ def _shortcut_weight(spec: Shortcut, module: torch.nn.Module) -> np.ndarray:
     return module.proj.weight.detach().cpu().numpy().astype(np.float32)
 
 
+@dataclass
+class _Builder:
+    """The graph being written: its nodes and edges, the chain's last node, and per layer index the
+    node holding that layer's output (``produced``), where a shortcut branch starts."""
+
+    nodes: dict[str, nir.NIRNode]
+    shapes: list[tuple[int, ...]]
+    edges: list[tuple[str, str]] = field(default_factory=list)
+    previous: str = "input"
+    produced: dict[int, str] = field(default_factory=dict)
+    into_lif: str | None = None  # a branch node waiting for the LIF that follows it
+
+    def add(self, name: str, node: nir.NIRNode) -> None:
+        """Append ``node`` to the chain, fed by its last node."""
+        self.nodes[name] = node
+        self.edges.append((self.previous, name))
+        self.previous = name
+
+
+def _conv_to_nir(b: _Builder, name: str, layer: Conv, module: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    weight = module.weight.detach().cpu().numpy().astype(np.float32)
+    b.add(name, _conv_node(weight, shape[1:], layer.stride, layer.padding, _bias(module)))
+
+
+def _linear_to_nir(b: _Builder, name: str, layer: Linear, module: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    """``W s + b`` is NIR's Affine, ``W s`` its Linear."""
+    weight = module.weight.detach().cpu().numpy().astype(np.float32)
+    bias = _bias(module)
+    b.add(name, nir.Linear(weight=weight) if bias is None else nir.Affine(weight=weight, bias=bias))
+
+
+def _avgpool_to_nir(b: _Builder, name: str, layer: AvgPool, module: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    k = layer.kernel_size
+    b.add(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0])))
+
+
+def _flatten_to_nir(b: _Builder, name: str, layer: Flatten, module: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    b.add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
+
+
+def _dropout_to_nir(b: _Builder, name: str, layer: Dropout, module: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    """No node: Dropout is the identity at inference."""
+
+
+def _shortcut_to_nir(b: _Builder, name: str, layer: Shortcut, module: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    """A branch, not a link of the chain: from its source's node into the block's LIF, a second input."""
+    b.nodes[name] = _conv_node(_shortcut_weight(layer, module), b.shapes[layer.source][1:], layer.stride, 0)
+    b.edges.append((b.produced[layer.source], name))
+    b.into_lif = name
+
+
+# layer-spec type -> its NIR node(s); the inverse is _FROM_NIR
+_TO_NIR: dict[type, Callable[[_Builder, str, Any, torch.nn.Module, tuple[int, ...]], None]] = {
+    Conv: _conv_to_nir,
+    Linear: _linear_to_nir,
+    AvgPool: _avgpool_to_nir,
+    Flatten: _flatten_to_nir,
+    Dropout: _dropout_to_nir,
+    Shortcut: _shortcut_to_nir,
+}
+
+
 def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
     """The student as NIR nodes: a chain, plus a branch per shortcut (see the module docstring)."""
     cfg = student.config
-    shapes = cfg.shapes()
     tau, r = leak_to_tau(float(student.leak.detach()))
     thresholds = student.thresholds.detach().cpu().numpy().astype(np.float32)
     lif_of = {i: k for k, i in enumerate(cfg.spiking_layers)}
-    nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array(cfg.input_shape)})}
-    edges: list[tuple[str, str]] = []
-    previous, shape = "input", tuple(cfg.input_shape)
-    produced: dict[int, str] = {}  # layer index -> the node holding that layer's output
-
-    def add(name: str, node: nir.NIRNode) -> None:
-        nonlocal previous
-        nodes[name] = node
-        edges.append((previous, name))
-        previous = name
-
+    b = _Builder({"input": nir.Input(input_type={"input": np.array(cfg.input_shape)})}, cfg.shapes())
+    shape = tuple(cfg.input_shape)
     for i, (layer, module) in enumerate(zip(cfg.layers, student.body, strict=True)):
-        if isinstance(layer, Dropout):
-            continue
-        name = cfg.layer_name(i)
-        if isinstance(layer, Conv):
-            weight = module.weight.detach().cpu().numpy().astype(np.float32)
-            add(name, _conv_node(weight, shape[1:], layer.stride, layer.padding, _bias(module)))
-        elif isinstance(layer, Linear):  # W s + b is NIR's Affine, W s its Linear
-            weight = module.weight.detach().cpu().numpy().astype(np.float32)
-            bias = _bias(module)
-            add(name, nir.Linear(weight=weight) if bias is None else nir.Affine(weight=weight, bias=bias))
-        elif isinstance(layer, AvgPool):
-            k = layer.kernel_size
-            add(name, nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0])))
-        elif isinstance(layer, Flatten):
-            add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
-        elif isinstance(layer, Shortcut):  # a branch, not a link of the chain: its LIF gets a second input
-            nodes[name] = _conv_node(_shortcut_weight(layer, module), shapes[layer.source][1:], layer.stride, 0)
-            edges.append((produced[layer.source], name))
-        shape = shapes[i]
+        table_entry(_TO_NIR, layer, "the NIR exporter")(b, cfg.layer_name(i), layer, module, shape)
+        shape = b.shapes[i]
         if i in lif_of:
             zeros = np.zeros(shape, dtype=np.float32)
-            add(
+            b.add(
                 f"lif{i}",
                 nir.LIF(
                     tau=np.full(shape, tau),
@@ -175,11 +212,12 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
                     v_threshold=np.full(shape, thresholds[lif_of[i]]),
                 ),
             )
-            if isinstance(layer, Shortcut):
-                edges.append((name, previous))
-        produced[i] = previous
-    add("output", nir.Output(output_type={"output": np.array([cfg.num_classes])}))
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=_metadata(student))
+            if b.into_lif is not None:
+                b.edges.append((b.into_lif, b.previous))
+                b.into_lif = None
+        b.produced[i] = b.previous
+    b.add("output", nir.Output(output_type={"output": np.array([cfg.num_classes])}))
+    return nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata=_metadata(student))
 
 
 def _metadata(student: SpikingStudent) -> dict[str, Any]:
@@ -364,6 +402,78 @@ def _shortcut_spec(node: nir.Conv2d, source: int, where: str) -> Shortcut:
     return spec
 
 
+@dataclass
+class _Reader:
+    """What reading a graph's chain collects: layer specs with their weights and biases (by layer
+    index), and per LIF node its threshold, float32 tau, leak and the layer it follows."""
+
+    graph: nir.NIRGraph
+    dt: float
+    into: dict[str, str]  # LIF node -> the shortcut branch feeding it
+    layers: list = field(default_factory=list)
+    weights: dict[int, np.ndarray] = field(default_factory=dict)
+    biases: dict[int, np.ndarray] = field(default_factory=dict)
+    thresholds: list[float] = field(default_factory=list)
+    leaks: list[float] = field(default_factory=list)
+    taus: list[np.float32] = field(default_factory=list)
+    lif_after: list[int] = field(default_factory=list)  # index of the layer each LIF node follows
+    layer_of: dict[str, int] = field(default_factory=dict)  # chain node -> the layer whose output it holds
+
+
+def _conv_from_nir(r: _Reader, name: str, node: nir.Conv2d, where: str) -> None:
+    r.weights[len(r.layers)] = node.weight
+    r.layers.append(_conv_spec(node, where))
+    if r.layers[-1].bias:
+        r.biases[len(r.layers) - 1] = node.bias
+
+
+def _linear_from_nir(r: _Reader, name: str, node: nir.Linear | nir.Affine, where: str) -> None:
+    r.weights[len(r.layers)] = node.weight
+    r.layers.append(Linear(node.weight.shape[1], node.weight.shape[0], bias=isinstance(node, nir.Affine)))
+    if isinstance(node, nir.Affine):
+        r.biases[len(r.layers) - 1] = node.bias
+
+
+def _avgpool_from_nir(r: _Reader, name: str, node: nir.AvgPool2d, where: str) -> None:
+    k = _pair(node.kernel_size, "kernel", where)
+    if _pair(node.stride, "stride", where) != k or _pair(node.padding, "padding", where) != 0:
+        raise UserError(f"{where}: only average pools with stride = kernel and no padding are supported")
+    r.layers.append(AvgPool(k))
+
+
+def _flatten_from_nir(r: _Reader, name: str, node: nir.Flatten, where: str) -> None:
+    r.layers.append(Flatten())
+
+
+def _lif_from_nir(r: _Reader, name: str, node: nir.LIF, where: str) -> None:
+    if name in r.into:  # the block's Shortcut comes between its last Conv and this LIF
+        branch = r.into[name]
+        source = r.layer_of[next(src for src, dst in r.graph.edges if dst == branch)]
+        r.weights[len(r.layers)] = r.graph.nodes[branch].weight
+        r.layers.append(_shortcut_spec(r.graph.nodes[branch], source, f"NIR node {branch!r}"))
+    if np.any(node.v_leak != 0) or np.any(node.v_reset != 0):
+        raise UserError(f"{where}: v_leak and v_reset must be 0 for a student LIF")
+    gain = _one_value(node.r, "r", where) * r.dt / _one_value(node.tau, "tau", where)
+    if not np.isclose(gain, 1.0, rtol=1e-5):
+        raise UserError(f"{where}: input gain r*dt/tau = {gain} != 1 at dt = {r.dt}; not a student LIF")
+    r.taus.append(np.float32(_one_value(node.tau, "tau", where)))
+    r.leaks.append(float(importer_leak(np.array([r.taus[-1]]), r.dt)[0]))
+    r.thresholds.append(_one_value(node.v_threshold, "v_threshold", where))
+    r.lif_after.append(len(r.layers) - 1)
+
+
+# NIR node type of a chain node -> how it reads back; the inverse of _TO_NIR (a Shortcut comes back
+# with the LIF its branch feeds)
+_FROM_NIR: dict[type, Callable[[_Reader, str, Any, str], None]] = {
+    nir.Conv2d: _conv_from_nir,
+    nir.Linear: _linear_from_nir,
+    nir.Affine: _linear_from_nir,
+    nir.AvgPool2d: _avgpool_from_nir,
+    nir.Flatten: _flatten_from_nir,
+    nir.LIF: _lif_from_nir,
+}
+
+
 def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
     """Rebuild the student (config, weights, leak, thresholds) from a NIR file or graph.
 
@@ -377,53 +487,17 @@ def student_from_nir(source: str | Path | nir.NIRGraph) -> SpikingStudent:
         graph, settings = source, _settings(source, "the NIR graph")
     else:
         graph, settings = read_graph(source)
-    dt = settings["dt"]
-    layers: list = []
-    weights: dict[int, np.ndarray] = {}
-    biases: dict[int, np.ndarray] = {}
-    thresholds: list[float] = []
-    leaks: list[float] = []
-    taus: list[np.float32] = []
-    lif_after: list[int] = []  # index of the layer each LIF node follows
-    layer_of: dict[str, int] = {}  # chain node -> the layer whose output it holds
     chain, into = _layout(graph, "the NIR graph")
+    r = _Reader(graph, settings["dt"], into)
     for name in chain[1:-1]:
         node, where = graph.nodes[name], f"NIR node {name!r}"
-        if isinstance(node, nir.Conv2d):
-            weights[len(layers)] = node.weight
-            layers.append(_conv_spec(node, where))
-            if layers[-1].bias:
-                biases[len(layers) - 1] = node.bias
-        elif isinstance(node, (nir.Linear, nir.Affine)):
-            weights[len(layers)] = node.weight
-            layers.append(Linear(node.weight.shape[1], node.weight.shape[0], bias=isinstance(node, nir.Affine)))
-            if isinstance(node, nir.Affine):
-                biases[len(layers) - 1] = node.bias
-        elif isinstance(node, nir.AvgPool2d):
-            k = _pair(node.kernel_size, "kernel", where)
-            if _pair(node.stride, "stride", where) != k or _pair(node.padding, "padding", where) != 0:
-                raise UserError(f"{where}: only average pools with stride = kernel and no padding are supported")
-            layers.append(AvgPool(k))
-        elif isinstance(node, nir.Flatten):
-            layers.append(Flatten())
-        elif isinstance(node, nir.LIF):
-            if name in into:  # the block's Shortcut comes between its last Conv and this LIF
-                branch = into[name]
-                source = layer_of[next(src for src, dst in graph.edges if dst == branch)]
-                weights[len(layers)] = graph.nodes[branch].weight
-                layers.append(_shortcut_spec(graph.nodes[branch], source, f"NIR node {branch!r}"))
-            if np.any(node.v_leak != 0) or np.any(node.v_reset != 0):
-                raise UserError(f"{where}: v_leak and v_reset must be 0 for a student LIF")
-            gain = _one_value(node.r, "r", where) * dt / _one_value(node.tau, "tau", where)
-            if not np.isclose(gain, 1.0, rtol=1e-5):
-                raise UserError(f"{where}: input gain r*dt/tau = {gain} != 1 at dt = {dt}; not a student LIF")
-            taus.append(np.float32(_one_value(node.tau, "tau", where)))
-            leaks.append(float(importer_leak(np.array([taus[-1]]), dt)[0]))
-            thresholds.append(_one_value(node.v_threshold, "v_threshold", where))
-            lif_after.append(len(layers) - 1)
-        else:
+        read = _FROM_NIR.get(type(node))
+        if read is None:
             raise UserError(f"{where}: node type {type(node).__name__} is not part of a lasnn-deploy student")
-        layer_of[name] = len(layers) - 1
+        read(r, name, node, where)
+        r.layer_of[name] = len(r.layers) - 1
+    layers, weights, biases, thresholds, leaks, taus = r.layers, r.weights, r.biases, r.thresholds, r.leaks, r.taus
+    lif_after, dt = r.lif_after, r.dt
     if len(set(leaks)) > 1:
         raise UserError(f"the NIR graph's LIF layers have different leaks {sorted(set(leaks))}; a student shares one")
     config = StudentConfig(

@@ -34,6 +34,7 @@ from .layers import (
     layer_from_dict,
     layer_name,
     layer_to_dict,
+    table_entry,
 )
 from .module import SpikingStudent, Trace, check_images, check_parameters
 
@@ -65,6 +66,7 @@ __all__ = [
     "layer_from_dict",
     "layer_name",
     "layer_to_dict",
+    "table_entry",
     "load_student",
     "parameter_shapes",
     "resolve_student_path",

@@ -223,6 +223,18 @@ LayerSpec = Conv | Linear | AvgPool | Flatten | Dropout | Shortcut
 LAYER_TYPES: dict[str, type] = {c.type: c for c in (Conv, Linear, AvgPool, Flatten, Dropout, Shortcut)}
 
 
+def table_entry(table: dict[type, Any], layer: Any, place: str) -> Any:
+    """The entry of ``table`` (layer-spec type -> how ``place`` maps it) for ``layer``'s exact type.
+
+    Each place that maps layers keeps one such table, so a new layer type is one entry per table;
+    a type without an entry raises a ``TypeError`` naming the type and the place.
+    """
+    try:
+        return table[type(layer)]
+    except KeyError as err:
+        raise TypeError(f"{place} has no entry for layer type {type(layer).__name__}; add one to its table") from err
+
+
 def layer_to_dict(layer: LayerSpec) -> dict[str, Any]:
     """The layer as JSON data; ``bias`` only when true, so bias-free files stay as they were."""
     d = {"type": layer.type, **dataclasses.asdict(layer)}
