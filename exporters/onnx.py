@@ -38,7 +38,10 @@ convolution is one float64 ``MatMul`` per kernel offset over strided slices of t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -49,7 +52,7 @@ from ..atomic import atomic_path
 from ..errors import UserError
 from ..inputs import model_input
 from ..modes import eval_mode
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, table_entry
 from .target import RunResult, Target
 
 FORMAT = "lasnn-deploy-onnx/2"  # /1: float32 currents (not spike-exact)
@@ -87,28 +90,70 @@ def _export(student: SpikingStudent, path: Path) -> Path:
     return path
 
 
+@dataclass
+class _Walk:
+    """What a layer's mapping reads besides its own spec and module: every layer's output shape, and
+    the saved outputs of shortcut sources (layer index -> its ONNX value, is it float64)."""
+
+    shapes: list[tuple[int, ...]]
+    saved: dict[int, tuple[str, bool]]
+
+
+def _float64(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().double().numpy()
+
+
+def _with_bias(g: _Graph, h: str, i: int, module: torch.nn.Module, shape: tuple[int, ...]) -> str:
+    """``W * s + b`` in float64, like run(exact=True); a conv's bias is ``[C, 1, 1]``, broadcast over its map."""
+    if module.bias is None:
+        return h
+    return g.op("Add", h, g.const(_float64(module.bias).reshape(shape), f"bias{i}"))
+
+
+def _conv_to_onnx(g: _Graph, h: str, i: int, spec: Conv, module: torch.nn.Module, walk: _Walk) -> str:
+    h = g.conv(h, _float64(module.weight), spec.stride, spec.padding, walk.shapes[i])
+    return _with_bias(g, h, i, module, (-1, 1, 1))
+
+
+def _linear_to_onnx(g: _Graph, h: str, i: int, spec: Linear, module: torch.nn.Module, walk: _Walk) -> str:
+    h = g.op("MatMul", h, g.const(np.ascontiguousarray(_float64(module.weight).T), f"weight{i}"))
+    return _with_bias(g, h, i, module, (-1,))
+
+
+def _avgpool_to_onnx(g: _Graph, h: str, i: int, spec: AvgPool, module: torch.nn.Module, walk: _Walk) -> str:
+    return g.avgpool(h, spec.kernel_size, walk.shapes[i])
+
+
+def _flatten_to_onnx(g: _Graph, h: str, i: int, spec: Flatten, module: torch.nn.Module, walk: _Walk) -> str:
+    return g.op("Flatten", h, axis=1)
+
+
+def _dropout_to_onnx(g: _Graph, h: str, i: int, spec: Dropout, module: torch.nn.Module, walk: _Walk) -> str:
+    """No node: the identity at inference."""
+    return h
+
+
+def _shortcut_to_onnx(g: _Graph, h: str, i: int, spec: Shortcut, module: torch.nn.Module, walk: _Walk) -> str:
+    weight = None if module.proj is None else _float64(module.proj.weight)
+    return g.op("Add", h, g.shortcut(*walk.saved[spec.source], weight, spec.stride, walk.shapes[i]))
+
+
+# layer-spec type -> its float64 ONNX nodes, given the value ``h`` the layer reads; returns its output
+_TO_ONNX: dict[type, Callable[[_Graph, str, int, Any, torch.nn.Module, _Walk], str]] = {
+    Conv: _conv_to_onnx,
+    Linear: _linear_to_onnx,
+    AvgPool: _avgpool_to_onnx,
+    Flatten: _flatten_to_onnx,
+    Dropout: _dropout_to_onnx,
+    Shortcut: _shortcut_to_onnx,
+}
+
+
 def build_model(student: SpikingStudent) -> onnx.ModelProto:
     """The unrolled graph of ``student``, checked with ``onnx.checker``."""
     cfg = student.config
     g = _Graph()
     T = cfg.timesteps
-    weights = {
-        i: m.weight.detach().cpu().double().numpy()
-        for i, m in enumerate(student.body)
-        if isinstance(cfg.layers[i], (Conv, Linear))
-    }
-    weights.update(
-        {
-            i: m.proj.weight.detach().cpu().double().numpy()
-            for i, m in enumerate(student.body)
-            if isinstance(cfg.layers[i], Shortcut) and m.proj is not None
-        }
-    )
-    biases = {
-        i: m.bias.detach().cpu().double().numpy()
-        for i, m in enumerate(student.body)
-        if isinstance(cfg.layers[i], (Conv, Linear)) and m.bias is not None
-    }
     lif_index = {layer: k for k, layer in enumerate(cfg.spiking_layers)}
     leak = g.const(student.leak.detach().cpu().float().numpy(), "leak")
     thresholds = student.thresholds.detach().cpu().float().numpy()
@@ -123,24 +168,11 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
     is_double = False
     outputs = []
     sources, saved = cfg.shortcut_sources, {}  # saved: shortcut source layer -> (its output, is it float64)
-    for i, spec in enumerate(cfg.layers):
-        if isinstance(spec, Dropout):
-            continue  # identity at inference
+    walk = _Walk(shapes, saved)
+    for i, (spec, module) in enumerate(zip(cfg.layers, student.body, strict=True)):
         if not is_double:
             h, is_double = g.op("Cast", h, to=TensorProto.DOUBLE), True
-        if isinstance(spec, Conv):
-            h = g.conv(h, weights[i], spec.stride, spec.padding, shapes[i])
-        elif isinstance(spec, Linear):
-            h = g.op("MatMul", h, g.const(np.ascontiguousarray(weights[i].T), f"weight{i}"))
-        if i in biases:  # W * s + b in float64, like run(exact=True); [C, 1, 1] broadcasts over a conv's map
-            bias = biases[i].reshape(-1, 1, 1) if isinstance(spec, Conv) else biases[i]
-            h = g.op("Add", h, g.const(bias, f"bias{i}"))
-        elif isinstance(spec, AvgPool):
-            h = g.avgpool(h, spec.kernel_size, shapes[i])
-        elif isinstance(spec, Flatten):
-            h = g.op("Flatten", h, axis=1)
-        elif isinstance(spec, Shortcut):
-            h = g.op("Add", h, g.shortcut(*saved[spec.source], weights.get(i), spec.stride, shapes[i]))
+        h = table_entry(_TO_ONNX, spec, "the ONNX exporter")(g, h, i, spec, module, walk)
         k = lif_index.get(i)
         if k is None:
             if i in sources:
