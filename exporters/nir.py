@@ -198,7 +198,7 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
     b = _Builder({"input": nir.Input(input_type={"input": np.array(cfg.input_shape)})}, cfg.shapes())
     shape = tuple(cfg.input_shape)
     for i, (layer, module) in enumerate(zip(cfg.layers, student.body, strict=True)):
-        table_entry(_TO_NIR, layer, "the NIR exporter")(b, cfg.layer_name(i), layer, module, shape)
+        table_entry(_TO_NIR, type(layer), "the NIR exporter")(b, cfg.layer_name(i), layer, module, shape)
         shape = b.shapes[i]
         if i in lif_of:
             zeros = np.zeros(shape, dtype=np.float32)

@@ -172,7 +172,7 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
     for i, (spec, module) in enumerate(zip(cfg.layers, student.body, strict=True)):
         if not is_double:
             h, is_double = g.op("Cast", h, to=TensorProto.DOUBLE), True
-        h = table_entry(_TO_ONNX, spec, "the ONNX exporter")(g, h, i, spec, module, walk)
+        h = table_entry(_TO_ONNX, type(spec), "the ONNX exporter")(g, h, i, spec, module, walk)
         k = lif_index.get(i)
         if k is None:
             if i in sources:

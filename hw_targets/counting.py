@@ -28,12 +28,26 @@ a MAC count is the number of real connections (a dense input that spikes everywh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..student import Conv, DeployedLayer, DeployedShortcut, Linear, Shortcut, StudentConfig, Trace
+from ..student import (
+    AvgPool,
+    Conv,
+    DeployedLayer,
+    DeployedShortcut,
+    Dropout,
+    Flatten,
+    Linear,
+    Shortcut,
+    StudentConfig,
+    Trace,
+    table_entry,
+)
 
 
 def _axis_taps(size_in: int, size_out: int, kernel: int, stride: int, padding: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,9 +82,30 @@ def conv_fan_in(
 
 def reach(layer: DeployedLayer) -> np.ndarray:
     """Synapses each input neuron of a deployed layer's main input reaches, shaped like that input."""
-    if layer.kind == "conv":
-        return conv_reach(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
+    return table_entry(_REACH, layer.kind, "the synapse count (reach)")(layer)
+
+
+def _conv_reach(layer: DeployedLayer) -> np.ndarray:
+    return conv_reach(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
+
+
+def _dense_reach(layer: DeployedLayer) -> np.ndarray:
+    """Each input reaches every output neuron."""
     return np.full(layer.in_shape, layer.out_shape[0], dtype=np.int64)
+
+
+def _conv_fan_in(layer: DeployedLayer) -> np.ndarray:
+    return conv_fan_in(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
+
+
+def _dense_fan_in(layer: DeployedLayer) -> np.ndarray:
+    """Each output neuron reads every input."""
+    return np.full(layer.out_shape, layer.in_shape[0], dtype=np.int64)
+
+
+# deployed-layer kind -> the synapses of its main input, per input neuron (reach) and per output neuron (fan-in)
+_REACH: dict[str, Callable[[DeployedLayer], np.ndarray]] = {"conv": _conv_reach, "linear": _dense_reach}
+_FAN_IN: dict[str, Callable[[DeployedLayer], np.ndarray]] = {"conv": _conv_fan_in, "linear": _dense_fan_in}
 
 
 def is_identity(shortcut: DeployedShortcut) -> bool:
@@ -98,10 +133,7 @@ def shortcut_reach(layer: DeployedLayer) -> np.ndarray:
 
 def fan_in(layer: DeployedLayer) -> np.ndarray:
     """Synapses into each output neuron of a deployed layer (main input and shortcut), shaped like its output."""
-    if layer.kind == "conv":
-        fi = conv_fan_in(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
-    else:
-        fi = np.full(layer.out_shape, layer.in_shape[0], dtype=np.int64)
+    fi = table_entry(_FAN_IN, layer.kind, "the synapse count (fan-in)")(layer)
     if layer.shortcut is not None:
         sc = layer.shortcut
         _, in_channels = _shortcut_channels(sc)
@@ -114,6 +146,35 @@ def synapse_count(layer: DeployedLayer) -> int:
     return int(fan_in(layer).sum())
 
 
+def _conv_macs(out: dict[int, int], i: int, layer: Conv, shape: tuple[int, ...], shapes: list) -> None:
+    out[i] = int(conv_fan_in(shape, shapes[i], layer.kernel_size, layer.stride, layer.padding).sum())
+
+
+def _linear_macs(out: dict[int, int], i: int, layer: Linear, shape: tuple[int, ...], shapes: list) -> None:
+    out[i] = layer.in_features * layer.out_features
+
+
+def _shortcut_macs(out: dict[int, int], i: int, layer: Shortcut, shape: tuple[int, ...], shapes: list) -> None:
+    """A projection counts with the Conv whose current it joins; an identity shortcut is a free addition."""
+    if layer.projects:
+        out[i - 1] += int(conv_fan_in(shapes[layer.source], shapes[i], 1, layer.stride, 0).sum())
+
+
+def _no_macs(out: dict[int, int], i: int, layer: Any, shape: tuple[int, ...], shapes: list) -> None:
+    """Pooling, flattening and dropout cost no MAC."""
+
+
+# layer-spec type -> how its dense MACs add to ``ann_macs``'s count
+_MACS: dict[type, Callable[[dict[int, int], int, Any, tuple[int, ...], list], None]] = {
+    Conv: _conv_macs,
+    Linear: _linear_macs,
+    Shortcut: _shortcut_macs,
+    AvgPool: _no_macs,
+    Flatten: _no_macs,
+    Dropout: _no_macs,
+}
+
+
 def ann_macs(config: StudentConfig) -> dict[int, int]:
     """Dense MACs of the intermediate ANN, per Conv/Linear (keyed by layer index), on the student's
     own graph: pooled maps as the layers read them, pooling itself costing no MAC. A shortcut's 1x1
@@ -123,12 +184,7 @@ def ann_macs(config: StudentConfig) -> dict[int, int]:
     out: dict[int, int] = {}
     shape: tuple[int, ...] = tuple(config.input_shape)
     for i, layer in enumerate(config.layers):
-        if isinstance(layer, Conv):
-            out[i] = int(conv_fan_in(shape, shapes[i], layer.kernel_size, layer.stride, layer.padding).sum())
-        elif isinstance(layer, Linear):
-            out[i] = layer.in_features * layer.out_features
-        elif isinstance(layer, Shortcut) and layer.projects:
-            out[i - 1] += int(conv_fan_in(shapes[layer.source], shapes[i], 1, layer.stride, 0).sum())
+        table_entry(_MACS, type(layer), "the ANN MAC count")(out, i, layer, shape, shapes)
         shape = shapes[i]
     return out
 

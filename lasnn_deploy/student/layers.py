@@ -223,16 +223,18 @@ LayerSpec = Conv | Linear | AvgPool | Flatten | Dropout | Shortcut
 LAYER_TYPES: dict[str, type] = {c.type: c for c in (Conv, Linear, AvgPool, Flatten, Dropout, Shortcut)}
 
 
-def table_entry(table: dict[type, Any], layer: Any, place: str) -> Any:
-    """The entry of ``table`` (layer-spec type -> how ``place`` maps it) for ``layer``'s exact type.
+def table_entry(table: dict[Any, Any], key: Any, place: str) -> Any:
+    """The entry of ``table`` for ``key``: a layer-spec type (or a deployed layer's ``kind``) -> how
+    ``place`` maps it.
 
     Each place that maps layers keeps one such table, so a new layer type is one entry per table;
-    a type without an entry raises a ``TypeError`` naming the type and the place.
+    a key without an entry raises a ``TypeError`` naming it and the place.
     """
     try:
-        return table[type(layer)]
+        return table[key]
     except KeyError as err:
-        raise TypeError(f"{place} has no entry for layer type {type(layer).__name__}; add one to its table") from err
+        name = key.__name__ if isinstance(key, type) else repr(key)
+        raise TypeError(f"{place} has no entry for layer type {name}; add one to its table") from err
 
 
 def layer_to_dict(layer: LayerSpec) -> dict[str, Any]:

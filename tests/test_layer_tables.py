@@ -1,0 +1,45 @@
+"""The per-type tables where exporters and counters map layers: complete, and loud about a gap."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from lasnn_deploy.exporters.nir import _TO_NIR, to_nir_graph
+from lasnn_deploy.exporters.onnx import _TO_ONNX
+from lasnn_deploy.hw_targets.counting import _FAN_IN, _MACS, _REACH
+
+from lasnn_deploy.student import LAYER_TYPES, Conv, Flatten, Linear, SpikingStudent, StudentConfig, table_entry
+
+
+@pytest.mark.parametrize("table", [_TO_NIR, _TO_ONNX, _MACS], ids=["nir", "onnx", "macs"])
+def test_every_layer_type_has_one_entry(table):
+    assert set(table) == set(LAYER_TYPES.values())
+
+
+@pytest.mark.parametrize("table", [_REACH, _FAN_IN], ids=["reach", "fan_in"])
+def test_every_deployed_kind_has_one_entry(table):
+    assert set(table) == {"conv", "linear"}
+
+
+def test_an_unmapped_layer_type_is_named():
+    @dataclasses.dataclass(frozen=True)
+    class Spiral(Conv):
+        pass
+
+    with pytest.raises(TypeError, match="the NIR exporter has no entry for layer type Spiral"):
+        table_entry(_TO_NIR, Spiral, "the NIR exporter")
+    with pytest.raises(TypeError, match="no entry for layer type 'ring'"):
+        table_entry(_REACH, "ring", "the synapse count")
+
+
+def test_a_subclass_is_not_taken_for_its_parent():
+    """Exact types: a new layer type derived from Conv gets its own entries, not Conv's silently."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Spiral(Conv):
+        pass
+
+    config = StudentConfig("t", (1, 4, 4), 2, (Spiral(1, 2, 3, 1, 1), Flatten(), Linear(32, 2)))
+    with pytest.raises(TypeError, match="Spiral"):
+        to_nir_graph(SpikingStudent(config))
