@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,37 @@ def profile_report(
     return report
 
 
+def count_and_report(
+    student: SpikingStudent,
+    images: torch.Tensor,
+    profiles: list[Profile],
+    *,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+    weight_bits: int,
+    also_traffic: Sequence[Profile] = (),
+) -> tuple[StudentRun, dict[str, dict[str, Any]], dict[str, TrafficCounter]]:
+    """Run ``student`` once over ``images``, counting its events and, for every mesh profile (and each of
+    ``also_traffic``), its messages and hops; return the run, one report per profile and the traffic counters."""
+    T = student.config.timesteps
+    meshes = {p.name: p for p in [*profiles, *also_traffic] if p.mesh is not None}
+    counters = {name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits) for name, p in meshes.items()}
+    run = run_and_count(
+        student,
+        images,
+        timesteps=T,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        observers=[c.add for c in counters.values()],
+    )
+    reports = {
+        p.name: profile_report(run, student, p, weight_bits=weight_bits, traffic=counters.get(p.name)) for p in profiles
+    }
+    return run, reports, counters
+
+
 def energy_report(
     student: SpikingStudent,
     images: torch.Tensor,
@@ -267,26 +299,18 @@ def energy_report(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for energy.json, energy.md and the plots")
 
-    counters = {
-        p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits)
-        for p in profiles
-        if p.mesh is not None
-    }
-    if sanafe_samples and "loihi_calibrated" not in counters:  # SANA-FE is compared with its own figures
-        calibrated = load_profile("loihi_calibrated")
-        counters[calibrated.name] = traffic_counter(student, calibrated, timesteps=T, weight_bits=weight_bits)
-    run = run_and_count(
+    # SANA-FE is compared with the calibrated profile's own traffic, priced or not.
+    extra = [load_profile("loihi_calibrated")] if sanafe_samples else []
+    run, reports, counters = count_and_report(
         student,
         images,
-        timesteps=T,
+        profiles,
         seed=seed,
         batch_size=batch_size,
         progress=progress,
-        observers=[c.add for c in counters.values()],
+        weight_bits=weight_bits,
+        also_traffic=extra,
     )
-    reports = {
-        p.name: profile_report(run, student, p, weight_bits=weight_bits, traffic=counters.get(p.name)) for p in profiles
-    }
     if labels is not None:
         accuracy = float((torch.as_tensor(run.predictions) == labels.cpu()).double().mean())
         for r in reports.values():

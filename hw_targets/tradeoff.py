@@ -29,9 +29,8 @@ import torch
 from ..atomic import atomic_path, write_text
 from ..errors import UserError
 from ..student import STUDENT_FILE, SpikingStudent, check_parameters, check_timesteps, deployed_layers, load_student
-from .energy import run_and_count
 from .profile import Profile, list_profiles, load_profile
-from .report import profile_report, traffic_counter
+from .report import count_and_report
 
 CONVERTED_FILE = "converted.safetensors"
 FILES = ("tradeoff.json", "tradeoff.md", "pareto.png")
@@ -123,25 +122,13 @@ def tradeoff(
     for run, method, trained, how in models:
         for T in Ts:
             student = trained.with_config(timesteps=T)  # the one way to run at another T (lasnn_deploy/inputs.py)
-            counters = {
-                p.name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits)
-                for p in profiles
-                if p.mesh is not None
-            }
-            counted = run_and_count(
-                student,
-                images,
-                timesteps=T,
-                seed=seed,
-                batch_size=batch_size,
-                progress=progress,
-                observers=[c.add for c in counters.values()],
+            counted, reports, _ = count_and_report(
+                student, images, profiles, seed=seed, batch_size=batch_size, progress=progress, weight_bits=weight_bits
             )
             accuracy = float((torch.as_tensor(counted.predictions) == labels.cpu()).double().mean())
             energy = {}
-            for p in profiles:
-                r = profile_report(counted, student, p, weight_bits=weight_bits, traffic=counters.get(p.name))
-                energy[p.name] = {
+            for name, r in reports.items():
+                energy[name] = {
                     k: r[k]
                     for k in (
                         "dynamic_energy_j",
@@ -153,8 +140,8 @@ def tradeoff(
                         "unknown",
                     )
                 }
-                energy[p.name]["ann_fp32_j"] = r["ann_baselines"]["fp32"]["energy_j"]
-                energy[p.name]["ann_int8_j"] = r["ann_baselines"]["int8"]["energy_j"]
+                energy[name]["ann_fp32_j"] = r["ann_baselines"]["fp32"]["energy_j"]
+                energy[name]["ann_int8_j"] = r["ann_baselines"]["int8"]["energy_j"]
             rows.append(
                 {
                     "run": run,

@@ -56,6 +56,24 @@ class Recorded:
     potentials: dict[str, np.ndarray] | None = None
 
 
+def record_stateful(net: torch.nn.Module, graph: nir.NIRGraph, steps: torch.Tensor) -> Recorded:
+    """Run an importer's ``net(x, state) -> (out, state)`` module over ``steps`` ``[T, B, ...]``, the whole batch
+    per step with the state carried, recording each LIF node's spikes through a forward hook (Norse, SpikingJelly)."""
+    lifs = [n for n, node in graph.nodes.items() if isinstance(node, nir.LIF)]
+    spikes: dict[str, list[torch.Tensor]] = {n: [] for n in lifs}
+    for n in lifs:
+        net.get_submodule(n).register_forward_hook(lambda m, a, out, n=n: spikes[n].append(out[0].detach()))
+    outputs, state = [], None
+    with torch.no_grad():
+        for x in steps:
+            out, state = net(x, state)
+            outputs.append(out)
+    return Recorded(
+        outputs=torch.stack(outputs).numpy(),
+        spikes={n: torch.stack(s).numpy().astype(np.float32) for n, s in spikes.items()},
+    )
+
+
 def runtime_module(name: str) -> ModuleType:
     """The adapter module of runtime ``name``; one clear line for an unknown name."""
     if name not in RUNTIMES:

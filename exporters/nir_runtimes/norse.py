@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import nir
-import numpy as np
 import torch
 
-from . import Recorded, missing, transforms
+from . import Recorded, missing, record_stateful, transforms
 
 BATCHED = True
 LITERAL_FLATTEN = True
@@ -34,17 +33,4 @@ def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> R
         import norse.torch as norse
     except ImportError as err:
         raise missing("norse", err) from err
-    net = norse.from_nir(graph).eval()
-    lifs = [n for n, node in graph.nodes.items() if isinstance(node, nir.LIF)]
-    spikes: dict[str, list[torch.Tensor]] = {n: [] for n in lifs}
-    for n in lifs:
-        net.get_submodule(n).register_forward_hook(lambda m, a, out, n=n: spikes[n].append(out[0].detach()))
-    outputs, state = [], None
-    with torch.no_grad():
-        for x in steps:
-            out, state = net(x, state)
-            outputs.append(out)
-    return Recorded(
-        outputs=torch.stack(outputs).numpy(),
-        spikes={n: torch.stack(s).numpy().astype(np.float32) for n, s in spikes.items()},
-    )
+    return record_stateful(norse.from_nir(graph).eval(), graph, steps)

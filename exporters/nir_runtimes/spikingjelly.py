@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import nir
-import numpy as np
 import torch
 
-from . import Recorded, missing
+from . import Recorded, missing, record_stateful
 
 BATCHED = True
 
@@ -31,17 +30,4 @@ def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> R
     except ImportError as err:
         raise missing("spikingjelly", err) from err
     logger.disable("spikingjelly")  # one info line per import
-    net = import_from_nir(graph, dt=settings["dt"]).eval()
-    lifs = [n for n, node in graph.nodes.items() if isinstance(node, nir.LIF)]
-    spikes: dict[str, list[torch.Tensor]] = {n: [] for n in lifs}
-    for n in lifs:
-        net.get_submodule(n).register_forward_hook(lambda m, a, out, n=n: spikes[n].append(out[0].detach()))
-    outputs, state = [], None
-    with torch.no_grad():
-        for x in steps:
-            out, state = net(x, state)
-            outputs.append(out)
-    return Recorded(
-        outputs=torch.stack(outputs).numpy(),
-        spikes={n: torch.stack(s).numpy().astype(np.float32) for n, s in spikes.items()},
-    )
+    return record_stateful(import_from_nir(graph, dt=settings["dt"]).eval(), graph, steps)
