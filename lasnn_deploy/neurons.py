@@ -227,12 +227,3 @@ def poisson_inputs(images: torch.Tensor, timesteps: int, seed: int, first_index:
     return torch.stack([poisson_spikes(x, timesteps, seed + first_index + i) for i, x in enumerate(cpu)], dim=1).to(
         images.device
     )
-
-
-def encode(x: torch.Tensor, timesteps: int, encoding: Encoding, seed: int = 0) -> torch.Tensor:
-    """Input spikes ``s_0`` as ``[T, B, C, H, W]``: the analog image repeated, or Poisson spikes."""
-    if encoding == "direct":
-        return x.unsqueeze(0).expand(timesteps, *x.shape)
-    if encoding == "poisson":
-        return poisson_spikes(x, timesteps, seed)
-    raise ValueError(f"unknown encoding {encoding!r}: use 'direct' or 'poisson'")

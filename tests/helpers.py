@@ -15,6 +15,11 @@ from lasnn_deploy.models import build_student
 from lasnn_deploy.student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, StudentConfig
 
 
+def repeat_steps(x: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """The direct encoding's input spikes ``[T, B, C, H, W]``: the analog image at every step."""
+    return x.unsqueeze(0).expand(timesteps, *x.shape)
+
+
 def make_student(
     encoding: str = "direct",
     reset: str = "hard",

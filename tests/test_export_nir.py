@@ -12,7 +12,7 @@ from helpers import make_student, resnet_student, small_resnet
 from lasnn_deploy.exporters import export
 
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.neurons import encode
+from lasnn_deploy.inputs import model_input
 from lasnn_deploy.student import Dropout, Shortcut, SpikingStudent, StudentConfig
 from lasnn_deploy.validation import validate
 
@@ -101,7 +101,7 @@ def test_snntorch_importer_reproduces_the_student(tmp_path, encoding, leak):
     student = make_student(encoding=encoding, leak=leak, timesteps=5)
     path = export(student, "nir", tmp_path / "s.nir")
     x = images(4)
-    spikes = encode(x, 5, "poisson", seed=3) if encoding == "poisson" else None
+    spikes = model_input("poisson", 5, x, seed=3).spikes if encoding == "poisson" else None
     given = (None, spikes) if spikes is not None else (x, None)
     ref = nir_target.reference(student, *given)
     got = nir_target.run(path, *given)

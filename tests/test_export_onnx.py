@@ -23,7 +23,7 @@ from lasnn_deploy.exporters import export
 from lasnn_deploy.exporters import onnx as onnx_export
 
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.neurons import encode
+from lasnn_deploy.inputs import model_input
 from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig
 from lasnn_deploy.validation import validate
 
@@ -38,7 +38,7 @@ def random_images(n: int = 24, shape=(1, 8, 8), seed: int = 0) -> torch.Tensor:
 def inputs_for(student: SpikingStudent, images: torch.Tensor):
     """(images, input_spikes) as validate passes them: spikes for Poisson, images for direct."""
     if student.config.encoding == "poisson":
-        return None, encode(images, student.config.timesteps, "poisson", seed=1)
+        return None, model_input("poisson", student.config.timesteps, images, seed=1).spikes
     return images, None
 
 

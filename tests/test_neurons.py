@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lasnn_deploy import neurons
-from lasnn_deploy.neurons import GAMMA, SpikeFn, encode, lif_multistep, lif_reference, poisson_spikes
+from lasnn_deploy.neurons import GAMMA, SpikeFn, lif_multistep, lif_reference, poisson_spikes
 
 
 @pytest.mark.parametrize("chunk", [None, 4])
@@ -43,14 +43,6 @@ def test_poisson_spikes_are_seeded_and_follow_rates():
     rates = a.mean(0)[0]
     assert rates[0] == 0 and rates[2] == 1 and abs(rates[1] - 0.25) < 0.03
     assert not torch.equal(a, poisson_spikes(x, 4000, seed=4))
-
-
-def test_direct_encoding_repeats_the_image():
-    x = torch.rand(2, 1, 3, 3)
-    s = encode(x, 5, "direct")
-    assert s.shape == (5, 2, 1, 3, 3) and all(torch.equal(s[t], x) for t in range(5))
-    with pytest.raises(ValueError):
-        encode(x, 5, "rate")
 
 
 def lif_autograd(current, leak, theta, reset):

@@ -28,9 +28,9 @@ from lasnn_deploy.exporters import lava as lava_target
 from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import onnx as onnx_target
 
+from lasnn_deploy.inputs import model_input
 from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, LoihiNet, QuantLayer, quantise, run_quantised
 from lasnn_deploy.models import build_student
-from lasnn_deploy.neurons import encode
 from lasnn_deploy.student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, StudentConfig, deployed_layers
 
 EXAMPLES = settings(
@@ -110,7 +110,9 @@ def _with_random_weights(draw, config: StudentConfig, leak: float, thresholds: l
             if module.bias is not None:  # about a third of a unit input's current
                 module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * gain / 3)
     images = torch.rand(BATCH, *config.input_shape, generator=generator)
-    spikes = encode(images, config.timesteps, "poisson", seed) if config.encoding == "poisson" else None
+    spikes = (
+        model_input("poisson", config.timesteps, images, seed=seed).spikes if config.encoding == "poisson" else None
+    )
     return student.eval(), images, spikes
 
 
@@ -341,4 +343,4 @@ def test_lava_runs_a_dense_layer_with_only_negative_weights_exactly(tmp_path):
         student.body[2].weight.copy_(torch.tensor([[-0.3], [-0.7]]))
     assert _all_negative_dense(student)
     images = torch.rand(3, 1, 3, 3, generator=torch.Generator().manual_seed(0))
-    _lava_run_equals_reference(student, images, encode(images, 4, "poisson", 0), tmp_path / "student.h5")
+    _lava_run_equals_reference(student, images, model_input("poisson", 4, images).spikes, tmp_path / "student.h5")

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_student, small_resnet
+from helpers import make_student, repeat_steps, small_resnet
 
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.neurons import encode, lif_reference
+from lasnn_deploy.neurons import lif_reference
 from lasnn_deploy.student import (
     AvgPool,
     Conv,
@@ -64,7 +64,7 @@ def test_student_matches_float64_reference(encoding, reset):
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         trace = student.run(x, seed=5, record=True)
-    s0 = trace.input_spikes if encoding == "poisson" else encode(x, 6, "direct")
+    s0 = trace.input_spikes if encoding == "poisson" else repeat_steps(x, 6)
     logits, spikes = reference_forward(student, s0.numpy())
     for got, want in zip(trace.spikes, spikes, strict=True):
         assert np.array_equal(got.numpy(), want)
@@ -81,7 +81,7 @@ def test_biased_student_matches_float64_reference(encoding, reset, exact):
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         trace = student.run(x, seed=5, record=True, exact=exact)
-    s0 = trace.input_spikes if encoding == "poisson" else encode(x, 6, "direct")
+    s0 = trace.input_spikes if encoding == "poisson" else repeat_steps(x, 6)
     logits, spikes = reference_forward(student, s0.numpy())
     for got, want in zip(trace.spikes, spikes, strict=True):
         assert np.array_equal(got.numpy(), want)
@@ -126,7 +126,7 @@ def test_residual_student_matches_float64_reference():
     x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         trace = student.run(x, record=True)
-    logits, spikes = reference_forward(student, encode(x, 6, "direct").numpy())
+    logits, spikes = reference_forward(student, repeat_steps(x, 6).numpy())
     assert len(trace.spikes) == len(spikes) == 11  # 3 stem + 2 per block
     for got, want in zip(trace.spikes, spikes, strict=True):
         assert np.array_equal(got.numpy(), want)
@@ -147,7 +147,7 @@ def test_deployed_residual_graph_computes_the_student(bias):
     assert identity.weight.shape[2:] == (2, 2) and identity.stride == 2 and identity.producer == 2
     thetas, leak = student.thresholds.detach().double().numpy(), float(student.leak.detach())
     spikes: list[torch.Tensor] = []
-    h = encode(x, 6, "direct")
+    h = repeat_steps(x, 6)
     for d in deployed:
         inp = h.flatten(2) if d.kind == "linear" else h
         w = torch.from_numpy(d.weight)
