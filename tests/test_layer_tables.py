@@ -5,11 +5,22 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from helpers import small_resnet
 from lasnn_deploy.exporters.nir import _TO_NIR, to_nir_graph
 from lasnn_deploy.exporters.onnx import _TO_ONNX
 from lasnn_deploy.hw_targets.counting import _FAN_IN, _MACS, _REACH
 
-from lasnn_deploy.student import LAYER_TYPES, Conv, Flatten, Linear, SpikingStudent, StudentConfig, table_entry
+from lasnn_deploy.student import (
+    LAYER_TYPES,
+    Conv,
+    Flatten,
+    Linear,
+    Shortcut,
+    SpikingStudent,
+    StudentConfig,
+    table_entry,
+)
+from lasnn_deploy.training.conversion import _BEFORE, _SYNAPSES
 
 
 @pytest.mark.parametrize("table", [_TO_NIR, _TO_ONNX, _MACS], ids=["nir", "onnx", "macs"])
@@ -20,6 +31,14 @@ def test_every_layer_type_has_one_entry(table):
 @pytest.mark.parametrize("table", [_REACH, _FAN_IN], ids=["reach", "fan_in"])
 def test_every_deployed_kind_has_one_entry(table):
     assert set(table) == {"conv", "linear"}
+
+
+@pytest.mark.parametrize("table", [_BEFORE, _SYNAPSES], ids=["before", "synapses"])
+def test_every_spiking_layer_type_has_one_entry(table):
+    """Conversion maps the layer types a LIF can follow."""
+    config = small_resnet().config
+    assert {type(config.layers[i]) for i in config.spiking_layers} == {Conv, Shortcut}
+    assert set(table) == {Conv, Linear, Shortcut}  # a hidden Linear is a LIF layer too
 
 
 def test_an_unmapped_layer_type_is_named():

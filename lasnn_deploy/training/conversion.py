@@ -50,12 +50,12 @@ process balancing on all the batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from ..modes import eval_mode
-from ..student import Shortcut, SpikingStudent, StudentConfig
+from ..student import Conv, Linear, Shortcut, SpikingStudent, StudentConfig, table_entry
 from . import distributed
 
 MIN_THRESHOLD = 1e-3
@@ -115,6 +115,43 @@ def convert(
     return thresholds
 
 
+def _chain_before(config: StudentConfig, k: int, i: int) -> int:
+    """A Conv or Linear LIF reads the LIF layer before it (``-1``: the input)."""
+    return k - 1
+
+
+def _block_before(config: StudentConfig, k: int, i: int) -> int:
+    """A block's LIF (a ``Shortcut``) continues from the LIF layer that feeds the block."""
+    return config.source_lif(config.layers[i].source)
+
+
+def _chain_synapses(student: SpikingStudent, k: int, i: int, scales: Sequence[float]) -> torch.nn.Module:
+    """A Conv or Linear LIF: its own layer's synapses."""
+    return student.body[i]
+
+
+def _block_synapses(student: SpikingStudent, k: int, i: int, scales: Sequence[float]) -> torch.nn.Module:
+    """A block's LIF: the block's last conv, rescaled so that both branches are in units of the block
+    input's rate first (``Lambda_{k-1} / Lambda_before``)."""
+    synapses = student.body[i - 1]
+    synapses.weight.mul_(scales[k - 1] / scales[_block_before(student.config, k, i)])
+    return synapses
+
+
+# layer-spec type of a LIF layer -> the LIF layer whose rate its input is in (rate_scales, balancing)
+_BEFORE: dict[type, Callable[[StudentConfig, int, int], int]] = {
+    Conv: _chain_before,
+    Linear: _chain_before,
+    Shortcut: _block_before,
+}
+# layer-spec type of a LIF layer -> the module whose bias balancing rescales (and any rescaling first)
+_SYNAPSES: dict[type, Callable[[SpikingStudent, int, int, Sequence[float]], torch.nn.Module]] = {
+    Conv: _chain_synapses,
+    Linear: _chain_synapses,
+    Shortcut: _block_synapses,
+}
+
+
 def rate_scales(config: StudentConfig, thresholds: Sequence[float]) -> list[float]:
     """``Lambda`` of every LIF layer: a converted layer fires at ``a / Lambda`` of its ANN activation.
 
@@ -124,8 +161,7 @@ def rate_scales(config: StudentConfig, thresholds: Sequence[float]) -> list[floa
     """
     scales: list[float] = []
     for k, i in enumerate(config.spiking_layers[: len(thresholds)]):
-        layer = config.layers[i]
-        before = config.source_lif(layer.source) if isinstance(layer, Shortcut) else k - 1
+        before = table_entry(_BEFORE, type(config.layers[i]), "threshold balancing")(config, k, i)
         scales.append((scales[before] if before >= 0 else 1.0) * thresholds[k])
     return scales
 
@@ -151,13 +187,10 @@ def balance_thresholds(
         thresholds: list[float] = []
         config = student.config
         for layer, index in enumerate(config.spiking_layers):
-            spec = config.layers[index]
+            spec_type = type(config.layers[index])
             scales = rate_scales(config, thresholds)
-            if isinstance(spec, Shortcut):  # both branches in units of the block input's rate first
-                before, synapses = config.source_lif(spec.source), student.body[index - 1]
-                synapses.weight.mul_(scales[layer - 1] / scales[before])
-            else:
-                before, synapses = layer - 1, student.body[index]
+            before = table_entry(_BEFORE, spec_type, "threshold balancing")(config, layer, index)
+            synapses = table_entry(_SYNAPSES, spec_type, "threshold balancing")(student, layer, index, scales)
             if synapses.bias is not None:
                 synapses.bias.div_(scales[before] if before >= 0 else 1.0)
             if clips is not None:
