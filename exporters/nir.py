@@ -615,19 +615,47 @@ class _Unbatched(torch.nn.Module):
         return torch.stack([self.module(x) for x in h])
 
 
-def runtime_order(student: SpikingStudent) -> SpikingStudent:
+Wrap = Callable[[torch.nn.Module], torch.nn.Module]
+
+
+def _wrap_layer(module: torch.nn.Module, wrap: Wrap) -> torch.nn.Module:
+    return wrap(module)
+
+
+def _wrap_projection(module: torch.nn.Module, wrap: Wrap) -> torch.nn.Module:
+    """A shortcut's 1x1 projection, if any; the residual add is a sum of two terms, order-free."""
+    if module.proj is not None:
+        module.proj = wrap(module.proj)
+    return module
+
+
+def _keep(module: torch.nn.Module, wrap: Wrap) -> torch.nn.Module:
+    """No sums to order: a reshape or the identity."""
+    return module
+
+
+# layer-spec type -> its module with the synaptic sums wrapped (runtime_order)
+_SYNAPTIC: dict[type, Callable[[torch.nn.Module, Wrap], torch.nn.Module]] = {
+    Conv: _wrap_layer,
+    Linear: _wrap_layer,
+    AvgPool: _wrap_layer,
+    Shortcut: _wrap_projection,
+    Flatten: _keep,
+    Dropout: _keep,
+}
+
+
+def runtime_order(student: SpikingStudent, wrap: Wrap = _Unbatched) -> SpikingStudent:
     """A CPU copy of ``student`` whose synaptic layers run image by image, as in :func:`run`.
 
-    Conv, Linear, AvgPool and shortcut projections are wrapped in :class:`_Unbatched`; the LIF
-    recurrence is element-wise and the residual add a sum of two terms, so neither depends on
-    the batch. Same weights, same float32 arithmetic: only the order of each kernel's sums changes.
+    Conv, Linear, AvgPool and shortcut projections are wrapped in ``wrap`` (:class:`_Unbatched`, or
+    the NIR runtimes' per-step batches); the LIF recurrence is element-wise and the residual add a sum
+    of two terms, so neither depends on the batch. Same weights, same float32 arithmetic: only the
+    order of each kernel's sums changes.
     """
     copy = deepcopy(student).cpu().eval()
     for i, layer in enumerate(copy.config.layers):
-        if isinstance(layer, (Conv, Linear, AvgPool)):
-            copy.body[i] = _Unbatched(copy.body[i])
-        elif isinstance(layer, Shortcut) and copy.body[i].proj is not None:
-            copy.body[i].proj = _Unbatched(copy.body[i].proj)
+        copy.body[i] = table_entry(_SYNAPTIC, type(layer), "the NIR reference's order")(copy.body[i], wrap)
     return copy
 
 

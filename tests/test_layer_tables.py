@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 from helpers import small_resnet
-from lasnn_deploy.exporters.nir import _TO_NIR, to_nir_graph
+from lasnn_deploy.exporters.nir import _SYNAPTIC, _TO_NIR, to_nir_graph
 from lasnn_deploy.exporters.onnx import _TO_ONNX
 from lasnn_deploy.hw_targets.counting import _FAN_IN, _MACS, _REACH
 
@@ -23,7 +23,7 @@ from lasnn_deploy.student import (
 from lasnn_deploy.training.conversion import _BEFORE, _SYNAPSES
 
 
-@pytest.mark.parametrize("table", [_TO_NIR, _TO_ONNX, _MACS], ids=["nir", "onnx", "macs"])
+@pytest.mark.parametrize("table", [_TO_NIR, _TO_ONNX, _MACS, _SYNAPTIC], ids=["nir", "onnx", "macs", "nir_order"])
 def test_every_layer_type_has_one_entry(table):
     assert set(table) == set(LAYER_TYPES.values())
 

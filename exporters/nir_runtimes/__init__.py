@@ -32,7 +32,7 @@ import torch
 from ...atomic import atomic_path
 from ...errors import UserError
 from ...neurons import _lif_forward
-from ...student import AvgPool, Conv, Linear, Shortcut, SpikingStudent
+from ...student import SpikingStudent
 from .. import nir as nir_target
 from ..target import RunResult
 from . import transforms
@@ -176,15 +176,7 @@ class _PerStep(torch.nn.Module):
 
 
 def _batched_order(student: SpikingStudent, batch: int) -> SpikingStudent:
-    from copy import deepcopy
-
-    copy = deepcopy(student).cpu().eval()
-    for i, layer in enumerate(copy.config.layers):
-        if isinstance(layer, (Conv, Linear, AvgPool)):
-            copy.body[i] = _PerStep(copy.body[i], batch)
-        elif isinstance(layer, Shortcut) and copy.body[i].proj is not None:
-            copy.body[i].proj = _PerStep(copy.body[i].proj, batch)
-    return copy
+    return nir_target.runtime_order(student, lambda module: _PerStep(module, batch))
 
 
 def reference(
