@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -24,7 +25,8 @@ def evaluate_student(
     desc: str = "evaluate",
     loihi: bool = False,
 ) -> dict[str, float]:
-    """``test_accuracy`` (fraction) and ``spikes_per_sample`` (all LIF layers, all steps).
+    """``test_accuracy`` (fraction), ``spikes_per_sample`` (all LIF layers, all steps) and ``loss``
+    (mean cross-entropy of the logits, which breaks ties between equally accurate students).
 
     ``loihi=True`` runs the student's Loihi-quantised mode (8-bit weights, integer neurons: what
     the Lava export computes) instead of the float student, to show what quantisation costs.
@@ -36,7 +38,7 @@ def evaluate_student(
         raise UserError("no samples to evaluate: the data split is empty")
     check_images(student.config, dataset[0][0].unsqueeze(0))
     with eval_mode(student):
-        correct, spikes, total = 0, 0.0, 0
+        correct, spikes, loss, total = 0, 0.0, 0.0, 0
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         T = student.config.timesteps  # another T: student.with_config(timesteps=T), the one rule (inputs.py)
         net = quantise(student) if loihi else None
@@ -48,18 +50,25 @@ def evaluate_student(
                 trace = student.run(given.images, input_spikes=given.spikes, record=True)
             correct += int((trace.logits.argmax(1) == y).sum())
             spikes += float(sum(s.sum() for s in trace.spikes))
+            loss += float(F.cross_entropy(trace.logits.double(), y, reduction="sum"))
             total += len(y)
-    return {"test_accuracy": correct / total, "spikes_per_sample": spikes / total, "samples": total}
+    return {
+        "test_accuracy": correct / total,
+        "spikes_per_sample": spikes / total,
+        "loss": loss / total,
+        "samples": total,
+    }
 
 
 @torch.no_grad()
-def evaluate_ann(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 256) -> float:
-    """Accuracy of an ANN whose forward returns logits (or a tuple starting with logits)."""
+def evaluate_ann(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 256) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of an ANN whose forward returns logits (or a tuple starting with them)."""
     with eval_mode(model):
-        correct, total = 0, 0
+        correct, loss, total = 0, 0.0, 0
         for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             out = model(x)
             logits = out[0] if isinstance(out, tuple) else out
             correct += int((logits.argmax(1) == y).sum())
+            loss += float(F.cross_entropy(logits.double(), y, reduction="sum"))
             total += len(y)
-    return correct / total
+    return correct / total, loss / total

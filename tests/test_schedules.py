@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from lasnn_deploy.training import loop, train
 from lasnn_deploy.training.config import BALANCE_CANDIDATES
-from lasnn_deploy.training.loop import FitPlan, Selection, fit, make_optimizer, make_scheduler
+from lasnn_deploy.training.loop import FitPlan, Score, Selection, fit, make_optimizer, make_scheduler
 from lasnn_deploy.training.pipeline import split_validation, validation_indices
 
 
@@ -109,13 +109,46 @@ def test_selection_keeps_the_best_epoch_and_stops_on_a_plateau(tmp_path, patienc
         torch.device("cpu"),
         progress=False,
         on_epoch_end=lambda _n, _e: states.append(float(module.w.detach())),
-        select=Selection(lambda: next(scores), patience),
+        select=Selection(lambda: Score(next(scores), 0.0), patience),
     )
     result = fit(module, opt, make_scheduler(opt, "constant", 6), plan)
     assert result.epochs_run == ran and len(states) == ran
     assert result.best_epoch == kept and result.best_score == 0.7
     assert float(module.w.detach()) == states[kept - 1] != states[-1]  # the best epoch's weights, not the last
     assert [h["validation_accuracy"] for h in result.history] == [0.6, 0.7, 0.65, 0.7, 0.69, 0.1][:ran]
+
+
+def _scripted_fit(tmp_path, scores, select_kw, epochs=4):
+    """Fit the one-weight module at rate 1 (each step adds the rate to w); the weights after each epoch."""
+    module, states, rates = _Scripted(), [], []
+    opt = make_optimizer(module.parameters(), "sgd", 1.0, 0.0, 0.0)
+    data = TensorDataset(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long))
+
+    def seen(_name, _epoch):
+        states.append(float(module.w.detach()))
+        rates.append(opt.param_groups[0]["lr"])
+
+    select = Selection(lambda: next(scores), **select_kw)
+    plan = FitPlan("s", data, epochs, 4, 0, tmp_path / "s.pt", torch.device("cpu"), progress=False,
+                   on_epoch_end=seen, select=select)  # fmt: skip
+    return fit(module, opt, make_scheduler(opt, "constant", epochs), plan), module, states, rates
+
+
+def test_equal_accuracy_is_decided_by_the_validation_loss(tmp_path):
+    scores = iter([Score(0.9, 0.5), Score(0.9, 0.4), Score(0.9, 0.45), Score(0.8, 0.1), Score(0.9, 0.4)])
+    result, module, states, _ = _scripted_fit(tmp_path, scores, {})
+    assert result.best_epoch == 1 and result.best_score == 0.9  # a lower loss at equal accuracy wins; an equal one not
+    assert float(module.w.detach()) == states[0]
+    assert [h["validation_loss"] for h in result.history] == [0.4, 0.45, 0.1, 0.4]
+
+
+def test_back_off_returns_to_the_best_weights_at_a_lower_rate(tmp_path):
+    scores = iter([Score(0.5, 1.0), Score(0.6, 1.0), Score(0.55, 1.0), Score(0.5, 1.0), Score(0.7, 1.0)])
+    result, module, states, rates = _scripted_fit(tmp_path, scores, {"back_off": 0.25})
+    assert rates == [1.0, 0.25, 0.0625, 0.0625]  # each epoch without a better score lowers the rate
+    assert states[1] == states[2] == states[0]  # ... and goes back to the best weights (epoch 1's)
+    assert states[3] == states[0] + 0.0625 and result.best_epoch == 4
+    assert float(module.w.detach()) == states[3]
 
 
 def test_quick_preset_on_a_small_data_set_stops_by_validation(tmp_path):

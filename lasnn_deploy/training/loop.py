@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,21 +34,36 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     best_epoch: int | None = None  # with ``select``: the finished epoch whose weights were kept (0: the start)
-    best_score: float | None = None
+    best_score: float | None = None  # the kept epoch's validation accuracy
     epochs_run: int = 0
+
+
+class Score(NamedTuple):
+    """A validation score: the higher accuracy wins, and at equal accuracy the lower mean
+    cross-entropy (a small split ties often; the loss still tells the students apart)."""
+
+    accuracy: float
+    loss: float
+
+    def beats(self, other: Score) -> bool:
+        return (self.accuracy, -self.loss) > (other.accuracy, -other.loss)
 
 
 @dataclass
 class Selection:
-    """Keep the weights of the best epoch by ``score()`` (higher is better; the validation accuracy).
+    """Keep the weights of the best epoch by ``score()`` on the validation split.
 
     ``score`` is called on the starting weights and after every epoch; the stage ends with the best
     weights (the start counts, so a stage that only makes things worse changes nothing), and stops
-    early once ``patience`` epochs in a row brought no better score (None: run every epoch).
+    early once ``patience`` epochs in a row brought no better score (None: run every epoch). With
+    ``back_off``, an epoch that brings no better score also returns to the best weights and
+    multiplies the learning rate by ``back_off`` with a fresh optimiser state: a rate too high for
+    the data is lowered by the validation split, not by a schedule tuned on another data set.
     """
 
-    score: Callable[[], float]
+    score: Callable[[], Score]
     patience: int | None = None
+    back_off: float | None = None
 
 
 def batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -148,10 +164,12 @@ def fit(
             state, checkpoint, step_module, optimizer, scheduler
         )
         best = state.get("best")
+        if best is not None:
+            best = {**best, "score": Score(best["score"], best["loss"])}
     else:
         distributed.seed_this_process(plan.seed)
     if select is not None and best is None:
-        best = {"epoch": 0, "score": float(select.score()), "model": _state_copy(step_module)}
+        best = {"epoch": 0, "score": Score(*map(float, select.score())), "model": _state_copy(step_module)}
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     frozen = [p for p in step_module.parameters() if p.requires_grad and id(p) not in trained]
     for p in frozen:
@@ -164,10 +182,12 @@ def fit(
             _epoch(model, optimizer, plan, epoch, result)
             scheduler.step()
             if best is not None:
-                score = float(select.score())
-                result.history[-1]["validation_accuracy"] = score
-                if score > best["score"]:
+                score = Score(*map(float, select.score()))
+                result.history[-1].update(validation_accuracy=score.accuracy, validation_loss=score.loss)
+                if score.beats(best["score"]):
                     best = {"epoch": epoch + 1, "score": score, "model": _state_copy(step_module)}
+                elif select.back_off is not None:
+                    _back_off(step_module, optimizer, best["model"], select.back_off)
             states = process_rng_states()  # a collective: every process takes part
             if distributed.is_main_process():
                 save_checkpoint(
@@ -181,7 +201,7 @@ def fit(
                         **states,
                         "history": result.history,
                         "seconds": result.seconds,
-                        **({"best": best} if best is not None else {}),
+                        **({"best": _storable(best)} if best is not None else {}),
                     },
                 )
             distributed.barrier()
@@ -193,8 +213,23 @@ def fit(
     result.epochs_run = len(result.history)
     if best is not None:
         step_module.load_state_dict(best["model"])
-        result.best_epoch, result.best_score = int(best["epoch"]), float(best["score"])
+        result.best_epoch, result.best_score = int(best["epoch"]), best["score"].accuracy
     return result
+
+
+def _back_off(
+    module: nn.Module, optimizer: torch.optim.Optimizer, best: dict[str, torch.Tensor], factor: float
+) -> None:
+    """Return to the best weights with the learning rate times ``factor`` and a fresh optimiser state."""
+    module.load_state_dict(best)
+    optimizer.state.clear()
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+
+
+def _storable(best: dict) -> dict:
+    """The best epoch as the checkpoint holds it (plain floats, loadable with ``weights_only``)."""
+    return {**best, "score": best["score"].accuracy, "loss": best["score"].loss}
 
 
 def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:

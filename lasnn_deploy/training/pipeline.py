@@ -55,7 +55,7 @@ from .checkpoint import CHECKPOINT_DIR, checkpoint_path, load_matching_weights, 
 from .config import BALANCE_CANDIDATES, TrainConfig, config_to_json, make_config
 from .conversion import convert
 from .intermediate import IntermediateAnn, fold_batch_norm
-from .loop import EpochHook, FitPlan, FitResult, Selection, batches, fit, make_optimizer, make_scheduler
+from .loop import EpochHook, FitPlan, FitResult, Score, Selection, batches, fit, make_optimizer, make_scheduler
 from .methods import Method
 from .objectives import FineTune, TeacherStep
 
@@ -283,6 +283,10 @@ def _fit(
 ) -> FitResult:
     cfg = run.config
     opt = make_optimizer(params, optimizer, lr, weight_decay, cfg.momentum)
+    select = kw.get("select")
+    schedule = (
+        "constant" if select is not None and select.back_off is not None else cfg.schedule
+    )  # rate set by back-off
     plan = FitPlan(
         name,
         run.train_set,
@@ -297,7 +301,7 @@ def _fit(
         on_epoch_end=run.on_epoch_end,
         **kw,
     )
-    return fit(module, opt, make_scheduler(opt, cfg.schedule, epochs), plan)
+    return fit(module, opt, make_scheduler(opt, schedule, epochs), plan)
 
 
 def _test_part(run: Run, dataset: Dataset) -> Subset | None:
@@ -315,7 +319,7 @@ def _evaluate_snn(run: Run, student: SpikingStudent, desc: str, dataset: Dataset
     figures of one process evaluating everything.
     """
     model = student if run.device.type == "cpu" else copy.deepcopy(student).cpu()
-    cfg, part, sums = run.config, _test_part(run, run.test_set if dataset is None else dataset), [0.0, 0.0, 0.0]
+    cfg, part, sums = run.config, _test_part(run, run.test_set if dataset is None else dataset), [0.0, 0.0, 0.0, 0.0]
     if part is not None:
         result = evaluate_student(
             model,
@@ -326,18 +330,25 @@ def _evaluate_snn(run: Run, student: SpikingStudent, desc: str, dataset: Dataset
             desc=desc,
         )
         n = result["samples"]
-        sums = [round(result["test_accuracy"] * n), round(result["spikes_per_sample"] * n), n]
-    correct, spikes, total = distributed.reduce_sums(sums)
-    return {"test_accuracy": correct / total, "spikes_per_sample": spikes / total}
+        sums = [round(result["test_accuracy"] * n), round(result["spikes_per_sample"] * n), result["loss"] * n, n]
+    correct, spikes, loss, total = distributed.reduce_sums(sums)
+    return {"test_accuracy": correct / total, "spikes_per_sample": spikes / total, "loss": loss / total}
 
 
-def _evaluate_ann(run: Run, model: nn.Module, dataset: Dataset | None = None) -> float:
+def _validation_score(run: Run, student: SpikingStudent) -> Score:
+    result = _evaluate_snn(run, student, "validation", run.val_set)
+    return Score(result["test_accuracy"], result["loss"])
+
+
+def _evaluate_ann(run: Run, model: nn.Module, dataset: Dataset | None = None) -> Score:
+    """(accuracy, mean cross-entropy) on ``dataset`` (the test set by default), shared as ``_evaluate_snn``."""
     model = model if run.device.type == "cpu" else copy.deepcopy(model).cpu()
-    part, sums = _test_part(run, run.test_set if dataset is None else dataset), [0.0, 0.0]  # correct, samples
+    part, sums = _test_part(run, run.test_set if dataset is None else dataset), [0.0, 0.0, 0.0]
     if part is not None:
-        sums = [round(evaluate_ann(model, part, batch_size=run.config.eval_batch_size) * len(part)), len(part)]
-    correct, total = distributed.reduce_sums(sums)
-    return correct / total
+        accuracy, loss = evaluate_ann(model, part, batch_size=run.config.eval_batch_size)
+        sums = [round(accuracy * len(part)), loss * len(part), len(part)]
+    correct, loss, total = distributed.reduce_sums(sums)
+    return Score(correct / total, loss / total)
 
 
 # -- stages --------------------------------------------------------------------------------------
@@ -371,7 +382,7 @@ def _teacher_stage(run: Run) -> tuple[nn.Module, dict[str, Any]]:
         )
         began = time.perf_counter()
         _recalibrate_batch_norm(run, teacher)
-        accuracy = _evaluate_ann(run, teacher)
+        accuracy = _evaluate_ann(run, teacher).accuracy
         result = {
             "test_accuracy": accuracy,
             "seconds": fitted.seconds,
@@ -451,7 +462,7 @@ def _ann_stage(run: Run) -> tuple[SpikingStudent, list[float] | None, dict[str, 
         select=Selection(lambda: _evaluate_ann(run, ann, run.val_set)),
     )
     began = time.perf_counter()
-    accuracy = _evaluate_ann(run, ann)
+    accuracy = _evaluate_ann(run, ann).accuracy
     result = {
         "test_accuracy": accuracy,
         "validation_accuracy": fitted.best_score,
@@ -528,7 +539,7 @@ def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None
     neuron = [student.leak, student.thresholds]
     weights = [p for p in objective.parameters() if all(p is not q for q in neuron)]
     params = [{"params": weights, "weight_decay": cfg.student_weight_decay}, {"params": neuron, "weight_decay": 0.0}]
-    select = Selection(lambda: _evaluate_snn(run, student, "validation", run.val_set)["test_accuracy"], cfg.patience)
+    select = Selection(lambda: _validation_score(run, student), cfg.patience, cfg.student_back_off)
     fitted = _fit(
         run,
         "finetune",
