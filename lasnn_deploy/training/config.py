@@ -157,7 +157,9 @@ class TrainConfig:
         30, "student SNN fine-tuning epochs at most (Adam; the best on the validation split is kept)", "method"
     )
     patience: int | None = _opt(
-        None, "stop fine-tuning after N epochs without a better validation accuracy (default: run all)", "method"
+        None,
+        "stop fine-tuning after N epochs without a better validation score (accuracy, then loss; default: run all)",
+        "method",
     )
     student_samples: int | None = _opt(
         None, "fine-tune on N training images per epoch, a new seeded draw each epoch (default: all)", "method"
@@ -165,8 +167,8 @@ class TrainConfig:
     student_lr: float = _opt(1e-4, "student SNN learning rate (the starting rate with --student-back-off)", "method")
     student_back_off: float | None = _opt(
         None,
-        "after a fine-tuning epoch without a better validation score, return to the best weights and multiply "
-        "the rate by this (constant rate otherwise; default: the --schedule)",
+        "after a fine-tuning epoch without a better validation score, go back to the best weights at this "
+        "times the rate, constant between back-offs (default: none, the --schedule sets the rate)",
         "method",
     )
     student_weight_decay: float = _opt(0.0, "student SNN weight decay (weights only)", "method")
