@@ -230,7 +230,7 @@ def test_resuming_a_checkpoint_of_another_objective_is_one_clear_error(shared_ru
 
 def test_a_teacher_file_for_another_architecture_is_refused(shared_run, tmp_path):
     folder = _seeded_folder(shared_run, tmp_path / "other")
-    with pytest.raises(UserError, match="teacher.safetensors holds a teacher trained for something else.*resnet20"):
+    with pytest.raises(UserError, match="teacher.safetensors holds weights trained for another teacher.*resnet20"):
         train(out=str(folder), method="kd", **dict(TINY, teacher="resnet20"))
 
 

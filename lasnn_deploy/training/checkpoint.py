@@ -160,7 +160,7 @@ def load_matching_weights(path: Path, module: torch.nn.Module, expected: dict[st
     if differ:
         detail = "; ".join(f"{k}: file has {a!r}, this run needs {b!r}" for k, (a, b) in sorted(differ.items()))
         raise UserError(
-            f"{path} holds a {what} trained for something else ({detail}); delete it or choose another --out"
+            f"{path} holds weights trained for another {what} ({detail}); delete it or choose another --out"
         )
     try:
         module.load_state_dict(tensors)
