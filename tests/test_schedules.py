@@ -142,6 +142,15 @@ def test_equal_accuracy_is_decided_by_the_validation_loss(tmp_path):
     assert [h["validation_loss"] for h in result.history] == [0.4, 0.45, 0.1, 0.4]
 
 
+def test_with_back_off_patience_counts_back_offs_in_all(tmp_path):
+    """Better rounds between back-offs do not restart the count: the rate stops at 1, 1/2, 1/4."""
+    accuracies = [0.5, 0.4, 0.6, 0.5, 0.7, 0.6, 0.8, 0.9]  # the start, then each epoch; 0.8 and 0.9 never run
+    scores = iter(Score(a, 1.0) for a in accuracies)
+    result, _, _, rates = _scripted_fit(tmp_path, scores, {"back_off": 0.5, "patience": 3}, epochs=7)
+    assert result.epochs_run == 5 and result.best_epoch == 4 and result.best_score == 0.7
+    assert rates == [0.5, 0.5, 0.25, 0.25, 0.125]
+
+
 def test_back_off_returns_to_the_best_weights_at_a_lower_rate(tmp_path):
     scores = iter([Score(0.5, 1.0), Score(0.6, 1.0), Score(0.55, 1.0), Score(0.5, 1.0), Score(0.7, 1.0)])
     result, module, states, rates = _scripted_fit(tmp_path, scores, {"back_off": 0.25})

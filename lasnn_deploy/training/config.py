@@ -11,7 +11,7 @@ units), an Adam ``small-cnn`` teacher and an Adam intermediate ANN sized in opti
 same work on 2,000 images as on 60,000), the balancing percentile chosen on the validation split,
 and fine-tuning in rounds of 100 steps that keeps the best round on the validation split (accuracy,
 then loss), starts at a rate of 1e-3, returns to the best weights at a fifth of the rate after a
-round without a better score, and stops after three such rounds in a row (rates 1e-3, 2e-4, 4e-5).
+round without a better score, and stops at the third such round (rates 1e-3, 2e-4, 4e-5).
 
 Every run holds out ``validation_fraction`` of its training images (a seeded draw) for these
 choices; the test set is never used for one.
@@ -158,7 +158,8 @@ class TrainConfig:
     )
     patience: int | None = _opt(
         None,
-        "stop fine-tuning after N epochs without a better validation score (accuracy, then loss; default: run all)",
+        "stop fine-tuning after N epochs without a better validation score (accuracy, then loss), with "
+        "--student-back-off after N back-offs in all (default: run all)",
         "method",
     )
     student_samples: int | None = _opt(

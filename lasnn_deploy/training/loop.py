@@ -59,6 +59,10 @@ class Selection:
     ``back_off``, an epoch that brings no better score also returns to the best weights and
     multiplies the learning rate by ``back_off`` with a fresh optimiser state: a rate too high for
     the data is lowered by the validation split, not by a schedule tuned on another data set.
+    ``patience`` then counts back-offs in all, so the rate never falls below ``back_off **
+    (patience - 1)`` times the first: a spiking student's validation accuracy moves at any rate
+    (a weight change of 1e-7 flips a neuron at its threshold), and the search would otherwise go on
+    fitting the split's noise at rates that teach nothing.
     """
 
     score: Callable[[], Score]
@@ -157,13 +161,13 @@ def fit(
     weights are kept (``Selection``); they travel in the checkpoint, so a resumed run keeps the same.
     """
     name, checkpoint, select = plan.name, plan.checkpoint, plan.select
-    result, start, best = FitResult(), 0, None
+    result, start, best, back_offs = FitResult(), 0, None, 0
     if plan.resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint)
         start, result.history, result.seconds = restore_training_state(
             state, checkpoint, step_module, optimizer, scheduler
         )
-        best = state.get("best")
+        best, back_offs = state.get("best"), state.get("back_offs", 0)
         if best is not None:
             best = {**best, "score": Score(best["score"], best["loss"])}
     else:
@@ -177,8 +181,10 @@ def fit(
     try:
         model = distributed.wrap_model(step_module, plan.device)
         for epoch in range(start, plan.epochs):
-            if best is not None and select.patience is not None and epoch - best["epoch"] >= select.patience:
-                break  # a plateau: the last ``patience`` epochs found nothing better
+            if best is not None and select.patience is not None:
+                waited = epoch - best["epoch"] if select.back_off is None else back_offs
+                if waited >= select.patience:
+                    break  # a plateau, or the last rate the back-offs allow has been tried
             _epoch(model, optimizer, plan, epoch, result)
             scheduler.step()
             if best is not None:
@@ -188,6 +194,7 @@ def fit(
                     best = {"epoch": epoch + 1, "score": score, "model": _state_copy(step_module)}
                 elif select.back_off is not None:
                     _back_off(step_module, optimizer, best["model"], select.back_off)
+                    back_offs += 1
             states = process_rng_states()  # a collective: every process takes part
             if distributed.is_main_process():
                 save_checkpoint(
@@ -200,6 +207,7 @@ def fit(
                         "scheduler": scheduler.state_dict(),
                         **states,
                         "history": result.history,
+                        "back_offs": back_offs,
                         "seconds": result.seconds,
                         **({"best": _storable(best)} if best is not None else {}),
                     },
