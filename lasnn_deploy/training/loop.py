@@ -57,8 +57,9 @@ class Selection:
     weights (the start counts, so a stage that only makes things worse changes nothing), and stops
     early once ``patience`` epochs in a row brought no better score (None: run every epoch). With
     ``back_off``, an epoch that brings no better score also returns to the best weights and
-    multiplies the learning rate by ``back_off`` with a fresh optimiser state: a rate too high for
-    the data is lowered by the validation split, not by a schedule tuned on another data set.
+    multiplies the learning rate by ``back_off`` with a fresh optimiser state, and the scheduler is
+    not stepped: a rate too high for the data is lowered by the validation split, not by a schedule
+    tuned on another data set.
     ``patience`` then counts back-offs in all, so the rate never falls below ``back_off **
     (patience - 1)`` times the first: a spiking student's validation accuracy moves at any rate
     (a weight change of 1e-7 flips a neuron at its threshold), and the search would otherwise go on
@@ -173,7 +174,7 @@ def fit(
     else:
         distributed.seed_this_process(plan.seed)
     if select is not None and best is None:
-        best = {"epoch": 0, "score": Score(*map(float, select.score())), "model": _state_copy(step_module)}
+        best = {"epoch": 0, "score": select.score(), "model": _state_copy(step_module)}
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     frozen = [p for p in step_module.parameters() if p.requires_grad and id(p) not in trained]
     for p in frozen:
@@ -186,9 +187,10 @@ def fit(
                 if waited >= select.patience:
                     break  # a plateau, or the last rate the back-offs allow has been tried
             _epoch(model, optimizer, plan, epoch, result)
-            scheduler.step()
+            if select is None or select.back_off is None:
+                scheduler.step()  # with back-off the validation split alone sets the rate
             if best is not None:
-                score = Score(*map(float, select.score()))
+                score = select.score()
                 result.history[-1].update(validation_accuracy=score.accuracy, validation_loss=score.loss)
                 if score.beats(best["score"]):
                     best = {"epoch": epoch + 1, "score": score, "model": _state_copy(step_module)}

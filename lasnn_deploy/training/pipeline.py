@@ -283,10 +283,6 @@ def _fit(
 ) -> FitResult:
     cfg = run.config
     opt = make_optimizer(params, optimizer, lr, weight_decay, cfg.momentum)
-    select = kw.get("select")
-    schedule = (
-        "constant" if select is not None and select.back_off is not None else cfg.schedule
-    )  # rate set by back-off
     plan = FitPlan(
         name,
         run.train_set,
@@ -301,7 +297,7 @@ def _fit(
         on_epoch_end=run.on_epoch_end,
         **kw,
     )
-    return fit(module, opt, make_scheduler(opt, schedule, epochs), plan)
+    return fit(module, opt, make_scheduler(opt, cfg.schedule, epochs), plan)
 
 
 def _test_part(run: Run, dataset: Dataset) -> Subset | None:
