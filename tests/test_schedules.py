@@ -92,33 +92,7 @@ class _Scripted(nn.Module):
         return -self.w * len(y) / len(y), torch.zeros(len(y), 2)
 
 
-@pytest.mark.parametrize("patience, ran, kept", [(None, 6, 2), (2, 4, 2), (1, 3, 2)])
-def test_selection_keeps_the_best_epoch_and_stops_on_a_plateau(tmp_path, patience, ran, kept):
-    scores = iter([0.5, 0.6, 0.7, 0.65, 0.7, 0.69, 0.1])  # start, then after each epoch; ties do not count
-    module = _Scripted()
-    opt = make_optimizer(module.parameters(), "sgd", 1.0, 0.0, 0.0)
-    states = []
-    data = TensorDataset(torch.zeros(8, 1), torch.zeros(8, dtype=torch.long))
-    plan = FitPlan(
-        "s",
-        data,
-        6,
-        4,
-        0,
-        tmp_path / "s.pt",
-        torch.device("cpu"),
-        progress=False,
-        on_epoch_end=lambda _n, _e: states.append(float(module.w.detach())),
-        select=Selection(lambda: Score(next(scores), 0.0), patience),
-    )
-    result = fit(module, opt, make_scheduler(opt, "constant", 6), plan)
-    assert result.epochs_run == ran and len(states) == ran
-    assert result.best_epoch == kept and result.best_score == 0.7
-    assert float(module.w.detach()) == states[kept - 1] != states[-1]  # the best epoch's weights, not the last
-    assert [h["validation_accuracy"] for h in result.history] == [0.6, 0.7, 0.65, 0.7, 0.69, 0.1][:ran]
-
-
-def _scripted_fit(tmp_path, scores, select_kw, epochs=4):
+def _scripted_fit(tmp_path, scores, select_kw, epochs=4, schedule="constant"):
     """Fit the one-weight module at rate 1 (each step adds the rate to w); the weights after each epoch."""
     module, states, rates = _Scripted(), [], []
     opt = make_optimizer(module.parameters(), "sgd", 1.0, 0.0, 0.0)
@@ -131,7 +105,18 @@ def _scripted_fit(tmp_path, scores, select_kw, epochs=4):
     select = Selection(lambda: next(scores), **select_kw)
     plan = FitPlan("s", data, epochs, 4, 0, tmp_path / "s.pt", torch.device("cpu"), progress=False,
                    on_epoch_end=seen, select=select)  # fmt: skip
-    return fit(module, opt, make_scheduler(opt, "constant", epochs), plan), module, states, rates
+    return fit(module, opt, make_scheduler(opt, schedule, epochs), plan), module, states, rates
+
+
+@pytest.mark.parametrize("patience, ran, kept", [(None, 6, 2), (2, 4, 2), (1, 3, 2)])
+def test_selection_keeps_the_best_epoch_and_stops_on_a_plateau(tmp_path, patience, ran, kept):
+    accuracies = [0.5, 0.6, 0.7, 0.65, 0.7, 0.69, 0.1]  # start, then after each epoch; ties do not count
+    scores = iter(Score(a, 0.0) for a in accuracies)
+    result, module, states, _ = _scripted_fit(tmp_path, scores, {"patience": patience}, epochs=6)
+    assert result.epochs_run == ran and len(states) == ran
+    assert result.best_epoch == kept and result.best_score == 0.7
+    assert float(module.w.detach()) == states[kept - 1] != states[-1]  # the best epoch's weights, not the last
+    assert [h["validation_accuracy"] for h in result.history] == [0.6, 0.7, 0.65, 0.7, 0.69, 0.1][:ran]
 
 
 def test_equal_accuracy_is_decided_by_the_validation_loss(tmp_path):
@@ -153,8 +138,8 @@ def test_with_back_off_patience_counts_back_offs_in_all(tmp_path):
 
 def test_back_off_returns_to_the_best_weights_at_a_lower_rate(tmp_path):
     scores = iter([Score(0.5, 1.0), Score(0.6, 1.0), Score(0.55, 1.0), Score(0.5, 1.0), Score(0.7, 1.0)])
-    result, module, states, rates = _scripted_fit(tmp_path, scores, {"back_off": 0.25})
-    assert rates == [1.0, 0.25, 0.0625, 0.0625]  # each epoch without a better score lowers the rate
+    result, module, states, rates = _scripted_fit(tmp_path, scores, {"back_off": 0.25}, schedule="cosine")
+    assert rates == [1.0, 0.25, 0.0625, 0.0625]  # each epoch without a better score lowers it; no cosine decay
     assert states[1] == states[2] == states[0]  # ... and goes back to the best weights (epoch 1's)
     assert states[3] == states[0] + 0.0625 and result.best_epoch == 4
     assert float(module.w.detach()) == states[3]
