@@ -55,15 +55,14 @@ def write_cifar(root, folder, train_files, test_file, meta_name, label_key, n=4,
     return base
 
 
+def write_cifar10(root):
+    """CIFAR-10's python layout: five training batches, a test batch and the label names."""
+    batches = [f"data_batch_{i}" for i in range(1, 6)]
+    return write_cifar(root, "cifar-10-batches-py", batches, "test_batch", "batches.meta", "labels")
+
+
 def test_cifar10_and_cifar100_read_python_batches(tmp_path):
-    base = write_cifar(
-        tmp_path,
-        "cifar-10-batches-py",
-        [f"data_batch_{i}" for i in range(1, 6)],
-        "test_batch",
-        "batches.meta",
-        "labels",
-    )
+    base = write_cifar10(tmp_path)
     train = load_split("cifar10", tmp_path, "train")
     assert len(train) == 20 and data_info(train).input_shape == (3, 32, 32)
     raw = pickle.loads((base / "test_batch").read_bytes())["data"][0]
@@ -74,14 +73,7 @@ def test_cifar10_and_cifar100_read_python_batches(tmp_path):
 
 
 def test_corrupt_cifar_batch_is_one_clear_error(tmp_path):
-    base = write_cifar(
-        tmp_path,
-        "cifar-10-batches-py",
-        [f"data_batch_{i}" for i in range(1, 6)],
-        "test_batch",
-        "batches.meta",
-        "labels",
-    )
+    base = write_cifar10(tmp_path)
     (base / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="corrupt batch"):
         load_split("cifar10", tmp_path, "test")
