@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..modes import eval_mode
 from ..student import Conv, Shortcut, SpikingStudent
 from . import losses
 
@@ -90,6 +91,10 @@ class Method:
     def attach(self, ft: FineTune) -> None:
         """Nothing beside the student by default."""
 
+    def prepare(self, ft: FineTune, x: torch.Tensor) -> dict[str, float]:
+        """Adjust the converted student on training images ``x`` before fine-tuning; what was done."""
+        return {}
+
     def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         raise UserError(f"method {self.name!r} has no fine-tuning stage")
 
@@ -112,6 +117,26 @@ class KD(Method):
     def temperatures(self, cfg: Any) -> tuple[float, float]:
         """(student, teacher) softmax temperatures."""
         return cfg.temperature, cfg.temperature
+
+    @torch.no_grad()
+    def prepare(self, ft: FineTune, x: torch.Tensor) -> dict[str, float]:
+        """Scale the readout so that the student's logits spread as the teacher's (docs/semantics.md, 'kd').
+
+        A converted student's logits are the readout's mean current, often several times narrower
+        than the teacher's; the KD term then dwarfs cross-entropy and fine-tuning spends itself on
+        the scale. Multiplying the readout's weights and bias by one positive number changes no
+        spike and no prediction.
+        """
+        with eval_mode(ft.student):
+            student_logits = ft.student.run(x, seed=0).logits
+        teacher_logits = ft.teacher(x)[0]
+        spread = float(student_logits.std(1).mean())
+        scale = float(teacher_logits.std(1).mean()) / spread if spread > 0 else 1.0
+        readout = ft.student.weighted_modules()[-1]
+        readout.weight.mul_(scale)
+        if readout.bias is not None:
+            readout.bias.mul_(scale)
+        return {"readout_scale": scale, "student_logit_std": spread}
 
     def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         cfg = ft.cfg
