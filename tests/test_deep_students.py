@@ -21,14 +21,15 @@ from lasnn_deploy.training.pipeline import check_above_chance
 
 
 @pytest.mark.parametrize("timesteps", [1, 3, 4, 8, 13])
-@pytest.mark.parametrize("threshold", [0.25, 1.0, 3.7])
+@pytest.mark.parametrize("threshold", [0.25, 1.0, 4.0])  # powers of two: theta / 2^j is exact
 def test_rate_activation_is_the_hard_reset_neurons_spike_count(timesteps, threshold):
     """For a constant input, ``T / clip * a`` equals the spikes of a simulated hard-reset IF neuron.
 
-    Random inputs (seeded) from below zero to 2.5 thresholds: no input sits exactly on a boundary
-    ``theta / k``, where the simulation's running sum and the division round differently.
+    Random inputs (seeded) from below zero to 2.5 thresholds, and the boundaries ``theta / 2^j``, where
+    the strict ``u > theta`` decides (the sums are exact there): ``theta / 2`` fires on the third step.
     """
     z = (torch.rand(400, generator=torch.Generator().manual_seed(timesteps), dtype=torch.float64) * 3 - 0.5) * threshold
+    z = torch.cat([z, threshold / torch.tensor([1.0, 2.0, 4.0, 8.0], dtype=torch.float64)])
     rate = hard_reset_rate(z, torch.tensor(threshold, dtype=torch.float64), timesteps)
     spikes = torch.from_numpy(lif_reference(z.expand(timesteps, -1).numpy(), 1.0, threshold, "hard").sum(0))
     assert torch.equal(torch.round(rate * timesteps / threshold), spikes)
