@@ -120,7 +120,7 @@ class KD(Method):
 
     @torch.no_grad()
     def prepare(self, ft: FineTune, x: torch.Tensor) -> dict[str, float]:
-        """Scale the readout so that the student's logits spread as the teacher's (docs/semantics.md, 'kd').
+        """Scale the readout so that ``logits / T_student`` spread as ``teacher / T_teacher`` (docs/semantics.md).
 
         A converted student's logits are the readout's mean current, often several times narrower
         than the teacher's; the KD term then dwarfs cross-entropy and fine-tuning spends itself on
@@ -131,7 +131,9 @@ class KD(Method):
             student_logits = ft.student.run(x, seed=0).logits
         teacher_logits = ft.teacher(x)[0]
         spread = float(student_logits.std(1).mean())
-        scale = float(teacher_logits.std(1).mean()) / spread if spread > 0 else 1.0
+        student_t, teacher_t = self.temperatures(ft.cfg)
+        target = float(teacher_logits.std(1).mean()) * student_t / teacher_t
+        scale = target / spread if spread > 0 else 1.0
         readout = ft.student.weighted_modules()[-1]
         readout.weight.mul_(scale)
         if readout.bias is not None:
