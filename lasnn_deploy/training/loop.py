@@ -320,6 +320,16 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, plan: FitPlan, ep
     result.seconds += time.perf_counter() - began
     result.history.append({"epoch": epoch + 1, "loss": loss_sum / count, "train_accuracy": correct / count})
     if show:
+        left = result.seconds / len(result.history) * (epochs - epoch - 1)  # this stage's epochs at their mean time
         tqdm.write(
             f"{name} epoch {epoch + 1}/{epochs}: loss {loss_sum / count:.4f}, train accuracy {correct / count:.4f}"
+            f"{f', stage ETA {_duration(left)}' if epoch + 1 < epochs else ''}"
         )
+
+
+def _duration(seconds: float) -> str:
+    """``1 h 05 min``, ``12 min 30 s`` or ``40 s``."""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
