@@ -324,7 +324,8 @@ RESUME_OPTIONS = dict(
 def _train_argv(run: Path, *extra: str) -> list[str]:
     argv = [str(EXE), "train", "--out", str(run), "--no-progress", *extra]
     for key, value in RESUME_OPTIONS.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
+        flag = key.replace("_", "-")
+        argv += ([f"--{flag}" if value else f"--no-{flag}"]) if isinstance(value, bool) else [f"--{flag}", str(value)]
     return argv
 
 
