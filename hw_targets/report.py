@@ -295,7 +295,8 @@ def energy_report(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Count, price and map the student on ``hw`` (``parse_hw``: ``"all"``, or profile names and
-    ``.toml`` paths, comma-separated); write ``energy.json``, ``energy.md`` and plots into ``out_dir``; return the JSON content.
+    ``.toml`` paths, comma-separated); write ``energy.json``, ``energy.md`` and plots into
+    ``out_dir``; return the JSON content.
 
     ``images`` are ``[N, C, H, W]`` in [0, 1]; with ``labels`` the summary also gives the accuracy.
     Poisson input for sample ``i`` is drawn with seed ``seed + i``. ``sanafe_samples > 0`` adds
