@@ -63,12 +63,10 @@ def model(tmp_path):
 
 
 def test_energy_takes_the_hw_list_that_tradeoff_takes(model, tmp_path, capsys):
-    code, _, err = run_cli(
-        capsys, "energy", model, "--samples", 2, "--hw", "loihi_calibrated,cmos45", "--out", tmp_path / "e"
-    )
+    code, _, err = run_cli(capsys, "energy", model, "--samples", 2, "--hw", "loihi,cmos45", "--out", tmp_path / "e")
     assert code == 0, err
     result = json.loads((tmp_path / "e" / "energy.json").read_text())
-    assert result["hardware"] == ["loihi_calibrated", "cmos45"] and set(result["reports"]) == set(result["hardware"])
+    assert result["hardware"] == ["loihi", "cmos45"] and set(result["reports"]) == set(result["hardware"])
 
 
 @pytest.mark.parametrize(
