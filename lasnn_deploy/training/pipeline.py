@@ -612,7 +612,9 @@ def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None
     prepared = objective.method.prepare(objective, x.to(run.device))
     neuron = [student.leak, student.thresholds]
     weights = [p for p in objective.parameters() if all(p is not q for q in neuron)]
-    params = [{"params": weights, "weight_decay": cfg.student_weight_decay}, {"params": neuron, "weight_decay": 0.0}]
+    params = [{"params": weights, "weight_decay": cfg.student_weight_decay}]
+    if cfg.intermediate != "rate":  # a rate-converted student keeps the IF neurons its ANN's rates assume
+        params.append({"params": neuron, "weight_decay": 0.0})
     select = Selection(lambda: _validation_score(run, student), cfg.patience, cfg.student_back_off, cfg.spike_tolerance)
     fitted = _fit(
         run,
