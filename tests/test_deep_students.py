@@ -11,10 +11,10 @@ import torch
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.models import build_student
 from lasnn_deploy.neurons import lif_reference
-from lasnn_deploy.student import SpikingStudent
+from lasnn_deploy.student import SpikingStudent, load_student
 from lasnn_deploy.training import make_config, train
 from lasnn_deploy.training.config import preset_choices
-from lasnn_deploy.training.conversion import convert
+from lasnn_deploy.training.conversion import calibrate_biases, convert
 from lasnn_deploy.training.intermediate import IntermediateAnn, fold_batch_norm, hard_reset_rate
 from lasnn_deploy.training.loop import Score, fewest_spikes
 from lasnn_deploy.training.pipeline import check_above_chance
@@ -135,3 +135,56 @@ def test_kd_starts_from_logits_as_wide_as_the_teachers(tmp_path):
     )
     prepared = json.loads((run / "metrics.json").read_text())["stages"]["finetune"]["prepared"]
     assert prepared["readout_scale"] > 0 and prepared["readout_scale"] != 1.0
+
+
+def test_bias_calibration_closes_the_rate_shortfall_of_a_deep_layer():
+    """After one pass each layer's mean per-channel rate sits closer to its ANN's activation than before."""
+    torch.manual_seed(3)
+    config = build_student("vgg5", (1, 8, 8), 10, width=0.25, timesteps=4, bias=True, dropout=0.0)
+    ann = IntermediateAnn(SpikingStudent(config), "rate").eval()
+    ann.clips.data.fill_(1.0)
+    student = SpikingStudent(config)
+    fold_batch_norm(ann, student)
+    x = torch.rand(64, 1, 8, 8)
+    convert(student, [x], clips=ann.clips.tolist(), shift=False)
+    activations: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        ann(x, record=activations)
+
+    def shortfall() -> list[float]:
+        with torch.no_grad():
+            spikes = student.run(x, record=True).spikes
+        return [
+            float((activations[k] - s.mean(0)).transpose(0, 1).flatten(1).mean(1).abs().mean())
+            for k, s in enumerate(spikes)
+        ]
+
+    before = shortfall()
+    calibrate_biases(student, [activations], [x])
+    after = shortfall()
+    assert before[0] == pytest.approx(after[0])  # the first layer sees the image itself: nothing to correct
+    assert all(a < b for a, b in zip(after[1:], before[1:], strict=True)), (before, after)
+
+
+def test_fine_tuning_a_rate_student_keeps_its_if_neurons(tmp_path):
+    run = train(
+        dataset="digits",
+        student="tiny",
+        student_width=0.5,
+        method="hybrid",
+        intermediate="rate",
+        ann_epochs=2,
+        ann_optimizer="adam",
+        ann_lr=2e-3,
+        student_epochs=1,
+        student_samples=64,
+        student_lr=1e-2,
+        timesteps=4,
+        progress=False,
+        threads=1,
+        out=str(tmp_path / "rate"),
+    )
+    converted = load_student(run / "converted.safetensors")
+    tuned = load_student(run / "student.safetensors")
+    assert tuned.leak.item() == 1.0 and torch.equal(tuned.thresholds, converted.thresholds)
+    assert not torch.equal(tuned.body[0].weight, converted.body[0].weight)  # the weights did train
