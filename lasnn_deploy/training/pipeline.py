@@ -592,6 +592,7 @@ def _calibrate(
             best = (scores[-1], done, copy.deepcopy(student.state_dict()))
     student.load_state_dict(best[2])
     return {
+        "uncalibrated_validation_accuracy": validation,
         "validation_accuracy": best[0],
         "passes_kept": best[1],
         "validation_accuracy_per_pass": scores,
