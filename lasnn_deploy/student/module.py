@@ -26,7 +26,7 @@ class Trace:
     spikes: list[torch.Tensor] = field(default_factory=list)  # each [T, B, ...]
     input_spikes: torch.Tensor | None = None  # [T, B, C, H, W]; None for direct encoding
     outputs: torch.Tensor | None = None  # [T, B, K]: the readout's input current per step; logits are their mean
-    currents: list[torch.Tensor] = field(default_factory=list)  # each [T, B, ...]: a LIF layer's input (``currents=True``)
+    currents: list[torch.Tensor] = field(default_factory=list)  # each [T, B, ...]: LIF inputs (currents=True)
 
 
 class SpikingStudent(nn.Module):
