@@ -309,7 +309,7 @@ def neurobench_metrics(
     )
     real_synapses = sum(synapse_count(l) for l in layers)
     weights = [l.weight for l in layers] + [l.shortcut.weight for l in layers if l.shortcut is not None]
-    zeros = sum(int((w.astype(np.float32) == 0).sum()) for w in weights)
+    zeros = sum(int((torch.from_numpy(w).to(replica.dtype) == 0).sum()) for w in weights)  # at the student's precision
     deployed_parameters = sum(w.size for w in weights) + sum(l.bias.size for l in layers if l.bias is not None)
     student_parameters = sum(p.numel() for p in student.parameters())
     student_bytes = sum(t.numel() * t.element_size() for t in student.state_dict().values())
