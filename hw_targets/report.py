@@ -355,13 +355,17 @@ def energy_report(
             seed=seed,
         )
 
+    from .neurobench import neurobench_markdown, neurobench_section  # imports NeuroBench: only when a report is made
+
+    neurobench = neurobench_section(student, images, seed=seed, batch_size=batch_size)
     if len(reports) == 1:
         result = next(iter(reports.values()))
     else:
         result = {"hardware": list(reports), "timesteps": T, "samples": len(images), "reports": reports}
+    result["neurobench"] = neurobench
     with atomic_path(out / JSON_FILE) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
-    write_text(out / MD_FILE, markdown_summary(list(reports.values())))
+    write_text(out / MD_FILE, markdown_summary(list(reports.values())) + neurobench_markdown(neurobench))
     from .plots import write_plots  # matplotlib costs seconds to import: only when plots are drawn
 
     write_plots(list(reports.values()), out)

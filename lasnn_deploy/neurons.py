@@ -69,6 +69,19 @@ def lif_multistep(
     return _lif_forward(current, leak, theta, reset == "hard", keep_potential=False)[0]
 
 
+def lif_potentials(
+    current: torch.Tensor, leak: torch.Tensor | float, theta: torch.Tensor | float, reset: Reset = "hard"
+) -> torch.Tensor:
+    """The potentials before reset ``v[t] = lam * u[t-1] + i[t]``, ``[T, ...]``, of the same recurrence (no autograd).
+
+    What a count of membrane updates reads: ``v[t] != v[t-1]`` is a neuron whose potential changed at step t.
+    """
+    leak = torch.as_tensor(leak, dtype=current.dtype, device=current.device)
+    theta = torch.as_tensor(theta, dtype=current.dtype, device=current.device)
+    with torch.no_grad():
+        return torch.stack(_lif_forward(current, leak, theta, reset == "hard", keep_potential=True)[1])
+
+
 def _chunk(n: int, device: torch.device) -> int:
     """Elements per slice of the time loops: CPU_CHUNK on CPU (cache-sized), all of them elsewhere."""
     return min(n, CPU_CHUNK) if device.type == "cpu" else n
