@@ -5,7 +5,7 @@
 
 For every leak (the trained one, or a given value set on a copy) and encoding (the student's
 weights run with direct or Poisson input), writes each runtime's flavour
-(``exporters.nir_runtimes.export``; ``NAME:plain`` in ``--runtimes``: the plain file) into ``--out``
+(``NirTarget(runtime=NAME)``, as ``export --nir-for NAME``; ``NAME:plain`` in ``--runtimes``: the plain file) into ``--out``
 and validates it on the first ``--samples`` MNIST test images
 with ``lasnn_deploy.validate`` (the same as ``lasnn-deploy validate --runtime``).
 Prints one markdown row per file as it finishes, and the reports as JSON lines into ``--out``.
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import nir_runtimes
+from lasnn_deploy.exporters.nir import NirTarget
 
 from lasnn_deploy.data import first_samples, load_split
 from lasnn_deploy.student import load_student
@@ -57,7 +57,7 @@ def main() -> None:
             for name in args.runtimes.split(","):
                 runtime, _, plain = name.partition(":")
                 path = args.out / f"{runtime}{'-plain' if plain else ''}-{leak}-{encoding}.nir"
-                path = nir_target.export(student, path) if plain else nir_runtimes.export(student, path, runtime)
+                path = NirTarget(runtime=None if plain else runtime).export(student, path)
                 start = time.perf_counter()
                 report = validate(student, path, images, labels, runtime=runtime)
                 seconds = time.perf_counter() - start
@@ -81,7 +81,6 @@ def main() -> None:
 
 def per_step(student, path: Path, runtime: str, images: torch.Tensor) -> None:
     """Spike agreement at each step (all LIF layers) and spike totals, on one chunk of the inputs."""
-    from lasnn_deploy.exporters.nir import NirTarget
 
     from lasnn_deploy.neurons import poisson_inputs
 

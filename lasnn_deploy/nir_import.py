@@ -433,7 +433,7 @@ def student_from_any_nir(
     input_shape: tuple[int, ...] | None = None,
 ) -> SpikingStudent:
     """A student from our own NIR file (exact round trip) or a foreign exporter's graph."""
-    from .exporters.nir import FORMAT, student_from_nir
+    from .nir_read import FORMAT, student_from_nir
 
     graph = source if isinstance(source, nir.NIRGraph) else read_nir(source)
     meta = graph.metadata if isinstance(graph.metadata, dict) else {}

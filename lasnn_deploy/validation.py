@@ -239,12 +239,10 @@ def _trace_layout(target: str, path: str | Path) -> tuple[float, dict[str, str]]
     """The file's ``dt`` and its LIF node name per reference layer, for a NIR file; else steps, no renaming."""
     if target != "nir":
         return 1.0, {}
-    from .exporters import nir as nir_target
+    from .nir_read import lif_layers, read_graph
 
-    graph, settings = nir_target.read_graph(path)
-    chain, into = nir_target._layout(graph, path)
-    names = {into.get(n, chain[chain.index(n) - 1]): n for n in chain if isinstance(graph.nodes[n], nir_lib.LIF)}
-    return settings["dt"], names
+    graph, settings = read_graph(path)
+    return settings["dt"], {layer: node for node, layer in lif_layers(graph, path).items()}
 
 
 def write_trace(

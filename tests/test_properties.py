@@ -25,9 +25,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lasnn_deploy.exporters import lava as lava_target
-from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import onnx as onnx_target
+from lasnn_deploy.exporters.nir import NirTarget
 
+from lasnn_deploy import nir_read
 from lasnn_deploy.inputs import model_input
 from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, LoihiNet, QuantLayer, quantise, run_quantised
 from lasnn_deploy.models import build_student
@@ -154,8 +155,8 @@ def test_nir_round_trip_keeps_every_parameter(case, tmp_path_factory):
     import nir
 
     student, _, _ = case
-    path = nir_target.export(student, tmp_path_factory.mktemp("nir") / "student.nir")
-    back = nir_target.student_from_nir(nir.read(path))
+    path = NirTarget().export(student, tmp_path_factory.mktemp("nir") / "student.nir")
+    back = nir_read.student_from_nir(nir.read(path))
     without_dropout = tuple(l for l in student.config.layers if not isinstance(l, Dropout))
     assert back.config == student.config.replace(layers=without_dropout)
     assert back.leak.item() == student.leak.item()
