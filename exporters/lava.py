@@ -107,7 +107,7 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
         output_scale=net.output_scale,
     )
     layers = f.create_group("layer")
-    blocks = []  # (type, layer or None)
+    blocks: list[tuple[str, QuantLayer | None]] = []  # (type, layer or None)
     on_chip = net.layers
     if net.encoding == "direct":
         host, on_chip = net.layers[0], net.layers[1:]

@@ -224,10 +224,10 @@ class NirTarget(Target):
     _check = staticmethod(_check)
 
     @classmethod
-    def for_file(cls, path: str | Path, runtime: str | None = None) -> NirTarget:
+    def for_file(cls, path: str | Path, **options: Any) -> NirTarget:
         """The target with the runtime resolved for the file at ``path`` (its own, or the one asked for)."""
         graph = read_graph(path)[0]
-        target = cls(runtime=nir_runtimes.runtime_of(graph, runtime, path))
+        target = cls(**{**options, "runtime": nir_runtimes.runtime_of(graph, options.get("runtime"), path)})
         target.in_batches = nir_runtimes.batched(graph, target.settings["runtime"])
         return target
 

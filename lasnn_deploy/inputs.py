@@ -30,18 +30,29 @@ class ModelInput:
 
     @property
     def batch(self) -> int:
-        return len(self.images) if self.images is not None else self.spikes.shape[1]
+        return len(self.images) if self.images is not None else self._spikes().shape[1]
 
     def steps(self, timesteps: int) -> torch.Tensor:
         """The input of every step ``[T, B, C, H, W]`` (direct images repeated, not copied)."""
         if self.spikes is not None:
             return self.spikes
-        return self.images.unsqueeze(0).expand(timesteps, *self.images.shape)
+        images = self._images()
+        return images.unsqueeze(0).expand(timesteps, *images.shape)
 
     def image(self) -> torch.Tensor:
         """The image of a direct-encoded input: the images, or the first step of given input spikes
         (under direct encoding every step is the same image)."""
-        return self.images if self.images is not None else self.spikes[0]
+        return self.images if self.images is not None else self._spikes()[0]
+
+    def _images(self) -> torch.Tensor:
+        if self.images is None:
+            raise ValueError("a ModelInput holds images or spikes")
+        return self.images
+
+    def _spikes(self) -> torch.Tensor:
+        if self.spikes is None:
+            raise ValueError("a ModelInput holds images or spikes")
+        return self.spikes
 
 
 def model_input(

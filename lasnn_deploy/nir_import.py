@@ -229,7 +229,7 @@ class _Builder:
         self.layers: list = []
         self.weights: dict[int, np.ndarray] = {}
         self.biases: dict[int, np.ndarray] = {}
-        self.neurons: list[tuple[str, _Neuron]] = []
+        self.neurons: list[tuple[int, _Neuron, str]] = []  # (index of the layer it follows, neuron, node name)
         self.scale = 1.0  # a SumPool's k^2 waiting for the next weighted layer
         self.last_weighted = -1
 

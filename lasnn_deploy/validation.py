@@ -67,6 +67,7 @@ def first_divergence(reference: RunResult, result: RunResult, sample_offset: int
     at the earliest step is where the runtime first went its own way. Potentials (before reset)
     are included where the result carries them (``RunResult.potentials``).
     """
+    assert reference.spikes is not None and result.spikes is not None, "compare only what layer_mismatch accepted"
     best = None
     for k, (ref, got) in enumerate(zip(reference.spikes, result.spikes, strict=True)):
         differ = ref != got
@@ -122,6 +123,7 @@ class Agreement:
         self.mismatch += [p for p in problems if p not in self.mismatch]
         if self.mismatch:
             return
+        assert reference.spikes is not None and result.spikes is not None  # layer_mismatch found none missing
         if not self.names:
             self.names = list(reference.layer_names)
             n = len(self.names)
@@ -257,8 +259,9 @@ def write_trace(
     """
     names = chunks[0].layer_names
     nodes = {}
+    per_chunk = [c.spikes for c in chunks if c.spikes is not None]
     for k, name in enumerate(names):
-        spikes = np.concatenate([c.spikes[k] for c in chunks], axis=1)  # [T, B, ...]
+        spikes = np.concatenate([s[k] for s in per_chunk], axis=1)  # [T, B, ...]
         grid = np.ascontiguousarray(spikes.reshape(*spikes.shape[:2], -1).transpose(1, 0, 2) != 0)
         nodes[(node_names or {}).get(name, name)] = nir_lib.NIRNodeData({"spikes": nir_lib.TimeGriddedData(grid, dt)})
     path = Path(path)

@@ -197,7 +197,7 @@ def ordered_reference(
     reset of every LIF layer (for the first-divergence report)."""
     cfg = student.config
     x, spikes = as_tensor(images), as_tensor(input_spikes)
-    batch = spikes.shape[1] if spikes is not None else x.shape[0]
+    batch = spikes.shape[1] if spikes is not None else len(images)
     ordered = _batched_order(student, batch) if in_batches else runtime_order(student)
     currents: dict[int, torch.Tensor] = {}
     hooks = [
