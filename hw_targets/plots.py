@@ -106,10 +106,20 @@ def write_plots(reports: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     return paths
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both lower energy and higher accuracy, by energy."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
 def pareto_plot(result: dict[str, Any], path: Path) -> None:
     """Accuracy against energy per inference (dynamic + static where known), one panel per profile
     with known energy, one marker per method, each point labelled with its T, the Pareto front drawn."""
-    from .tradeoff import pareto_front
 
     def energy(row: dict[str, Any], name: str) -> float | None:
         e = row["energy"][name]

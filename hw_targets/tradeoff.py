@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..atomic import atomic_path, write_text
@@ -211,14 +210,3 @@ def tradeoff_markdown(result: dict[str, Any]) -> str:
         + f"fp32 {_e(first['ann_fp32_j'])}, int8 {_e(first['ann_int8_j'])}.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats in both lower energy and higher accuracy, by energy."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -np.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
