@@ -25,6 +25,7 @@ from lasnn_deploy.exporters import nir_runtimes
 from lasnn_deploy.exporters.nir import NirTarget
 
 from lasnn_deploy.data import first_samples, load_split
+from lasnn_deploy.inputs import model_input
 from lasnn_deploy.student import load_student
 from lasnn_deploy.validation import validate
 
@@ -81,14 +82,9 @@ def main() -> None:
 
 def per_step(student, path: Path, runtime: str, images: torch.Tensor) -> None:
     """Spike agreement at each step (all LIF layers) and spike totals, on one chunk of the inputs."""
-
-    from lasnn_deploy.neurons import poisson_inputs
-
     target = NirTarget.for_file(path, runtime=runtime)
-    x = images[:256]
-    spikes = poisson_inputs(x, student.config.timesteps, 0, 0) if student.config.encoding == "poisson" else None
-    reference = target.reference(student, None if spikes is not None else x, spikes)
-    result = target.run(path, None if spikes is not None else x, spikes)
+    given = model_input(student.config.encoding, student.config.timesteps, images[:256], seed=0)
+    reference, result = target.reference(student, given), target.run(path, given)
     T = reference.spikes[0].shape[0]
     equal = [
         sum(float((r[t] == g[t]).sum()) for r, g in zip(reference.spikes, result.spikes, strict=True)) for t in range(T)

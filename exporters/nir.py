@@ -47,7 +47,9 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..nir_read import DT, FORMAT, OUTPUT_FORM, leak_to_tau, read_graph
+from ..inputs import InputSpec, ModelInput
+from ..neurons import Encoding
+from ..nir_read import DT, FORMAT, OUTPUT_FORM, leak_to_tau, lif_layers, read_graph
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, table_entry
 from . import nir_runtimes
 from .nir_runtimes.order import ordered_reference, plain_reference
@@ -196,7 +198,7 @@ def _metadata(student: SpikingStudent) -> dict[str, Any]:
         "arch": cfg.arch,
         "dt": DT,
         "timesteps": cfg.timesteps,
-        "encoding": cfg.encoding,
+        "encoding": cfg.encoding.value,
         "reset": cfg.reset,
         "input_shape": np.array(cfg.input_shape),
         "num_classes": cfg.num_classes,
@@ -240,10 +242,19 @@ class NirTarget(Target):
             nir.write(tmp, graph)
         return path
 
-    def _run(self, path: Path, images: Any, input_spikes: Any) -> RunResult:
-        return nir_runtimes.run(path, images, input_spikes, runtime=self.settings["runtime"])
+    def _input_spec(self, path: Path) -> InputSpec:
+        settings = read_graph(path)[1]
+        return InputSpec(Encoding(settings["encoding"]), settings["timesteps"], settings["input_shape"])
 
-    def _reference(self, student: SpikingStudent, images: Any, input_spikes: Any) -> RunResult:
+    def _run(self, path: Path, x: ModelInput) -> RunResult:
+        return nir_runtimes.run(path, x, runtime=self.settings["runtime"])
+
+    def _reference(self, student: SpikingStudent, x: ModelInput) -> RunResult:
         if self.settings["runtime"] is None:
-            return plain_reference(student, images, input_spikes)
-        return ordered_reference(student, images, input_spikes, in_batches=self.in_batches)
+            return plain_reference(student, x)
+        return ordered_reference(student, x, in_batches=self.in_batches)
+
+    def trace_layout(self, path: str | Path) -> tuple[float, dict[str, str]]:
+        """The file's ``dt``, and the LIF node that follows each reference layer."""
+        graph, settings = read_graph(path)
+        return settings["dt"], {layer: node for node, layer in lif_layers(graph, path).items()}

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .neurons import Encoding
 from .nir_read import FORMAT, student_from_nir
 from .student.config import StudentConfig
 from .student.layers import AvgPool, Conv, Flatten, Linear
@@ -303,7 +304,7 @@ def student_from_foreign_nir(
     graph: nir.NIRGraph,
     convention: Convention,
     timesteps: int = 8,
-    encoding: str = "direct",
+    encoding: Encoding | str = Encoding.DIRECT,
     arch: str = "nir-import",
     input_shape: tuple[int, ...] | None = None,
 ) -> SpikingStudent:
@@ -433,7 +434,7 @@ def student_from_any_nir(
     library: str | None = None,
     dt: float | None = None,
     timesteps: int = 8,
-    encoding: str = "direct",
+    encoding: Encoding | str = Encoding.DIRECT,
     input_shape: tuple[int, ...] | None = None,
 ) -> SpikingStudent:
     """A student from our own NIR file (exact round trip) or a foreign exporter's graph."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import nir
 
 from .errors import UserError
+from .neurons import Encoding
 from .nir_foreign import student_from_any_nir
 from .student import save_student
 
@@ -19,7 +20,7 @@ def import_nir(
     library: str | None = None,
     dt: float | None = None,
     timesteps: int = 8,
-    encoding: str = "direct",
+    encoding: Encoding | str = Encoding.DIRECT,
     input_shape: tuple[int, ...] | None = None,
 ) -> Path:
     """Read a NIR file (or graph) into a student and write the run folder ``out``; returns its student file.

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .neurons import Encoding
 from .student.config import StudentConfig
 from .student.layers import AvgPool, Conv, Flatten, Linear, Shortcut
 from .student.module import SpikingStudent
@@ -90,7 +91,7 @@ def settings_of(graph: nir.NIRGraph, where: Any) -> dict[str, Any]:
         raise UserError(
             f"{where} has malformed lasnn-deploy metadata ({type(err).__name__}: {err}); {EXPORT_HINT}"
         ) from err
-    if settings["output_form"] != OUTPUT_FORM or settings["encoding"] not in ("direct", "poisson"):
+    if settings["output_form"] != OUTPUT_FORM or settings["encoding"] not in tuple(Encoding):
         raise UserError(
             f"{where}: unsupported output form {settings['output_form']!r} or encoding "
             f"{settings['encoding']!r}; {EXPORT_HINT}"

@@ -9,14 +9,14 @@ import nir
 import numpy as np
 import pytest
 import torch
-from helpers import make_student, resnet_student, small_resnet
+from helpers import make_student, model_in, resnet_student, small_resnet
 from lasnn_deploy.exporters import export
 from lasnn_deploy.exporters.nir import NirTarget
 from lasnn_deploy.exporters.nir_runtimes import order
 
 from lasnn_deploy import nir_read
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.inputs import model_input
+from lasnn_deploy.inputs import ModelInput, model_input
 from lasnn_deploy.student import Dropout, Shortcut, SpikingStudent, StudentConfig
 from lasnn_deploy.validation import validate
 
@@ -103,10 +103,9 @@ def test_snntorch_importer_reproduces_the_student(tmp_path, encoding, leak):
     student = make_student(encoding=encoding, leak=leak, timesteps=5)
     path = export(student, "nir", tmp_path / "s.nir")
     x = images(4)
-    spikes = model_input("poisson", 5, x, seed=3).spikes if encoding == "poisson" else None
-    given = (None, spikes) if spikes is not None else (x, None)
-    ref = NirTarget().reference(student, *given)
-    got = NirTarget().run(path, *given)
+    given = model_input(encoding, 5, x, seed=3)
+    ref = NirTarget().reference(student, given)
+    got = NirTarget().run(path, given)
     assert got.layer_names == ref.layer_names == ["conv0", "conv3", "linear6"]
     assert len(got.spikes) == 3
     for r, g in zip(ref.spikes, got.spikes, strict=True):
@@ -120,7 +119,10 @@ def test_poisson_images_are_encoded_like_the_student(tmp_path):
     """Given only images, both sides draw the student's default Poisson spikes (seed 0)."""
     student = make_student(encoding="poisson", timesteps=4)
     path = NirTarget().export(student, tmp_path / "s.nir")
-    ref, got = NirTarget().reference(student, images(4)), NirTarget().run(path, images(4))
+    ref, got = (
+        NirTarget().reference(student, model_in(student, images(4))),
+        NirTarget().run(path, model_in(student, images(4))),
+    )
     assert all(np.array_equal(r, g) for r, g in zip(ref.spikes, got.spikes, strict=True))
 
 
@@ -144,10 +146,10 @@ def test_parameters_nir_cannot_express_name_the_layer(tmp_path):
 
 def test_inputs_that_do_not_match_the_metadata_are_refused(tmp_path):
     path = NirTarget().export(make_student(timesteps=4), tmp_path / "s.nir")
-    with pytest.raises(UserError, match=r"exported for images \[B, 1, 8, 8\]"):
-        NirTarget().run(path, torch.rand(2, 1, 9, 9))
+    with pytest.raises(UserError, match=r"made for images \[B, 1, 8, 8\]"):
+        NirTarget().run(path, ModelInput(images=torch.rand(2, 1, 9, 9)))
     with pytest.raises(UserError, match=r"T=4"):
-        NirTarget().run(path, None, torch.ones(3, 2, 1, 8, 8))
+        NirTarget().run(path, ModelInput(spikes=torch.ones(3, 2, 1, 8, 8)))
 
 
 def test_truncated_and_foreign_files_are_refused(tmp_path):
@@ -156,16 +158,16 @@ def test_truncated_and_foreign_files_are_refused(tmp_path):
     truncated = tmp_path / "truncated.nir"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="not a readable NIR file"):
-        NirTarget().run(truncated, images())
+        NirTarget().run(truncated, ModelInput(images=images()))
     with pytest.raises(UserError, match="not a readable NIR file"):
         nir_read.student_from_nir(truncated)
 
     foreign = tmp_path / "foreign.nir"
     nir.write(foreign, nir.NIRGraph.from_list(nir.Linear(weight=np.ones((2, 3), dtype=np.float32))))
     with pytest.raises(UserError, match="not a lasnn-deploy NIR graph"):
-        NirTarget().run(foreign, images())
+        NirTarget().run(foreign, ModelInput(images=images()))
     with pytest.raises(UserError, match="no NIR file"):
-        NirTarget().run(tmp_path / "missing.nir", images())
+        NirTarget().run(tmp_path / "missing.nir", ModelInput(images=images()))
 
 
 def test_reading_back_refuses_a_graph_that_is_no_student(tmp_path):
@@ -244,7 +246,7 @@ def test_reference_follows_snntorchs_float32_order_at_a_threshold_tie(tmp_path, 
     with torch.no_grad():
         student.thresholds[k] = tie[tuple(where[0])]  # v[0] = i: exactly one order gives v > theta
     path = export(student, "nir", tmp_path / "tie.nir")
-    got = NirTarget().run(path, x)
+    got = NirTarget().run(path, model_in(student, x))
     with torch.no_grad():
         batched = student.run(x, record=True)
     assert not np.array_equal(batched.spikes[k], got.spikes[k])  # the tie is real: batch order disagrees
@@ -348,7 +350,10 @@ def test_biased_student_is_conv2d_bias_and_affine_and_runs_spike_exact_in_snntor
     for a, b in zip(student.weighted_modules(), back.weighted_modules(), strict=True):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
     unbiased = make_student(encoding=encoding, timesteps=5, seed=2)  # same weights, no bias: other spikes
-    assert not np.array_equal(NirTarget().reference(unbiased, x).logits, NirTarget().run(path, x).logits)
+    assert not np.array_equal(
+        NirTarget().reference(unbiased, model_in(unbiased, x)).logits,
+        NirTarget().run(path, model_in(student, x)).logits,
+    )
 
 
 def test_biased_residual_student_runs_spike_exact_in_snntorch(tmp_path):

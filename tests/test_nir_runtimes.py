@@ -8,7 +8,7 @@ import nir
 import numpy as np
 import pytest
 import torch
-from helpers import make_student
+from helpers import make_student, model_in
 from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import nir_runtimes
 from lasnn_deploy.exporters.nir import NirTarget
@@ -45,8 +45,8 @@ def run_both(student, path, runtime, encoding):
     images, spikes = inputs(encoding, T=student.config.timesteps)
     in_batches = nir_runtimes.batched(nir.read(path), runtime)
     return (
-        order.ordered_reference(student, images, spikes, in_batches=in_batches),
-        nir_runtimes.run(path, images, spikes, runtime=runtime),
+        order.ordered_reference(student, model_in(student, images, spikes), in_batches=in_batches),
+        nir_runtimes.run(path, model_in(student, images, spikes), runtime=runtime),
     )
 
 
@@ -214,7 +214,7 @@ def test_a_missing_spyx_environment_is_one_clear_line(tmp_path, monkeypatch):
     path = NirTarget(runtime="spyx").export(student, tmp_path / "s.nir")
     monkeypatch.setenv("LASNN_SPYX_PYTHON", str(tmp_path / "no-python"))
     with pytest.raises(UserError, match="make spyx"):
-        nir_runtimes.run(path, inputs("direct")[0])
+        nir_runtimes.run(path, model_in(student, inputs("direct")[0]))
 
 
 def test_an_importer_that_cannot_read_the_plain_file_is_one_line_naming_the_flavour(tmp_path):
@@ -222,4 +222,4 @@ def test_an_importer_that_cannot_read_the_plain_file_is_one_line_naming_the_flav
     student = make_student("direct")
     plain = NirTarget().export(student, tmp_path / "plain.nir")
     with pytest.raises(UserError, match="norse cannot run .*KeyError.*avgpool1.*--nir-for norse"):
-        nir_runtimes.run(plain, inputs("direct")[0], runtime="norse")
+        nir_runtimes.run(plain, model_in(student, inputs("direct")[0]), runtime="norse")

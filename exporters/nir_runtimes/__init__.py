@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from ...errors import UserError
+from ...inputs import ModelInput
 from ...nir_read import lif_layers, read_graph
 from ..target import RunResult
 from . import transforms
-from .order import input_steps, run_unbatched
+from .order import float32, run_unbatched
 
 RUNTIMES = {  # name: the extra that installs it
     "snntorch": "a core dependency (snntorch==1.0.0)",
@@ -113,14 +114,14 @@ def batched(graph: nir.NIRGraph, runtime: str) -> bool:
     )
 
 
-def run(path: str | Path, images: Any = None, input_spikes: Any = None, runtime: str | None = None) -> RunResult:
+def run(path: str | Path, x: ModelInput, runtime: str | None = None) -> RunResult:
     """Run the NIR file in ``runtime``'s importer; logits are the mean of the output over the ``T`` steps."""
     path = Path(path)
     graph, settings = read_graph(path)
     runtime = runtime_of(graph, runtime, path)
     if runtime == "snntorch" and not batched(graph, runtime):
-        return run_unbatched(path, images, input_spikes)  # the plain file, one image at a time
-    steps = input_steps(images, input_spikes, settings, path)
+        return run_unbatched(path, x)  # the plain file, one image at a time
+    steps = float32(x).steps(settings["timesteps"])
     layers = lif_layers(graph, path)
     try:
         recorded = runtime_module(runtime).run(graph, settings, steps)

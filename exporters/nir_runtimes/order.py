@@ -19,7 +19,7 @@ import nir
 import torch
 
 from ...errors import UserError
-from ...inputs import model_input
+from ...inputs import ModelInput
 from ...neurons import _lif_forward
 from ...nir_read import DT, EXPORT_HINT, lif_layers, read_graph
 from ...student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, table_entry
@@ -31,25 +31,9 @@ def as_tensor(x: Any) -> torch.Tensor | None:
     return None if x is None else torch.as_tensor(x, dtype=torch.float32, device="cpu")
 
 
-def input_steps(images: Any, input_spikes: Any, settings: dict[str, Any], where: Path) -> torch.Tensor:
-    """The input of every step, ``[T, B, C, H, W]``, checked against the graph's metadata."""
-    T, shape = settings["timesteps"], settings["input_shape"]
-    spikes, x = as_tensor(input_spikes), as_tensor(images)
-    if spikes is not None:
-        if spikes.dim() != 5 or tuple(spikes.shape[2:]) != shape or spikes.shape[0] != T or spikes.shape[1] == 0:
-            raise UserError(
-                f"{where} was exported for input spikes [T={T}, B, {', '.join(map(str, shape))}], "
-                f"got {list(spikes.shape)}; pass spikes with the exported time steps and input shape"
-            )
-        return spikes
-    if x is None:
-        raise UserError(f"{where}: give images [B, {', '.join(map(str, shape))}] or input spikes")
-    if x.dim() != 4 or tuple(x.shape[1:]) != shape or x.shape[0] == 0:
-        raise UserError(
-            f"{where} was exported for images [B, {', '.join(map(str, shape))}], got {list(x.shape)}; "
-            "use the data set the student was trained on"
-        )
-    return model_input(settings["encoding"], T, x).steps(T)  # Poisson: seed 0, as every runtime's fallback
+def float32(x: ModelInput) -> ModelInput:
+    """A checked input as float32 CPU tensors (snnTorch and the references run in float32 on the CPU)."""
+    return ModelInput(images=as_tensor(x.images), spikes=as_tensor(x.spikes))
 
 
 def snntorch_module(graph: nir.NIRGraph) -> torch.nn.Module:
@@ -64,7 +48,7 @@ def snntorch_module(graph: nir.NIRGraph) -> torch.nn.Module:
         return import_from_nir(graph)
 
 
-def run_unbatched(path: Path, images: Any = None, input_spikes: Any = None) -> RunResult:
+def run_unbatched(path: Path, x: ModelInput) -> RunResult:
     """Run the file in snnTorch's NIR importer: one sample at a time, ``T`` steps, state reset between.
 
     Samples go in unbatched (``[C, H, W]``) because the importer builds NIR's batch-free
@@ -76,7 +60,7 @@ def run_unbatched(path: Path, images: Any = None, input_spikes: Any = None) -> R
     graph, settings = read_graph(path)
     if settings["dt"] != DT:
         raise UserError(f"{path} uses dt = {settings['dt']}, but snnTorch's importer assumes dt = {DT}; {EXPORT_HINT}")
-    steps = input_steps(images, input_spikes, settings, path)
+    steps = float32(x).steps(settings["timesteps"])
     layers = lif_layers(graph, path)
     lif_names, layer_names = list(layers), list(layers.values())
     net = snntorch_module(graph).eval()
@@ -157,7 +141,7 @@ def runtime_order(student: SpikingStudent, wrap: Wrap = _Unbatched) -> SpikingSt
     return copy
 
 
-def plain_reference(student: SpikingStudent, images: Any = None, input_spikes: Any = None) -> RunResult:
+def plain_reference(student: SpikingStudent, x: ModelInput) -> RunResult:
     """What the NIR graph promises: the float32 student on the same input, in snnTorch's order.
 
     The student (eval mode, ``run(exact=False)``) computed as :func:`runtime_order` does, one image
@@ -165,7 +149,8 @@ def plain_reference(student: SpikingStudent, images: Any = None, input_spikes: A
     last-bit difference at a threshold tie flips a spike (docs/semantics.md, "NIR").
     """
     cfg = student.config
-    trace = runtime_order(student).run(as_tensor(images), input_spikes=as_tensor(input_spikes), record=True)
+    x = float32(x)
+    trace = runtime_order(student).run(x.images, input_spikes=x.spikes, record=True)
     names = [cfg.layer_name(i) for i in cfg.spiking_layers]
     return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names)
 
@@ -189,15 +174,14 @@ def _batched_order(student: SpikingStudent, batch: int) -> SpikingStudent:
     return runtime_order(student, lambda module: _PerStep(module, batch))
 
 
-def ordered_reference(
-    student: SpikingStudent, images: Any = None, input_spikes: Any = None, in_batches: bool = False
-) -> RunResult:
+def ordered_reference(student: SpikingStudent, given: ModelInput, in_batches: bool = False) -> RunResult:
     """The float32 student on the same input, in the order the runtime computes its layers (``in_batches``:
     each step's whole batch, see :func:`batched`; else image by image), with the potentials before
     reset of every LIF layer (for the first-divergence report)."""
     cfg = student.config
-    x, spikes = as_tensor(images), as_tensor(input_spikes)
-    batch = spikes.shape[1] if spikes is not None else len(images)
+    given = float32(given)
+    x, spikes = given.images, given.spikes
+    batch = given.batch
     ordered = _batched_order(student, batch) if in_batches else runtime_order(student)
     currents: dict[int, torch.Tensor] = {}
     hooks = [
