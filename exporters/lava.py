@@ -289,6 +289,7 @@ class LavaTarget(Target):
 
     name, suffixes = "lava", (".h5", ".hdf5", ".net")
     options = {"weight_percentile": 100.0}
+    quick_samples = 16  # the Lava simulator takes about half a second per sample
 
     def _check(self, student: SpikingStudent) -> None:
         _check(student, self.settings["weight_percentile"])

@@ -53,6 +53,7 @@ class Target:
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]  # file suffixes this target writes and reads; the first is the default
     options: ClassVar[dict[str, Any]] = {}  # target-specific option -> default
+    quick_samples: ClassVar[int] = 360  # samples a quick check (the demo) validates; fewer for a slow runtime
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))

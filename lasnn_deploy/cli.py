@@ -134,9 +134,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .exporters import get_target
     from .student import load_student
 
-    if args.nir_for is not None and args.target != "nir":
-        raise UserError(f"--nir-for writes a NIR file for one runtime; it needs --target nir, not {args.target}")
-    target = get_target(args.target, **({} if args.nir_for is None else {"runtime": args.nir_for}))
+    options = {} if args.nir_for is None else {"runtime": args.nir_for}  # --nir-for R is the option runtime=R
+    target = get_target(args.target, **options)
     student = load_student(args.model)
     folder = args.model if args.model.is_dir() else args.model.parent
     out = args.out or folder / f"student{target.suffixes[0]}"

@@ -17,8 +17,6 @@ from .exporters import TARGETS, export
 from .student import load_student
 from .validation import validate
 
-# The Lava simulator takes about half a second per sample; the other runtimes are fast.
-VALIDATE_SAMPLES = {"onnx": 360, "nir": 360, "lava": 16}
 # The quick preset with the tiny student: sized for 1,437 digits images on a laptop CPU.
 DEMO_OPTIONS = {
     "preset": "quick",
@@ -54,7 +52,7 @@ def run_demo(out: str | Path = "runs/demo", *, fast: bool = False) -> dict:
     }
     for target, kind in TARGETS.items():
         path = export(student, target, run / f"student{kind.suffixes[0]}")
-        n = VALIDATE_SAMPLES[target]
+        n = kind.quick_samples  # the Lava simulator's is small: it takes about half a second per sample
         report = validate(student, path, images[:n], labels[:n])
         report_path = run / f"validate_{target}.json"
         write_text(report_path, json.dumps(report, indent=2) + "\n")
