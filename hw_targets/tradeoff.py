@@ -27,11 +27,11 @@ import torch
 
 from ..atomic import atomic_path, write_text
 from ..errors import UserError
+from ..run_folder import RunFolder
 from ..student import STUDENT_FILE, SpikingStudent, check_parameters, check_timesteps, deployed_layers, load_student
 from .profile import Profile, list_profiles, load_profile
 from .report import count_and_report
 
-CONVERTED_FILE = "converted.safetensors"
 FILES = ("tradeoff.json", "tradeoff.md", "pareto.png")
 
 
@@ -55,29 +55,19 @@ def _profiles(hw: str | os.PathLike) -> list[Profile]:
     return [load_profile(h) for h in names]
 
 
-def _method(run: Path) -> str:
-    try:
-        config = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError):
-        return "student"
-    nested = (v.get("method") for v in config.values() if isinstance(v, dict) and "method" in v)
-    found = config.get("method") or next(nested, None)
-    return str(found or "student")
-
-
 def _models(runs: Sequence[str | os.PathLike]) -> list[tuple[str, str, SpikingStudent, str]]:
     """(run, method, student, how it was obtained) of every method present in the run folders."""
     out = []
     for r in runs:
         path = Path(r)
         student = load_student(path)
-        folder = path if path.is_dir() else path.parent
-        method = _method(folder)
+        run = RunFolder.of(path)
+        folder, method = run.folder, run.method()
         T = student.config.timesteps
         how = "conversion at T={T}" if method == "conversion" else f"converted, then fine-tuned by {method} at T={T}"
         out.append((str(folder), method, student, how.format(T=T)))
-        converted = folder / CONVERTED_FILE
-        if method != "conversion" and converted.is_file() and (path.is_dir() or path.name == STUDENT_FILE):
+        converted = run.converted
+        if method != "conversion" and converted is not None and (path.is_dir() or path.name == STUDENT_FILE):
             how = f"threshold-balanced conversion at T={T}, not fine-tuned"
             out.append((str(folder), "conversion", load_student(converted), how))
     return out

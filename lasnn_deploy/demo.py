@@ -14,6 +14,7 @@ from pathlib import Path
 from .atomic import write_text
 from .data import first_samples, load_split
 from .exporters import TARGETS, export
+from .run_folder import RunFolder
 from .student import load_student
 from .validation import validate
 
@@ -38,14 +39,15 @@ def run_demo(out: str | Path = "runs/demo", *, fast: bool = False) -> dict:
     started = time.perf_counter()
     options = {**DEMO_OPTIONS, **(FAST_OVERRIDES if fast else {})}
     run = train(dataset="digits", out=str(out), method="lasnn", seed=0, **options)
-    metrics = json.loads((run / "metrics.json").read_text())
+    folder = RunFolder.of(run)
+    metrics = folder.metrics()
     student = load_student(run)
     images, labels = first_samples(load_split("digits", None, "test"), None)
 
     summary: dict = {
         "run": str(run),
-        "student": str(run / "student.safetensors"),
-        "metrics": str(run / "metrics.json"),
+        "student": str(folder.student),
+        "metrics": str(folder.metrics_file),
         "test_accuracy": metrics["test_accuracy"],
         "exports": {},
         "validation": {},

@@ -25,7 +25,7 @@ FOLDERS = {
 # stands for the module and everything under it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("errors", "atomic", "modes", "neurons", "inputs", "lava_compat", "data")),
-    ("student", ("student", "models", "loihi_quant", "nir_read", "nir_foreign")),
+    ("student", ("student", "models", "loihi_quant", "nir_read", "nir_foreign", "run_folder")),
     ("readings of the student", ("exporters", "hw_targets", "evaluation", "training", "nir_import")),
     ("validation", ("validation",)),
     ("commands and the public API", ("demo", "cli", "__main__", "")),  # "": the package's __init__
