@@ -422,13 +422,13 @@ def test_the_table_covers_every_command_that_reads_input_and_its_ids_are_unique(
 
 # -- API-level refusals -------------------------------
 def test_lava_check_refuses_nan_weights():
-    from lasnn_deploy.exporters import lava
+    from lasnn_deploy.exporters.lava import LavaTarget
 
     student = digits_student()
     with torch.no_grad():
         student.body[0].weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(UserError, match="NaN"):
-        lava.check(student)
+        LavaTarget().check(student)
 
 
 # -- the installed entry point -------------------------------------------------------------------
