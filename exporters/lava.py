@@ -42,8 +42,9 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..inputs import model_input
+from ..inputs import InputSpec, ModelInput
 from ..loihi_quant import LoihiNet, QuantLayer, host_bias, quantise, readout_logits, run_quantised
+from ..neurons import Encoding
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent
 from .target import RunResult, Target
 
@@ -96,7 +97,7 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
     f.attrs.update(
         format=FORMAT,
         timesteps=net.timesteps,
-        encoding=net.encoding,
+        encoding=Encoding(net.encoding).value,
         input_shape=net.input_shape,
         num_classes=net.num_classes,
         v_decay=net.v_decay,
@@ -107,9 +108,9 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
         output_scale=net.output_scale,
     )
     layers = f.create_group("layer")
-    blocks = []  # (type, layer or None)
+    blocks: list[tuple[str, QuantLayer | None]] = []  # (type, layer or None)
     on_chip = net.layers
-    if net.encoding == "direct":
+    if net.encoding == Encoding.DIRECT:
         host, on_chip = net.layers[0], net.layers[1:]
         h = f.create_group("host")
         h.create_dataset("weight", data=host.weight)
@@ -129,7 +130,7 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
         blocks.append(("conv" if q.kind == "conv" else "dense", q))
     g = layers.create_group("0")
     _str(g, "type", "input")
-    if net.encoding == "direct":
+    if net.encoding == Encoding.DIRECT:
         g.create_dataset("shape", data=np.array(net.layers[0].out_shape))
         _neuron(g, net.v_decay, net.layers[0].v_th)
     else:
@@ -180,29 +181,23 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
-def _run(
-    path: Path, images: torch.Tensor | None = None, input_spikes: torch.Tensor | None = None, seed: int = 0
-) -> RunResult:
-    """Run the netx file in Lava's fixed-point simulator on ``images`` (direct) or ``input_spikes`` (Poisson).
+def _input_spec(path: Path) -> InputSpec:
+    meta = read_metadata(path)
+    return InputSpec(Encoding(meta["encoding"]), int(meta["timesteps"]), tuple(meta["input_shape"]))
+
+
+def _run(path: Path, given: ModelInput) -> RunResult:
+    """Run the netx file in Lava's fixed-point simulator on a checked input: the images (direct) or spikes (Poisson).
 
     Spikes come back as ``[T, B, ...]`` per LIF layer in torch's layout, logits as ``[B, K]``.
     """
     meta = read_metadata(path)
-    T, direct, shape = int(meta["timesteps"]), meta["encoding"] == "direct", tuple(meta["input_shape"])
-    given = model_input(meta["encoding"], T, images, input_spikes, seed=seed)
+    T, direct = int(meta["timesteps"]), meta["encoding"] == Encoding.DIRECT
     if direct:
-        images = given.image()
-        if tuple(images.shape[1:]) != shape:
-            raise UserError(f"{path} expects images [B, {', '.join(map(str, shape))}], got {list(images.shape)}")
         with h5py.File(path, "r") as f:
-            drive = host_bias(_host_layer(f), images).numpy()  # [B, ...] bias mantissas
+            drive = host_bias(_host_layer(f), given.image()).numpy()  # [B, ...] bias mantissas
     else:
-        spikes = _numpy(given.spikes)
-        if spikes.shape[0] != T or spikes.shape[2:] != shape:
-            raise UserError(
-                f"{path} expects input spikes [{T}, B, {', '.join(map(str, shape))}], got {list(spikes.shape)}"
-            )
-        drive = np.moveaxis(spikes, 0, 1)  # [B, T, ...]
+        drive = np.moveaxis(_numpy(given.steps(T)), 0, 1)  # [B, T, ...]
     voltages, spikes_per_layer = _simulate(Path(path), drive, T, direct)
     logits = readout_logits(voltages, float(meta["output_scale"]), T)
     return RunResult(logits=logits, spikes=spikes_per_layer, layer_names=list(meta["lif_layers"]))
@@ -275,16 +270,10 @@ def _simulate(path: Path, drive: np.ndarray, T: int, direct: bool) -> tuple[np.n
     return voltages[..., first_read:].T.astype(np.int64), layer_spikes
 
 
-def _reference(
-    student: SpikingStudent,
-    images: torch.Tensor | None = None,
-    input_spikes: torch.Tensor | None = None,
-    weight_percentile: float = 100.0,
-    seed: int = 0,
-) -> RunResult:
+def _reference(student: SpikingStudent, given: ModelInput, weight_percentile: float = 100.0) -> RunResult:
     """What the Lava run must reproduce: the student's Loihi-quantised mode, in PyTorch."""
     net = _quantised(student, weight_percentile)
-    trace = run_quantised(net, images, input_spikes=input_spikes, seed=seed)
+    trace = run_quantised(net, given.images, input_spikes=given.spikes)
     return RunResult(
         logits=trace.logits.numpy(),
         spikes=[s.numpy().astype(np.float32) for s in trace.spikes],
@@ -295,12 +284,12 @@ def _reference(
 class LavaTarget(Target):
     """The Loihi-quantised student as a lava-dl netx HDF5 file, run in Lava's fixed-point simulator; spike-exact.
 
-    Options: ``weight_percentile`` (of the weights that set each layer's 8-bit scale, 100: the
-    largest) and ``seed`` (of the Poisson spikes drawn when only images are given).
+    Option ``weight_percentile``: of the weights that set each layer's 8-bit scale (100: the largest).
     """
 
     name, suffixes = "lava", (".h5", ".hdf5", ".net")
-    options = {"weight_percentile": 100.0, "seed": 0}
+    options = {"weight_percentile": 100.0}
+    quick_samples = 16  # the Lava simulator takes about half a second per sample
 
     def _check(self, student: SpikingStudent) -> None:
         _check(student, self.settings["weight_percentile"])
@@ -308,14 +297,11 @@ class LavaTarget(Target):
     def _export(self, student: SpikingStudent, path: Path) -> Path:
         return _export(student, path, self.settings["weight_percentile"])
 
-    def _run(self, path: Path, images: torch.Tensor | None, input_spikes: torch.Tensor | None) -> RunResult:
-        return _run(path, images, input_spikes, self.settings["seed"])
+    def _input_spec(self, path: Path) -> InputSpec:
+        return _input_spec(path)
 
-    def _reference(
-        self, student: SpikingStudent, images: torch.Tensor | None, input_spikes: torch.Tensor | None
-    ) -> RunResult:
-        return _reference(student, images, input_spikes, self.settings["weight_percentile"], self.settings["seed"])
+    def _run(self, path: Path, x: ModelInput) -> RunResult:
+        return _run(path, x)
 
-
-TARGET = LavaTarget()
-check, export, run, reference = TARGET.check, TARGET.export, TARGET.run, TARGET.reference
+    def _reference(self, student: SpikingStudent, x: ModelInput) -> RunResult:
+        return _reference(student, x, self.settings["weight_percentile"])

@@ -107,6 +107,17 @@ def write_plots(reports: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     return paths
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both lower energy and higher accuracy, by energy."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
 def _series_labels(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], str]:
     """One legend label per network (its method and runs): the method, with the runs' folder names
     where two networks share a method."""
@@ -126,7 +137,6 @@ def pareto_plot(result: dict[str, Any], path: Path) -> plt.Figure:
     named in one legend beside the panels. Markers are hollow and smaller for each later network, so
     points that coincide (several methods at one T) stay visible as concentric rings.
     """
-    from .tradeoff import pareto_front
 
     def energy(row: dict[str, Any], name: str) -> float | None:
         e = row["energy"][name]

@@ -28,15 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..atomic import atomic_path, write_text
 from ..errors import UserError
+from ..run_folder import RunFolder
 from ..student import STUDENT_FILE, SpikingStudent, check_parameters, check_timesteps, deployed_layers, load_student
 from .report import HW, count_and_report, parse_hw
 
-CONVERTED_FILE = "converted.safetensors"
 FILES = ("tradeoff.json", "tradeoff.md", "pareto.png")
 
 
@@ -55,16 +54,6 @@ def parse_timesteps(text: str) -> list[int]:
     if duplicates:
         raise UserError(f"--timesteps {text!r}: T = {duplicates[0]} appears twice; give each T once")
     return values
-
-
-def _method(run: Path) -> str:
-    try:
-        config = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError):
-        return "student"
-    nested = (v.get("method") for v in config.values() if isinstance(v, dict) and "method" in v)
-    found = config.get("method") or next(nested, None)
-    return str(found or "student")
 
 
 def fingerprint(student: SpikingStudent) -> str:
@@ -101,13 +90,13 @@ def _models(runs: Sequence[str | os.PathLike]) -> list[_Model]:
     for r in runs:
         path = Path(r)
         student = load_student(path)
-        folder = path if path.is_dir() else path.parent
-        method = _method(folder)
+        run = RunFolder.of(path)
+        folder, method = run.folder, run.method()
         T = student.config.timesteps
         how = "conversion at T={T}" if method == "conversion" else f"converted, then fine-tuned by {method} at T={T}"
         add(folder, method, student, how.format(T=T))
-        converted = folder / CONVERTED_FILE
-        if method != "conversion" and converted.is_file() and (path.is_dir() or path.name == STUDENT_FILE):
+        converted = run.converted
+        if method != "conversion" and converted is not None and (path.is_dir() or path.name == STUDENT_FILE):
             how = f"threshold-balanced conversion at T={T}, not fine-tuned"
             add(folder, "conversion", load_student(converted), how)
     return list(found.values())
@@ -242,14 +231,3 @@ def tradeoff_markdown(result: dict[str, Any]) -> str:
         + f"fp32 {_e(first['ann_fp32_j'])}, int8 {_e(first['ann_int8_j'])}.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats in both lower energy and higher accuracy, by energy."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -np.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front

@@ -195,20 +195,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .exporters import get_target
     from .student import load_student
 
-    target = get_target(args.target)
+    options = {} if args.nir_for is None else {"runtime": args.nir_for}  # --nir-for R is the option runtime=R
+    target = get_target(args.target, **options)
     student = load_student(args.model)
     folder = args.model if args.model.is_dir() else args.model.parent
     out = args.out or folder / f"student{target.suffixes[0]}"
-    if args.nir_for is not None:
-        from .exporters import nir_runtimes
-
-        if args.target != "nir":
-            raise UserError(f"--nir-for writes a NIR file for one runtime; it needs --target nir, not {args.target}")
-        path = nir_runtimes.export(student, out, args.nir_for)
-        print(f"wrote nir export for {args.nir_for}: {path}")
-        return 0
     path = target.export(student, out)
-    print(f"wrote {args.target} export: {path}")
+    print(f"wrote {args.target} export" + (f" for {args.nir_for}" if args.nir_for else "") + f": {path}")
     return 0
 
 

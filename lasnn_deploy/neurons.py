@@ -22,6 +22,7 @@ and step and computes the gradient above by hand (docs/performance.md has the me
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 import torch
@@ -30,7 +31,14 @@ from torch.autograd.function import once_differentiable
 GAMMA = 0.3
 CPU_CHUNK = 1 << 18  # neurons per slice of the CPU time loops (1 MiB of float32): fastest measured
 Reset = Literal["hard", "soft"]
-Encoding = Literal["direct", "poisson"]
+
+
+class Encoding(StrEnum):
+    """How images become the input of the time steps (docs/semantics.md, SPEC 1). String-valued:
+    ``Encoding.DIRECT == "direct"``, and config and metadata files hold the plain string."""
+
+    DIRECT = "direct"  # the image itself at every step
+    POISSON = "poisson"  # Bernoulli spikes with the pixel as probability, drawn per step
 
 
 class SpikeFn(torch.autograd.Function):

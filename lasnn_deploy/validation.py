@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from .exporters import TARGETS, RunResult, target_of_file
-from .inputs import model_input
+from .inputs import batches
 from .student import SpikingStudent, check_images, check_parameters
 
 CHUNK = 256  # samples per runtime call: memory stays flat however many samples are validated
@@ -67,6 +67,7 @@ def first_divergence(reference: RunResult, result: RunResult, sample_offset: int
     at the earliest step is where the runtime first went its own way. Potentials (before reset)
     are included where the result carries them (``RunResult.potentials``).
     """
+    assert reference.spikes is not None and result.spikes is not None, "compare only what layer_mismatch accepted"
     best = None
     for k, (ref, got) in enumerate(zip(reference.spikes, result.spikes, strict=True)):
         differ = ref != got
@@ -122,6 +123,7 @@ class Agreement:
         self.mismatch += [p for p in problems if p not in self.mismatch]
         if self.mismatch:
             return
+        assert reference.spikes is not None and result.spikes is not None  # layer_mismatch found none missing
         if not self.names:
             self.names = list(reference.layer_names)
             n = len(self.names)
@@ -194,25 +196,20 @@ def validate(
     agreement = Agreement()
     correct = {"reference_accuracy": 0, "runtime_accuracy": 0, "float_accuracy": 0}
     golden: list[RunResult] = []
-    for start in tqdm(
-        range(0, images.shape[0], CHUNK),
-        desc=f"validate {target}",
-        unit="chunk",
-        leave=False,
-        disable=None if progress else True,
-    ):  # None: only on a terminal
-        x = images[start : start + CHUNK]
-        given = model_input(cfg.encoding, cfg.timesteps, x, seed=seed, first_index=start)
-        direct_images, input_spikes = given.images, given.spikes
-        reference = module.reference(student, direct_images, input_spikes)
-        result = module.run(Path(path), direct_images, input_spikes)
+    source = images.split(CHUNK) if labels is None else zip(images.split(CHUNK), labels.split(CHUNK), strict=True)
+    chunks = batches(cfg.encoding, cfg.timesteps, source, seed=seed)
+    bar = dict(desc=f"validate {target}", unit="chunk", leave=False, disable=None if progress else True)
+    for batch in tqdm(chunks, total=-(-len(images) // CHUNK), **bar):  # disable None: only on a terminal
+        given = batch.input
+        reference = module.reference(student, given)
+        result = module.run(Path(path), given)
         agreement.add(reference, result)
         if trace is not None:
             golden.append(RunResult(reference.logits, reference.spikes, reference.layer_names))
-        if labels is not None:
-            y = labels[start : start + CHUNK].numpy()
+        if batch.labels is not None:
+            y = batch.labels.numpy()
             with torch.no_grad():
-                float_logits = student.run(direct_images, input_spikes=input_spikes).logits.numpy()
+                float_logits = student.run(given.images, input_spikes=given.spikes).logits.numpy()
             for key, logits in zip(correct, (reference.logits, result.logits, float_logits), strict=True):
                 correct[key] += int(np.sum(logits.argmax(1) == y))
     report = {
@@ -231,20 +228,8 @@ def validate(
         report["output_agreement"] == 1.0 and report["spike_agreement"] == 1.0 and not report["layer_mismatch"]
     )
     if trace is not None:
-        report["trace"] = str(write_trace(trace, golden, *_trace_layout(target, path)))
+        report["trace"] = str(write_trace(trace, golden, *module.trace_layout(path)))
     return report
-
-
-def _trace_layout(target: str, path: str | Path) -> tuple[float, dict[str, str]]:
-    """The file's ``dt`` and its LIF node name per reference layer, for a NIR file; else steps, no renaming."""
-    if target != "nir":
-        return 1.0, {}
-    from .exporters import nir as nir_target
-
-    graph, settings = nir_target.read_graph(path)
-    chain, into = nir_target._layout(graph, path)
-    names = {into.get(n, chain[chain.index(n) - 1]): n for n in chain if isinstance(graph.nodes[n], nir_lib.LIF)}
-    return settings["dt"], names
 
 
 def write_trace(
@@ -259,8 +244,9 @@ def write_trace(
     """
     names = chunks[0].layer_names
     nodes = {}
+    per_chunk = [c.spikes for c in chunks if c.spikes is not None]
     for k, name in enumerate(names):
-        spikes = np.concatenate([c.spikes[k] for c in chunks], axis=1)  # [T, B, ...]
+        spikes = np.concatenate([s[k] for s in per_chunk], axis=1)  # [T, B, ...]
         grid = np.ascontiguousarray(spikes.reshape(*spikes.shape[:2], -1).transpose(1, 0, 2) != 0)
         nodes[(node_names or {}).get(name, name)] = nir_lib.NIRNodeData({"spikes": nir_lib.TimeGriddedData(grid, dt)})
     path = Path(path)

@@ -29,7 +29,7 @@ Fine-tuning methods (all start from the converted student and use CE of the inte
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -41,10 +41,18 @@ from ..modes import eval_mode
 from ..student import Conv, Shortcut, SpikingStudent
 from . import losses
 
-if TYPE_CHECKING:
-    from .objectives import FineTune
-
 Step = tuple[torch.Tensor, torch.Tensor]  # (loss, logits)
+
+
+class FineTune(Protocol):
+    """What a method reads of the module it trains in (``objectives.FineTune``, which imports this
+    module): the student, the training config, the frozen teacher; ``attach`` adds its heads to it."""
+
+    student: SpikingStudent
+    cfg: Any
+
+    @property
+    def teacher(self) -> nn.Module | None: ...
 
 
 def spread(n: int, k: int) -> list[int]:

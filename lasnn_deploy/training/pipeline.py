@@ -49,6 +49,7 @@ from ..data import DataInfo, data_info, first_samples, load_split
 from ..errors import UserError
 from ..evaluation import evaluate_ann, evaluate_student
 from ..models import build_student, build_teacher
+from ..run_folder import ANN_FILE, CONFIG_FILE, CONVERTED_FILE, METRICS_FILE, PROGRESS_FILE, TEACHER_FILE, stage_seed
 from ..student import STUDENT_FILE, SpikingStudent, load_student, save_student
 from . import distributed
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path, load_matching_weights, save_weights
@@ -59,10 +60,7 @@ from .loop import EpochHook, FitPlan, FitResult, Score, Selection, batches, fit,
 from .methods import Method
 from .objectives import FineTune, TeacherStep
 
-TEACHER_FILE, ANN_FILE, CONVERTED_FILE = "teacher.safetensors", "ann.safetensors", "converted.safetensors"
-CONFIG_FILE, PROGRESS_FILE, METRICS_FILE = "config.json", "progress.json", "metrics.json"
 TEACHER_FORMAT, ANN_FORMAT = "lasnn-deploy-teacher/1", "lasnn-deploy-ann/2"  # ann/2: the IntermediateAnn's state
-STAGE_SEEDS = {"teacher": 1, "ann": 2, "conversion": 3, "finetune": 4, "validation": 5}
 # Options that change nothing a finished stage computed; they may differ on --resume.
 RESUME_FREE = {"resume", "progress", "threads", "device", "eval_batch_size", "out", "chance_guard"}
 IN_MEMORY_LIMIT = 2**31  # bytes: smaller image folders are decoded once and kept as tensors
@@ -85,7 +83,7 @@ class Run:
         return self.config.progress and distributed.is_main_process()
 
     def seed(self, stage: str) -> int:
-        return self.config.seed * 1000 + STAGE_SEEDS[stage]
+        return stage_seed(self.config.seed, stage)
 
     # -- the run folder: every write happens here, on the main process only ---------------------
     def write_progress(self) -> None:
@@ -250,7 +248,7 @@ def _prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook 
     full_train = load_split(config.dataset, config.data_dir, "train")
     test_set = load_split(config.dataset, config.data_dir, "test")
     info = data_info(full_train)
-    seed = config.seed * 1000 + STAGE_SEEDS["validation"]
+    seed = stage_seed(config.seed, "validation")
     train_set, val_set = split_validation(
         _in_memory(full_train, config.train_samples), config.validation_fraction, seed
     )
@@ -680,7 +678,7 @@ def _metrics(run: Run, student: SpikingStudent, stages: dict[str, dict[str, Any]
         "validation": {
             "samples": len(run.val_set),
             "fraction": cfg.validation_fraction,
-            "seed": cfg.seed * 1000 + STAGE_SEEDS["validation"],
+            "seed": stage_seed(cfg.seed, "validation"),
         },
         "leak": float(student.leak.detach()),
         "thresholds": student.thresholds.detach().tolist(),
