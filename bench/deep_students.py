@@ -33,7 +33,9 @@ def row(run: Path) -> dict[str, Any]:
         "preset_choices": m.get("preset_choices", {}),
         "ann": m["ann_test_accuracy"],
         "ann_validation": m["stages"]["ann"].get("validation_accuracy"),
-        "converted_uncalibrated_validation": max(conversion.get("percentile_validation_accuracy", {}).values(), default=None),
+        "converted_uncalibrated_validation": max(
+            conversion.get("percentile_validation_accuracy", {}).values(), default=None
+        ),
         "bias_calibration": conversion.get("bias_calibration", {}),
         "converted": m["converted_test_accuracy"],
         "student_accuracy": m["test_accuracy"],
@@ -46,7 +48,10 @@ def row(run: Path) -> dict[str, Any]:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    head = "| run | student (width) | T | reset | ANN | converted | student | student - ANN | rounds (best) | spikes / sample | seconds (ANN, fine-tune) |"
+    head = (
+        "| run | student (width) | T | reset | ANN | converted | student | student - ANN | rounds (best) "
+        "| spikes / sample | seconds (ANN, fine-tune) |"
+    )
     lines = [head, "| --- " * (head.count("|") - 1) + "|"]
     for r in rows:
         s = r["stage_seconds"]

@@ -108,7 +108,7 @@ class Replica(nn.Module):
     def reset(self) -> None:
         """Zero every membrane and forget the recorded spikes (``SNNTorchModel`` calls this before each batch)."""
         for population in self.neurons:
-            population.reset_mem()
+            population.reset_mem()  # type: ignore[operator]  # snnTorch's method, typed as a tensor attribute
         self.spikes = [[] for _ in self.neurons]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -133,6 +133,7 @@ def _connection(layer: DeployedLayer) -> nn.Module:
     """A deployed layer as a float64 torch Conv2d or Linear with its (folded) weights and bias."""
     weight = torch.from_numpy(layer.weight)
     bias = layer.bias is not None
+    module: nn.Conv2d | nn.Linear
     if layer.kind == "conv":
         module = nn.Conv2d(
             weight.shape[1],
@@ -147,7 +148,7 @@ def _connection(layer: DeployedLayer) -> nn.Module:
         module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias, dtype=torch.float64)
     with torch.no_grad():
         module.weight.copy_(weight)
-        if bias:
+        if bias and module.bias is not None:
             module.bias.copy_(torch.from_numpy(layer.bias))
     return module
 
@@ -182,7 +183,9 @@ def _dense_ops(weight: np.ndarray, in_shape: tuple[int, ...], stride: int, paddi
         return int(weight.size)
     out_h = (in_shape[1] + 2 * padding - weight.shape[-1]) // stride + 1
     out_w = (in_shape[2] + 2 * padding - weight.shape[-1]) // stride + 1
-    return int(conv_fan_in(in_shape, (weight.shape[0], out_h, out_w), weight.shape[-1], stride, padding).sum())
+    channels, height, width = in_shape
+    shape_in = (channels, height, width)
+    return int(conv_fan_in(shape_in, (weight.shape[0], out_h, out_w), weight.shape[-1], stride, padding).sum())
 
 
 @dataclass
@@ -279,12 +282,13 @@ def neurobench_metrics(
                 parts.append(count_events(layers, trace, T))
                 _add_ours(ours, student, layers, trace, given.images, nonzero_reach, shortcut_reach)
                 if given.spikes is None:
+                    assert given.images is not None  # direct encoding: the images themselves
                     data = given.images.unsqueeze(1).expand(len(x), T, *given.images.shape[1:])
                 else:
                     data = given.spikes.transpose(0, 1)
                 preds = model(data)  # [B, T, K]
                 _check_spikes(replica, trace, start)
-                if not torch.equal(preds.transpose(0, 1), trace.outputs):
+                if trace.outputs is None or not torch.equal(preds.transpose(0, 1), trace.outputs):
                     raise NeuroBenchError(
                         f"the NeuroBench replica's output currents differ from the student's (batch at {start})"
                     )
@@ -386,6 +390,7 @@ def _add_ours(
     for j, layer in enumerate(layers):
         reach = torch.from_numpy(nonzero_reach[j].reshape(-1))
         if j == 0 and trace.input_spikes is None:  # direct: the image at every step, a zero pixel no operation
+            assert images is not None  # direct encoding runs on the images
             pixels = images.double().flatten(1)
             ops = T * float(((pixels != 0).double() @ reach).sum())
             if bool(((pixels == 0) | (pixels == 1) | (pixels == -1)).all()):
