@@ -69,28 +69,33 @@ def test_the_chance_guard_names_stage_accuracy_chance_and_a_fix():
         check_above_chance("ann", 0.11, 500, 10)
 
 
+# a kd run on digits with a small-cnn teacher: each test sets its ANN and lengths
+KD_ON_DIGITS = dict(
+    dataset="digits",
+    student="tiny",
+    teacher="small-cnn",
+    method="kd",
+    teacher_optimizer="adam",
+    teacher_lr=2e-3,
+    student_epochs=1,
+    progress=False,
+    threads=1,
+)
+
+
 def test_a_diverging_stage_stops_the_run_with_exit_2_and_keeps_what_finished(tmp_path):
     """An intermediate ANN blown up by its rate ends at chance: UserError, no ANN file, the teacher kept."""
-    options = dict(
-        dataset="digits",
-        student="tiny",
-        student_width=0.25,
-        teacher="small-cnn",
-        method="kd",
-        teacher_epochs=2,
-        teacher_optimizer="adam",
-        teacher_lr=2e-3,
-        ann_epochs=1,
-        ann_optimizer="sgd",
-        ann_lr=1e6,  # diverges
-        student_epochs=1,
-        timesteps=2,
-        progress=False,
-        threads=1,
-        out=str(tmp_path / "run"),
-    )
     with pytest.raises(UserError, match="the ann stage ended near chance"):
-        train(**options)
+        train(
+            **KD_ON_DIGITS,
+            student_width=0.25,
+            teacher_epochs=2,
+            ann_epochs=1,
+            ann_optimizer="sgd",
+            ann_lr=1e6,  # diverges
+            timesteps=2,
+            out=str(tmp_path / "run"),
+        )
     assert (tmp_path / "run" / "teacher.safetensors").is_file()
     assert not (tmp_path / "run" / "ann.safetensors").exists()
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -115,22 +120,14 @@ def test_the_quick_preset_chooses_for_deep_students_and_records_it(student):
 
 def test_kd_starts_from_logits_as_wide_as_the_teachers(tmp_path):
     run = train(
-        dataset="digits",
-        student="tiny",
+        **KD_ON_DIGITS,
         student_width=0.5,
-        teacher="small-cnn",
-        method="kd",
         teacher_epochs=3,
-        teacher_optimizer="adam",
-        teacher_lr=2e-3,
         ann_epochs=2,
         ann_optimizer="adam",
         ann_lr=2e-3,
-        student_epochs=1,
         student_samples=64,
         timesteps=4,
-        progress=False,
-        threads=1,
         out=str(tmp_path / "kd"),
     )
     prepared = json.loads((run / "metrics.json").read_text())["stages"]["finetune"]["prepared"]
