@@ -26,7 +26,7 @@ def test_an_unknown_suffix_or_option_is_one_clear_error():
         target_of_file("a.txt")
     with pytest.raises(UserError, match="the onnx target has no option weight_percentile"):
         get_target("onnx", weight_percentile=90)
-    assert get_target("lava", weight_percentile=90).settings == {"weight_percentile": 90, "seed": 0}
+    assert get_target("lava", weight_percentile=90).settings == {"weight_percentile": 90}
     assert LavaTarget().settings == LavaTarget.options
 
 
