@@ -12,6 +12,7 @@ from lasnn_deploy.exporters import TARGETS, RunResult, Target, export, get_targe
 from lasnn_deploy.exporters.lava import LavaTarget
 
 from lasnn_deploy.errors import UserError
+from lasnn_deploy.inputs import InputSpec, model_input
 
 
 @pytest.mark.parametrize(
@@ -44,14 +45,18 @@ class Toy(Target):
     def _export(self, student, path):
         self.calls.append("export")
         path.write_bytes(b"toy")
+        Toy.spec = InputSpec.of(student.config)  # what a real target reads back from its file's metadata
         return path
 
-    def _run(self, path, images, input_spikes):
-        return RunResult(logits=np.full((len(images), 2), self.settings["scale"]))
+    def _input_spec(self, path):
+        return Toy.spec
 
-    def _reference(self, student, images, input_spikes):
+    def _run(self, path, x):
+        return RunResult(logits=np.full((x.batch, 2), self.settings["scale"]))
+
+    def _reference(self, student, x):
         assert not torch.is_grad_enabled()
-        return RunResult(logits=np.full((len(images), 2), self.settings["scale"]))
+        return RunResult(logits=np.full((x.batch, 2), self.settings["scale"]))
 
 
 def test_a_new_target_is_one_class_and_one_registry_entry(monkeypatch, tmp_path, student):
@@ -60,9 +65,9 @@ def test_a_new_target_is_one_class_and_one_registry_entry(monkeypatch, tmp_path,
     assert export(student, "toy", tmp_path / "s.toy") == tmp_path / "s.toy"
     assert Toy.calls == ["check", "export"]  # the target's own check ran once, before its export
     assert target_of_file(tmp_path / "s.npy") == "toy"
-    images = torch.zeros(3, 1, 8, 8)
-    assert get_target("toy", scale=2.0).reference(student, images).logits.tolist() == [[2.0, 2.0]] * 3
-    assert get_target("toy").run(tmp_path / "s.toy", images).logits.shape == (3, 2)
+    x = model_input(student.config.encoding, student.config.timesteps, torch.zeros(3, 1, 8, 8))
+    assert get_target("toy", scale=2.0).reference(student, x).logits.tolist() == [[2.0, 2.0]] * 3
+    assert get_target("toy").run(tmp_path / "s.toy", x).logits.shape == (3, 2)
 
 
 def test_the_shared_checks_run_before_the_targets_own(monkeypatch, tmp_path, student):

@@ -20,6 +20,7 @@ from lasnn_deploy.exporters import RunResult, get_target
 from lasnn_deploy import export, import_nir, load_student
 from lasnn_deploy.data import first_samples, load_split
 from lasnn_deploy.errors import UserError
+from lasnn_deploy.inputs import model_input
 from lasnn_deploy.neurons import poisson_inputs
 from lasnn_deploy.nir_foreign import CONVENTIONS, student_from_any_nir
 from lasnn_deploy.student import Dropout, SpikingStudent
@@ -108,7 +109,7 @@ def test_foreign_export_imports_as_a_student_that_computes_what_the_library_does
     student = imported(library, f, tmp_path, capsys)
     assert_same(foreign, traced(student, images))
     onnx_file = export(student, "onnx", tmp_path / "run" / "student.onnx")
-    assert_same(foreign, get_target("onnx").run(onnx_file, images))
+    assert_same(foreign, get_target("onnx").run(onnx_file, model_input(student.config.encoding, T, images)))
 
 
 @needs("snntorch")
@@ -119,7 +120,7 @@ def test_lava_export_of_an_imported_snntorch_net_equals_snntorch(images, tmp_pat
     foreign = RunResult(*fn.simulate("snntorch", f, spikes_in))
     student = imported("snntorch", f, tmp_path, capsys, encoding="poisson")
     lava_file = export(student, "lava", tmp_path / "run" / "student.h5")
-    assert_same(foreign, get_target("lava").run(lava_file, input_spikes=spikes_in))
+    assert_same(foreign, get_target("lava").run(lava_file, model_input("poisson", T, input_spikes=spikes_in)))
     report = validate(student, lava_file, images)  # and `validate` takes the imported run as it is
     assert report["passed"]
 
