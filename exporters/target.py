@@ -11,6 +11,8 @@ target's own step). The public methods run the shared checks and call the target
 - ``run(path, images, input_spikes)``: ``_run`` runs the file in the target's own runtime
   (onnxruntime, a NIR importer, the Lava simulator) on images ``[B, C, H, W]`` (direct encoding)
   or input spikes ``[T, B, C, H, W]`` (Poisson).
+- ``run_stream(path, inputs)``: ``run`` on each ``ModelInput`` in turn, yielding each result; a
+  runtime that keeps its state across batches overrides it (Lava: one long simulator run).
 - ``reference(student, images, input_spikes)``: ``_reference``, what the target promises to
   reproduce, computed in PyTorch without gradients (the float student, or its Loihi-quantised mode).
 
@@ -20,6 +22,7 @@ and read by the target's steps from ``self.settings``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..inputs import ModelInput
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Target:
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]  # file suffixes this target writes and reads; the first is the default
     options: ClassVar[dict[str, Any]] = {}  # target-specific option -> default
+    chunk: ClassVar[int] = 256  # samples per batch when validate streams a data set through the runtime
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -80,6 +85,10 @@ class Target:
 
     def run(self, path: str | Path, images: Any = None, input_spikes: Any = None) -> RunResult:
         return self._run(Path(path), images, input_spikes)
+
+    def run_stream(self, path: str | Path, inputs: Iterable[ModelInput]) -> Iterator[RunResult]:
+        for given in inputs:
+            yield self.run(path, given.images, given.spikes)
 
     def reference(self, student: Any, images: Any = None, input_spikes: Any = None) -> RunResult:
         with torch.no_grad():
