@@ -35,6 +35,7 @@ per ``net.run``, so memory holds one chunk however many samples stream through.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -268,6 +269,11 @@ def _simulate(
 
     from .lava_stream import MODELS, BiasSource, SpikeSource, VoltageSink, WindowSink
 
+    drives = iter(drives)
+    first = next(drives, None)  # checked before the runtime starts: a runtime never run cannot be stopped
+    if first is None:
+        return
+    drives = itertools.chain([first], drives)
     # Every layer's window starts one step after its input's: the bias (direct) is written after
     # step b*T, the source's spikes (Poisson) reach the first LIF one step after they are sent.
     net = netx.hdf5.Network(net_config=str(path), reset_interval=T, reset_offset=1)

@@ -51,7 +51,7 @@ class Target:
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]  # file suffixes this target writes and reads; the first is the default
     options: ClassVar[dict[str, Any]] = {}  # target-specific option -> default
-    chunk: ClassVar[int] = 256  # samples per batch when validate streams a data set through the runtime
+    chunk: ClassVar[int] = 64  # samples per batch when validate streams a data set: sets its peak memory
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
