@@ -55,7 +55,11 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 def _samples(text: str) -> int | None:
     """argparse type of ``--samples``: an integer >= 1, or ``all`` (None: the whole test split)."""
-    return None if text == "all" else _int_at_least(1)(text)
+    if text == "all":
+        return None
+    if not text.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}")
+    return _int_at_least(1)(text)
 
 
 _samples.__name__ = "integer >= 1 or 'all'"

@@ -252,4 +252,4 @@ def test_validate_samples_all_runs_the_whole_test_split(capsys, monkeypatch, tmp
         assert code == 0 and report["samples"] == 21 and report["passed"], out
         assert "accuracy: runtime" in out and report["runtime_accuracy"] == report["reference_accuracy"]
     code, _, err = run_cli(capsys, "validate", tmp_path, path, "--samples", "some")
-    assert code == 2 and "integer >= 1 or 'all'" in err
+    assert code == 2 and "expected an integer or 'all', got 'some'" in err
