@@ -7,7 +7,7 @@ UV := .tools/bin/uv
 endif
 PYTEST_ARGS ?=
 
-.PHONY: install spyx demo test test-fast lint bench clean
+.PHONY: install spyx demo test test-fast lint typecheck bench clean
 
 install: .venv/.synced spyx
 
@@ -36,13 +36,17 @@ test: install
 test-fast: install
 	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# ruff, configured in pyproject.toml; .ci/run runs it after the tests.
-lint: install
+# ruff and mypy, configured in pyproject.toml; .ci/run runs them before the tests.
+lint: install typecheck
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+
+# mypy over the package as installed (lasnn_deploy, exporters/, hw_targets/): .ci/typecheck.
+typecheck: install
+	.ci/typecheck
 
 bench: install
 	.venv/bin/python bench/train_throughput.py
 
 clean:
-	rm -rf .venv .venv-spyx .tools runs
+	rm -rf .venv .venv-spyx .tools runs .mypy_cache

@@ -35,7 +35,7 @@ import torch
 from lasnn_deploy import UserError, export, load_student
 from lasnn_deploy.atomic import write_text
 from lasnn_deploy.data import DATASETS, first_samples, load_split
-from lasnn_deploy.neurons import poisson_inputs
+from lasnn_deploy.inputs import model_input
 from lasnn_deploy.student import check_images
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,9 +44,9 @@ BATCHES = (1, 64)
 
 def variants(student, session: ort.InferenceSession, x: torch.Tensor) -> dict:
     """The three ways to get logits for images ``x``, as zero-argument callables."""
-    spikes = poisson_inputs(x, student.config.timesteps, seed=0) if student.config.encoding == "poisson" else None
+    given = model_input(student.config.encoding, student.config.timesteps, x, seed=0)
+    images, spikes = given.images, given.spikes
     feed = {"image": x.numpy()} if spikes is None else {"spikes": spikes.numpy()}
-    images = None if spikes is not None else x
 
     def torch_run(exact: bool):
         with torch.inference_mode():

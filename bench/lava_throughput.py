@@ -28,18 +28,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from lasnn_deploy.exporters import lava
+from lasnn_deploy.exporters.lava import LavaTarget
 
 from lasnn_deploy import export, load_student
 from lasnn_deploy.atomic import write_text
 from lasnn_deploy.data import DATASETS, first_samples, load_split
+from lasnn_deploy.inputs import model_input
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
 def baseline_runner(rev: str):
-    """``run`` of ``exporters/lava.py`` at git revision ``rev``, loaded beside today's modules."""
+    """``_run(path, images)`` of ``exporters/lava.py`` at git revision ``rev`` (one sample per ``net.run``),
+    loaded beside today's modules."""
     source = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{rev}:exporters/lava.py"], capture_output=True, text=True, check=True
     ).stdout
@@ -50,7 +52,7 @@ def baseline_runner(rev: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)  # its relative imports resolve inside lasnn_deploy.exporters
-    return module.run
+    return module._run
 
 
 def timed(run, path: Path, images, reference) -> float:
@@ -81,8 +83,12 @@ def main() -> None:
     images, _ = first_samples(load_split(args.dataset, args.data_dir, "test"), many)
     with tempfile.TemporaryDirectory() as tmp:
         path = export(student, "lava", Path(tmp) / "student.h5")
-        reference = lava.reference(student, images)
-        runners = {"baseline": baseline_runner(args.baseline), "current": lava.run}
+        target, cfg = LavaTarget(), student.config
+        reference = target.reference(student, model_input(cfg.encoding, cfg.timesteps, images))
+        runners = {
+            "baseline": baseline_runner(args.baseline),
+            "current": lambda path, x: target.run(path, model_input(cfg.encoding, cfg.timesteps, x)),
+        }
         seconds = {name: {} for name in runners}
         for n in (few, many):
             for name, run in runners.items():

@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import foreign_nets as fn  # noqa: E402
-from lasnn_deploy.exporters import RunResult, target_module  # noqa: E402
+from lasnn_deploy.exporters import RunResult, get_target  # noqa: E402
 
 from lasnn_deploy import export, import_nir, load_student  # noqa: E402
 from lasnn_deploy.atomic import write_text  # noqa: E402
 from lasnn_deploy.data import first_samples, load_split  # noqa: E402
-from lasnn_deploy.neurons import poisson_inputs  # noqa: E402
+from lasnn_deploy.inputs import model_input  # noqa: E402
 from lasnn_deploy.validation import compare  # noqa: E402
 
 
@@ -41,9 +41,8 @@ def measure(library: str, kind: str, images: torch.Tensor, timesteps: int, folde
     """
     f = fn.build(library, kind)
     encoding = "poisson" if kind == "int" else "direct"
-    spikes_in = poisson_inputs(images, timesteps, seed=0) if kind == "int" else None
-    steps = spikes_in if kind == "int" else images.unsqueeze(0).expand(timesteps, *images.shape)
-    x = None if kind == "int" else images
+    given = model_input(encoding, timesteps, images, seed=0)
+    x, spikes_in, steps = given.images, given.spikes, given.steps(timesteps)
     logits, spikes = fn.simulate(library, f, steps)
     source = f.graph
     if library != "norse":
@@ -66,10 +65,10 @@ def measure(library: str, kind: str, images: torch.Tensor, timesteps: int, folde
     row["student"] = compare(foreign, RunResult(trace.logits.numpy(), [s.numpy() for s in trace.spikes], names))
     for target, suffix in (("onnx", ".onnx"), ("lava", ".h5")):
         path = export(student, target, run / f"student{suffix}")
-        module = target_module(target)
-        result = module.run(path, x, spikes_in)
+        module = get_target(target)
+        result = module.run(path, given)
         row[target] = compare(foreign, result)
-        row[f"{target}_validate"] = compare(module.reference(student, x, spikes_in), result)  # what validate checks
+        row[f"{target}_validate"] = compare(module.reference(student, given), result)  # what validate checks
     return row
 
 

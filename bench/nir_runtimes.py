@@ -5,7 +5,7 @@
 
 For every leak (the trained one, or a given value set on a copy) and encoding (the student's
 weights run with direct or Poisson input), writes each runtime's flavour
-(``exporters.nir_runtimes.export``; ``NAME:plain`` in ``--runtimes``: the plain file) into ``--out``
+(``NirTarget(runtime=NAME)``, as ``export --nir-for NAME``; ``NAME:plain`` in ``--runtimes``: the plain file) into ``--out``
 and validates it on the first ``--samples`` MNIST test images
 with ``lasnn_deploy.validate`` (the same as ``lasnn-deploy validate --runtime``).
 Prints one markdown row per file as it finishes, and the reports as JSON lines into ``--out``.
@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from lasnn_deploy.exporters import nir as nir_target
 from lasnn_deploy.exporters import nir_runtimes
+from lasnn_deploy.exporters.nir import NirTarget
 
 from lasnn_deploy.data import first_samples, load_split
+from lasnn_deploy.inputs import model_input
 from lasnn_deploy.student import load_student
 from lasnn_deploy.validation import validate
 
@@ -57,7 +58,7 @@ def main() -> None:
             for name in args.runtimes.split(","):
                 runtime, _, plain = name.partition(":")
                 path = args.out / f"{runtime}{'-plain' if plain else ''}-{leak}-{encoding}.nir"
-                path = nir_target.export(student, path) if plain else nir_runtimes.export(student, path, runtime)
+                path = NirTarget(runtime=None if plain else runtime).export(student, path)
                 start = time.perf_counter()
                 report = validate(student, path, images, labels, runtime=runtime)
                 seconds = time.perf_counter() - start
@@ -81,15 +82,9 @@ def main() -> None:
 
 def per_step(student, path: Path, runtime: str, images: torch.Tensor) -> None:
     """Spike agreement at each step (all LIF layers) and spike totals, on one chunk of the inputs."""
-    from lasnn_deploy.exporters.nir import NirTarget
-
-    from lasnn_deploy.neurons import poisson_inputs
-
     target = NirTarget.for_file(path, runtime=runtime)
-    x = images[:256]
-    spikes = poisson_inputs(x, student.config.timesteps, 0, 0) if student.config.encoding == "poisson" else None
-    reference = target.reference(student, None if spikes is not None else x, spikes)
-    result = target.run(path, None if spikes is not None else x, spikes)
+    given = model_input(student.config.encoding, student.config.timesteps, images[:256], seed=0)
+    reference, result = target.reference(student, given), target.run(path, given)
     T = reference.spikes[0].shape[0]
     equal = [
         sum(float((r[t] == g[t]).sum()) for r, g in zip(reference.spikes, result.spikes, strict=True)) for t in range(T)

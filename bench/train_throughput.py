@@ -324,14 +324,14 @@ def bench_distillation(args, device: torch.device, deadline: float) -> dict:
 def bench_inference(args, deadline: float) -> dict:
     """Per-sample inference of the exported ONNX file (onnxruntime, CPU) and of PyTorch eager (CPU)."""
     import onnxruntime as ort
-    from lasnn_deploy.exporters import onnx as onnx_target
+    from lasnn_deploy.exporters.onnx import OnnxTarget
 
     student = build_variants(vgg5(8, args.width), torch.device("cpu"))["ours"].eval()
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
     result: dict = {"timesteps": 8, "device": "cpu", "exporter": "lasnn_deploy.exporters.onnx"}
     with tempfile.TemporaryDirectory() as tmp:
-        path = onnx_target.export(student, Path(tmp) / "student.onnx")
+        path = OnnxTarget().export(student, Path(tmp) / "student.onnx")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(3)
     for i, batch in enumerate((1, args.batch)):

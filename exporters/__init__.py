@@ -1,9 +1,9 @@
 """Export targets (installed as ``lasnn_deploy.exporters``; see docs/architecture.md).
 
 Each target is a ``Target`` subclass (``target.py``) in its own module, registered below by name.
-Adding a target is one module plus one line in ``TARGETS``. ``export`` and ``validate`` treat
-every target alike through ``get_target``; each module's ``check``/``export``/``run``/``reference``
-are the methods of its target with default options.
+Adding a target is one module plus one line in ``TARGETS``. ``export``, ``validate``, the CLI and
+the demo treat every target alike through ``get_target`` and ``target_of_file``; a target is used
+through its methods (``OnnxTarget().run(path, x)``), there are no module-level shortcuts.
 """
 
 from __future__ import annotations

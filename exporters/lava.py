@@ -45,8 +45,9 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..inputs import ModelInput, model_input
+from ..inputs import InputSpec, ModelInput
 from ..loihi_quant import LoihiNet, QuantLayer, host_bias, quantise, readout_logits, run_quantised
+from ..neurons import Encoding
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent
 from .target import RunResult, Target
 
@@ -100,7 +101,7 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
     f.attrs.update(
         format=FORMAT,
         timesteps=net.timesteps,
-        encoding=net.encoding,
+        encoding=Encoding(net.encoding).value,
         input_shape=net.input_shape,
         num_classes=net.num_classes,
         v_decay=net.v_decay,
@@ -111,9 +112,9 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
         output_scale=net.output_scale,
     )
     layers = f.create_group("layer")
-    blocks = []  # (type, layer or None)
+    blocks: list[tuple[str, QuantLayer | None]] = []  # (type, layer or None)
     on_chip = net.layers
-    if net.encoding == "direct":
+    if net.encoding == Encoding.DIRECT:
         host, on_chip = net.layers[0], net.layers[1:]
         h = f.create_group("host")
         h.create_dataset("weight", data=host.weight)
@@ -133,7 +134,7 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
         blocks.append(("conv" if q.kind == "conv" else "dense", q))
     g = layers.create_group("0")
     _str(g, "type", "input")
-    if net.encoding == "direct":
+    if net.encoding == Encoding.DIRECT:
         g.create_dataset("shape", data=np.array(net.layers[0].out_shape))
         _neuron(g, net.v_decay, net.layers[0].v_th)
     else:
@@ -184,47 +185,38 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
-def _run(
-    path: Path, images: torch.Tensor | None = None, input_spikes: torch.Tensor | None = None, seed: int = 0
-) -> RunResult:
-    """Run the netx file in Lava's fixed-point simulator on ``images`` (direct) or ``input_spikes`` (Poisson).
+def _input_spec(path: Path) -> InputSpec:
+    meta = read_metadata(path)
+    return InputSpec(Encoding(meta["encoding"]), int(meta["timesteps"]), tuple(meta["input_shape"]))
+
+
+def _run(path: Path, given: ModelInput) -> RunResult:
+    """Run the netx file in Lava's fixed-point simulator on a checked input: the images (direct) or spikes (Poisson).
 
     Spikes come back as ``[T, B, ...]`` per LIF layer in torch's layout, logits as ``[B, K]``.
     """
-    meta = read_metadata(path)
-    given = model_input(meta["encoding"], int(meta["timesteps"]), images, input_spikes, seed=seed)
     return _concat(list(_run_stream(path, [given])))
 
 
 def _run_stream(path: Path, inputs: Iterable[ModelInput], chunk: int = CHUNK) -> Iterator[RunResult]:
-    """Run every input, in order, through ONE long Lava run; yield each input's ``RunResult`` as it completes.
+    """Run every checked input, in order, through ONE long Lava run; yield each input's ``RunResult`` as it completes.
 
     The network is built and compiled once; the samples follow each other at intervals of T steps
     (module docstring). Memory holds one chunk of ``chunk`` samples, however many are streamed.
     """
     meta = read_metadata(path)
-    T, direct, shape = int(meta["timesteps"]), meta["encoding"] == "direct", tuple(meta["input_shape"])
-    host = None
+    T, direct = int(meta["timesteps"]), meta["encoding"] == Encoding.DIRECT
+    host: QuantLayer | None = None
     if direct:
         with h5py.File(path, "r") as f:
             host = _host_layer(f)
 
     def drives() -> Iterator[np.ndarray]:
         for given in inputs:
-            if direct:
-                images = given.image()
-                if tuple(images.shape[1:]) != shape:
-                    raise UserError(
-                        f"{path} expects images [B, {', '.join(map(str, shape))}], got {list(images.shape)}"
-                    )
-                yield host_bias(host, images).numpy()  # [B, ...] bias mantissas
+            if host is not None:
+                yield host_bias(host, given.image()).numpy()  # [B, ...] bias mantissas
             else:
-                spikes = _numpy(given.spikes)
-                if spikes.shape[0] != T or spikes.shape[2:] != shape:
-                    raise UserError(
-                        f"{path} expects input spikes [{T}, B, {', '.join(map(str, shape))}], got {list(spikes.shape)}"
-                    )
-                yield np.moveaxis(spikes, 0, -1)  # [B, ..., T]
+                yield np.moveaxis(_numpy(given.steps(T)), 0, -1)  # [B, ..., T]
 
     names, scale = list(meta["lif_layers"]), float(meta["output_scale"])
     for voltages, spikes in _simulate(Path(path), drives(), T, direct, chunk):
@@ -235,9 +227,13 @@ def _concat(results: list[RunResult]) -> RunResult:
     """One ``RunResult`` of consecutive batches (samples on axis 0 of logits, axis 1 of spikes)."""
     if len(results) == 1:
         return results[0]
+    spikes = None
+    if all(r.spikes is not None for r in results):
+        layers = zip(*(r.spikes or [] for r in results), strict=True)
+        spikes = [np.concatenate(layer, axis=1) for layer in layers]
     return RunResult(
         logits=np.concatenate([r.logits for r in results]),
-        spikes=[np.concatenate(layer, axis=1) for layer in zip(*(r.spikes for r in results), strict=True)],
+        spikes=spikes,
         layer_names=results[0].layer_names,
     )
 
@@ -352,16 +348,10 @@ def _simulate(
         net.stop()
 
 
-def _reference(
-    student: SpikingStudent,
-    images: torch.Tensor | None = None,
-    input_spikes: torch.Tensor | None = None,
-    weight_percentile: float = 100.0,
-    seed: int = 0,
-) -> RunResult:
+def _reference(student: SpikingStudent, given: ModelInput, weight_percentile: float = 100.0) -> RunResult:
     """What the Lava run must reproduce: the student's Loihi-quantised mode, in PyTorch."""
     net = _quantised(student, weight_percentile)
-    trace = run_quantised(net, images, input_spikes=input_spikes, seed=seed)
+    trace = run_quantised(net, given.images, input_spikes=given.spikes)
     return RunResult(
         logits=trace.logits.numpy(),
         spikes=[s.numpy().astype(np.float32) for s in trace.spikes],
@@ -372,13 +362,13 @@ def _reference(
 class LavaTarget(Target):
     """The Loihi-quantised student as a lava-dl netx HDF5 file, run in Lava's fixed-point simulator; spike-exact.
 
-    Options: ``weight_percentile`` (of the weights that set each layer's 8-bit scale, 100: the
-    largest) and ``seed`` (of the Poisson spikes drawn when only images are given).
+    Option ``weight_percentile``: of the weights that set each layer's 8-bit scale (100: the largest).
     """
 
     name, suffixes = "lava", (".h5", ".hdf5", ".net")
+    options = {"weight_percentile": 100.0}
+    quick_samples = 128  # one long Lava run: the network compiles once, then each sample costs little
     chunk = CHUNK
-    options = {"weight_percentile": 100.0, "seed": 0}
 
     def _check(self, student: SpikingStudent) -> None:
         _check(student, self.settings["weight_percentile"])
@@ -386,18 +376,18 @@ class LavaTarget(Target):
     def _export(self, student: SpikingStudent, path: Path) -> Path:
         return _export(student, path, self.settings["weight_percentile"])
 
-    def _run(self, path: Path, images: torch.Tensor | None, input_spikes: torch.Tensor | None) -> RunResult:
-        return _run(path, images, input_spikes, self.settings["seed"])
+    def _input_spec(self, path: Path) -> InputSpec:
+        return _input_spec(path)
+
+    def _run(self, path: Path, x: ModelInput) -> RunResult:
+        return _run(path, x)
 
     def run_stream(self, path: str | Path, inputs: Iterable[ModelInput]) -> Iterator[RunResult]:
-        """All ``inputs`` through one long Lava run (compiled once), each one's result as it completes."""
-        return _run_stream(Path(path), inputs, self.chunk)
+        """All ``inputs``, each checked like ``run``'s, through one long Lava run (compiled once),
+        each one's result as it completes."""
+        path = Path(path)
+        spec = self._input_spec(path)
+        return _run_stream(path, (spec.check(given, path) for given in inputs), self.chunk)
 
-    def _reference(
-        self, student: SpikingStudent, images: torch.Tensor | None, input_spikes: torch.Tensor | None
-    ) -> RunResult:
-        return _reference(student, images, input_spikes, self.settings["weight_percentile"], self.settings["seed"])
-
-
-TARGET = LavaTarget()
-check, export, run, reference = TARGET.check, TARGET.export, TARGET.run, TARGET.reference
+    def _reference(self, student: SpikingStudent, x: ModelInput) -> RunResult:
+        return _reference(student, x, self.settings["weight_percentile"])

@@ -54,12 +54,13 @@ class PySpikeSourceModel(PyLoihiProcessModel):
     def __init__(self, proc_params: dict) -> None:
         super().__init__(proc_params)
         self.T = proc_params["timesteps"]
-        self.window = None
+        self.window: np.ndarray | None = None
 
     def run_spk(self) -> None:
         t = (self.time_step - 1) % self.T
         if t == 0:
             self.window = self.host.recv()
+        assert self.window is not None  # received at the first step of every window
         self.s_out.send(self.window[..., t])
 
 

@@ -50,8 +50,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..atomic import atomic_path
 from ..errors import UserError
-from ..inputs import model_input
+from ..inputs import InputSpec, ModelInput
 from ..modes import eval_mode
+from ..neurons import Encoding
 from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, table_entry
 from .target import RunResult, Target
 
@@ -159,7 +160,7 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
     thresholds = student.thresholds.detach().cpu().float().numpy()
     shapes = cfg.shapes()
 
-    if cfg.encoding == "direct":
+    if cfg.encoding is Encoding.DIRECT:
         inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [BATCH, *cfg.input_shape])]
         h, static = "image", True
     else:
@@ -211,7 +212,7 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
             "format": FORMAT,
             "currents": CURRENTS,
             "timesteps": str(T),
-            "encoding": cfg.encoding,
+            "encoding": cfg.encoding.value,
             "reset": cfg.reset,
             "input_shape": json.dumps(list(cfg.input_shape)),
             "num_classes": str(cfg.num_classes),
@@ -335,33 +336,19 @@ def _numpy(x) -> np.ndarray:
     return (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)).astype(np.float32, copy=False)
 
 
-def _feed(meta: dict[str, str], images, input_spikes, path: Path) -> tuple[str, np.ndarray]:
-    """The graph input for these inputs, after checking them against the file's metadata."""
-    T, shape = int(meta["timesteps"]), tuple(json.loads(meta["input_shape"]))
-    dims = ", ".join(map(str, shape))
-    if meta["encoding"] == "direct":
-        if images is None:
-            raise UserError(f"{path} uses direct encoding and needs images [B, {dims}], got none")
-        x = _numpy(images)
-        if x.ndim != 4 or x.shape[1:] != shape or len(x) == 0:
-            raise UserError(
-                f"{path} was exported for images [B, {dims}], got {list(x.shape)}; export the student trained on this data"
-            )
-        return "image", x
-    if input_spikes is None and images is None:
-        raise UserError(f"{path} uses Poisson encoding and needs input spikes [T, B, C, H, W] or images, got neither")
-    x = _numpy(
-        model_input("poisson", T, None if images is None else torch.as_tensor(_numpy(images)), input_spikes).spikes
-    )
-    if x.ndim != 5 or x.shape[0] != T or x.shape[2:] != shape or x.shape[1] == 0:
-        raise UserError(
-            f"{path} was exported for input spikes [{T}, B, {dims}], got {list(x.shape)}; "
-            f"encode with {T} time steps and this student's input shape"
-        )
-    return "spikes", x
+def _feed(meta: dict[str, str], x: ModelInput) -> tuple[str, np.ndarray]:
+    """The graph input for an input ``Target.run`` checked against the file: the image (direct), else the spikes."""
+    if meta["encoding"] == Encoding.DIRECT:
+        return "image", _numpy(x.image())
+    return "spikes", _numpy(x.steps(int(meta["timesteps"])))
 
 
-def _run(path: Path, images=None, input_spikes=None) -> RunResult:
+def _input_spec(path: Path) -> InputSpec:
+    meta = _load(path)[1]
+    return InputSpec(Encoding(meta["encoding"]), int(meta["timesteps"]), tuple(json.loads(meta["input_shape"])))
+
+
+def _run(path: Path, x: ModelInput) -> RunResult:
     """Run the file in onnxruntime (CPU, default optimisations) and return logits and the spikes of every LIF layer.
 
     The spike tensors are internal values of the graph; they are made outputs of an in-memory copy
@@ -371,7 +358,7 @@ def _run(path: Path, images=None, input_spikes=None) -> RunResult:
     import onnxruntime as ort
 
     model, meta = _load(path)
-    name, x = _feed(meta, images, input_spikes, path)
+    name, feed = _feed(meta, x)
     names = json.loads(meta["layer_names"])
     taps = [f"lif{k}_spikes" for k in range(len(names))]
     for tap in taps:
@@ -382,8 +369,8 @@ def _run(path: Path, images=None, input_spikes=None) -> RunResult:
     chunks = []
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        for start in range(0, x.shape[batch_axis], RUN_CHUNK):
-            part = x[start : start + RUN_CHUNK] if batch_axis == 0 else x[:, start : start + RUN_CHUNK]
+        for start in range(0, feed.shape[batch_axis], RUN_CHUNK):
+            part = feed[start : start + RUN_CHUNK] if batch_axis == 0 else feed[:, start : start + RUN_CHUNK]
             logits, *spikes = session.run(["logits", *taps], {name: part})
             chunks.append((logits, [s.reshape(T, len(logits), *s.shape[1:]) for s in spikes]))
     except Exception as err:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
@@ -395,16 +382,13 @@ def _run(path: Path, images=None, input_spikes=None) -> RunResult:
     )
 
 
-def _reference(student: SpikingStudent, images=None, input_spikes=None) -> RunResult:
+def _reference(student: SpikingStudent, given: ModelInput) -> RunResult:
     """The PyTorch student on the same inputs in its exact mode (what the ONNX file reproduces bit for bit).
 
     ``exact=True`` computes the currents in float64 and rounds them once, like the graph. Samples
-    go through in chunks of ``RUN_CHUNK`` (float64 currents take twice the memory of float32);
-    Poisson images are encoded once for all samples first, by ``inputs.model_input`` (seed 0).
+    go through in chunks of ``RUN_CHUNK`` (float64 currents take twice the memory of float32).
     """
     dtype = student.leak.dtype  # float32; float64 for a student converted with .double()
-    cfg = student.config
-    given = model_input(cfg.encoding, cfg.timesteps, None if images is None else torch.as_tensor(images), input_spikes)
     input_spikes = given.spikes
     x = torch.as_tensor(input_spikes if input_spikes is not None else given.images, dtype=dtype)
     batch_axis = 0 if input_spikes is None else 1
@@ -426,8 +410,18 @@ class OnnxTarget(Target):
     """The student unrolled over T in one ONNX graph, run in onnxruntime; bit-exact against ``run(exact=True)``."""
 
     name, suffixes = "onnx", (".onnx",)
-    _check, _export, _run, _reference = map(staticmethod, (_check, _export, _run, _reference))
 
+    def _check(self, student: SpikingStudent) -> None:
+        _check(student)
 
-TARGET = OnnxTarget()
-check, export, run, reference = TARGET.check, TARGET.export, TARGET.run, TARGET.reference
+    def _export(self, student: SpikingStudent, path: Path) -> Path:
+        return _export(student, path)
+
+    def _input_spec(self, path: Path) -> InputSpec:
+        return _input_spec(path)
+
+    def _run(self, path: Path, x: ModelInput) -> RunResult:
+        return _run(path, x)
+
+    def _reference(self, student: SpikingStudent, x: ModelInput) -> RunResult:
+        return _reference(student, x)

@@ -8,13 +8,18 @@ target's own step). The public methods run the shared checks and call the target
   ``_check``: raise ``UserError`` naming the layer when the target cannot express the student.
 - ``export(student, path)``: the path ends in one of ``suffixes`` and is not a folder, then
   ``check``, then ``_export`` writes one self-contained file atomically.
-- ``run(path, images, input_spikes)``: ``_run`` runs the file in the target's own runtime
-  (onnxruntime, a NIR importer, the Lava simulator) on images ``[B, C, H, W]`` (direct encoding)
-  or input spikes ``[T, B, C, H, W]`` (Poisson).
+- ``run(path, x)``: the ``ModelInput`` ``x`` (``inputs.model_input``) is checked against what the
+  file was exported for (``_input_spec``: encoding, T, image shape), then ``_run`` runs the file in
+  the target's own runtime (onnxruntime, a NIR importer, the Lava simulator) on it.
 - ``run_stream(path, inputs)``: ``run`` on each ``ModelInput`` in turn, yielding each result; a
   runtime that keeps its state across batches overrides it (Lava: one long simulator run).
-- ``reference(student, images, input_spikes)``: ``_reference``, what the target promises to
-  reproduce, computed in PyTorch without gradients (the float student, or its Loihi-quantised mode).
+- ``reference(student, x)``: ``x`` checked against the student's config, then ``_reference``, what
+  the target promises to reproduce, computed in PyTorch without gradients (the float student, or
+  its Loihi-quantised mode).
+- ``trace_layout(path)``: the file's time step and the name of its node per LIF layer, for the golden
+  trace ``validate --trace`` writes (by default: steps, the layers' own names).
+
+The steps get a checked input: images (direct encoding only) or spikes, as tensors.
 
 Target-specific settings are declared in ``options`` (name -> default), given to the constructor
 and read by the target's steps from ``self.settings``.
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..inputs import ModelInput
+from ..inputs import InputSpec, ModelInput
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Target:
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]  # file suffixes this target writes and reads; the first is the default
     options: ClassVar[dict[str, Any]] = {}  # target-specific option -> default
+    quick_samples: ClassVar[int] = 360  # samples a quick check (the demo) validates; fewer for a slow runtime
     chunk: ClassVar[int] = 64  # samples per batch when validate streams a data set: sets its peak memory
 
     def __init__(self, **options: Any):
@@ -83,16 +89,23 @@ class Target:
         self.check(student)
         return self._export(student, path)
 
-    def run(self, path: str | Path, images: Any = None, input_spikes: Any = None) -> RunResult:
-        return self._run(Path(path), images, input_spikes)
+    def run(self, path: str | Path, x: ModelInput) -> RunResult:
+        path = Path(path)
+        return self._run(path, self._input_spec(path).check(x, path))
 
     def run_stream(self, path: str | Path, inputs: Iterable[ModelInput]) -> Iterator[RunResult]:
+        """``run`` on each input in turn; a runtime that keeps its state across batches overrides it."""
         for given in inputs:
-            yield self.run(path, given.images, given.spikes)
+            yield self.run(path, given)
 
-    def reference(self, student: Any, images: Any = None, input_spikes: Any = None) -> RunResult:
+    def reference(self, student: Any, x: ModelInput) -> RunResult:
+        checked = InputSpec.of(student.config).check(x, f"the {student.config.arch} student")
         with torch.no_grad():
-            return self._reference(student, images, input_spikes)
+            return self._reference(student, checked)
+
+    def trace_layout(self, path: str | Path) -> tuple[float, dict[str, str]]:
+        """The file's time step (1: in steps) and, per reference layer, the name of its node in the file."""
+        return 1.0, {}
 
     # -- each target's own steps -----------------------------------------------------------------
     def _check(self, student: Any) -> None:
@@ -101,8 +114,12 @@ class Target:
     def _export(self, student: Any, path: Path) -> Path:
         raise NotImplementedError
 
-    def _run(self, path: Path, images: Any, input_spikes: Any) -> RunResult:
+    def _input_spec(self, path: Path) -> InputSpec:
+        """What the file at ``path`` was exported for, from its metadata (``UserError`` for a foreign file)."""
         raise NotImplementedError
 
-    def _reference(self, student: Any, images: Any, input_spikes: Any) -> RunResult:
+    def _run(self, path: Path, x: ModelInput) -> RunResult:
+        raise NotImplementedError
+
+    def _reference(self, student: Any, x: ModelInput) -> RunResult:
         raise NotImplementedError

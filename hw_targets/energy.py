@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..inputs import model_input
+from ..inputs import batches
 from ..modes import eval_mode
+from ..neurons import Encoding
 from ..student import SpikingStudent, Trace, deployed_layers
 from .counting import LayerCounts, concat_counts, count_events
 from .profile import Profile
@@ -49,12 +50,14 @@ def run_and_count(
 
     Each observer (e.g. ``traffic.TrafficCounter.add``) also sees every batch's trace and images."""
     layers = deployed_layers(student)
-    poisson = student.config.encoding == "poisson"
+    poisson = student.config.encoding == Encoding.POISSON
     parts, predictions, entering = [], [], []
     with eval_mode(student):
-        for start in tqdm(range(0, len(images), batch_size), desc="energy", unit="batch", disable=not progress):
-            x = images[start : start + batch_size]
-            given = model_input(student.config.encoding, timesteps, x, seed=seed, first_index=start)
+        source = batches(student.config.encoding, timesteps, images.split(batch_size), seed=seed)
+        for batch in tqdm(
+            source, total=-(-len(images) // batch_size), desc="energy", unit="batch", disable=not progress
+        ):
+            given, x = batch.input, batch.images
             trace = student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
             if poisson:
                 entering.append(

@@ -12,6 +12,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
 from .energy import CATEGORIES  # noqa: E402
@@ -106,10 +107,36 @@ def write_plots(reports: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     return paths
 
 
-def pareto_plot(result: dict[str, Any], path: Path) -> None:
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both lower energy and higher accuracy, by energy."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _series_labels(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], str]:
+    """One legend label per network (its method and runs): the method, with the runs' folder names
+    where two networks share a method."""
+    series = list(dict.fromkeys((r["method"], *r["runs"]) for r in rows))
+    methods = [key[0] for key in series]
+    return {
+        key: key[0] if methods.count(key[0]) == 1 else f"{key[0]} ({', '.join(Path(r).name for r in key[1:])})"
+        for key in series
+    }
+
+
+def pareto_plot(result: dict[str, Any], path: Path) -> plt.Figure:
     """Accuracy against energy per inference (dynamic + static where known), one panel per profile
-    with known energy, one marker per method, each point labelled with its T, the Pareto front drawn."""
-    from .tradeoff import pareto_front
+    with known energy, the Pareto front drawn; return the figure (written to ``path``, closed).
+
+    No text sits among the points: a colour (and line) per network, a marker shape per T, both
+    named in one legend beside the panels. Markers are hollow and smaller for each later network, so
+    points that coincide (several methods at one T) stay visible as concentric rings.
+    """
 
     def energy(row: dict[str, Any], name: str) -> float | None:
         e = row["energy"][name]
@@ -117,32 +144,39 @@ def pareto_plot(result: dict[str, Any], path: Path) -> None:
 
     names = [n for n in result["hardware"] if all(energy(r, n) is not None for r in result["rows"])]
     names = names or result["hardware"][:1]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
-    methods = sorted({r["method"] for r in result["rows"]})
+    labels = _series_labels(result["rows"])
+    colours = dict(zip(labels, itertools.cycle(plt.get_cmap("tab10").colors)))
+    sizes = {key: max(4.0, 14.0 - 3.5 * i) for i, key in enumerate(labels)}
+    shapes = dict(zip(result["timesteps"], itertools.cycle("osD^v<>p")))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names) + 1.8, 3.8), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         rows = [r for r in result["rows"] if energy(r, name) is not None]
-        for marker, method in zip(itertools.cycle("os^Dv<>p"), methods):
-            mine = [r for r in rows if r["method"] == method]
-            ax.plot([energy(r, name) for r in mine], [r["accuracy"] for r in mine], marker, label=method)
+        for key in labels:
+            mine = sorted((r for r in rows if (r["method"], *r["runs"]) == key), key=lambda r: r["timesteps"])
+            ax.plot([energy(r, name) for r in mine], [r["accuracy"] for r in mine], "-", color=colours[key], lw=0.8)
             for r in mine:
-                ax.annotate(
-                    f"T={r['timesteps']}",
-                    (energy(r, name), r["accuracy"]),
-                    fontsize="x-small",
-                    xytext=(3, 3),
-                    textcoords="offset points",
+                ax.plot(
+                    energy(r, name),
+                    r["accuracy"],
+                    shapes[r["timesteps"]],
+                    markersize=sizes[key],
+                    markerfacecolor="none",
+                    markeredgecolor=colours[key],
+                    markeredgewidth=1.5,
                 )
         points = [(energy(r, name), r["accuracy"]) for r in rows]
         front = [points[i] for i in pareto_front(points)]
         if front:
-            ax.step(
-                [p[0] for p in front], [p[1] for p in front], "k--", where="post", linewidth=0.8, label="Pareto front"
-            )
+            ax.step([p[0] for p in front], [p[1] for p in front], "k--", where="post", linewidth=0.8)
         ax.set_xscale("log")
         static = rows and rows[0]["energy"][name]["static_energy_j"] is not None
         ax.set_xlabel("energy per inference (J)" + (", dynamic + static" if static else ""))
         ax.set_ylabel("accuracy")
         ax.set_title(name)
-    axes[0][0].legend(fontsize="small")
+    handles = [Line2D([], [], color=colours[k], lw=2) for k in labels] + [Line2D([], [], color="k", ls="--", lw=0.8)]
+    handles += [Line2D([], [], ls="", marker=shapes[T], color="0.3", markerfacecolor="none") for T in shapes]
+    entries = [*labels.values(), "Pareto front", *(f"T = {T}" for T in shapes)]
+    axes[0][-1].legend(handles, entries, loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize="small")
     fig.suptitle(f"Accuracy against energy ({result['samples']} samples)")
     _save(fig, path)
+    return fig

@@ -2,7 +2,8 @@
 
 One profile gives the contract's form (``hardware``, ``timesteps``, ``samples``, ``layers``,
 ``total_energy_j``, ``ann_macs``, ``ann_energy_j``, ``profile`` and, for constrained hardware,
-``cores``, ``chips``, ``violations``). ``hw="all"`` gives every shipped profile side by side::
+``cores``, ``chips``, ``violations``). Several profiles (``hw="all"``, every shipped one, or a
+comma-separated list, ``parse_hw``) give them side by side::
 
     {"hardware": ["cmos45", "loihi", ...], "timesteps": T, "samples": N, "reports": {"loihi": <one profile's form>, ...}}
 
@@ -42,10 +43,34 @@ def _stat(values: np.ndarray) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def _resolve_profiles(hw: str | os.PathLike) -> list[Profile]:
-    if str(hw) == "all":
+HW = str | os.PathLike | Sequence[str | os.PathLike | Profile]
+
+
+def parse_hw(hw: HW) -> list[Profile]:
+    """The profiles ``hw`` names, in its order: the one ``--hw`` grammar of ``energy`` and ``tradeoff``.
+
+    ``"all"`` (every shipped profile, alone), or shipped profile names and ``.toml`` paths separated
+    by commas (``"loihi_calibrated,cmos45"``), or a list of them (or of loaded profiles). An empty
+    item, ``all`` beside others, an unknown name or a profile named twice is refused in one line.
+    """
+    if isinstance(hw, (str, os.PathLike)):
+        text = str(hw)
+        items: list[str | Profile] = [item.strip() for item in text.split(",")]
+    else:
+        items = [h if isinstance(h, Profile) else str(h).strip() for h in hw]
+        text = ",".join(h.name if isinstance(h, Profile) else h for h in items)
+    if items == ["all"]:
         return [load_profile(name) for name in list_profiles()]
-    return [load_profile(hw)]
+    if not items or "" in items:
+        raise UserError(f"--hw {text!r}: an empty profile name; separate names by single commas, e.g. loihi,cmos45")
+    if "all" in items:
+        raise UserError(f"--hw {text!r}: 'all' names every profile already; give it alone or list the profiles")
+    profiles = [h if isinstance(h, Profile) else load_profile(h) for h in items]
+    names = [p.name for p in profiles]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise UserError(f"--hw {text!r}: profile {twice!r} is named twice; give each profile once")
+    return profiles
 
 
 def traffic_counter(
@@ -263,7 +288,7 @@ def energy_report(
     images: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    hw: str | os.PathLike = "loihi",
+    hw: HW = "loihi",
     out_dir: str | os.PathLike,
     seed: int = 0,
     batch_size: int = 64,
@@ -271,14 +296,15 @@ def energy_report(
     sanafe_samples: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Count, price and map the student on ``hw`` (a profile name, a ``.toml`` path or ``"all"``);
-    write ``energy.json``, ``energy.md`` and plots into ``out_dir``; return the JSON content.
+    """Count, price and map the student on ``hw`` (``parse_hw``: ``"all"``, or profile names and
+    ``.toml`` paths, comma-separated); write ``energy.json``, ``energy.md`` and plots into
+    ``out_dir``; return the JSON content.
 
     ``images`` are ``[N, C, H, W]`` in [0, 1]; with ``labels`` the summary also gives the accuracy.
     Poisson input for sample ``i`` is drawn with seed ``seed + i``. ``sanafe_samples > 0`` adds
     SANA-FE's Loihi estimate of the first samples (run in a separate process) to the loihi report.
     """
-    profiles = _resolve_profiles(hw)
+    profiles = parse_hw(hw)
     cfg = student.config
     T = cfg.timesteps  # another T: student.with_config(timesteps=T), the one rule (lasnn_deploy/inputs.py)
     if images.dim() != 4 or tuple(images.shape[1:]) != tuple(cfg.input_shape) or len(images) == 0:
@@ -331,13 +357,17 @@ def energy_report(
             seed=seed,
         )
 
+    from .neurobench import neurobench_markdown, neurobench_section  # imports NeuroBench: only when a report is made
+
+    neurobench = neurobench_section(student, images, seed=seed, batch_size=batch_size)
     if len(reports) == 1:
         result = next(iter(reports.values()))
     else:
         result = {"hardware": list(reports), "timesteps": T, "samples": len(images), "reports": reports}
+    result["neurobench"] = neurobench
     with atomic_path(out / JSON_FILE) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
-    write_text(out / MD_FILE, markdown_summary(list(reports.values())))
+    write_text(out / MD_FILE, markdown_summary(list(reports.values())) + neurobench_markdown(neurobench))
     from .plots import write_plots  # matplotlib costs seconds to import: only when plots are drawn
 
     write_plots(list(reports.values()), out)

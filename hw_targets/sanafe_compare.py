@@ -25,6 +25,7 @@ import torch
 from ..errors import UserError
 from ..inputs import model_input
 from ..modes import eval_mode
+from ..neurons import Encoding
 from ..student import SpikingStudent, deployed_layers, has_shortcuts
 from .energy import StudentRun, first_layer_current, price_layer
 from .profile import Profile
@@ -54,7 +55,7 @@ def _spec(
     student: SpikingStudent, images: torch.Tensor, counter: TrafficCounter, timesteps: int, seed: int
 ) -> dict[str, np.ndarray]:
     layers = deployed_layers(student)
-    direct = student.config.encoding == "direct"
+    direct = student.config.encoding == Encoding.DIRECT
     thresholds = student.thresholds.detach().double().cpu().numpy()
     placement = counter.placement
     per_core = [g.per_core for g in placement.layers]
@@ -157,7 +158,7 @@ def compare_with_sanafe(
     ours = sum(ours_terms.values())
     theirs = float(np.mean(result["energy_total"]))
     layers = deployed_layers(student)
-    direct = student.config.encoding == "direct"
+    direct = student.config.encoding == Encoding.DIRECT
     agree, total, per_layer = 0, 0, []
     for j, raster in enumerate(_our_rasters(student, images, timesteps, seed)):
         delay = j if direct else j + 1  # SANA-FE, like Loihi, adds one step per layer

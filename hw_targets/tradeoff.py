@@ -2,9 +2,12 @@
 
 For each run folder given, the methods present are its student (``student.safetensors``, the
 run's ``method``) and, when the run kept it and its method is not ``conversion`` already, the
-converted SNN before fine-tuning (``converted.safetensors``: threshold-balanced conversion). Each
-is run on the same test images at every T of the list, counted exactly and priced on every profile
-(``report.profile_report``: dynamic and static energy, latency, both ANN baselines).
+converted SNN before fine-tuning (``converted.safetensors``: threshold-balanced conversion). A
+network found in several run folders (runs trained from one intermediate ANN share their converted
+SNN) is one network: identity is by content (``fingerprint``: description and tensors), its rows
+name every run holding it. Each network is run on the same test images at every T of the list,
+counted exactly and priced on every profile (``report.profile_report``: dynamic and static energy,
+latency, both ANN baselines).
 
 How each T is obtained is stated in every row: the weights and thresholds trained (or balanced) at
 the run's T, run unchanged for T steps; no rebalancing or fine-tuning happens at another T, so a
@@ -17,22 +20,22 @@ drawn), atomically, after every check and every run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..atomic import atomic_path, write_text
 from ..errors import UserError
+from ..run_folder import RunFolder
 from ..student import STUDENT_FILE, SpikingStudent, check_parameters, check_timesteps, deployed_layers, load_student
-from .profile import Profile, list_profiles, load_profile
-from .report import count_and_report
+from .report import HW, count_and_report, parse_hw
 
-CONVERTED_FILE = "converted.safetensors"
 FILES = ("tradeoff.json", "tradeoff.md", "pareto.png")
 
 
@@ -42,7 +45,9 @@ def parse_timesteps(text: str) -> list[int]:
     try:
         values = [int(t) for t in items]
     except ValueError as err:
-        raise UserError(f"--timesteps {text!r}: give a comma-separated list of positive integers, e.g. 2,4,8") from err
+        raise UserError(
+            f"--timesteps {text!r}: give a positive integer T or, for tradeoff, a comma-separated list such as 2,4,8"
+        ) from err
     for t in values:
         check_timesteps(t)
     duplicates = sorted({t for t in values if values.count(t) > 1})
@@ -51,37 +56,50 @@ def parse_timesteps(text: str) -> list[int]:
     return values
 
 
-def _profiles(hw: str | os.PathLike) -> list[Profile]:
-    names = list_profiles() if str(hw) == "all" else [h for h in str(hw).split(",") if h]
-    return [load_profile(h) for h in names]
+def fingerprint(student: SpikingStudent) -> str:
+    """SHA-256 of the student's description and of every tensor (name, dtype, shape, bytes): the
+    same network has the same fingerprint whatever file or folder it was read from."""
+    digest = hashlib.sha256(json.dumps(student.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(student.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {flat.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
-def _method(run: Path) -> str:
-    try:
-        config = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError):
-        return "student"
-    nested = (v.get("method") for v in config.values() if isinstance(v, dict) and "method" in v)
-    found = config.get("method") or next(nested, None)
-    return str(found or "student")
+@dataclass
+class _Model:
+    """One distinct network of the run folders, with every run folder that holds it."""
+
+    runs: list[str]
+    method: str
+    student: SpikingStudent
+    how: str
 
 
-def _models(runs: Sequence[str | os.PathLike]) -> list[tuple[str, str, SpikingStudent, str]]:
-    """(run, method, student, how it was obtained) of every method present in the run folders."""
-    out = []
+def _models(runs: Sequence[str | os.PathLike]) -> list[_Model]:
+    """Every distinct network present in the run folders (the first run's method and provenance,
+    every run that holds it), in the order first found."""
+    found: dict[str, _Model] = {}
+
+    def add(folder: Path, method: str, student: SpikingStudent, how: str) -> None:
+        model = found.setdefault(fingerprint(student), _Model([], method, student, how))
+        if str(folder) not in model.runs:
+            model.runs.append(str(folder))
+
     for r in runs:
         path = Path(r)
         student = load_student(path)
-        folder = path if path.is_dir() else path.parent
-        method = _method(folder)
+        run = RunFolder.of(path)
+        folder, method = run.folder, run.method()
         T = student.config.timesteps
         how = "conversion at T={T}" if method == "conversion" else f"converted, then fine-tuned by {method} at T={T}"
-        out.append((str(folder), method, student, how.format(T=T)))
-        converted = folder / CONVERTED_FILE
-        if method != "conversion" and converted.is_file() and (path.is_dir() or path.name == STUDENT_FILE):
+        add(folder, method, student, how.format(T=T))
+        converted = run.converted
+        if method != "conversion" and converted is not None and (path.is_dir() or path.name == STUDENT_FILE):
             how = f"threshold-balanced conversion at T={T}, not fine-tuned"
-            out.append((str(folder), "conversion", load_student(converted), how))
-    return out
+            add(folder, "conversion", load_student(converted), how)
+    return list(found.values())
 
 
 def tradeoff(
@@ -90,7 +108,7 @@ def tradeoff(
     labels: torch.Tensor,
     *,
     timesteps: Sequence[int] | str,
-    hw: str | os.PathLike = "all",
+    hw: HW = "all",
     out_dir: str | os.PathLike,
     seed: int = 0,
     batch_size: int = 64,
@@ -99,15 +117,16 @@ def tradeoff(
 ) -> dict[str, Any]:
     """Accuracy, energy per profile (dynamic, static) and latency of every method present at every T.
 
-    ``runs``: run folders (or student files); ``timesteps``: a list or ``"2,4,8"``; ``hw``: ``"all"``,
-    a profile name, a comma-separated list of names or a ``.toml`` path. Returns the JSON content.
+    ``runs``: run folders (or student files); ``timesteps``: a list or ``"2,4,8"``; ``hw``: as
+    ``report.parse_hw`` (``"all"``, or profile names and ``.toml`` paths, comma-separated). A network
+    held by several runs gives one row per T, whose ``runs`` names them all. Returns the JSON content.
     """
     Ts = parse_timesteps(",".join(map(str, timesteps)) if not isinstance(timesteps, str) else timesteps)
-    profiles = _profiles(hw)
+    profiles = parse_hw(hw)
     if not runs:
         raise UserError("give at least one run folder (from `lasnn-deploy train --out`)")
     models = _models(runs)
-    for _, _, student, _ in models:
+    for student in (m.student for m in models):
         shape = tuple(student.config.input_shape)
         if images.dim() != 4 or tuple(images.shape[1:]) != shape or len(images) == 0 or len(labels) != len(images):
             raise UserError(
@@ -119,7 +138,8 @@ def tradeoff(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for {', '.join(FILES)}")
     rows = []
-    for run, method, trained, how in models:
+    for model in models:
+        trained = model.student
         for T in Ts:
             student = trained.with_config(timesteps=T)  # the one way to run at another T (lasnn_deploy/inputs.py)
             counted, reports, _ = count_and_report(
@@ -144,11 +164,11 @@ def tradeoff(
                 energy[name]["ann_int8_j"] = r["ann_baselines"]["int8"]["energy_j"]
             rows.append(
                 {
-                    "run": run,
-                    "method": method,
+                    "runs": model.runs,
+                    "method": model.method,
                     "timesteps": T,
                     "trained_timesteps": trained.config.timesteps,
-                    "obtained": f"{how}; run unchanged for T={T} steps (no rebalancing or fine-tuning at this T)",
+                    "obtained": f"{model.how}; run unchanged for T={T} steps (no rebalancing or fine-tuning at this T)",
                     "accuracy": accuracy,
                     "firing_rate": r["firing_rate"],
                     "energy": energy,
@@ -177,10 +197,10 @@ def _e(value: float | None) -> str:
 
 
 def tradeoff_markdown(result: dict[str, Any]) -> str:
-    """One table: a row per method and T, a column group per profile."""
+    """One table: a row per network and T (with the runs holding it), a column group per profile."""
     names = result["hardware"]
     head = (
-        "| method | T | accuracy | firing rate | "
+        "| method | runs | T | accuracy | firing rate | "
         + " | ".join(f"{n} dynamic / static / latency" for n in names)
         + " | obtained |"
     )
@@ -191,7 +211,7 @@ def tradeoff_markdown(result: dict[str, Any]) -> str:
         "unknown where a profile's figure is unpublished.",
         "",
         head,
-        "|" + "---|" * (5 + len(names)),
+        "|" + "---|" * (6 + len(names)),
     ]
     for row in result["rows"]:
         cells = []
@@ -200,7 +220,7 @@ def tradeoff_markdown(result: dict[str, Any]) -> str:
             latency = "unknown" if e["latency_s"] is None else f"{e['latency_s'] * 1e6:.4g} us"
             cells.append(f"{_e(e['dynamic_energy_j'])} / {_e(e['static_energy_j'])} / {latency}")
         lines.append(
-            f"| {row['method']} | {row['timesteps']} | {row['accuracy']:.4f} | {row['firing_rate']:.4f} | "
+            f"| {row['method']} | {', '.join(row['runs'])} | {row['timesteps']} | {row['accuracy']:.4f} | {row['firing_rate']:.4f} | "
             + " | ".join(cells)
             + f" | {row['obtained']} |"
         )
@@ -211,14 +231,3 @@ def tradeoff_markdown(result: dict[str, Any]) -> str:
         + f"fp32 {_e(first['ann_fp32_j'])}, int8 {_e(first['ann_int8_j'])}.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats in both lower energy and higher accuracy, by energy."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -np.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front

@@ -65,6 +65,66 @@ def _samples(text: str) -> int | None:
 _samples.__name__ = "integer >= 1 or 'all'"
 
 
+# -- options shared by several commands: each defined once, here -------------------------------
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="run folder or student.safetensors")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", type=Path, help="also write the full result to this JSON file")
+
+
+OWN_T = "the student's own T"
+
+
+def _add_timesteps(p: argparse.ArgumentParser, default: str | None) -> None:
+    """``--timesteps``: one grammar (``tradeoff.parse_timesteps``); all but ``tradeoff`` take one T."""
+    p.add_argument(
+        "--timesteps",
+        default=default,
+        metavar="T[,T...]",
+        help=f"time steps per sample; tradeoff takes several, comma-separated, each once (default: {default or OWN_T})",
+    )
+
+
+def _timesteps(args: argparse.Namespace) -> int | None:
+    """The one T of ``--timesteps`` (None: the student's own); a list is refused in one line."""
+    if args.timesteps is None:
+        return None
+    from .hw_targets.tradeoff import parse_timesteps
+
+    values = parse_timesteps(args.timesteps)
+    if len(values) > 1:
+        raise UserError(
+            f"--timesteps {args.timesteps!r}: {args.command} runs one T; give one, or compare several with "
+            f"`lasnn-deploy tradeoff --timesteps {args.timesteps}`"
+        )
+    return values[0]
+
+
+def _add_hw(p: argparse.ArgumentParser, default: str) -> None:
+    """``--hw``: one grammar and parser (``report.parse_hw``) for ``energy`` and ``tradeoff``."""
+    from .hw_targets.profile import list_profiles  # reads a folder listing, no torch
+
+    p.add_argument(
+        "--hw",
+        default=default,
+        metavar="PROFILES",
+        help="hardware: 'all' (every shipped profile), or profile names and .toml files separated by commas, "
+        f"e.g. loihi_calibrated,cmos45; shipped: {', '.join(list_profiles())} (default: {default})",
+    )
+
+
+def _add_weight_bits(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weight-bits",
+        type=_int_at_least(1),
+        default=8,
+        metavar="B",
+        help="synaptic weight bits for the core mapping (default: 8)",
+    )
+
+
 def _add_data(p: argparse.ArgumentParser, samples_default: int | None) -> None:
     p.add_argument("--dataset", default="digits", help=DATASET_HELP)
     p.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
@@ -128,12 +188,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_student
     from .student import load_student
 
+    timesteps = _timesteps(args)
     student = load_student(args.model)
     split = load_split(args.dataset, args.data_dir, "test")
     if args.samples is not None:
         split = Subset(split, range(min(args.samples, len(split))))
-    if args.timesteps is not None:
-        student = student.with_config(timesteps=args.timesteps)
+    if timesteps is not None:
+        student = student.with_config(timesteps=timesteps)
     result = evaluate_student(student, split, seed=args.seed, progress=True, loihi=args.loihi)
     result.update(
         timesteps=student.config.timesteps,
@@ -156,20 +217,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .exporters import get_target
     from .student import load_student
 
-    target = get_target(args.target)
+    options = {} if args.nir_for is None else {"runtime": args.nir_for}  # --nir-for R is the option runtime=R
+    target = get_target(args.target, **options)
     student = load_student(args.model)
     folder = args.model if args.model.is_dir() else args.model.parent
     out = args.out or folder / f"student{target.suffixes[0]}"
-    if args.nir_for is not None:
-        from .exporters import nir_runtimes
-
-        if args.target != "nir":
-            raise UserError(f"--nir-for writes a NIR file for one runtime; it needs --target nir, not {args.target}")
-        path = nir_runtimes.export(student, out, args.nir_for)
-        print(f"wrote nir export for {args.nir_for}: {path}")
-        return 0
     path = target.export(student, out)
-    print(f"wrote {args.target} export: {path}")
+    print(f"wrote {args.target} export" + (f" for {args.nir_for}" if args.nir_for else "") + f": {path}")
     return 0
 
 
@@ -181,7 +235,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         args.out,
         library=args.source,
         dt=args.dt,
-        timesteps=args.timesteps,
+        timesteps=_timesteps(args),
         encoding=args.encoding,
         input_shape=args.input_shape,
     )
@@ -249,38 +303,45 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_tradeoff(args: argparse.Namespace) -> int:
+    from .hw_targets.report import parse_hw
     from .hw_targets.tradeoff import parse_timesteps, tradeoff
 
-    timesteps = parse_timesteps(args.timesteps)  # before the data loads
+    timesteps, profiles = parse_timesteps(args.timesteps), parse_hw(args.hw)  # before the data loads
     images, labels = _test_split(args)
-    tradeoff(args.runs, images, labels, timesteps=timesteps, hw=args.hw, out_dir=args.out, seed=args.seed)
+    tradeoff(
+        args.runs,
+        images,
+        labels,
+        timesteps=timesteps,
+        hw=profiles,
+        out_dir=args.out,
+        seed=args.seed,
+        weight_bits=args.weight_bits,
+    )
     print(f"trade-off in {args.out} (tradeoff.json, tradeoff.md, pareto.png)")
     return 0
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
-    from .hw_targets.report import energy_report
+    from .hw_targets.report import energy_report, parse_hw
     from .student import load_student
 
+    timesteps, profiles = _timesteps(args), parse_hw(args.hw)  # before the data loads
     student = load_student(args.model)
     images, labels = _test_split(args)
-    if args.timesteps is not None:
-        student = student.with_config(timesteps=args.timesteps)
+    if timesteps is not None:
+        student = student.with_config(timesteps=timesteps)
     report = energy_report(
         student,
         images,
         labels,
-        hw=args.hw,
+        hw=profiles,
         out_dir=args.out,
         seed=args.seed,
         weight_bits=args.weight_bits,
         sanafe_samples=args.sanafe,
     )
-    if args.json:
-        from .atomic import write_text
-
-        write_text(args.json, json.dumps(report, indent=2) + "\n")
-    print(f"energy report in {args.out} (energy.json, energy.md, plots)")
+    _print_json_or(args, report, lambda _: f"energy report in {args.out} (energy.json, energy.md, plots)")
     return 0
 
 
@@ -334,15 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
         "test accuracy and spikes per sample of a trained student",
         "lasnn-deploy evaluate runs/mnist --dataset mnist --data-dir ../shared/data --timesteps 16",
     )
-    p.add_argument("model", type=Path, help="run folder or student.safetensors")
+    _add_model(p)
     _add_data(p, samples_default=None)
-    p.add_argument("--timesteps", type=int, help="run with this many time steps instead of the trained T")
+    _add_timesteps(p, None)
     p.add_argument(
         "--loihi",
         action="store_true",
         help="run the Loihi-quantised mode (8-bit weights, integer neurons: what the Lava export computes)",
     )
-    p.add_argument("--json", type=Path, help="also write the result to this JSON file")
+    _add_json(p)
 
     p = add(
         "export",
@@ -350,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export a student to NIR, ONNX (time unrolled) or Lava netx HDF5",
         "lasnn-deploy export runs/mnist --target lava --out runs/mnist/student.h5",
     )
-    p.add_argument("model", type=Path, help="run folder or student.safetensors")
+    _add_model(p)
     p.add_argument("--target", required=True, help="nir | onnx | lava")
     p.add_argument("--out", type=Path, help="output file (default: student.<ext> in the run folder)")
     p.add_argument(
@@ -377,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the exporter that wrote the file: sets its dt and tau convention (docs/semantics.md)",
     )
     p.add_argument("--dt", type=float, help="time step in seconds (overrides the exporter's default or the file's)")
-    p.add_argument("--timesteps", type=_int_at_least(1), default=8, help="time steps per sample (default: 8)")
+    _add_timesteps(p, "8")
     p.add_argument(
         "--encoding", choices=["direct", "poisson"], default="direct", help="input encoding (default: direct)"
     )
@@ -389,12 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run an export in its own runtime and compare its spikes with PyTorch (exit 1 on disagreement)",
         "lasnn-deploy validate runs/mnist runs/mnist/student.onnx --dataset mnist --data-dir ../shared/data --samples 256 --json v.json",
     )
-    p.add_argument("model", type=Path, help="run folder or student.safetensors")
+    _add_model(p)
     p.add_argument("file", type=Path, help="the exported file (.onnx, .nir, or .h5 / .net for netx)")
     _add_data(p, samples_default=64)
-    p.add_argument(
-        "--json", type=Path, help="write the full report (docs/semantics.md lists its keys) to this JSON file"
-    )
+    _add_json(p)
     p.add_argument(
         "--runtime",
         choices=RUNTIME_NAMES,
@@ -413,16 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         "spikes, synaptic operations, energy and deployability on named hardware",
         "lasnn-deploy energy runs/mnist --dataset mnist --data-dir ../shared/data --hw all --out runs/mnist/energy",
     )
-    p.add_argument("model", type=Path, help="run folder or student.safetensors")
+    _add_model(p)
     _add_data(p, samples_default=256)
-    p.add_argument(
-        "--hw", default="loihi", help="hardware profile name, a profile .toml file, or 'all' (default: loihi)"
-    )
+    _add_hw(p, "loihi")
     p.add_argument("--out", type=Path, required=True, help="folder for energy.json, energy.md and the plots")
-    p.add_argument("--timesteps", type=int, help="run with this many time steps instead of the trained T")
-    p.add_argument(
-        "--weight-bits", type=_int_at_least(1), default=8, help="synaptic weight bits for the core mapping (default: 8)"
-    )
+    _add_timesteps(p, None)
+    _add_weight_bits(p)
     p.add_argument(
         "--sanafe",
         type=_int_at_least(0),
@@ -430,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also simulate the first N samples with SANA-FE's Loihi model (optional extra, GPL-3.0, run in a separate process)",
     )
-    p.add_argument("--json", type=Path, help="also write energy.json's content to this file")
+    _add_json(p)
 
     p = add(
         "tradeoff",
@@ -441,13 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("runs", type=Path, nargs="+", help="run folders (their student, and their converted SNN when kept)")
     _add_data(p, samples_default=256)
-    p.add_argument("--timesteps", default="2,4,8", help="comma-separated T values, each once (default: 2,4,8)")
-    p.add_argument(
-        "--hw",
-        default="all",
-        help="'all', a profile name, a comma-separated list of names or a .toml file (default: all)",
-    )
+    _add_timesteps(p, "2,4,8")
+    _add_hw(p, "all")
     p.add_argument("--out", type=Path, required=True, help="folder for tradeoff.json, tradeoff.md and pareto.png")
+    _add_weight_bits(p)
     return parser
 
 

@@ -14,11 +14,10 @@ from pathlib import Path
 from .atomic import write_text
 from .data import first_samples, load_split
 from .exporters import TARGETS, export
+from .run_folder import RunFolder
 from .student import load_student
 from .validation import validate
 
-# Lava runs every sample in one long simulator run (docs/performance.md, 'Lava'); the others are fast.
-VALIDATE_SAMPLES = {"onnx": 360, "nir": 360, "lava": 128}
 # The quick preset with the tiny student: sized for 1,437 digits images on a laptop CPU.
 DEMO_OPTIONS = {
     "preset": "quick",
@@ -40,21 +39,22 @@ def run_demo(out: str | Path = "runs/demo", *, fast: bool = False) -> dict:
     started = time.perf_counter()
     options = {**DEMO_OPTIONS, **(FAST_OVERRIDES if fast else {})}
     run = train(dataset="digits", out=str(out), method="lasnn", seed=0, **options)
-    metrics = json.loads((run / "metrics.json").read_text())
+    folder = RunFolder.of(run)
+    metrics = folder.metrics()
     student = load_student(run)
     images, labels = first_samples(load_split("digits", None, "test"), None)
 
     summary: dict = {
         "run": str(run),
-        "student": str(run / "student.safetensors"),
-        "metrics": str(run / "metrics.json"),
+        "student": str(folder.student),
+        "metrics": str(folder.metrics_file),
         "test_accuracy": metrics["test_accuracy"],
         "exports": {},
         "validation": {},
     }
     for target, kind in TARGETS.items():
         path = export(student, target, run / f"student{kind.suffixes[0]}")
-        n = VALIDATE_SAMPLES[target]
+        n = kind.quick_samples  # Lava's is smaller: one long simulator run (docs/performance.md, 'Lava')
         report = validate(student, path, images[:n], labels[:n])
         report_path = run / f"validate_{target}.json"
         write_text(report_path, json.dumps(report, indent=2) + "\n")

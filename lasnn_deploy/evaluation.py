@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .errors import UserError
-from .inputs import model_input
+from .inputs import batches
 from .loihi_quant import quantise, run_quantised
 from .modes import eval_mode
 from .student import SpikingStudent, check_images
@@ -42,8 +42,10 @@ def evaluate_student(
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         T = student.config.timesteps  # another T: student.with_config(timesteps=T), the one rule (inputs.py)
         net = quantise(student) if loihi else None
-        for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
-            given = model_input(student.config.encoding, T, x, seed=seed, first_index=total)
+        for batch in tqdm(
+            batches(student.config.encoding, T, loader, seed=seed), desc=desc, leave=False, disable=not progress
+        ):
+            given, y = batch.input, batch.labels
             if net is not None:
                 trace = run_quantised(net, given.images, input_spikes=given.spikes)
             else:

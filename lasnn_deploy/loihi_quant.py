@@ -66,6 +66,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .inputs import model_input
+from .neurons import Encoding
 from .student import DeployedLayer, SpikingStudent, Trace, deployed_layers
 
 W_MIN, W_MAX = -256, 254  # netx's 8-bit weight range (larger magnitudes lose bits in optimize_weight_bits)
@@ -173,7 +174,7 @@ def quantise(student: SpikingStudent, weight_percentile: float = 100.0) -> Loihi
         )
     thetas = student.thresholds.detach().double().cpu().numpy()
     lam = float(student.leak.detach())
-    direct = cfg.encoding == "direct"
+    direct = cfg.encoding == Encoding.DIRECT
     if direct and deployed[0].lif is None:
         raise UserError(
             "a direct-encoded student needs at least one LIF layer before its output layer: the first "
@@ -340,7 +341,7 @@ def run_quantised(
     """
     T = net.timesteps
     given = model_input(net.encoding, T, images, input_spikes, seed=seed)
-    if net.encoding == "direct":
+    if net.encoding == Encoding.DIRECT:
         bias = host_bias(net.layers[0], given.image())  # the host layer's constant current, fed to the first LIF
         spikes, _ = loihi_lif(bias.unsqueeze(0).expand(T, *bias.shape), net.v_decay, net.layers[0].v_th)
         trace, on_chip = Trace(logits=torch.empty(0), spikes=[spikes]), net.layers[1:]

@@ -22,6 +22,7 @@ and step and computes the gradient above by hand (docs/performance.md has the me
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 import torch
@@ -30,7 +31,14 @@ from torch.autograd.function import once_differentiable
 GAMMA = 0.3
 CPU_CHUNK = 1 << 18  # neurons per slice of the CPU time loops (1 MiB of float32): fastest measured
 Reset = Literal["hard", "soft"]
-Encoding = Literal["direct", "poisson"]
+
+
+class Encoding(StrEnum):
+    """How images become the input of the time steps (docs/semantics.md, SPEC 1). String-valued:
+    ``Encoding.DIRECT == "direct"``, and config and metadata files hold the plain string."""
+
+    DIRECT = "direct"  # the image itself at every step
+    POISSON = "poisson"  # Bernoulli spikes with the pixel as probability, drawn per step
 
 
 class SpikeFn(torch.autograd.Function):
@@ -67,6 +75,19 @@ def lif_multistep(
     if torch.is_grad_enabled() and (current.requires_grad or leak.requires_grad or theta.requires_grad):
         return LIFFunction.apply(current, leak, theta, reset == "hard")
     return _lif_forward(current, leak, theta, reset == "hard", keep_potential=False)[0]
+
+
+def lif_potentials(
+    current: torch.Tensor, leak: torch.Tensor | float, theta: torch.Tensor | float, reset: Reset = "hard"
+) -> torch.Tensor:
+    """The potentials before reset ``v[t] = lam * u[t-1] + i[t]``, ``[T, ...]``, of the same recurrence (no autograd).
+
+    What a count of membrane updates reads: ``v[t] != v[t-1]`` is a neuron whose potential changed at step t.
+    """
+    leak = torch.as_tensor(leak, dtype=current.dtype, device=current.device)
+    theta = torch.as_tensor(theta, dtype=current.dtype, device=current.device)
+    with torch.no_grad():
+        return torch.stack(_lif_forward(current, leak, theta, reset == "hard", keep_potential=True)[1])
 
 
 def _chunk(n: int, device: torch.device) -> int:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .atomic import atomic_path
 from .errors import UserError
 from .exporters import TARGETS, RunResult, target_of_file
-from .inputs import ModelInput, model_input
+from .inputs import Batch, ModelInput, batches
 from .student import SpikingStudent, check_images, check_parameters
 
 
@@ -69,6 +69,7 @@ def first_divergence(reference: RunResult, result: RunResult, sample_offset: int
     at the earliest step is where the runtime first went its own way. Potentials (before reset)
     are included where the result carries them (``RunResult.potentials``).
     """
+    assert reference.spikes is not None and result.spikes is not None, "compare only what layer_mismatch accepted"
     best = None
     for k, (ref, got) in enumerate(zip(reference.spikes, result.spikes, strict=True)):
         differ = ref != got
@@ -124,6 +125,7 @@ class Agreement:
         self.mismatch += [p for p in problems if p not in self.mismatch]
         if self.mismatch:
             return
+        assert reference.spikes is not None and result.spikes is not None  # layer_mismatch found none missing
         if not self.names:
             self.names = list(reference.layer_names)
             n = len(self.names)
@@ -167,7 +169,7 @@ def compare(reference: RunResult, result: RunResult) -> dict:
     return agreement.report()
 
 
-def batches(
+def loaded(
     images: torch.Tensor | Dataset, labels: torch.Tensor | None, size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """``(images, labels)`` batches of ``size`` in order: slices of tensors, or loaded from a ``Dataset``
@@ -208,40 +210,43 @@ def validate(
     labelled = labels is not None or not isinstance(images, torch.Tensor)
     if isinstance(images, torch.Tensor):
         check_images(student.config, images, labels)
-    elif len(images) == 0:
+    elif _length(images) == 0:
         raise UserError("the data set has no samples to validate")
     student = student.eval()
     cfg = student.config
     agreement = Agreement()
     correct = {"reference_accuracy": 0, "runtime_accuracy": 0, "float_accuracy": 0}
     golden: list[RunResult] = []
-    pending: deque = deque()  # batches handed to the runtime whose results have not come back yet
+    pending: deque[Batch] = deque()  # batches handed to the runtime whose results have not come back yet
 
-    def inputs() -> Iterator[ModelInput]:
-        start = 0
-        for x, y in batches(images, labels, module.chunk):
+    def source() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in loaded(images, labels, module.chunk):
             if not isinstance(images, torch.Tensor):
                 check_images(cfg, x, y)  # a data set is checked batch by batch, as it loads
-            given = model_input(cfg.encoding, cfg.timesteps, x, seed=seed, first_index=start)
-            pending.append((given, y))
-            start += len(x)
-            yield given
+            yield x if y is None else (x, y)
+
+    def inputs() -> Iterator[ModelInput]:
+        for batch in batches(cfg.encoding, cfg.timesteps, source(), seed=seed):
+            pending.append(batch)
+            yield batch.input
 
     bar = tqdm(
-        total=len(images), desc=f"validate {target}", unit="sample", leave=False, disable=None if progress else True
+        total=_length(images), desc=f"validate {target}", unit="sample", leave=False, disable=None if progress else True
     )
     with bar:  # disable=None: only on a terminal
         for result in module.run_stream(Path(path), inputs()):
-            given, y = pending.popleft()
-            reference = module.reference(student, given.images, given.spikes)
+            batch = pending.popleft()
+            given = batch.input
+            reference = module.reference(student, given)
             agreement.add(reference, result)
             if trace is not None:
                 golden.append(RunResult(reference.logits, reference.spikes, reference.layer_names))
-            if labelled:
+            if batch.labels is not None:
+                y = batch.labels.numpy()
                 with torch.no_grad():
                     float_logits = student.run(given.images, input_spikes=given.spikes).logits.numpy()
                 for key, logits in zip(correct, (reference.logits, result.logits, float_logits), strict=True):
-                    correct[key] += int(np.sum(logits.argmax(1) == y.numpy()))
+                    correct[key] += int(np.sum(logits.argmax(1) == y))
             bar.update(given.batch)
     report = {
         "target": target,
@@ -259,20 +264,13 @@ def validate(
         report["output_agreement"] == 1.0 and report["spike_agreement"] == 1.0 and not report["layer_mismatch"]
     )
     if trace is not None:
-        report["trace"] = str(write_trace(trace, golden, *_trace_layout(target, path)))
+        report["trace"] = str(write_trace(trace, golden, *module.trace_layout(path)))
     return report
 
 
-def _trace_layout(target: str, path: str | Path) -> tuple[float, dict[str, str]]:
-    """The file's ``dt`` and its LIF node name per reference layer, for a NIR file; else steps, no renaming."""
-    if target != "nir":
-        return 1.0, {}
-    from .exporters import nir as nir_target
-
-    graph, settings = nir_target.read_graph(path)
-    chain, into = nir_target._layout(graph, path)
-    names = {into.get(n, chain[chain.index(n) - 1]): n for n in chain if isinstance(graph.nodes[n], nir_lib.LIF)}
-    return settings["dt"], names
+def _length(images: torch.Tensor | Dataset) -> int:
+    """How many samples a tensor or a (sized) ``Dataset`` holds."""
+    return len(images)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours all have one
 
 
 def write_trace(
@@ -287,8 +285,9 @@ def write_trace(
     """
     names = chunks[0].layer_names
     nodes = {}
+    per_chunk = [c.spikes for c in chunks if c.spikes is not None]
     for k, name in enumerate(names):
-        spikes = np.concatenate([c.spikes[k] for c in chunks], axis=1)  # [T, B, ...]
+        spikes = np.concatenate([s[k] for s in per_chunk], axis=1)  # [T, B, ...]
         grid = np.ascontiguousarray(spikes.reshape(*spikes.shape[:2], -1).transpose(1, 0, 2) != 0)
         nodes[(node_names or {}).get(name, name)] = nir_lib.NIRNodeData({"spikes": nir_lib.TimeGriddedData(grid, dt)})
     path = Path(path)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from lasnn_deploy.cli import main
+from lasnn_deploy.inputs import ModelInput, model_input
 from lasnn_deploy.models import build_student
 from lasnn_deploy.student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent, StudentConfig
 
@@ -103,3 +104,10 @@ def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray)
     n, h, w = images.shape
     (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.tobytes())
     (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(labels)) + labels.tobytes())
+
+
+def model_in(model, images=None, spikes=None, seed: int = 0) -> ModelInput:
+    """The ``ModelInput`` a student (or its config, or a file exported from it) runs on: the given
+    spikes, else the images encoded as the student encodes them (Poisson with ``seed``)."""
+    cfg = getattr(model, "config", model)
+    return model_input(cfg.encoding, cfg.timesteps, images, spikes, seed=seed)

@@ -131,9 +131,9 @@ CASES = [
         "validate {w}/five-classes {w}/digits.onnx --samples 20",
         "but the student has 5 classes",
     ),
-    Case("onnx-exported-for-other-shape", "validate {w}/digits {w}/small.onnx", "was exported for images [B, 1, 8, 8]"),
-    Case("nir-exported-for-other-shape", "validate {w}/digits {w}/small.nir", "was exported for images [B, 1, 8, 8]"),
-    Case("lava-exported-for-other-shape", "validate {w}/digits {w}/small.h5", "expects images [B, 1, 8, 8]"),
+    Case("onnx-exported-for-other-shape", "validate {w}/digits {w}/small.onnx", "was made for images [B, 1, 8, 8]"),
+    Case("nir-exported-for-other-shape", "validate {w}/digits {w}/small.nir", "was made for images [B, 1, 8, 8]"),
+    Case("lava-exported-for-other-shape", "validate {w}/digits {w}/small.h5", "was made for images [B, 1, 8, 8]"),
     # -- exported files -------------------------------------------------------------------------
     Case("export-file-missing", "validate {w}/digits {w}/missing.onnx", "no exported file at"),
     Case("import-file-missing", "import {w}/missing.nir --out {out}/imported", "no NIR file at"),
@@ -422,13 +422,13 @@ def test_the_table_covers_every_command_that_reads_input_and_its_ids_are_unique(
 
 # -- API-level refusals -------------------------------
 def test_lava_check_refuses_nan_weights():
-    from lasnn_deploy.exporters import lava
+    from lasnn_deploy.exporters.lava import LavaTarget
 
     student = digits_student()
     with torch.no_grad():
         student.body[0].weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(UserError, match="NaN"):
-        lava.check(student)
+        LavaTarget().check(student)
 
 
 # -- the installed entry point -------------------------------------------------------------------

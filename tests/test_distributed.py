@@ -34,6 +34,7 @@ BASE = dict(
     student_width=0.5,
     student_dropout=0.0,
     teacher="small-cnn",
+    chance_guard=False,
     train_samples=102,  # 11 held out for validation, then 5 global batches of 16 and one of 11: halves 6 and 5
     test_samples=40,  # 3 test batches of 16: one process evaluates 1, the other 2
     batch_size=16,
@@ -265,6 +266,7 @@ def test_torchrun_cli_converts_to_the_thresholds_of_one_process(runs, tmp_path):
     reference = train(out=_seeded(tmp_path / "one", runs["one-lasnn"]), **options)
     folder = _seeded(tmp_path / "two", runs["one-lasnn"])
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items() if not isinstance(v, bool)]
+    flags += [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in options.items() if isinstance(v, bool)]
     command = [
         sys.executable,
         "-m",

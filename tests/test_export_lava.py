@@ -8,8 +8,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import make_student, small_resnet
+from helpers import make_student, model_in, small_resnet
 from lasnn_deploy.exporters import lava
+from lasnn_deploy.exporters.lava import LavaTarget
 
 from lasnn_deploy import exporters
 from lasnn_deploy.errors import UserError
@@ -26,8 +27,8 @@ def test_lava_run_equals_quantised_mode_spike_for_spike(tmp_path, encoding):
     images = torch.rand(3, 1, 8, 8)
     spikes_in = poisson_spikes(images, 4, seed=3) if encoding == "poisson" else None
     path = exporters.export(student, "lava", tmp_path / "net.h5")
-    got = lava.run(path, images, spikes_in)
-    want = lava.reference(student, images, spikes_in)
+    got = LavaTarget().run(path, model_in(student, images, spikes_in))
+    want = LavaTarget().reference(student, model_in(student, images, spikes_in))
     assert got.layer_names == want.layer_names == ["conv0", "conv3", "linear6"]
     for name, g, w in zip(want.layer_names, got.spikes, want.spikes, strict=True):
         assert g.shape == w.shape and g.shape[:2] == (4, 3), name
@@ -39,7 +40,7 @@ def test_lava_run_equals_quantised_mode_spike_for_spike(tmp_path, encoding):
 def test_netx_file_layout(tmp_path):
     student = make_student("direct", timesteps=4, leak=0.75)
     net = quantise(student)
-    lava.export(student, tmp_path / "net.h5")
+    LavaTarget().export(student, tmp_path / "net.h5")
     with h5py.File(tmp_path / "net.h5") as f:
         layers = f["layer"]
         types = [layers[str(i)]["type"][0].decode() for i in range(len(layers))]
@@ -199,10 +200,10 @@ def test_run_refuses_foreign_files_and_wrong_inputs(tmp_path):
     with h5py.File(other, "w") as f:
         f.create_group("layer")
     with pytest.raises(UserError, match="not a lasnn-deploy netx file"):
-        lava.run(other, torch.rand(1, 1, 8, 8))
-    path = lava.export(make_student("poisson"), tmp_path / "net.h5")
-    with pytest.raises(UserError, match=r"expects input spikes \[4, B, 1, 8, 8\], got \[3, 2, 1, 8, 8\]"):
-        lava.run(path, input_spikes=torch.zeros(3, 2, 1, 8, 8))
+        LavaTarget().run(other, ModelInput(images=torch.rand(1, 1, 8, 8)))
+    path = LavaTarget().export(make_student("poisson"), tmp_path / "net.h5")
+    with pytest.raises(UserError, match=r"input spikes \[T=4, B, 1, 8, 8\], got \[3, 2, 1, 8, 8\]"):
+        LavaTarget().run(path, ModelInput(spikes=torch.zeros(3, 2, 1, 8, 8)))
 
 
 @pytest.mark.parametrize("encoding", ["direct", "poisson"])
@@ -217,15 +218,17 @@ def test_biased_student_runs_bit_exact_in_lava(tmp_path, encoding):
         first_on_chip = f["layer/1/bias"]
         assert first_on_chip.shape == ((6,) if encoding == "direct" else (4,)) and first_on_chip.dtype.kind == "i"
         assert ("host/bias" in f) == (encoding == "direct")
-    got = lava.run(path, images, spikes_in)
-    want = lava.reference(student, images, spikes_in)
+    got = LavaTarget().run(path, model_in(student, images, spikes_in))
+    want = LavaTarget().reference(student, model_in(student, images, spikes_in))
     for name, g, w in zip(want.layer_names, got.spikes, want.spikes, strict=True):
         assert g.shape == w.shape and g.shape[:2] == (4, 32), name
         assert np.array_equal(g, w), name
         assert 0 < w.mean() < 0.6, name
     assert np.array_equal(got.logits, want.logits)
     unbiased = make_student(encoding, timesteps=4, seed=1)
-    assert not np.array_equal(lava.reference(unbiased, images, spikes_in).logits, want.logits)
+    assert not np.array_equal(
+        LavaTarget().reference(unbiased, model_in(unbiased, images, spikes_in)).logits, want.logits
+    )
 
 
 def test_quantised_mode_equals_float64_student_with_representable_biases():
@@ -259,7 +262,7 @@ def test_one_long_lava_run_equals_the_reference_across_samples_batches_and_chunk
     images = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(11))
     spikes_in = poisson_spikes(images, 4, seed=3) if encoding == "poisson" else None
     path = exporters.export(student, "lava", tmp_path / "net.h5")
-    target = lava.LavaTarget()
+    target = LavaTarget()
     target.chunk = 2
     batches = [slice(0, 3), slice(3, 5)]
     inputs = [
@@ -268,7 +271,7 @@ def test_one_long_lava_run_equals_the_reference_across_samples_batches_and_chunk
     results = list(target.run_stream(path, inputs))
     assert [r.logits.shape[0] for r in results] == [3, 2]
     got = lava._concat(results)
-    want = lava.reference(student, images, spikes_in)
+    want = target.reference(student, model_in(student, images, spikes_in))
     for name, g, w in zip(want.layer_names, got.spikes, want.spikes, strict=True):
         assert g.shape == w.shape and g.shape[:2] == (4, 5), name
         assert np.array_equal(g, w), name

@@ -5,18 +5,20 @@ from __future__ import annotations
 import dataclasses
 
 import lasnn_deploy.exporters.nir as nir_target
+import nir
 import numpy as np
 import pytest
 import torch
-from helpers import make_student, resnet_student, small_resnet
+from helpers import make_student, model_in, resnet_student, small_resnet
 from lasnn_deploy.exporters import export
+from lasnn_deploy.exporters.nir import NirTarget
+from lasnn_deploy.exporters.nir_runtimes import order
 
+from lasnn_deploy import nir_read
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.inputs import model_input
+from lasnn_deploy.inputs import ModelInput, model_input
 from lasnn_deploy.student import Dropout, Shortcut, SpikingStudent, StudentConfig
 from lasnn_deploy.validation import validate
-
-nir = nir_target.nir
 
 
 def images(n: int = 6, shape=(1, 8, 8), seed: int = 1) -> torch.Tensor:
@@ -34,7 +36,7 @@ def _same_value(a, b) -> bool:
 def test_the_file_is_the_graph_the_nir_package_reads_back(tmp_path):
     """Export writes with nir.write only: nir.read gives back every node, field and edge as built."""
     student = make_student(timesteps=3, bias=True)
-    built, read = nir_target.to_nir_graph(student), nir.read(nir_target.export(student, tmp_path / "s.nir"))
+    built, read = nir_target.to_nir_graph(student), nir.read(NirTarget().export(student, tmp_path / "s.nir"))
     assert sorted(built.edges) == sorted(read.edges) and built.nodes.keys() == read.nodes.keys()
     for name, node in built.nodes.items():
         got = read.nodes[name]
@@ -46,25 +48,25 @@ def test_the_file_is_the_graph_the_nir_package_reads_back(tmp_path):
 
 @pytest.mark.parametrize("leak", [0.5, 0.75, 0.9, 0.95, 0.99, 0.999999, 1.0])
 def test_tau_gives_back_the_exact_leak_in_the_importers_float32_formula(leak):
-    tau, r = nir_target.leak_to_tau(leak)
-    assert nir_target.importer_leak(np.array([tau]))[0] == np.float32(leak)
-    assert np.isclose(float(r) * nir_target.DT / float(tau), 1.0, rtol=1e-6, atol=0)  # input gain 1
+    tau, r = nir_read.leak_to_tau(leak)
+    assert nir_read.importer_leak(np.array([tau]))[0] == np.float32(leak)
+    assert np.isclose(float(r) * nir_read.DT / float(tau), 1.0, rtol=1e-6, atol=0)  # input gain 1
     if leak == 1.0:
-        assert r * np.float32(nir_target.DT) == tau  # exactly in float32, so snnTorch keeps the threshold
+        assert r * np.float32(nir_read.DT) == tau  # exactly in float32, so snnTorch keeps the threshold
 
 
 def test_tau_is_exact_for_every_leak_trained_in_practice():
     leaks = np.random.default_rng(0).uniform(0.9, 1.0, 300).astype(np.float32)
-    got = [nir_target.importer_leak(np.array([nir_target.leak_to_tau(float(lam))[0]]))[0] for lam in leaks]
+    got = [nir_read.importer_leak(np.array([nir_read.leak_to_tau(float(lam))[0]]))[0] for lam in leaks]
     assert np.array_equal(np.array(got), leaks)
 
 
 @pytest.mark.parametrize("leak", [0.9, 1.0])
 def test_nir_round_trip_preserves_every_parameter(tmp_path, leak):
     student = make_student(leak=leak, timesteps=5, encoding="poisson")
-    path = nir_target.export(student, tmp_path / "s.nir")
+    path = NirTarget().export(student, tmp_path / "s.nir")
     graph = nir.read(path)
-    kinds = [type(graph.nodes[n]).__name__ for n in nir_target._chain(graph, path)]
+    kinds = [type(graph.nodes[n]).__name__ for n in nir_read._chain(graph, path)]
     assert kinds == [
         "Input",
         "Conv2d",
@@ -83,7 +85,7 @@ def test_nir_round_trip_preserves_every_parameter(tmp_path, leak):
     assert (meta["dt"], meta["timesteps"], meta["encoding"], meta["num_classes"]) == (1e-4, 5, "poisson", 5)
     assert list(meta["input_shape"]) == [1, 8, 8] and meta["output_form"] == "linear"
 
-    back = nir_target.student_from_nir(path)
+    back = nir_read.student_from_nir(path)
     cfg = student.config
     assert back.config == cfg.replace(layers=tuple(l for l in cfg.layers if not isinstance(l, Dropout)))
     assert back.leak.item() == student.leak.item()
@@ -101,10 +103,9 @@ def test_snntorch_importer_reproduces_the_student(tmp_path, encoding, leak):
     student = make_student(encoding=encoding, leak=leak, timesteps=5)
     path = export(student, "nir", tmp_path / "s.nir")
     x = images(4)
-    spikes = model_input("poisson", 5, x, seed=3).spikes if encoding == "poisson" else None
-    given = (None, spikes) if spikes is not None else (x, None)
-    ref = nir_target.reference(student, *given)
-    got = nir_target.run(path, *given)
+    given = model_input(encoding, 5, x, seed=3)
+    ref = NirTarget().reference(student, given)
+    got = NirTarget().run(path, given)
     assert got.layer_names == ref.layer_names == ["conv0", "conv3", "linear6"]
     assert len(got.spikes) == 3
     for r, g in zip(ref.spikes, got.spikes, strict=True):
@@ -117,8 +118,11 @@ def test_snntorch_importer_reproduces_the_student(tmp_path, encoding, leak):
 def test_poisson_images_are_encoded_like_the_student(tmp_path):
     """Given only images, both sides draw the student's default Poisson spikes (seed 0)."""
     student = make_student(encoding="poisson", timesteps=4)
-    path = nir_target.export(student, tmp_path / "s.nir")
-    ref, got = nir_target.reference(student, images(4)), nir_target.run(path, images(4))
+    path = NirTarget().export(student, tmp_path / "s.nir")
+    ref, got = (
+        NirTarget().reference(student, model_in(student, images(4))),
+        NirTarget().run(path, model_in(student, images(4))),
+    )
     assert all(np.array_equal(r, g) for r, g in zip(ref.spikes, got.spikes, strict=True))
 
 
@@ -127,7 +131,7 @@ def test_soft_reset_is_refused_before_any_file_is_written(tmp_path):
     with pytest.raises(UserError, match=r"layer 0: soft reset cannot be expressed in NIR.*--reset hard"):
         export(student, "nir", tmp_path / "s.nir")
     with pytest.raises(UserError, match="soft reset"):
-        nir_target.export(student, tmp_path / "s.nir")
+        NirTarget().export(student, tmp_path / "s.nir")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -136,34 +140,34 @@ def test_parameters_nir_cannot_express_name_the_layer(tmp_path):
     with torch.no_grad():
         student.thresholds[1] = -0.5
     with pytest.raises(UserError, match="layer 3: threshold"):
-        nir_target.export(student, tmp_path / "s.nir")
+        NirTarget().export(student, tmp_path / "s.nir")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_inputs_that_do_not_match_the_metadata_are_refused(tmp_path):
-    path = nir_target.export(make_student(timesteps=4), tmp_path / "s.nir")
-    with pytest.raises(UserError, match=r"exported for images \[B, 1, 8, 8\]"):
-        nir_target.run(path, torch.rand(2, 1, 9, 9))
+    path = NirTarget().export(make_student(timesteps=4), tmp_path / "s.nir")
+    with pytest.raises(UserError, match=r"made for images \[B, 1, 8, 8\]"):
+        NirTarget().run(path, ModelInput(images=torch.rand(2, 1, 9, 9)))
     with pytest.raises(UserError, match=r"T=4"):
-        nir_target.run(path, None, torch.ones(3, 2, 1, 8, 8))
+        NirTarget().run(path, ModelInput(spikes=torch.ones(3, 2, 1, 8, 8)))
 
 
 def test_truncated_and_foreign_files_are_refused(tmp_path):
-    path = nir_target.export(make_student(), tmp_path / "s.nir")
+    path = NirTarget().export(make_student(), tmp_path / "s.nir")
     data = path.read_bytes()
     truncated = tmp_path / "truncated.nir"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="not a readable NIR file"):
-        nir_target.run(truncated, images())
+        NirTarget().run(truncated, ModelInput(images=images()))
     with pytest.raises(UserError, match="not a readable NIR file"):
-        nir_target.student_from_nir(truncated)
+        nir_read.student_from_nir(truncated)
 
     foreign = tmp_path / "foreign.nir"
     nir.write(foreign, nir.NIRGraph.from_list(nir.Linear(weight=np.ones((2, 3), dtype=np.float32))))
     with pytest.raises(UserError, match="not a lasnn-deploy NIR graph"):
-        nir_target.run(foreign, images())
+        NirTarget().run(foreign, ModelInput(images=images()))
     with pytest.raises(UserError, match="no NIR file"):
-        nir_target.run(tmp_path / "missing.nir", images())
+        NirTarget().run(tmp_path / "missing.nir", ModelInput(images=images()))
 
 
 def test_reading_back_refuses_a_graph_that_is_no_student(tmp_path):
@@ -171,7 +175,7 @@ def test_reading_back_refuses_a_graph_that_is_no_student(tmp_path):
     graph.nodes.pop("lif6")
     graph.edges = [e for e in graph.edges if "lif6" not in e] + [("linear6", "linear7")]
     with pytest.raises(UserError, match=r"LIF nodes after layers \[0, 2\].*\[0, 2, 5\]"):
-        nir_target.student_from_nir(graph)
+        nir_read.student_from_nir(graph)
 
 
 def without_dropout(config: StudentConfig) -> StudentConfig:
@@ -207,7 +211,7 @@ def runtime_currents(student: SpikingStudent, lif: str, x: torch.Tensor) -> torc
     """The input current of node ``lif`` at step 0, ``[B, ...]``, as snnTorch's imported graph computes it."""
     from snntorch.utils import reset
 
-    net, seen = nir_target.snntorch_module(nir_target.to_nir_graph(student)).eval(), []
+    net, seen = order.snntorch_module(nir_target.to_nir_graph(student)).eval(), []
     net.get_submodule(lif).register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
     with torch.no_grad():
         for image in x:  # direct encoding: step 0 gets the image itself
@@ -242,7 +246,7 @@ def test_reference_follows_snntorchs_float32_order_at_a_threshold_tie(tmp_path, 
     with torch.no_grad():
         student.thresholds[k] = tie[tuple(where[0])]  # v[0] = i: exactly one order gives v > theta
     path = export(student, "nir", tmp_path / "tie.nir")
-    got = nir_target.run(path, x)
+    got = NirTarget().run(path, model_in(student, x))
     with torch.no_grad():
         batched = student.run(x, record=True)
     assert not np.array_equal(batched.spikes[k], got.spikes[k])  # the tie is real: batch order disagrees
@@ -254,7 +258,7 @@ def test_residual_graph_survives_write_and_read(tmp_path):
     """Every shortcut is a 1x1 Conv2d branch from its source node into the block's LIF (identity
     weights for the identity one), and the student comes back exactly from the file."""
     student = resnet_student("poisson")
-    path = nir_target.export(student, tmp_path / "r.nir")
+    path = NirTarget().export(student, tmp_path / "r.nir")
     graph = nir.read(path)
     assert graph.metadata["shortcuts"] == "shortcut9 shortcut13 shortcut17 shortcut21"
     into = {dst: sorted(src for src, d in graph.edges if d == dst) for dst in ("lif9", "lif13", "lif17", "lif21")}
@@ -275,7 +279,7 @@ def test_residual_graph_survives_write_and_read(tmp_path):
     assert np.array_equal(graph.nodes["shortcut13"].weight, student.body[13].proj.weight.detach().numpy())
     assert list(graph.nodes["shortcut13"].stride) == [2, 2]
 
-    back = nir_target.student_from_nir(path)
+    back = nir_read.student_from_nir(path)
     assert back.config == without_dropout(student.config)
     assert back.leak.item() == student.leak.item() and torch.equal(back.thresholds, student.thresholds)
     assert len(back.weighted_modules()) == len(student.weighted_modules()) == 15  # 11 convs, 3 projections, 1 linear
@@ -310,7 +314,7 @@ def test_reading_back_refuses_a_residual_graph_that_is_no_student(change, messag
     graph = nir_target.to_nir_graph(resnet_student())
     change(graph)
     with pytest.raises(UserError, match=message):
-        nir_target.student_from_nir(graph)
+        nir_read.student_from_nir(graph)
 
 
 @pytest.mark.parametrize("encoding", ["direct", "poisson"])
@@ -320,7 +324,7 @@ def test_biased_student_is_conv2d_bias_and_affine_and_runs_spike_exact_in_snntor
     student = make_student(encoding=encoding, timesteps=5, bias=True, seed=2)
     path = export(student, "nir", tmp_path / "b.nir")
     graph = nir.read(path)
-    kinds = [type(graph.nodes[n]).__name__ for n in nir_target._chain(graph, path)]
+    kinds = [type(graph.nodes[n]).__name__ for n in nir_read._chain(graph, path)]
     assert kinds == [
         "Input",
         "Conv2d",
@@ -341,19 +345,22 @@ def test_biased_student_is_conv2d_bias_and_affine_and_runs_spike_exact_in_snntor
     report = validate(student, path, x)
     assert report["passed"] and report["spike_agreement"] == 1.0 and report["max_abs_logit_error"] == 0.0
     assert all(0 < layer["spikes_reference"] for layer in report["layers"])
-    back = nir_target.student_from_nir(path)
+    back = nir_read.student_from_nir(path)
     assert back.config == without_dropout(student.config)
     for a, b in zip(student.weighted_modules(), back.weighted_modules(), strict=True):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
     unbiased = make_student(encoding=encoding, timesteps=5, seed=2)  # same weights, no bias: other spikes
-    assert not np.array_equal(nir_target.reference(unbiased, x).logits, nir_target.run(path, x).logits)
+    assert not np.array_equal(
+        NirTarget().reference(unbiased, model_in(unbiased, x)).logits,
+        NirTarget().run(path, model_in(student, x)).logits,
+    )
 
 
 def test_biased_residual_student_runs_spike_exact_in_snntorch(tmp_path):
     student = small_resnet(bias=True).float().eval()
     report = validate(student, export(student, "nir", tmp_path / "r.nir"), images(4))
     assert report["passed"] and report["spike_agreement"] == 1.0 and report["max_abs_logit_error"] == 0.0
-    back = nir_target.student_from_nir(tmp_path / "r.nir")
+    back = nir_read.student_from_nir(tmp_path / "r.nir")
     assert back.config == without_dropout(student.config)
 
 
@@ -361,4 +368,4 @@ def test_a_shortcut_with_a_bias_is_refused():
     graph = nir_target.to_nir_graph(resnet_student())
     graph.nodes["shortcut13"].bias[0] = 0.5
     with pytest.raises(UserError, match="a shortcut adds no bias"):
-        nir_target.student_from_nir(graph)
+        nir_read.student_from_nir(graph)

@@ -18,12 +18,13 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_student, resnet_student
+from helpers import make_student, model_in, resnet_student
 from lasnn_deploy.exporters import export
 from lasnn_deploy.exporters import onnx as onnx_export
+from lasnn_deploy.exporters.onnx import OnnxTarget
 
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.inputs import model_input
+from lasnn_deploy.inputs import ModelInput, model_input
 from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig
 from lasnn_deploy.validation import validate
 
@@ -83,8 +84,8 @@ def ort_session(g: onnx_export._Graph, out: str):
 def test_round_trip_with_float_weights_is_bit_exact(tmp_path, encoding, reset, timesteps):
     student = make_student(encoding, reset, timesteps, seed=timesteps)
     images, spikes = inputs_for(student, random_images(seed=timesteps))
-    got = onnx_export.run(onnx_export.export(student, tmp_path / "s.onnx"), images, spikes)
-    ref = onnx_export.reference(student, images, spikes)
+    got = OnnxTarget().run(OnnxTarget().export(student, tmp_path / "s.onnx"), model_in(student, images, spikes))
+    ref = OnnxTarget().reference(student, model_in(student, images, spikes))
     assert got.layer_names == ["conv0", "conv3", "linear6"]
     assert got.spikes[0].shape == (timesteps, 24, 4, 8, 8)
     assert_identical(got, ref)
@@ -113,8 +114,8 @@ def test_random_student_near_threshold_is_spike_exact(tmp_path):
                 student.thresholds[k] = (lo * hi) ** 0.5
                 rate = student.run(images[:32], record=True).spikes[k].mean()
                 lo, hi = (float(student.thresholds[k]), hi) if rate > 0.15 else (lo, float(student.thresholds[k]))
-    got = onnx_export.run(onnx_export.export(student, tmp_path / "s.onnx"), images, None)
-    ref = onnx_export.reference(student, images, None)
+    got = OnnxTarget().run(OnnxTarget().export(student, tmp_path / "s.onnx"), model_in(student, images))
+    ref = OnnxTarget().reference(student, model_in(student, images))
     assert_identical(got, ref, lo=0.1, hi=0.2)
 
 
@@ -126,9 +127,11 @@ def test_dyadic_student_matches_the_float64_student(tmp_path):
             m.weight.copy_(torch.round(m.weight * 64) / 64)
         student.thresholds.copy_(torch.tensor([0.3125, 0.1875, 0.1875]))
     images, spikes = inputs_for(student, torch.round(random_images() * 16) / 16)
-    got = onnx_export.run(onnx_export.export(student, tmp_path / "s.onnx"), images, spikes)
-    ref64 = onnx_export.reference(copy.deepcopy(student).double(), images, spikes)
-    assert_identical(got, onnx_export.reference(student, images, spikes))
+    got = OnnxTarget().run(OnnxTarget().export(student, tmp_path / "s.onnx"), model_in(student, images, spikes))
+    ref64 = OnnxTarget().reference(
+        copy.deepcopy(student).double(), model_in(copy.deepcopy(student).double(), images, spikes)
+    )
+    assert_identical(got, OnnxTarget().reference(student, model_in(student, images, spikes)))
     for s, r in zip(got.spikes, ref64.spikes, strict=True):
         np.testing.assert_array_equal(s, r)
     np.testing.assert_allclose(got.logits, ref64.logits, rtol=0, atol=1e-6)
@@ -167,12 +170,12 @@ def test_spike_counts_and_dynamic_batch(tmp_path):
 
     student = make_student("direct", "hard", 4)
     images = random_images(7)
-    path = onnx_export.export(student, tmp_path / "s.onnx")
+    path = OnnxTarget().export(student, tmp_path / "s.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits", "spike_count_0", "spike_count_1", "spike_count_2"]
     full = session.run(None, {"image": images.numpy()})
     one = session.run(None, {"image": images[:1].numpy()})
-    ref = onnx_export.reference(student, images, None)
+    ref = OnnxTarget().reference(student, model_in(student, images))
     for k, r in enumerate(ref.spikes):
         np.testing.assert_array_equal(full[1 + k], r.reshape(4, 7, -1).sum(axis=(0, 2)))
         assert full[1 + k].shape == (7,)
@@ -184,12 +187,15 @@ def test_spike_counts_and_dynamic_batch(tmp_path):
 def test_run_and_reference_in_chunks_equal_one_call(tmp_path, monkeypatch, encoding):
     student = make_student(encoding, "hard", 3)
     images = random_images(12)
-    path = onnx_export.export(student, tmp_path / "s.onnx")
-    whole = onnx_export.run(path, images, None)
+    path = OnnxTarget().export(student, tmp_path / "s.onnx")
+    whole = OnnxTarget().run(path, model_in(student, images))
     with torch.no_grad():
         whole_ref = student.run(images, record=True, exact=True)  # Poisson: encoded from the images with seed 0
     monkeypatch.setattr(onnx_export, "RUN_CHUNK", 5)
-    for chunked in onnx_export.run(path, images, None), onnx_export.reference(student, images, None):
+    for chunked in (
+        OnnxTarget().run(path, model_in(student, images)),
+        OnnxTarget().reference(student, model_in(student, images)),
+    ):
         np.testing.assert_array_equal(chunked.logits, whole.logits)
         np.testing.assert_array_equal(chunked.logits, whole_ref.logits.numpy())
         for a, b, r in zip(chunked.spikes, whole.spikes, whole_ref.spikes, strict=True):
@@ -205,16 +211,19 @@ def test_image_pool_student_round_trip(tmp_path):
     torch.manual_seed(0)
     student = SpikingStudent(cfg, leak=0.75, thresholds=[0.05]).eval()
     images = random_images(16, (2, 9, 9))
-    path = onnx_export.export(student, tmp_path / "p.onnx")
+    path = OnnxTarget().export(student, tmp_path / "p.onnx")
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert not ops & {"Conv", "AveragePool"}  # neither runs in float64 in onnxruntime
-    got, ref = onnx_export.run(path, images, None), onnx_export.reference(student, images, None)
+    got, ref = (
+        OnnxTarget().run(path, model_in(student, images)),
+        OnnxTarget().reference(student, model_in(student, images)),
+    )
     assert_identical(got, ref, hi=0.9)
 
 
 def test_file_is_single_unrolled_opset17_model_with_metadata(tmp_path):
     student = make_student("poisson", "soft", timesteps=6)
-    path = onnx_export.export(student, tmp_path / "s.onnx")
+    path = OnnxTarget().export(student, tmp_path / "s.onnx")
     assert sorted(os.listdir(tmp_path)) == ["s.onnx"]
     model = onnx.load(str(path), load_external_data=False)
     onnx.checker.check_model(model, full_check=True)
@@ -243,7 +252,7 @@ def test_file_is_single_unrolled_opset17_model_with_metadata(tmp_path):
 
 def test_direct_encoding_runs_first_conv_once(tmp_path):
     """The first current is computed once on [B, ...] and fed to every step: only the later LIFs split."""
-    model = onnx.load(str(onnx_export.export(make_student("direct", "hard", timesteps=5), tmp_path / "s.onnx")))
+    model = onnx.load(str(OnnxTarget().export(make_student("direct", "hard", timesteps=5), tmp_path / "s.onnx")))
     assert model.graph.input[0].name == "image"
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("MatMul") == 9 + 9 + 2 and ops.count("Split") == 2
@@ -251,34 +260,34 @@ def test_direct_encoding_runs_first_conv_once(tmp_path):
 
 def test_run_leaves_file_untouched_and_reference_keeps_mode(tmp_path):
     student = make_student("direct", "hard", timesteps=3).train()
-    path = onnx_export.export(student, tmp_path / "s.onnx")
+    path = OnnxTarget().export(student, tmp_path / "s.onnx")
     before = path.read_bytes()
     images = torch.rand(2, 1, 8, 8)
-    onnx_export.run(path, images, None)
-    onnx_export.reference(student, images, None)
+    OnnxTarget().run(path, model_in(student, images))
+    OnnxTarget().reference(student, model_in(student, images))
     assert path.read_bytes() == before
     assert student.training
 
 
 def test_input_mismatch_is_a_user_error(tmp_path):
-    direct = onnx_export.export(make_student("direct", timesteps=4), tmp_path / "d.onnx")
-    poisson = onnx_export.export(make_student("poisson", timesteps=4), tmp_path / "p.onnx")
+    direct = OnnxTarget().export(make_student("direct", timesteps=4), tmp_path / "d.onnx")
+    poisson = OnnxTarget().export(make_student("poisson", timesteps=4), tmp_path / "p.onnx")
     with pytest.raises(UserError, match=r"images \[B, 1, 8, 8\]"):
-        onnx_export.run(direct, torch.rand(2, 1, 9, 9), None)
-    with pytest.raises(UserError, match="needs images"):
-        onnx_export.run(direct, None, None)
-    with pytest.raises(UserError, match=r"input spikes \[4, B, 1, 8, 8\]"):
-        onnx_export.run(poisson, None, torch.zeros(5, 2, 1, 8, 8))
-    with pytest.raises(UserError, match=r"input spikes \[4, B"):
-        onnx_export.run(poisson, None, torch.zeros(4, 2, 3, 8, 8))
+        OnnxTarget().run(direct, ModelInput(images=torch.rand(2, 1, 9, 9)))
+    with pytest.raises(UserError, match="exactly one"):
+        OnnxTarget().run(direct, ModelInput(spikes=None))
+    with pytest.raises(UserError, match=r"input spikes \[T=4, B, 1, 8, 8\]"):
+        OnnxTarget().run(poisson, ModelInput(spikes=torch.zeros(5, 2, 1, 8, 8)))
+    with pytest.raises(UserError, match=r"input spikes \[T=4, B"):
+        OnnxTarget().run(poisson, ModelInput(spikes=torch.zeros(4, 2, 3, 8, 8)))
     with pytest.raises(UserError, match=r"images \[B, 1, 8, 8\], got \[0"):
-        onnx_export.run(direct, torch.zeros(0, 1, 8, 8), None)
+        OnnxTarget().run(direct, ModelInput(images=torch.zeros(0, 1, 8, 8)))
 
 
 def test_poisson_file_encodes_images_like_the_student(tmp_path):
     student = make_student("poisson", timesteps=4)
     images = torch.rand(3, 1, 8, 8)
-    got = onnx_export.run(onnx_export.export(student, tmp_path / "p.onnx"), images, None)
+    got = OnnxTarget().run(OnnxTarget().export(student, tmp_path / "p.onnx"), model_in(student, images))
     with torch.no_grad():
         ref = student.run(images, record=True)
     np.testing.assert_array_equal(got.spikes[0], ref.spikes[0].numpy())
@@ -287,7 +296,7 @@ def test_poisson_file_encodes_images_like_the_student(tmp_path):
 def test_broken_or_foreign_files_are_user_errors(tmp_path):
     from onnx import TensorProto, helper
 
-    good = onnx_export.export(make_student(timesteps=2), tmp_path / "s.onnx").read_bytes()
+    good = OnnxTarget().export(make_student(timesteps=2), tmp_path / "s.onnx").read_bytes()
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(good[: len(good) // 2])
     garbage = tmp_path / "garbage.onnx"
@@ -313,7 +322,7 @@ def test_broken_or_foreign_files_are_user_errors(tmp_path):
         (tmp_path / "missing.onnx", "no ONNX file"),
     ]:
         with pytest.raises(UserError, match=message) as info:
-            onnx_export.run(path, images, None)
+            OnnxTarget().run(path, ModelInput(images=images))
         assert "\n" not in str(info.value)
 
 
@@ -322,15 +331,15 @@ def test_failed_export_leaves_no_file(tmp_path):
     (tmp_path / "plain_file").write_text("x")
     (tmp_path / "taken.onnx").mkdir()
     with pytest.raises(UserError, match="cannot write"):
-        onnx_export.export(student, tmp_path / "plain_file" / "s.onnx")
+        OnnxTarget().export(student, tmp_path / "plain_file" / "s.onnx")
     with pytest.raises(UserError, match="is a folder"):
-        onnx_export.export(student, tmp_path / "taken.onnx")  # refused before anything is written
+        OnnxTarget().export(student, tmp_path / "taken.onnx")  # refused before anything is written
     with pytest.raises(UserError, match=r"\.onnx"):
-        onnx_export.export(student, tmp_path / "s.bin")
+        OnnxTarget().export(student, tmp_path / "s.bin")
     with torch.no_grad():
         student.thresholds[1] = float("nan")
     with pytest.raises(UserError, match="thresholds"):
-        onnx_export.export(student, tmp_path / "nan.onnx")
+        OnnxTarget().export(student, tmp_path / "nan.onnx")
     assert sorted(os.listdir(tmp_path)) == ["plain_file", "taken.onnx"]
     assert os.listdir(tmp_path / "taken.onnx") == []
 
@@ -340,8 +349,8 @@ def test_check_names_the_layer_with_bad_weights():
     with torch.no_grad():
         student.body[3].weight[0, 0, 0, 0] = float("inf")
     with pytest.raises(UserError, match=r"body\.3\.weight"):
-        onnx_export.check(student)
-    onnx_export.check(make_student(reset="soft"))  # soft reset is expressible in ONNX
+        OnnxTarget().check(student)
+    OnnxTarget().check(make_student(reset="soft"))  # soft reset is expressible in ONNX
 
 
 @pytest.mark.parametrize("encoding,reset", [("direct", "hard"), ("poisson", "soft"), ("direct", "soft")])
@@ -349,13 +358,13 @@ def test_biased_student_is_bit_exact(tmp_path, encoding, reset):
     """u = lam u + W s + b: the biases' Add nodes inside the one rounding, spikes and logits bit for bit."""
     student = make_student(encoding, reset, 6, seed=4, bias=True)
     images, spikes = inputs_for(student, random_images(seed=4))
-    got = onnx_export.run(onnx_export.export(student, tmp_path / "s.onnx"), images, spikes)
-    assert_identical(got, onnx_export.reference(student, images, spikes))
+    got = OnnxTarget().run(OnnxTarget().export(student, tmp_path / "s.onnx"), model_in(student, images, spikes))
+    assert_identical(got, OnnxTarget().reference(student, model_in(student, images, spikes)))
     unbiased = copy.deepcopy(student)
     with torch.no_grad():
         for m in unbiased.weighted_modules():
             m.bias.zero_()
-    assert not np.array_equal(got.logits, onnx_export.reference(unbiased, images, spikes).logits)
+    assert not np.array_equal(got.logits, OnnxTarget().reference(unbiased, model_in(unbiased, images, spikes)).logits)
 
 
 def test_dyadic_biased_student_matches_the_float64_student(tmp_path):
@@ -368,8 +377,8 @@ def test_dyadic_biased_student_matches_the_float64_student(tmp_path):
         student.thresholds.copy_(torch.tensor([0.3125, 0.1875, 0.1875]))
     assert all(m.bias.abs().max() > 0 for m in student.weighted_modules())
     images = torch.round(random_images() * 16) / 16
-    got = onnx_export.run(onnx_export.export(student, tmp_path / "s.onnx"), images, None)
-    ref64 = onnx_export.reference(copy.deepcopy(student).double(), images, None)
+    got = OnnxTarget().run(OnnxTarget().export(student, tmp_path / "s.onnx"), model_in(student, images))
+    ref64 = OnnxTarget().reference(copy.deepcopy(student).double(), model_in(copy.deepcopy(student).double(), images))
     for s, r in zip(got.spikes, ref64.spikes, strict=True):
         np.testing.assert_array_equal(s, r)
     np.testing.assert_allclose(got.logits, ref64.logits, rtol=0, atol=1e-6)
@@ -383,7 +392,10 @@ def test_resnet_student_is_bit_exact_in_onnxruntime(tmp_path, encoding, bias):
     path = export(student, "onnx", tmp_path / "r.onnx")
     report = validate(student, path, random_images(6))
     assert report["passed"] and report["spike_agreement"] == 1.0
-    got, ref = onnx_export.run(path, images, spikes), onnx_export.reference(student, images, spikes)
+    got, ref = (
+        OnnxTarget().run(path, model_in(student, images, spikes)),
+        OnnxTarget().reference(student, model_in(student, images, spikes)),
+    )
     assert got.layer_names[4::2] == ["shortcut9", "shortcut13", "shortcut17", "shortcut21"]
     assert_identical(got, ref)
 
@@ -392,7 +404,7 @@ def test_resnet_file_holds_every_weight_and_projection_in_float64(tmp_path, monk
     """Weights in the file = Conv + Linear + 1x1 projections (identity shortcuts add none); the size
     check counts the projections too."""
     student = resnet_student("direct")
-    model = onnx.load(str(onnx_export.export(student, tmp_path / "r.onnx")))
+    model = onnx.load(str(OnnxTarget().export(student, tmp_path / "r.onnx")))
     weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE and np.prod(t.dims) > 1]
     total = sum(v.numel() for k, v in student.state_dict().items() if k.endswith("weight"))
     projections = sum(v.numel() for k, v in student.state_dict().items() if k.endswith("proj.weight"))
@@ -403,4 +415,4 @@ def test_resnet_file_holds_every_weight_and_projection_in_float64(tmp_path, monk
     assert ops.count("MatMul") == 9 * 11 + 3 + 1  # 3x3 convs, 1x1 projections, the linear
     monkeypatch.setattr(onnx_export, "MAX_BYTES", 8 * (total - 1))
     with pytest.raises(UserError, match=f"{total:,} weights"):
-        onnx_export.check(student)
+        OnnxTarget().check(student)

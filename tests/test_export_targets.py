@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import model_in
 from lasnn_deploy.exporters import TARGETS, RunResult, Target, export, get_target, target_of_file
 from lasnn_deploy.exporters.lava import LavaTarget
 
 from lasnn_deploy.errors import UserError
+from lasnn_deploy.inputs import InputSpec
+from lasnn_deploy.neurons import Encoding
 
 
 @pytest.mark.parametrize(
@@ -26,7 +29,7 @@ def test_an_unknown_suffix_or_option_is_one_clear_error():
         target_of_file("a.txt")
     with pytest.raises(UserError, match="the onnx target has no option weight_percentile"):
         get_target("onnx", weight_percentile=90)
-    assert get_target("lava", weight_percentile=90).settings == {"weight_percentile": 90, "seed": 0}
+    assert get_target("lava", weight_percentile=90).settings == {"weight_percentile": 90}
     assert LavaTarget().settings == LavaTarget.options
 
 
@@ -46,12 +49,15 @@ class Toy(Target):
         path.write_bytes(b"toy")
         return path
 
-    def _run(self, path, images, input_spikes):
-        return RunResult(logits=np.full((len(images), 2), self.settings["scale"]))
+    def _input_spec(self, path):
+        return InputSpec(Encoding.DIRECT, 4, (1, 8, 8))
 
-    def _reference(self, student, images, input_spikes):
+    def _run(self, path, x):
+        return RunResult(logits=np.full((x.batch, 2), self.settings["scale"]))
+
+    def _reference(self, student, x):
         assert not torch.is_grad_enabled()
-        return RunResult(logits=np.full((len(images), 2), self.settings["scale"]))
+        return RunResult(logits=np.full((x.batch, 2), self.settings["scale"]))
 
 
 def test_a_new_target_is_one_class_and_one_registry_entry(monkeypatch, tmp_path, student):
@@ -60,9 +66,9 @@ def test_a_new_target_is_one_class_and_one_registry_entry(monkeypatch, tmp_path,
     assert export(student, "toy", tmp_path / "s.toy") == tmp_path / "s.toy"
     assert Toy.calls == ["check", "export"]  # the target's own check ran once, before its export
     assert target_of_file(tmp_path / "s.npy") == "toy"
-    images = torch.zeros(3, 1, 8, 8)
-    assert get_target("toy", scale=2.0).reference(student, images).logits.tolist() == [[2.0, 2.0]] * 3
-    assert get_target("toy").run(tmp_path / "s.toy", images).logits.shape == (3, 2)
+    x = model_in(student, torch.zeros(3, 1, 8, 8))
+    assert get_target("toy", scale=2.0).reference(student, x).logits.tolist() == [[2.0, 2.0]] * 3
+    assert get_target("toy").run(tmp_path / "s.toy", x).logits.shape == (3, 2)
 
 
 def test_the_shared_checks_run_before_the_targets_own(monkeypatch, tmp_path, student):

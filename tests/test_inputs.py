@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import make_student
+from helpers import make_student, model_in
 from lasnn_deploy.exporters import get_target
 
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.inputs import model_input
+from lasnn_deploy.inputs import ModelInput, model_input
 from lasnn_deploy.loihi_quant import quantise, run_quantised
 from lasnn_deploy.neurons import poisson_inputs
 
@@ -47,7 +47,36 @@ def test_every_fallback_encodes_images_as_the_student_does(tmp_path):
     for name in ("onnx", "nir"):
         target = get_target(name)
         path = target.export(student, tmp_path / f"s.{name}")
-        from_images, from_spikes = target.run(path, images), target.run(path, None, spikes)
+        from_images, from_spikes = (
+            target.run(path, model_in(student, images)),
+            target.run(path, ModelInput(spikes=spikes)),
+        )
         assert np.array_equal(from_images.logits, from_spikes.logits), name
         assert all(np.array_equal(a, b) for a, b in zip(from_images.spikes, from_spikes.spikes, strict=True)), name
-        assert np.array_equal(target.reference(student, images).logits, target.reference(student, None, spikes).logits)
+        assert np.array_equal(
+            target.reference(student, model_in(student, images)).logits,
+            target.reference(student, ModelInput(spikes=spikes)).logits,
+        )
+
+
+def test_a_target_checks_the_input_once_against_what_the_file_was_exported_for(tmp_path):
+    """``Target.run`` refuses, in one line, images for a Poisson file (they must be encoded with a seed
+    first, ``model_input``), spikes of another T, and anything that is not a ``ModelInput``."""
+    from lasnn_deploy.errors import UserError
+    from lasnn_deploy.inputs import InputSpec, ModelInput
+    from lasnn_deploy.neurons import Encoding
+
+    student = make_student("poisson", timesteps=4)
+    path = get_target("onnx").export(student, tmp_path / "p.onnx")
+    images = torch.rand(2, 1, 8, 8)
+    for bad, message in [
+        (ModelInput(images=images), "encode the images"),
+        (ModelInput(spikes=torch.zeros(3, 2, 1, 8, 8)), "T=4"),
+        (images, "runs on a ModelInput"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            get_target("onnx").run(path, bad)
+        with pytest.raises(UserError, match=message):
+            get_target("onnx").reference(student, bad)
+    spec = InputSpec.of(student.config)
+    assert spec == InputSpec(Encoding.POISSON, 4, (1, 8, 8)) and spec.encoding == "poisson"

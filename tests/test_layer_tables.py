@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 from helpers import small_resnet
-from lasnn_deploy.exporters.nir import _SYNAPTIC, _TO_NIR, to_nir_graph
+from lasnn_deploy.exporters.nir import _TO_NIR, to_nir_graph
+from lasnn_deploy.exporters.nir_runtimes.order import _SYNAPTIC
 from lasnn_deploy.exporters.onnx import _TO_ONNX
 from lasnn_deploy.hw_targets.counting import _FAN_IN, _MACS, _REACH
 

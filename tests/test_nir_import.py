@@ -21,7 +21,7 @@ from lasnn_deploy import export, import_nir, load_student
 from lasnn_deploy.data import first_samples, load_split
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.neurons import poisson_inputs
-from lasnn_deploy.nir_import import CONVENTIONS, student_from_any_nir
+from lasnn_deploy.nir_foreign import CONVENTIONS, student_from_any_nir
 from lasnn_deploy.student import Dropout, SpikingStudent
 from lasnn_deploy.validation import compare, validate
 

@@ -22,12 +22,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import model_in
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lasnn_deploy.exporters import lava as lava_target
-from lasnn_deploy.exporters import nir as nir_target
-from lasnn_deploy.exporters import onnx as onnx_target
+from lasnn_deploy.exporters.lava import LavaTarget
+from lasnn_deploy.exporters.nir import NirTarget
+from lasnn_deploy.exporters.onnx import OnnxTarget
 
+from lasnn_deploy import nir_read
 from lasnn_deploy.inputs import model_input
 from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, LoihiNet, QuantLayer, quantise, run_quantised
 from lasnn_deploy.models import build_student
@@ -137,10 +139,10 @@ def residual_students(draw) -> tuple[SpikingStudent, torch.Tensor, torch.Tensor 
 @given(case=students())
 def test_onnx_export_is_spike_exact(case, tmp_path_factory):
     student, images, spikes = case
-    path = onnx_target.export(student, tmp_path_factory.mktemp("onnx") / "student.onnx")
+    path = OnnxTarget().export(student, tmp_path_factory.mktemp("onnx") / "student.onnx")
     direct = images if spikes is None else None
-    got = onnx_target.run(path, direct, spikes)
-    want = onnx_target.reference(student, direct, spikes)
+    got = OnnxTarget().run(path, model_in(student, direct, spikes))
+    want = OnnxTarget().reference(student, model_in(student, direct, spikes))
     assert got.layer_names == want.layer_names and len(got.spikes) == len(student.config.spiking_layers)
     for name, a, b in zip(want.layer_names, want.spikes, got.spikes, strict=True):
         assert a.shape == b.shape and np.array_equal(a, b), f"{name}: {int((a != b).sum())} spikes differ"
@@ -154,8 +156,8 @@ def test_nir_round_trip_keeps_every_parameter(case, tmp_path_factory):
     import nir
 
     student, _, _ = case
-    path = nir_target.export(student, tmp_path_factory.mktemp("nir") / "student.nir")
-    back = nir_target.student_from_nir(nir.read(path))
+    path = NirTarget().export(student, tmp_path_factory.mktemp("nir") / "student.nir")
+    back = nir_read.student_from_nir(nir.read(path))
     without_dropout = tuple(l for l in student.config.layers if not isinstance(l, Dropout))
     assert back.config == student.config.replace(layers=without_dropout)
     assert back.leak.item() == student.leak.item()
@@ -323,10 +325,10 @@ def _all_negative_dense(student: SpikingStudent) -> bool:
 def _lava_run_equals_reference(
     student: SpikingStudent, images: torch.Tensor, spikes: torch.Tensor | None, path
 ) -> None:
-    lava_target.export(student, path)
+    LavaTarget().export(student, path)
     direct = images if spikes is None else None
-    got = lava_target.run(path, direct, spikes)
-    want = lava_target.reference(student, direct, spikes)
+    got = LavaTarget().run(path, model_in(student, direct, spikes))
+    want = LavaTarget().reference(student, model_in(student, direct, spikes))
     for name, a, b in zip(want.layer_names, want.spikes, got.spikes, strict=True):
         assert np.array_equal(a, b), f"{name}: {int((a != b).sum())} spikes differ"
     np.testing.assert_array_equal(got.logits, want.logits)

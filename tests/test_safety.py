@@ -101,6 +101,7 @@ def test_train_resume_refuses_a_planted_checkpoint(tmp_path, marker, capsys, res
         student="tiny",
         student_width=0.25,
         method="conversion",
+        chance_guard=False,
         train_samples=32,
         test_samples=8,
         batch_size=16,
@@ -114,9 +115,9 @@ def test_train_resume_refuses_a_planted_checkpoint(tmp_path, marker, capsys, res
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.json").write_text(config_to_json(make_config(out=str(run), **options)))
     torch.save({"model": Exploit(marker), "epoch": 1}, run / "checkpoints" / "ann.pt")
-    argv = ["train", "--resume", "--out", str(run), "--no-progress"]
+    argv = ["train", "--resume", "--out", str(run), "--no-progress", "--no-chance-guard"]
     for key, value in options.items():
-        if key != "progress":
+        if key not in ("progress", "chance_guard"):
             argv += [f"--{key.replace('_', '-')}", str(value)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -304,6 +305,7 @@ RESUME_OPTIONS = dict(
     student_width=0.5,
     method="hybrid",
     encoding="poisson",
+    chance_guard=False,
     train_samples=480,
     test_samples=40,
     batch_size=32,
@@ -322,7 +324,8 @@ RESUME_OPTIONS = dict(
 def _train_argv(run: Path, *extra: str) -> list[str]:
     argv = [str(EXE), "train", "--out", str(run), "--no-progress", *extra]
     for key, value in RESUME_OPTIONS.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
+        flag = key.replace("_", "-")
+        argv += ([f"--{flag}" if value else f"--no-{flag}"]) if isinstance(value, bool) else [f"--{flag}", str(value)]
     return argv
 
 

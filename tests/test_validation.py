@@ -6,11 +6,13 @@ import copy
 
 import pytest
 import torch
-from helpers import make_student
+from helpers import make_student, model_in
 from lasnn_deploy.exporters import onnx as onnx_export
+from lasnn_deploy.exporters.onnx import OnnxTarget
 
 from lasnn_deploy import validation
 from lasnn_deploy.evaluation import evaluate_student
+from lasnn_deploy.inputs import ModelInput
 from lasnn_deploy.neurons import poisson_inputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,7 +46,7 @@ def test_evaluate_does_not_depend_on_the_batch_size_under_poisson():
 def test_chunked_validation_reports_what_one_chunk_reports(tmp_path, monkeypatch, encoding):
     student = make_student(encoding, "hard", 3)
     images, labels = images_and_labels()
-    path = onnx_export.export(student, tmp_path / "s.onnx")
+    path = OnnxTarget().export(student, tmp_path / "s.onnx")
     whole = validation.validate(student, path, images, labels)
     monkeypatch.setattr(onnx_export.OnnxTarget, "chunk", 4)
     chunked = validation.validate(student, path, images, labels)
@@ -62,7 +64,7 @@ def test_a_file_from_another_student_fails_validation(tmp_path, monkeypatch):
     with torch.no_grad():
         other.thresholds[0] *= 1.5  # the exported network fires less in its first layer
     images, labels = images_and_labels()
-    path = onnx_export.export(other, tmp_path / "other.onnx")
+    path = OnnxTarget().export(other, tmp_path / "other.onnx")
     monkeypatch.setattr(onnx_export.OnnxTarget, "chunk", 5)
     report = validation.validate(student, path, images, labels)
     assert not report["passed"]
@@ -89,21 +91,22 @@ def test_the_package_offers_the_whole_data_flow_without_loading_matplotlib():
 # -- a validate that cannot be fooled ----------------------------------------------------------
 from unittest import mock  # noqa: E402
 
+import nir  # noqa: E402
 import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from lasnn_deploy.exporters import (  # noqa: E402
     RunResult,
-    nir_runtimes,  # noqa: E402
     target_of_file,
 )
-from lasnn_deploy.exporters import nir as nir_target  # noqa: E402
+from lasnn_deploy.exporters.nir import NirTarget  # noqa: E402
+from lasnn_deploy.exporters.nir_runtimes import order  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     student = make_student("direct", "hard", 3)
-    return student, onnx_export.export(student, tmp_path_factory.mktemp("v") / "s.onnx")
+    return student, OnnxTarget().export(student, tmp_path_factory.mktemp("v") / "s.onnx")
 
 
 def tampered(result: RunResult, how: str, k: int) -> RunResult:
@@ -149,7 +152,7 @@ def test_first_divergence_names_a_planted_threshold_tie(tmp_path):
     threshold one float32 step lower makes it fire there, and nowhere earlier."""
     student = make_student("direct", "hard", 4)
     images, labels = images_and_labels(6)
-    v = nir_runtimes.reference(student, images).potentials[0]  # conv0, [T, B, C, H, W]
+    v = order.ordered_reference(student, model_in(student, images)).potentials[0]  # conv0, [T, B, C, H, W]
     flat = v[0, 0].reshape(-1)
     n = int(np.flatnonzero(flat > 0)[0])  # sample 0, step 0: every neuron before it has v <= 0
     tie = float(flat[n])
@@ -158,7 +161,7 @@ def test_first_divergence_names_a_planted_threshold_tie(tmp_path):
     planted = copy.deepcopy(student)
     with torch.no_grad():
         planted.thresholds[0] = float(np.nextafter(np.float32(tie), np.float32(0)))
-    path = nir_target.export(planted, tmp_path / "tie.nir")
+    path = NirTarget().export(planted, tmp_path / "tie.nir")
     report = validation.validate(student, path, images, labels)
     d = report["first_divergence"]
     assert not report["passed"] and report["spike_agreement"] < 1.0
@@ -171,16 +174,16 @@ def test_first_divergence_names_a_planted_threshold_tie(tmp_path):
 def test_trace_is_the_references_spikes_as_nir_data(tmp_path):
     student = make_student("poisson", "hard", 4)
     images, labels = images_and_labels(7)
-    path = nir_target.export(student, tmp_path / "s.nir")
+    path = NirTarget().export(student, tmp_path / "s.nir")
     report = validation.validate(student, path, images, labels, trace=tmp_path / "golden.h5")
-    data = nir_target.nir.read_data(tmp_path / "golden.h5")
-    reference = nir_runtimes.reference(student, None, poisson_inputs(images, 4, 0, 0))
+    data = nir.read_data(tmp_path / "golden.h5")
+    reference = order.ordered_reference(student, ModelInput(spikes=poisson_inputs(images, 4, 0, 0)))
     assert report["passed"] and sorted(data.nodes) == ["lif0", "lif3", "lif6"]
     for name, spikes in zip(["lif0", "lif3", "lif6"], reference.spikes, strict=True):
         grid = data.nodes[name].observables["spikes"]
         assert grid.dt == 1e-4 and grid.data.dtype == bool and grid.data.shape == (7, 4, spikes[0, 0].size)
         assert np.array_equal(grid.data, spikes.reshape(4, 7, -1).transpose(1, 0, 2) > 0)
-    assert all(name in nir_target.nir.read(path).nodes for name in data.nodes)  # named after the file's LIF nodes
+    assert all(name in nir.read(path).nodes for name in data.nodes)  # named after the file's LIF nodes
 
 
 def test_a_netx_file_named_net_is_a_lava_file(tmp_path):
@@ -214,7 +217,7 @@ def test_validate_streams_a_data_set_a_batch_at_a_time(tmp_path, monkeypatch, en
     loaded, so memory holds a batch however large the set; the report equals the tensors' one."""
     student = make_student(encoding, "hard", 3)
     images, labels = images_and_labels()
-    path = onnx_export.export(student, tmp_path / "s.onnx")
+    path = OnnxTarget().export(student, tmp_path / "s.onnx")
     whole = validation.validate(student, path, images, labels)
     monkeypatch.setattr(onnx_export.OnnxTarget, "chunk", 4)
     data = _CountingSet(images, labels)
@@ -245,7 +248,7 @@ def test_validate_samples_all_runs_the_whole_test_split(capsys, monkeypatch, tmp
     monkeypatch.setattr(data, "load_split", lambda *a, **kw: torch.utils.data.TensorDataset(images, labels))
     student = make_student("direct", "hard", 3)
     save_student(student, tmp_path)
-    path = onnx_export.export(student, tmp_path / "s.onnx")
+    path = OnnxTarget().export(student, tmp_path / "s.onnx")
     for samples in ("all", "500"):
         code, out, _ = run_cli(capsys, "validate", tmp_path, path, "--samples", samples, "--json", tmp_path / "v.json")
         report = __import__("json").loads((tmp_path / "v.json").read_text())

@@ -11,7 +11,7 @@ One small module per runtime, each with the same three names:
   batch-free ``Flatten(start_dim=0)`` as ``nn.Flatten(0, -1)``, which flattens a batch axis too; then
   only a file whose Flatten counts from the end (``start_dim=-3``, the flavours') runs batched
   (:func:`batched`). Batched, the reference computes each step's layers on the whole batch, as the
-  runtime does; else one image at a time (``exporters.nir.runtime_order``).
+  runtime does; else one image at a time (``order.runtime_order``).
 
 The default ``export --target nir`` file stays plain NIR, run in snnTorch. A flavoured file records
 its runtime in the metadata (``nir_for``), and ``validate`` refuses to run it in another.
@@ -29,13 +29,12 @@ import nir
 import numpy as np
 import torch
 
-from ...atomic import atomic_path
 from ...errors import UserError
-from ...neurons import _lif_forward
-from ...student import SpikingStudent
-from .. import nir as nir_target
+from ...inputs import ModelInput
+from ...nir_read import lif_layers, read_graph
 from ..target import RunResult
 from . import transforms
+from .order import float32, run_unbatched
 
 RUNTIMES = {  # name: the extra that installs it
     "snntorch": "a core dependency (snntorch==1.0.0)",
@@ -86,24 +85,11 @@ def missing(name: str, err: Exception) -> UserError:
     return UserError(f"the {name} runtime is not installed ({err}); install {RUNTIMES[name]} (make install does)")
 
 
-def flavoured_graph(student: SpikingStudent, runtime: str) -> nir.NIRGraph:
-    """The student's NIR graph in ``runtime``'s flavour, its metadata naming the runtime."""
-    module = runtime_module(runtime)
-    nir_target.check(student)
-    graph = module.flavour(nir_target.to_nir_graph(student))
-    graph.metadata["nir_for"] = runtime
-    return graph
-
-
-def export(student: SpikingStudent, path: str | Path, runtime: str) -> Path:
-    """Write the flavoured graph with ``nir.write``, atomically; a plain file for ``snntorch``."""
-    path = Path(path)
-    if path.suffix.lower() != ".nir":
-        raise UserError(f"a NIR export must end in .nir, got {path}; pass --out NAME.nir")
-    graph = flavoured_graph(student, runtime)
-    with atomic_path(path) as tmp:
-        nir.write(tmp, graph)
-    return path
+def flavour(graph: nir.NIRGraph, runtime: str) -> nir.NIRGraph:
+    """The plain student graph in ``runtime``'s flavour, its metadata naming the runtime (``--nir-for``)."""
+    flavoured = runtime_module(runtime).flavour(graph)
+    flavoured.metadata["nir_for"] = runtime
+    return flavoured
 
 
 def runtime_of(graph: nir.NIRGraph, runtime: str | None, where: Any) -> str:
@@ -128,16 +114,15 @@ def batched(graph: nir.NIRGraph, runtime: str) -> bool:
     )
 
 
-def run(path: str | Path, images: Any = None, input_spikes: Any = None, runtime: str | None = None) -> RunResult:
+def run(path: str | Path, x: ModelInput, runtime: str | None = None) -> RunResult:
     """Run the NIR file in ``runtime``'s importer; logits are the mean of the output over the ``T`` steps."""
     path = Path(path)
-    graph, settings = nir_target.read_graph(path)
+    graph, settings = read_graph(path)
     runtime = runtime_of(graph, runtime, path)
     if runtime == "snntorch" and not batched(graph, runtime):
-        return nir_target._run(path, images, input_spikes)  # the plain file's own step: no recursion
-    steps = nir_target._input_steps(images, input_spikes, settings, path)
-    chain, into = nir_target._layout(graph, path)
-    lifs = [n for n in chain if isinstance(graph.nodes[n], nir.LIF)]
+        return run_unbatched(path, x)  # the plain file, one image at a time
+    steps = float32(x).steps(settings["timesteps"])
+    layers = lif_layers(graph, path)
     try:
         recorded = runtime_module(runtime).run(graph, settings, steps)
     except UserError:
@@ -151,64 +136,10 @@ def run(path: str | Path, images: Any = None, input_spikes: Any = None, runtime:
     def shaped(a: np.ndarray, name: str) -> np.ndarray:
         return a.reshape(*a.shape[:2], *shapes[name]) if name in shapes else a
 
-    found = [n for n in lifs if n in recorded.spikes]
+    found = [n for n in layers if n in recorded.spikes]
     return RunResult(
         logits=logits.numpy(),
         spikes=[shaped(recorded.spikes[n], n) for n in found],
-        layer_names=[into.get(n, chain[chain.index(n) - 1]) for n in found],
+        layer_names=[layers[n] for n in found],
         potentials=None if recorded.potentials is None else [shaped(recorded.potentials[n], n) for n in found],
-    )
-
-
-class _PerStep(torch.nn.Module):
-    """``module`` on one step's batch at a time, as a batched runtime calls it step by step.
-
-    The student runs a layer on all ``T * B`` images at once; PyTorch's float32 kernels choose their
-    summation order by shape, so the reference calls it on chunks of ``B``, as the runtime does.
-    """
-
-    def __init__(self, module: torch.nn.Module, batch: int):
-        super().__init__()
-        self.module, self.batch = module, batch
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.module(x) for x in h.split(self.batch)])
-
-
-def _batched_order(student: SpikingStudent, batch: int) -> SpikingStudent:
-    return nir_target.runtime_order(student, lambda module: _PerStep(module, batch))
-
-
-def reference(
-    student: SpikingStudent, images: Any = None, input_spikes: Any = None, in_batches: bool = False
-) -> RunResult:
-    """The float32 student on the same input, in the order the runtime computes its layers (``in_batches``:
-    each step's whole batch, see :func:`batched`; else image by image), with the potentials before
-    reset of every LIF layer (for the first-divergence report)."""
-    cfg = student.config
-    x, spikes = nir_target._as_tensor(images), nir_target._as_tensor(input_spikes)
-    batch = spikes.shape[1] if spikes is not None else x.shape[0]
-    ordered = _batched_order(student, batch) if in_batches else nir_target.runtime_order(student)
-    currents: dict[int, torch.Tensor] = {}
-    hooks = [
-        ordered.body[i].register_forward_hook(lambda m, a, out, i=i: currents.__setitem__(i, out))
-        for i in cfg.spiking_layers
-    ]
-    try:
-        with torch.no_grad():
-            trace = ordered.run(x, input_spikes=spikes, record=True)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    T = cfg.timesteps if spikes is None else spikes.shape[0]
-    potentials = []
-    for k, i in enumerate(cfg.spiking_layers):
-        current = currents[i]
-        # [T * B, ...], or [B, ...] for a layer the student runs once under direct encoding
-        current = current.unflatten(0, (T, -1)) if current.shape[0] == T * batch else current.expand(T, *current.shape)
-        _, v = _lif_forward(current.float(), student.leak.detach(), student.thresholds[k].detach(), True, True)
-        potentials.append(torch.stack(v).numpy())
-    names = [cfg.layer_name(i) for i in cfg.spiking_layers]
-    return RunResult(
-        logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names, potentials=potentials
     )

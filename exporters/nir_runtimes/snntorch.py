@@ -2,7 +2,7 @@
 
 Its importer hard-codes ``dt = 1e-4`` (the plain file's) and maps ``AvgPool2d``, but builds NIR's
 batch-free ``Flatten(start_dim=0)`` literally (``nn.Flatten(0, -1)``), so a batch axis would be
-flattened too: the plain file runs one sample at a time (``exporters.nir.run``). The flavour only
+flattened too: the plain file runs one sample at a time (``order.run_unbatched``). The flavour only
 counts the Flatten's dimensions from the end (``start_dim=-3``, the same node for NIR's batch-free
 types), which ``nn.Flatten`` then applies past the batch axis: the whole batch runs at once.
 """
@@ -15,8 +15,8 @@ import nir
 import numpy as np
 import torch
 
-from .. import nir as nir_target
 from . import Recorded, transforms
+from .order import snntorch_module
 
 BATCHED = True
 LITERAL_FLATTEN = True
@@ -31,7 +31,7 @@ def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> R
     """The imported graph step by step on the whole batch, state reset once; spikes by forward hooks."""
     from snntorch.utils import reset as reset_state
 
-    net = nir_target.snntorch_module(graph).eval()
+    net = snntorch_module(graph).eval()
     lifs = [n for n, node in graph.nodes.items() if isinstance(node, nir.LIF)]
     spikes: dict[str, list[torch.Tensor]] = {n: [] for n in lifs}
     for n in lifs:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ...errors import UserError
-from ..nir import NO_LEAK_STEPS, leak_to_tau
+from ...nir_read import NO_LEAK_STEPS, leak_to_tau
 
 
 def _chain(graph: nir.NIRGraph) -> list[str]:

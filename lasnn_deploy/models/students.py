@@ -91,7 +91,7 @@ def _builder(arch: str, plan: LayerPlan, doc: str) -> StudentBuilder:
         num_classes: int,
         *,
         timesteps: int = 8,
-        encoding: Encoding = "direct",
+        encoding: Encoding = Encoding.DIRECT,
         reset: Reset = "hard",
         width: float = 1.0,
         dropout: float | None = None,

@@ -37,7 +37,7 @@ class StudentConfig:
     num_classes: int
     layers: tuple[LayerSpec, ...]
     timesteps: int = 8
-    encoding: Encoding = "direct"
+    encoding: Encoding = Encoding.DIRECT
     reset: Reset = "hard"
 
     def __post_init__(self) -> None:
@@ -53,8 +53,9 @@ class StudentConfig:
         ):
             raise UserError(f"layers must be a sequence of layer specs, got {self.layers!r}")
         object.__setattr__(self, "layers", tuple(self.layers))
-        if self.encoding not in ("direct", "poisson"):
+        if self.encoding not in tuple(Encoding):
             raise UserError(f"encoding must be 'direct' or 'poisson', got {self.encoding!r}")
+        object.__setattr__(self, "encoding", Encoding(self.encoding))
         if self.reset not in ("hard", "soft"):
             raise UserError(f"reset must be 'hard' or 'soft', got {self.reset!r}")
         check_timesteps(self.timesteps)
@@ -132,7 +133,7 @@ class StudentConfig:
             "num_classes": self.num_classes,
             "layers": [layer_to_dict(l) for l in self.layers],
             "timesteps": self.timesteps,
-            "encoding": self.encoding,
+            "encoding": self.encoding.value,
             "reset": self.reset,
         }
 

@@ -26,6 +26,7 @@ class Trace:
     spikes: list[torch.Tensor] = field(default_factory=list)  # each [T, B, ...]
     input_spikes: torch.Tensor | None = None  # [T, B, C, H, W]; None for direct encoding
     outputs: torch.Tensor | None = None  # [T, B, K]: the readout's input current per step; logits are their mean
+    currents: list[torch.Tensor] = field(default_factory=list)  # each [T, B, ...]: LIF inputs (currents=True)
 
 
 class SpikingStudent(nn.Module):
@@ -65,6 +66,7 @@ class SpikingStudent(nn.Module):
         seed: int = 0,
         record: bool = False,
         exact: bool = False,
+        currents: bool = False,
     ) -> Trace:
         """Run the SNN on images ``x`` (encoded per the config by ``inputs.model_input``) or on given ``input_spikes``.
 
@@ -77,6 +79,8 @@ class SpikingStudent(nn.Module):
         kernel adds its terms, so another runtime that does the same (the ONNX export) produces
         the same spikes bit for bit. Plain float32 kernels of two libraries disagree in the last
         bit, which flips a spike whenever ``u`` lies within a rounding step of ``theta``.
+
+        ``currents=True`` also keeps every LIF layer's input current (what a membrane-update count reads).
         """
         T = check_timesteps(timesteps or self.config.timesteps)
         given = model_input(self.config.encoding, T, x, input_spikes, seed=seed)
@@ -100,7 +104,10 @@ class SpikingStudent(nn.Module):
             if k is not None:
                 if static:
                     h, static = h.unsqueeze(0).expand(T, *h.shape), False
-                h = lif_multistep(h.to(self.leak.dtype), self.leak, self.thresholds[k], self.config.reset)
+                h = h.to(self.leak.dtype)
+                if currents:
+                    trace.currents.append(h)
+                h = lif_multistep(h, self.leak, self.thresholds[k], self.config.reset)
                 if record:
                     trace.spikes.append(h)
             if i in sources:

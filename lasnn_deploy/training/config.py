@@ -34,7 +34,7 @@ from ..data import DATASETS
 from ..errors import UserError
 from ..models import STUDENTS, TEACHERS
 from ..student import MAX_TIMESTEPS
-from .intermediate import INTERMEDIATES
+from .intermediate import CLIPPED, INTERMEDIATES
 from .methods import METHODS, TEACHER_METHODS
 
 OPTIMIZERS = ("sgd", "adam")
@@ -60,6 +60,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "patience": 3,
         "student_lr": 1e-3,
         "student_back_off": 0.2,
+    },
+}
+# What a preset changes for one student, over the preset's own values (docs/semantics.md, 'Presets'):
+# the deep students need batch norm, the hard-reset rate activation, augmentation of colour images
+# (greyscale is never augmented), more width and a longer intermediate ANN to train at all.
+STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "resnet12": {
+            "student_width": 0.5,
+            "intermediate": "rate",
+            "augment": True,
+            "ann_steps": 5700,
+        },
+        "vgg16": {
+            "student_width": 0.25,
+            "student_dropout": 0.0,
+            "intermediate": "rate",
+            "augment": True,
+            "ann_steps": 5700,
+        },
     },
 }
 
@@ -96,6 +116,12 @@ class TrainConfig:
     device: str = _opt("auto", "torch device (auto: cuda if available, else cpu)", "run")
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", "run")
     progress: bool = _opt(True, "show progress bars", "run")
+    chance_guard: bool = _opt(
+        True,
+        "stop with exit 2 when a stage ends near chance on the validation split (--no-chance-guard lets it "
+        "through: smoke tests on a few images)",
+        "run",
+    )
     # -- architectures ------------------------------------------------------------------------
     student: str = _opt("3conv2linear", "student SNN architecture", "student", tuple(STUDENTS))
     student_width: float = _opt(1.0, "multiply the student's channel and unit counts", "student")
@@ -122,12 +148,16 @@ class TrainConfig:
     intermediate: str = _opt(
         "plain",
         "intermediate ANN: plain (the LaSNN paper's: ReLU, no bias, no batch norm), bn (batch norm, "
-        "folded into a per-channel bias at conversion) or qcfs (bn with Bu et al.'s clip-floor-shift activation; "
-        "the clips give the thresholds)",
+        "folded into a per-channel bias at conversion), qcfs (bn with Bu et al.'s clip-floor-shift activation; "
+        "the clips give the thresholds) or rate (bn with the hard-reset neuron's exact spike rate over T steps as "
+        "the activation, after a QCFS warm-up; converts to a hard-reset student with little loss)",
         "ann",
         INTERMEDIATES,
     )
     qcfs_levels: int | None = _opt(None, "qcfs: quantisation levels L of the activation (default: --timesteps)", "ann")
+    rate_warmup: float = _opt(
+        0.5, "rate: share of the intermediate ANN's steps trained with QCFS (L = T) before the rate activation", "ann"
+    )
     ann_epochs: int = _opt(100, "intermediate ANN training epochs (the best on the validation split is kept)", "ann")
     ann_steps: int | None = _opt(
         None, "train the intermediate ANN for about N optimiser steps instead (whole epochs)", "ann"
@@ -170,6 +200,12 @@ class TrainConfig:
         None,
         "after a fine-tuning epoch without a better validation score, go back to the best weights at this "
         "times the rate, constant between back-offs (default: none, the --schedule sets the rate)",
+        "method",
+    )
+    spike_tolerance: float | None = _opt(
+        None,
+        "energy-aware selection: keep the fine-tuning epoch with the fewest validation spikes among those within "
+        "X validation accuracy of the best (0.005: half a point; default: off, the most accurate epoch)",
         "method",
     )
     student_weight_decay: float = _opt(0.0, "student SNN weight decay (weights only)", "method")
@@ -266,11 +302,17 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(
             f"--qcfs-levels applies to --intermediate qcfs only, not {cfg.intermediate}; drop it or use qcfs"
         )
-    if cfg.intermediate == "qcfs" and cfg.balance_percentile is not None:
+    if cfg.intermediate in CLIPPED and cfg.balance_percentile is not None:
         raise UserError(
-            "--balance-percentile cannot apply to --intermediate qcfs: its learned clips give the "
+            f"--balance-percentile cannot apply to --intermediate {cfg.intermediate}: its learned clips give the "
             "thresholds; drop the percentile or use --intermediate bn"
         )
+    if cfg.spike_tolerance is not None and not 0 <= cfg.spike_tolerance < 1:
+        raise UserError(
+            f"--spike-tolerance must be in [0, 1) (a share of validation accuracy), got {cfg.spike_tolerance}"
+        )
+    if not 0 <= cfg.rate_warmup < 1:
+        raise UserError(f"--rate-warmup must be in [0, 1), got {cfg.rate_warmup}")
     if cfg.student_back_off is not None and not 0 < cfg.student_back_off < 1:
         raise UserError(f"--student-back-off must be in (0, 1), got {cfg.student_back_off}")
     if not 0 < cfg.validation_fraction < 1:
@@ -307,19 +349,26 @@ def _check_type(name: str, value: Any, where: str) -> Any:
 
 
 def make_config(**options: Any) -> TrainConfig:
-    """A checked ``TrainConfig``: defaults, then ``options['preset']``'s values, then ``options``."""
+    """A checked ``TrainConfig``: defaults, then ``options['preset']``'s values (with its choices for
+    the student, ``preset_choices``), then ``options``."""
     unknown = sorted(set(options) - set(FIELDS))
     if unknown:
         raise UserError(f"unknown training option(s) {', '.join(unknown)}; see `lasnn-deploy train --help`")
     preset = options.get("preset")
     if preset is not None and preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    values = {**PRESETS.get(preset, {}), **options}
+    student = {**PRESETS.get(preset, {}), **options}.get("student", FIELDS["student"].default)
+    values = {**PRESETS.get(preset, {}), **preset_choices(preset, student), **options}
     for stage in ("teacher", "ann"):  # epochs given outrank a preset's steps
         if f"{stage}_epochs" in options and f"{stage}_steps" not in options:
             values[f"{stage}_steps"] = None
     values = {k: _check_type(k, v, f"option {k!r}") for k, v in values.items()}
     return TrainConfig(**values)
+
+
+def preset_choices(preset: str | None, student: str) -> dict[str, Any]:
+    """What ``preset`` sets for ``student`` beyond its own values (empty for the shallow students)."""
+    return dict(STUDENT_PRESETS.get(preset or "", {}).get(student, {}))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -39,7 +39,16 @@ weights are scaled by ``Lambda_L`` instead.
 
 A QCFS intermediate ANN (``clips`` given) needs no statistic: its clip ``lam_l`` is the largest
 activation of layer ``l``, so ``theta_l = lam_l / Lambda_in`` and ``Lambda_l = lam_l``. Its shift
-(a half-threshold starting charge) is added as ``theta_l / (2T)`` to the bias every step.
+(a half-threshold starting charge) is added as ``theta_l / (2T)`` to the bias every step. A
+hard-reset-rate ANN (``--intermediate rate``) converts the same way without the shift: its activation
+already is the rate of a neuron that starts at zero.
+
+Bias calibration (``calibrate_biases``; Li et al. 2021, "A free lunch from ANN", bias correction):
+a deep hard-reset student fires later and less than its ANN, layer after layer (a layer cannot fire
+before its inputs have), so after conversion each layer's bias, first to last, gets the mean
+per-channel shortfall ``mean(a_ANN - Lambda_l r_SNN)`` of its rate (in units of ``1 / Lambda_in``),
+measured on the balancing batches with the layers before it already corrected. The pipeline keeps
+the calibrated student only when it scores better on the validation split.
 
 Dropout is off (eval mode) while balancing, and Poisson inputs are drawn from a seed per batch.
 Under several processes (torchrun) each takes some of the whole batches, and the per-batch
@@ -108,11 +117,44 @@ def convert(
     percentile_value: float = 100.0,
     seed: int = 0,
     clips: Sequence[float] | None = None,
+    shift: bool = True,
 ) -> list[float]:
-    """Threshold balancing (or QCFS ``clips``), then the readout scaled by the last LIF layer's ``Lambda``."""
-    thresholds = balance_thresholds(student, batches, percentile_value, seed, clips)
+    """Threshold balancing (or learned ``clips``, with QCFS's ``shift`` or without), then the readout
+    scaled by the last LIF layer's ``Lambda``."""
+    thresholds = balance_thresholds(student, batches, percentile_value, seed, clips, shift)
     student.weighted_modules()[-1].weight.mul_(rate_scales(student.config, thresholds)[-1])
     return thresholds
+
+
+@torch.no_grad()
+def calibrate_biases(
+    student: SpikingStudent, ann_activations: Sequence[dict[int, torch.Tensor]], batches: Batches, seed: int = 0
+) -> list[float]:
+    """Add to every LIF layer's bias its mean per-channel rate shortfall against the ANN (module docstring).
+
+    ``ann_activations[b][k]`` is the ANN's activation of LIF layer ``k`` on batch ``b``; returns the
+    mean absolute correction of each layer in ANN units (0 for a layer without a bias).
+    """
+    items = list(batches.items() if isinstance(batches, Mapping) else enumerate(batches))
+    config = student.config
+    scales = rate_scales(config, student.thresholds.tolist())
+    corrections: list[float] = []
+    with eval_mode(student):
+        for k, i in enumerate(config.spiking_layers):
+            bias = student.body[i - 1 if isinstance(config.layers[i], Shortcut) else i].bias
+            if bias is None:
+                corrections.append(0.0)
+                continue
+            gap = torch.zeros_like(bias)
+            for position, (b, x) in enumerate(items):  # each batch's per-channel mean shortfall, summed
+                rate = student.run(x, seed=seed + b, record=True).spikes[k].mean(0) * scales[k]
+                gap += (ann_activations[position][k] - rate).transpose(0, 1).flatten(1).mean(1)
+            *sums, count = distributed.reduce_sums([*gap.tolist(), len(items)])  # every process's batches
+            gap = torch.tensor(sums, dtype=bias.dtype, device=bias.device) / count
+            before = table_entry(_BEFORE, type(config.layers[i]), "bias calibration")(config, k, i)
+            bias.add_(gap / (scales[before] if before >= 0 else 1.0))
+            corrections.append(float(gap.abs().mean()))
+    return corrections
 
 
 def _chain_before(config: StudentConfig, k: int, i: int) -> int:
@@ -173,10 +215,12 @@ def balance_thresholds(
     percentile_value: float = 100.0,
     seed: int = 0,
     clips: Sequence[float] | None = None,
+    shift: bool = True,
 ) -> list[float]:
     """Set the leak to 1 and every ``theta_l`` layer by layer (steps 1-4 of the module docstring).
 
-    With ``clips`` (a QCFS ANN's, one per LIF layer) the thresholds come from them, not from the batches.
+    With ``clips`` (a QCFS or rate ANN's, one per LIF layer) the thresholds come from them, not from
+    the batches; ``shift`` adds QCFS's half-threshold charge to the biases.
 
     Batch ``b`` draws its Poisson input from ``seed + b``; ``b`` is its position in a sequence, or
     its key in a mapping (this process's share of the batches under torchrun).
@@ -195,7 +239,7 @@ def balance_thresholds(
                 synapses.bias.div_(scales[before] if before >= 0 else 1.0)
             if clips is not None:
                 theta = max(float(clips[layer]) / (scales[before] if before >= 0 else 1.0), MIN_THRESHOLD)
-                if synapses.bias is not None:
+                if shift and synapses.bias is not None:
                     synapses.bias.add_(theta / (2 * config.timesteps))
                 student.thresholds[layer] = theta
                 thresholds.append(theta)

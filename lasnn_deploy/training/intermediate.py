@@ -17,6 +17,15 @@ Three kinds (``--intermediate``):
   spike counts reproduce. The shift ``1/2`` is the SNN's half-threshold starting charge; this
   student starts at ``u = 0``, so conversion gives it as ``theta / (2T)`` added to the bias every step
   (the same charge after ``T`` steps).
+- ``rate``: ``bn`` with the hard-reset neuron's exact rate as the activation: a neuron with threshold
+  ``lam`` fed the constant current ``z > 0`` from ``u = 0`` fires first when ``k z > lam``, at
+  ``k = floor(lam / z) + 1``, resets to zero and repeats, so it fires ``floor(T / k)`` times in ``T``
+  steps and ``a = lam / T * floor(T / (floor(lam / z) + 1))`` (0 for ``z <= 0``). QCFS's levels above
+  ``lam / 2`` all become ``T / 2`` spikes under a hard reset; this activation is what the hard-reset
+  neuron really computes, so the ANN learns around it. The gradient is that of ``clamp(z, 0, lam)``
+  (straight through). A network started on it is easily dead (every unit below ``lam``), so the first
+  ``warmup_steps`` optimiser steps train with QCFS (``L = T``) and the same clips; evaluation always
+  uses the rate. The clips give the thresholds as for ``qcfs``, with no shift (the neuron starts at 0).
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from torch import nn
 
 from ..student import Conv, Dropout, Linear, Shortcut, SpikingStudent
 
-INTERMEDIATES = ("plain", "bn", "qcfs")
+INTERMEDIATES = ("plain", "bn", "qcfs", "rate")
+CLIPPED = ("qcfs", "rate")  # kinds whose learned clips give the thresholds
 CLIP_INIT = 4.0  # the starting clip; Bu et al. start from 8 on CIFAR with batch norm, our smaller nets fire less
 
 
@@ -36,6 +46,19 @@ def qcfs(z: torch.Tensor, clip: torch.Tensor, levels: int) -> torch.Tensor:
     q = z * levels / clip + 0.5
     q = q + (torch.floor(q) - q).detach()
     return torch.clamp(q, 0, levels) * clip / levels
+
+
+def hard_reset_rate(z: torch.Tensor, clip: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """``clip / T * floor(T / (floor(clip / z) + 1))`` for ``z > 0``, else 0; gradient of ``clamp(z, 0, clip)``.
+
+    The spike count of an integrate-and-fire neuron with threshold ``clip``, hard reset to 0 and the
+    constant input ``z`` over ``timesteps`` steps, times ``clip / T`` (module docstring, ``rate``).
+    """
+    positive = z > 0
+    steps_to_fire = torch.floor(clip / torch.where(positive, z, torch.ones_like(z))) + 1
+    exact = torch.where(positive, torch.floor(timesteps / steps_to_fire), torch.zeros_like(z)) * clip / timesteps
+    smooth = torch.minimum(F.relu(z), clip)
+    return smooth + (exact - smooth).detach()
 
 
 def _norm(spec: Conv | Linear | Shortcut) -> nn.Module:
@@ -47,10 +70,11 @@ def _norm(spec: Conv | Linear | Shortcut) -> nn.Module:
 class IntermediateAnn(nn.Module):
     """``forward(x) -> logits``: the student's layers as an ANN of the given kind (module docstring)."""
 
-    def __init__(self, student: SpikingStudent, kind: str = "plain", levels: int | None = None):
+    def __init__(self, student: SpikingStudent, kind: str = "plain", levels: int | None = None, warmup_steps: int = 0):
         super().__init__()
         cfg = student.config
-        self.student, self.kind, self.levels = student, kind, levels
+        self.student, self.kind, self.levels = student, kind, levels or cfg.timesteps
+        self.warmup_steps = warmup_steps
         self.norms = nn.ModuleDict()
         if kind != "plain":
             last = max(i for i, l in enumerate(cfg.layers) if isinstance(l, (Conv, Linear)))
@@ -58,7 +82,9 @@ class IntermediateAnn(nn.Module):
                 if isinstance(spec, (Conv, Linear)) and i != last or isinstance(spec, Shortcut) and spec.projects:
                     self.norms[str(i)] = _norm(spec)
         lifs = len(cfg.spiking_layers)
-        self.clips = nn.Parameter(torch.full((lifs,), CLIP_INIT)) if kind == "qcfs" else None
+        self.clips = nn.Parameter(torch.full((lifs,), CLIP_INIT)) if kind in CLIPPED else None
+        if kind == "rate":  # optimiser steps taken, in the state so that a resumed run warms up as it would have
+            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self._lif_index = {layer: k for k, layer in enumerate(cfg.spiking_layers)}
 
     def trained_parameters(self) -> list[nn.Parameter]:
@@ -66,7 +92,14 @@ class IntermediateAnn(nn.Module):
         params = [p for m in self.student.weighted_modules() for p in m.parameters()]
         return params + list(self.norms.parameters()) + ([self.clips] if self.clips is not None else [])
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, seed: int = 0):
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        seed: int = 0,
+        record: dict[int, torch.Tensor] | None = None,
+    ):
+        """Logits (with ``y``: cross-entropy and logits); ``record`` receives each LIF layer's activation."""
         cfg, body = self.student.config, self.student.body
         sources, saved = cfg.shortcut_sources, {}
         for i, (spec, module) in enumerate(zip(cfg.layers, body, strict=True)):
@@ -80,12 +113,21 @@ class IntermediateAnn(nn.Module):
                 x = self._normed(i, module(x))
             k = self._lif_index.get(i)
             if k is not None:
-                x = F.relu(x) if self.clips is None else qcfs(x, self.clips[k], self.levels)
+                x = self._activation(x, k)
+                if record is not None:
+                    record[k] = x.detach()
             if i in sources:
                 saved[i] = x
         if y is None:
             return x
         return F.cross_entropy(x, y), x
+
+    def _activation(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        if self.clips is None:
+            return F.relu(x)
+        if self.kind == "rate" and not (self.training and int(self.steps) < self.warmup_steps):
+            return hard_reset_rate(x, self.clips[k], self.student.config.timesteps)
+        return qcfs(x, self.clips[k], self.levels)
 
     def _normed(self, i: int, x: torch.Tensor) -> torch.Tensor:
         norm = self.norms[str(i)] if str(i) in self.norms else None
@@ -93,9 +135,11 @@ class IntermediateAnn(nn.Module):
 
     @torch.no_grad()
     def clamp_parameters_(self) -> None:
-        """Keep every clip positive after an optimiser step."""
+        """Keep every clip positive after an optimiser step (and count the step for the warm-up)."""
         if self.clips is not None:
             self.clips.clamp_(min=1e-3)
+        if self.kind == "rate":
+            self.steps += 1
 
 
 @torch.no_grad()

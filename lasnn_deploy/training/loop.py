@@ -36,14 +36,17 @@ class FitResult:
     best_epoch: int | None = None  # with ``select``: the finished epoch whose weights were kept (0: the start)
     best_score: float | None = None  # the kept epoch's validation accuracy
     epochs_run: int = 0
+    most_accurate_epoch: int | None = None  # with a spike tolerance, the epoch the score alone would keep
 
 
 class Score(NamedTuple):
     """A validation score: the higher accuracy wins, and at equal accuracy the lower mean
-    cross-entropy (a small split ties often; the loss still tells the students apart)."""
+    cross-entropy (a small split ties often; the loss still tells the students apart). ``spikes``
+    (per sample) is read only by a selection with a spike tolerance."""
 
     accuracy: float
     loss: float
+    spikes: float | None = None
 
     def beats(self, other: Score) -> bool:
         return (self.accuracy, -self.loss) > (other.accuracy, -other.loss)
@@ -64,11 +67,24 @@ class Selection:
     (patience - 1)`` times the first: a spiking student's validation accuracy moves at any rate
     (a weight change of 1e-7 flips a neuron at its threshold), and the search would otherwise go on
     fitting the split's noise at rates that teach nothing.
+
+    With ``spike_tolerance`` the stage ends instead on the epoch with the fewest spikes among those
+    whose validation accuracy is within ``spike_tolerance`` of the best one's (``fewest_spikes``);
+    training itself (back-off, patience) still follows the most accurate epoch.
     """
 
     score: Callable[[], Score]
     patience: int | None = None
     back_off: float | None = None
+    spike_tolerance: float | None = None
+
+
+def fewest_spikes(scores: Sequence[Score], tolerance: float) -> int:
+    """Index of the score with the fewest spikes among those within ``tolerance`` accuracy of the best
+    (ties: the better score); with none cheaper inside the tolerance, the best score's."""
+    top = max(range(len(scores)), key=lambda i: (scores[i].accuracy, -scores[i].loss))
+    inside = [i for i, s in enumerate(scores) if s.accuracy >= scores[top].accuracy - tolerance]
+    return min(inside, key=lambda i: (scores[i].spikes or 0.0, -scores[i].accuracy, scores[i].loss))
 
 
 def batches(dataset: Dataset, indices: Sequence[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -170,11 +186,14 @@ def fit(
         )
         best, back_offs = state.get("best"), state.get("back_offs", 0)
         if best is not None:
-            best = {**best, "score": Score(best["score"], best["loss"])}
+            best = _restored(best)
+        frugal = [_restored(c) for c in state.get("frugal", [])]
     else:
         distributed.seed_this_process(plan.seed)
+        frugal = []
     if select is not None and best is None:
         best = {"epoch": 0, "score": select.score(), "model": _state_copy(step_module)}
+        frugal = [best] if select.spike_tolerance is not None else []
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     frozen = [p for p in step_module.parameters() if p.requires_grad and id(p) not in trained]
     for p in frozen:
@@ -192,8 +211,13 @@ def fit(
             if best is not None:
                 score = select.score()
                 result.history[-1].update(validation_accuracy=score.accuracy, validation_loss=score.loss)
+                if score.spikes is not None:
+                    result.history[-1]["validation_spikes"] = score.spikes
+                current = {"epoch": epoch + 1, "score": score, "model": _state_copy(step_module)}
+                if select.spike_tolerance is not None:
+                    frugal = _within(frugal + [current], select.spike_tolerance)
                 if score.beats(best["score"]):
-                    best = {"epoch": epoch + 1, "score": score, "model": _state_copy(step_module)}
+                    best = current
                 elif select.back_off is not None:
                     _back_off(step_module, optimizer, best["model"], select.back_off)
                     back_offs += 1
@@ -212,6 +236,7 @@ def fit(
                         "back_offs": back_offs,
                         "seconds": result.seconds,
                         **({"best": _storable(best)} if best is not None else {}),
+                        "frugal": [_storable(c) for c in frugal],
                     },
                 )
             distributed.barrier()
@@ -222,9 +247,22 @@ def fit(
             p.requires_grad_(True)
     result.epochs_run = len(result.history)
     if best is not None:
+        result.most_accurate_epoch = int(best["epoch"])
+        if frugal:
+            best = frugal[fewest_spikes([c["score"] for c in frugal], select.spike_tolerance)]
         step_module.load_state_dict(best["model"])
         result.best_epoch, result.best_score = int(best["epoch"]), best["score"].accuracy
     return result
+
+
+def _within(candidates: list[dict], tolerance: float) -> list[dict]:
+    """The candidate epochs still within ``tolerance`` accuracy of the best among them (kept weights)."""
+    top = max(c["score"].accuracy for c in candidates)
+    return [c for c in candidates if c["score"].accuracy >= top - tolerance]
+
+
+def _restored(stored: dict) -> dict:
+    return {**stored, "score": Score(stored["score"], stored["loss"], stored.get("spikes"))}
 
 
 def _back_off(
@@ -239,7 +277,7 @@ def _back_off(
 
 def _storable(best: dict) -> dict:
     """The best epoch as the checkpoint holds it (plain floats, loadable with ``weights_only``)."""
-    return {**best, "score": best["score"].accuracy, "loss": best["score"].loss}
+    return {**best, "score": best["score"].accuracy, "loss": best["score"].loss, "spikes": best["score"].spikes}
 
 
 def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -282,6 +320,16 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, plan: FitPlan, ep
     result.seconds += time.perf_counter() - began
     result.history.append({"epoch": epoch + 1, "loss": loss_sum / count, "train_accuracy": correct / count})
     if show:
+        left = result.seconds / len(result.history) * (epochs - epoch - 1)  # this stage's epochs at their mean time
         tqdm.write(
             f"{name} epoch {epoch + 1}/{epochs}: loss {loss_sum / count:.4f}, train accuracy {correct / count:.4f}"
+            f"{f', stage ETA {_duration(left)}' if epoch + 1 < epochs else ''}"
         )
+
+
+def _duration(seconds: float) -> str:
+    """``1 h 05 min``, ``12 min 30 s`` or ``40 s``."""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"

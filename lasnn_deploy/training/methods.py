@@ -29,7 +29,7 @@ Fine-tuning methods (all start from the converted student and use CE of the inte
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -37,13 +37,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..modes import eval_mode
 from ..student import Conv, Shortcut, SpikingStudent
 from . import losses
 
-if TYPE_CHECKING:
-    from .objectives import FineTune
-
 Step = tuple[torch.Tensor, torch.Tensor]  # (loss, logits)
+
+
+class FineTune(Protocol):
+    """What a method reads of the module it trains in (``objectives.FineTune``, which imports this
+    module): the student, the training config, the frozen teacher; ``attach`` adds its heads to it."""
+
+    student: SpikingStudent
+    cfg: Any
+
+    @property
+    def teacher(self) -> nn.Module | None: ...
 
 
 def spread(n: int, k: int) -> list[int]:
@@ -90,6 +99,10 @@ class Method:
     def attach(self, ft: FineTune) -> None:
         """Nothing beside the student by default."""
 
+    def prepare(self, ft: FineTune, x: torch.Tensor) -> dict[str, float]:
+        """Adjust the converted student on training images ``x`` before fine-tuning; what was done."""
+        return {}
+
     def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         raise UserError(f"method {self.name!r} has no fine-tuning stage")
 
@@ -112,6 +125,28 @@ class KD(Method):
     def temperatures(self, cfg: Any) -> tuple[float, float]:
         """(student, teacher) softmax temperatures."""
         return cfg.temperature, cfg.temperature
+
+    @torch.no_grad()
+    def prepare(self, ft: FineTune, x: torch.Tensor) -> dict[str, float]:
+        """Scale the readout so that ``logits / T_student`` spread as ``teacher / T_teacher`` (docs/semantics.md).
+
+        A converted student's logits are the readout's mean current, often several times narrower
+        than the teacher's; the KD term then dwarfs cross-entropy and fine-tuning spends itself on
+        the scale. Multiplying the readout's weights and bias by one positive number changes no
+        spike and no prediction.
+        """
+        with eval_mode(ft.student):
+            student_logits = ft.student.run(x, seed=0).logits
+        teacher_logits = ft.teacher(x)[0]
+        spread = float(student_logits.std(1).mean())
+        student_t, teacher_t = self.temperatures(ft.cfg)
+        target = float(teacher_logits.std(1).mean()) * student_t / teacher_t
+        scale = target / spread if spread > 0 else 1.0
+        readout = ft.student.weighted_modules()[-1]
+        readout.weight.mul_(scale)
+        if readout.bias is not None:
+            readout.bias.mul_(scale)
+        return {"readout_scale": scale, "student_logit_std": spread}
 
     def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         cfg = ft.cfg

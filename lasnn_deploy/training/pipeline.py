@@ -49,22 +49,20 @@ from ..data import DataInfo, data_info, first_samples, load_split
 from ..errors import UserError
 from ..evaluation import evaluate_ann, evaluate_student
 from ..models import build_student, build_teacher
+from ..run_folder import ANN_FILE, CONFIG_FILE, CONVERTED_FILE, METRICS_FILE, PROGRESS_FILE, TEACHER_FILE, stage_seed
 from ..student import STUDENT_FILE, SpikingStudent, load_student, save_student
 from . import distributed
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path, load_matching_weights, save_weights
-from .config import BALANCE_CANDIDATES, TrainConfig, config_to_json, make_config
-from .conversion import convert
+from .config import BALANCE_CANDIDATES, TrainConfig, config_to_json, make_config, preset_choices
+from .conversion import calibrate_biases, convert
 from .intermediate import IntermediateAnn, fold_batch_norm
 from .loop import EpochHook, FitPlan, FitResult, Score, Selection, batches, fit, make_optimizer, make_scheduler
 from .methods import Method
 from .objectives import FineTune, TeacherStep
 
-TEACHER_FILE, ANN_FILE, CONVERTED_FILE = "teacher.safetensors", "ann.safetensors", "converted.safetensors"
-CONFIG_FILE, PROGRESS_FILE, METRICS_FILE = "config.json", "progress.json", "metrics.json"
 TEACHER_FORMAT, ANN_FORMAT = "lasnn-deploy-teacher/1", "lasnn-deploy-ann/2"  # ann/2: the IntermediateAnn's state
-STAGE_SEEDS = {"teacher": 1, "ann": 2, "conversion": 3, "finetune": 4, "validation": 5}
 # Options that change nothing a finished stage computed; they may differ on --resume.
-RESUME_FREE = {"resume", "progress", "threads", "device", "eval_batch_size", "out"}
+RESUME_FREE = {"resume", "progress", "threads", "device", "eval_batch_size", "out", "chance_guard"}
 IN_MEMORY_LIMIT = 2**31  # bytes: smaller image folders are decoded once and kept as tensors
 
 
@@ -85,7 +83,7 @@ class Run:
         return self.config.progress and distributed.is_main_process()
 
     def seed(self, stage: str) -> int:
-        return self.config.seed * 1000 + STAGE_SEEDS[stage]
+        return stage_seed(self.config.seed, stage)
 
     # -- the run folder: every write happens here, on the main process only ---------------------
     def write_progress(self) -> None:
@@ -145,8 +143,8 @@ def _train(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook | 
     teacher = None
     if config.needs_teacher:
         teacher, stages["teacher"] = _teacher_stage(run)
-    student, clips, stages["ann"] = _ann_stage(run)
-    stages["conversion"] = _conversion_stage(run, student, clips)
+    student, ann, stages["ann"] = _ann_stage(run)
+    stages["conversion"] = _conversion_stage(run, student, ann)
     if Method.REGISTRY[config.method].fine_tunes:
         stages["finetune"] = _finetune_stage(run, student, teacher)
     else:
@@ -250,7 +248,7 @@ def _prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook 
     full_train = load_split(config.dataset, config.data_dir, "train")
     test_set = load_split(config.dataset, config.data_dir, "test")
     info = data_info(full_train)
-    seed = config.seed * 1000 + STAGE_SEEDS["validation"]
+    seed = stage_seed(config.seed, "validation")
     train_set, val_set = split_validation(
         _in_memory(full_train, config.train_samples), config.validation_fraction, seed
     )
@@ -270,12 +268,15 @@ def _prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook 
     return run
 
 
+def _steps_per_epoch(run: Run, epoch_samples: int | None = None) -> int:
+    return -(-min(len(run.train_set), epoch_samples or len(run.train_set)) // run.config.batch_size)
+
+
 def stage_epochs(run: Run, epochs: int, steps: int | None, epoch_samples: int | None = None) -> int:
     """``epochs``, or the whole epochs (at least one) that make about ``steps`` optimiser steps when given."""
     if steps is None:
         return epochs
-    per_epoch = -(-min(len(run.train_set), epoch_samples or len(run.train_set)) // run.config.batch_size)
-    return max(1, round(steps / per_epoch))
+    return max(1, round(steps / _steps_per_epoch(run, epoch_samples)))
 
 
 def _fit(
@@ -333,7 +334,7 @@ def _evaluate_snn(run: Run, student: SpikingStudent, desc: str, dataset: Dataset
 
 def _validation_score(run: Run, student: SpikingStudent) -> Score:
     result = _evaluate_snn(run, student, "validation", run.val_set)
-    return Score(result["test_accuracy"], result["loss"])
+    return Score(result["test_accuracy"], result["loss"], result["spikes_per_sample"])
 
 
 def _evaluate_ann(run: Run, model: nn.Module, dataset: Dataset | None = None) -> Score:
@@ -345,6 +346,33 @@ def _evaluate_ann(run: Run, model: nn.Module, dataset: Dataset | None = None) ->
         sums = [round(accuracy * len(part)), loss * len(part), len(part)]
     correct, loss, total = distributed.reduce_sums(sums)
     return Score(correct / total, loss / total)
+
+
+CHANCE_HINTS = {
+    "teacher": "a lower --teacher-lr or more --teacher-steps",
+    "ann": "--intermediate bn or rate (batch norm), a lower --ann-lr or more --ann-steps",
+    "conversion": "--intermediate rate (an ANN that converts to the hard reset) or a larger --timesteps",
+    "finetune": "a lower --student-lr, or --method conversion to keep the converted student",
+}
+
+
+def check_above_chance(stage: str, accuracy: float, samples: int, classes: int) -> None:
+    """``UserError`` when ``stage``'s validation accuracy is not clearly above chance (docs/semantics.md).
+
+    Near chance means within three binomial standard errors of ``1 / classes`` on ``samples`` images:
+    a stage there has learned nothing the split can tell from guessing.
+    """
+    chance = 1.0 / classes
+    if accuracy <= chance + 3.0 * math.sqrt(chance * (1.0 - chance) / samples):
+        raise UserError(
+            f"the {stage} stage ended near chance: validation accuracy {accuracy:.4f} against chance {chance:.4f} "
+            f"on {samples} images; try {CHANCE_HINTS[stage]} (finished stages stay in the run folder and are reused)"
+        )
+
+
+def _guard(run: Run, stage: str, accuracy: float) -> None:
+    if run.config.chance_guard:
+        check_above_chance(stage, accuracy, len(run.val_set), run.info.num_classes)
 
 
 # -- stages --------------------------------------------------------------------------------------
@@ -378,9 +406,12 @@ def _teacher_stage(run: Run) -> tuple[nn.Module, dict[str, Any]]:
         )
         began = time.perf_counter()
         _recalibrate_batch_norm(run, teacher)
+        validation = _evaluate_ann(run, teacher, run.val_set).accuracy
+        _guard(run, "teacher", validation)
         accuracy = _evaluate_ann(run, teacher).accuracy
         result = {
             "test_accuracy": accuracy,
+            "validation_accuracy": validation,
             "seconds": fitted.seconds,
             "epochs": epochs,
             "evaluate_seconds": time.perf_counter() - began,
@@ -424,12 +455,14 @@ def _student_config(run: Run):
     )
 
 
-def _ann_stage(run: Run) -> tuple[SpikingStudent, list[float] | None, dict[str, Any]]:
-    """The trained intermediate ANN folded into a student, a QCFS ANN's clips (else None), the result."""
+def _ann_stage(run: Run) -> tuple[SpikingStudent, IntermediateAnn, dict[str, Any]]:
+    """The trained intermediate ANN folded into a student, the ANN itself (eval mode), the result."""
     cfg = run.config
     torch.manual_seed(run.seed("ann"))
     levels = cfg.qcfs_levels or cfg.timesteps if cfg.intermediate == "qcfs" else None
-    ann = IntermediateAnn(SpikingStudent(_student_config(run)), cfg.intermediate, levels).to(run.device)
+    epochs = stage_epochs(run, cfg.ann_epochs, cfg.ann_steps)
+    warmup = round(cfg.rate_warmup * epochs * _steps_per_epoch(run)) if cfg.intermediate == "rate" else 0
+    ann = IntermediateAnn(SpikingStudent(_student_config(run)), cfg.intermediate, levels, warmup).to(run.device)
     student = SpikingStudent(ann.student.config).to(run.device)
     arch = student.config.to_dict()
     expected = {
@@ -438,13 +471,13 @@ def _ann_stage(run: Run) -> tuple[SpikingStudent, list[float] | None, dict[str, 
         "intermediate": cfg.intermediate,
         "levels": levels,
         "dataset": cfg.dataset,
+        **({"timesteps": cfg.timesteps, "warmup_steps": warmup} if cfg.intermediate == "rate" else {}),
     }
     path = run.folder / ANN_FILE
     if path.is_file():
         meta = load_matching_weights(path, ann, expected, "intermediate ANN")
-        return *_folded(ann, student), {**meta["result"], "loaded": True}
+        return _folded(ann, student), ann, {**meta["result"], "loaded": True}
     step = distributed.sync_batch_norm(ann, run.device)
-    epochs = stage_epochs(run, cfg.ann_epochs, cfg.ann_steps)
     fitted = _fit(
         run,
         "ann",
@@ -457,6 +490,7 @@ def _ann_stage(run: Run) -> tuple[SpikingStudent, list[float] | None, dict[str, 
         after_step=ann.clamp_parameters_,
         select=Selection(lambda: _evaluate_ann(run, ann, run.val_set)),
     )
+    _guard(run, "ann", fitted.best_score)
     began = time.perf_counter()
     accuracy = _evaluate_ann(run, ann).accuracy
     result = {
@@ -470,17 +504,18 @@ def _ann_stage(run: Run) -> tuple[SpikingStudent, list[float] | None, dict[str, 
     }
     run.save_weights(ANN_FILE, ann, {**expected, "result": result})
     run.finish_stage("ann")
-    return *_folded(ann, student), {**result, "loaded": False}
+    return _folded(ann, student), ann, {**result, "loaded": False}
 
 
-def _folded(ann: IntermediateAnn, student: SpikingStudent) -> tuple[SpikingStudent, list[float] | None]:
+def _folded(ann: IntermediateAnn, student: SpikingStudent) -> SpikingStudent:
     ann.eval()
     fold_batch_norm(ann, student)
-    return student, None if ann.clips is None else ann.clips.detach().cpu().tolist()
+    return student
 
 
-def _conversion_stage(run: Run, student: SpikingStudent, clips: list[float] | None) -> dict[str, Any]:
+def _conversion_stage(run: Run, student: SpikingStudent, ann: IntermediateAnn) -> dict[str, Any]:
     cfg = run.config
+    clips = None if ann.clips is None else ann.clips.detach().cpu().tolist()
     path = run.folder / CONVERTED_FILE
     if cfg.resume and "conversion" in run.progress and path.is_file():
         student.load_state_dict(load_student(path).state_dict())
@@ -498,13 +533,18 @@ def _conversion_stage(run: Run, student: SpikingStudent, clips: list[float] | No
     ann_state, scores, best = copy.deepcopy(student.state_dict()), {}, None
     for p in candidates:
         student.load_state_dict(ann_state)
-        thresholds = convert(student, images, p or 100.0, seed=run.seed("conversion"), clips=clips)
-        if len(candidates) > 1:  # one given percentile needs no validation run
-            scores[str(p)] = _evaluate_snn(run, student, f"balance {p}", run.val_set)["test_accuracy"]
-        if best is None or scores[str(p)] > best[0]:
-            best = (scores.get(str(p), 0.0), p, thresholds, copy.deepcopy(student.state_dict()))
-    _, percentile, thresholds, converted = best
+        shift = cfg.intermediate == "qcfs"
+        thresholds = convert(student, images, p or 100.0, seed=run.seed("conversion"), clips=clips, shift=shift)
+        score = _evaluate_snn(run, student, f"balance {p}", run.val_set)["test_accuracy"]
+        if len(candidates) > 1:
+            scores[str(p)] = score
+        if best is None or score > best[0]:
+            best = (score, p, thresholds, copy.deepcopy(student.state_dict()))
+    validation, percentile, thresholds, converted = best
     student.load_state_dict(converted)
+    calibration = _calibrate(run, student, ann, images, validation)
+    validation = max(validation, calibration.get("validation_accuracy", 0.0))
+    _guard(run, "conversion", validation)
     seconds = time.perf_counter() - began
     began = time.perf_counter()
     evaluation = _evaluate_snn(run, student, "converted")
@@ -513,7 +553,9 @@ def _conversion_stage(run: Run, student: SpikingStudent, clips: list[float] | No
         "spikes_per_sample": evaluation["spikes_per_sample"],
         "thresholds": thresholds,
         "percentile": percentile,
+        "validation_accuracy": validation,
         "percentile_validation_accuracy": scores,
+        "bias_calibration": calibration,
         "batches": count,
         "seconds": seconds,
         "evaluate_seconds": time.perf_counter() - began,
@@ -524,6 +566,38 @@ def _conversion_stage(run: Run, student: SpikingStudent, clips: list[float] | No
     return {**result, "loaded": False}
 
 
+CALIBRATION_PASSES = 4  # bias calibration passes tried; the validation split keeps the best (docs/semantics.md)
+
+
+def _calibrate(
+    run: Run, student: SpikingStudent, ann: IntermediateAnn, images: dict[int, torch.Tensor], validation: float
+) -> dict[str, Any]:
+    """Bias calibration of the converted student (``conversion.calibrate_biases``), pass after pass; the
+    student after the pass that scores best on the validation split is kept, none if no pass beats the
+    uncalibrated one. What it did (empty for a student without biases)."""
+    if all(m.bias is None for m in student.weighted_modules()):
+        return {}
+    activations = []
+    with torch.no_grad():
+        for x in images.values():
+            activations.append({})
+            ann(x, record=activations[-1])
+    best, scores, corrections = (validation, 0, copy.deepcopy(student.state_dict())), [], []
+    for done in range(1, CALIBRATION_PASSES + 1):
+        corrections.append(calibrate_biases(student, activations, images, seed=run.seed("conversion")))
+        scores.append(_evaluate_snn(run, student, f"calibration {done}", run.val_set)["test_accuracy"])
+        if scores[-1] > best[0]:
+            best = (scores[-1], done, copy.deepcopy(student.state_dict()))
+    student.load_state_dict(best[2])
+    return {
+        "uncalibrated_validation_accuracy": validation,
+        "validation_accuracy": best[0],
+        "passes_kept": best[1],
+        "validation_accuracy_per_pass": scores,
+        "mean_corrections": corrections,
+    }
+
+
 def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None) -> dict[str, Any]:
     cfg = run.config
     path = run.folder / STUDENT_FILE
@@ -532,10 +606,15 @@ def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None
         return {**run.progress["finetune"], "loaded": True}
     torch.manual_seed(run.seed("finetune"))
     objective = FineTune(student, cfg.method, cfg, teacher).to(run.device)
+    first = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(run.seed("finetune")))
+    x, _ = next(batches(run.train_set, first[: cfg.eval_batch_size].tolist(), cfg.eval_batch_size))
+    prepared = objective.method.prepare(objective, x.to(run.device))
     neuron = [student.leak, student.thresholds]
     weights = [p for p in objective.parameters() if all(p is not q for q in neuron)]
-    params = [{"params": weights, "weight_decay": cfg.student_weight_decay}, {"params": neuron, "weight_decay": 0.0}]
-    select = Selection(lambda: _validation_score(run, student), cfg.patience, cfg.student_back_off)
+    params = [{"params": weights, "weight_decay": cfg.student_weight_decay}]
+    if cfg.intermediate != "rate":  # a rate-converted student keeps the IF neurons its ANN's rates assume
+        params.append({"params": neuron, "weight_decay": 0.0})
+    select = Selection(lambda: _validation_score(run, student), cfg.patience, cfg.student_back_off, cfg.spike_tolerance)
     fitted = _fit(
         run,
         "finetune",
@@ -549,6 +628,7 @@ def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None
         epoch_samples=cfg.student_samples,
         select=select,
     )
+    _guard(run, "finetune", fitted.best_score)
     began = time.perf_counter()
     evaluation = _evaluate_snn(run, student, "student")
     result = {
@@ -556,6 +636,12 @@ def _finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None
         "spikes_per_sample": evaluation["spikes_per_sample"],
         "validation_accuracy": fitted.best_score,
         "best_epoch": fitted.best_epoch,
+        "selection": {
+            "spike_tolerance": cfg.spike_tolerance,
+            "most_accurate_epoch": fitted.most_accurate_epoch,
+            "kept_epoch": fitted.best_epoch,
+        },
+        "prepared": prepared,
         "stopped_early": fitted.epochs_run < cfg.student_epochs,
         "seconds": fitted.seconds,
         "epochs": fitted.epochs_run,
@@ -592,11 +678,12 @@ def _metrics(run: Run, student: SpikingStudent, stages: dict[str, dict[str, Any]
         "validation": {
             "samples": len(run.val_set),
             "fraction": cfg.validation_fraction,
-            "seed": cfg.seed * 1000 + STAGE_SEEDS["validation"],
+            "seed": stage_seed(cfg.seed, "validation"),
         },
         "leak": float(student.leak.detach()),
         "thresholds": student.thresholds.detach().tolist(),
         "train_seconds": sum(s["seconds"] for s in stages.values()),
         "stages": stages,
+        "preset_choices": preset_choices(cfg.preset, cfg.student),
         "config": cfg.to_dict(),
     }
