@@ -23,17 +23,20 @@ The last dense is the output integrator (no leak, vThMant = 2**17 - 1, never fir
 after step T gives the logits. Root attributes: format, timesteps, encoding, input_shape,
 num_classes, v_decay, weight_percentile, layer_names, scales, lif_layers, output_scale.
 
-Running: the samples go through one Lava network back to back, T steps each, with netx's
+Running: every sample goes through ONE long Lava run, T steps each, with netx's
 ``reset_interval = T``: each layer's neurons reset at the start of its own window, and each
 window starts one step after the previous layer's (every Dense/Conv adds one step of latency), so
-a sample's spikes of on-chip layer k sit at steps ``b*T + t + k + offset``. Direct encoding pauses
-between samples to set the input block's bias; Poisson input plays from a ``RingBuffer`` source.
-``Extractor`` processes stream every layer's spikes out, a ``Read`` process samples the output
-voltage at the end of each window.
+a sample's spikes of on-chip layer k sit at steps ``b*T + t + k + 1``. The processes of
+``lava_stream`` feed and read it, one message per sample: a source writes each sample's input
+bias at its interval (direct) or plays its Poisson spikes; sinks send each layer's spikes, and the
+output voltage at the end of each window, back to the host. The run advances ``CHUNK`` samples
+per ``net.run``, so memory holds one chunk however many samples stream through.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import h5py
@@ -49,6 +52,7 @@ from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, Spiking
 from .target import RunResult, Target
 
 FORMAT = "lasnn-deploy-netx/1"
+CHUNK = 32  # samples per net.run: the progress bar moves, the pipes hold one chunk
 NETX_LAYER_TYPES = (Conv, Linear, AvgPool, Flatten, Dropout)  # AvgPool folded, Dropout dropped
 
 
@@ -191,16 +195,47 @@ def _run(path: Path, given: ModelInput) -> RunResult:
 
     Spikes come back as ``[T, B, ...]`` per LIF layer in torch's layout, logits as ``[B, K]``.
     """
+    return _concat(list(_run_stream(path, [given])))
+
+
+def _run_stream(path: Path, inputs: Iterable[ModelInput], chunk: int = CHUNK) -> Iterator[RunResult]:
+    """Run every checked input, in order, through ONE long Lava run; yield each input's ``RunResult`` as it completes.
+
+    The network is built and compiled once; the samples follow each other at intervals of T steps
+    (module docstring). Memory holds one chunk of ``chunk`` samples, however many are streamed.
+    """
     meta = read_metadata(path)
     T, direct = int(meta["timesteps"]), meta["encoding"] == Encoding.DIRECT
+    host: QuantLayer | None = None
     if direct:
         with h5py.File(path, "r") as f:
-            drive = host_bias(_host_layer(f), given.image()).numpy()  # [B, ...] bias mantissas
-    else:
-        drive = np.moveaxis(_numpy(given.steps(T)), 0, 1)  # [B, T, ...]
-    voltages, spikes_per_layer = _simulate(Path(path), drive, T, direct)
-    logits = readout_logits(voltages, float(meta["output_scale"]), T)
-    return RunResult(logits=logits, spikes=spikes_per_layer, layer_names=list(meta["lif_layers"]))
+            host = _host_layer(f)
+
+    def drives() -> Iterator[np.ndarray]:
+        for given in inputs:
+            if host is not None:
+                yield host_bias(host, given.image()).numpy()  # [B, ...] bias mantissas
+            else:
+                yield np.moveaxis(_numpy(given.steps(T)), 0, -1)  # [B, ..., T]
+
+    names, scale = list(meta["lif_layers"]), float(meta["output_scale"])
+    for voltages, spikes in _simulate(Path(path), drives(), T, direct, chunk):
+        yield RunResult(logits=readout_logits(voltages, scale, T), spikes=spikes, layer_names=names)
+
+
+def _concat(results: list[RunResult]) -> RunResult:
+    """One ``RunResult`` of consecutive batches (samples on axis 0 of logits, axis 1 of spikes)."""
+    if len(results) == 1:
+        return results[0]
+    spikes = None
+    if all(r.spikes is not None for r in results):
+        layers = zip(*(r.spikes or [] for r in results), strict=True)
+        spikes = [np.concatenate(layer, axis=1) for layer in layers]
+    return RunResult(
+        logits=np.concatenate([r.logits for r in results]),
+        spikes=spikes,
+        layer_names=results[0].layer_names,
+    )
 
 
 def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -212,62 +247,105 @@ def _lava_order(x: np.ndarray, spatial: bool) -> np.ndarray:
     return np.swapaxes(x, -1, -3) if spatial else x
 
 
-def _simulate(path: Path, drive: np.ndarray, T: int, direct: bool) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Run ``B`` samples back to back; returns output voltages ``[B, K]`` and spikes ``[T, B, ...]`` per LIF."""
+def _simulate(
+    path: Path, drives: Iterable[np.ndarray], T: int, direct: bool, chunk: int = CHUNK
+) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """Stream batches of drive (direct: bias ``[B, ...]``; Poisson: spikes ``[B, ..., T]``) through one Lava run.
+
+    Yields, per batch and in order, output voltages ``[B, K]`` and spikes ``[T, B, ...]`` per LIF
+    layer (torch's layout). Runs ``chunk`` samples per ``net.run``; a batch's last samples come
+    out once the pipeline has moved on by its latency, so a batch is yielded during the next
+    one's run (or the final drain).
+    """
     from ..lava_compat import import_netx
 
     netx = import_netx()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
-    from lava.proc.io.sink import Read
-    from lava.proc.io.source import RingBuffer as Source
 
-    B = len(drive)
-    offset = 0 if direct else 1  # Poisson: the source's spikes reach the first LIF one step later
-    net = netx.hdf5.Network(net_config=str(path), reset_interval=T, reset_offset=offset)
+    from .lava_stream import MODELS, BiasSource, SpikeSource, VoltageSink, WindowSink
+
+    drives = iter(drives)
+    first = next(drives, None)  # checked before the runtime starts: a runtime never run cannot be stopped
+    if first is None:
+        return
+    drives = itertools.chain([first], drives)
+    # Every layer's window starts one step after its input's: the bias (direct) is written after
+    # step b*T, the source's spikes (Poisson) reach the first LIF one step after they are sent.
+    net = netx.hdf5.Network(net_config=str(path), reset_interval=T, reset_offset=1)
     lif_blocks, out_block = net.layers[:-1], net.layers[-1]
-    latency = len(net.layers) - 1 + offset  # one step per Dense/Conv on chip
-    # Extractors stream each step's spikes to this process whole (a Var.get() sends element by element)
-    extractors = []
-    for block in lif_blocks:
-        extractors.append(Extractor(shape=block.out.shape, buffer_size=T + latency))
-        block.out.connect(extractors[-1].in_port)
-    # read the output voltage only at the end of each sample's window (step b*T + T + latency)
-    last_step = T - 1 + latency  # 0-based step index of sample 0's last output step
-    first_read = last_step // T  # reads at earlier steps with the same phase come first
-    reader = Read(buffer=first_read + B, interval=T, offset=last_step % T)
-    reader.connect_var(out_block.neuron.v)
+    latency = len(net.layers)  # lag of the output layer's window: one step per block, plus the input's
+    pad = -(-latency // T)  # empty windows fed after the last sample while the pipeline drains
+    buffer = chunk + pad
+    in_shape = net.layers[0].shape if direct else net.inp.shape
+    spatial_in = len(in_shape) == 3
     if direct:
-        spatial = len(net.layers[0].shape) == 3
-        net.layers[0].neuron.bias_mant.init = _lava_order(drive[0], spatial).astype(np.int32)
+        source = BiasSource(tuple(in_shape), T, buffer)
+        source.connect_var(net.layers[0].neuron.bias_mant)
     else:
-        frames = drive.reshape(B * T, *drive.shape[2:])
-        frames = _lava_order(frames, True) if len(net.inp.shape) == 3 else frames.reshape(B * T, -1)
-        data = np.zeros((*net.inp.shape, B * T + latency), dtype=np.int32)
-        data[..., : B * T] = np.moveaxis(frames, 0, -1)
-        source = Source(data=data)
+        source = SpikeSource(tuple(in_shape), T, buffer)
         source.s_out.connect(net.inp)
-    cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={Extractor: PyLoihiExtractorModel})  # untagged
-    recorded: list[list[np.ndarray]] = [[] for _ in lif_blocks]
+    sinks = []
+    for k, block in enumerate(lif_blocks):
+        sinks.append(WindowSink(tuple(block.out.shape), T, lag=k + 1, buffer=buffer))
+        block.out.connect(sinks[-1].a_in)
+    voltage = VoltageSink(tuple(out_block.neuron.v.shape), T, lag=latency, buffer=buffer)
+    voltage.connect_var(out_block.neuron.v)
+    models = {p: MODELS[type(p)] for p in (source, *sinks, voltage)}
+    cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=models)
+    net.create_runtime(run_cfg=cfg)
+
+    def send(sample: np.ndarray) -> None:
+        if direct:
+            source.send(_lava_order(sample, spatial_in).astype(np.int32))
+        else:
+            frames = np.moveaxis(_lava_order(np.moveaxis(sample, -1, 0), spatial_in), 0, -1)
+            source.send(frames.reshape(*in_shape, T).astype(np.int32))
+
+    windows: list[list[np.ndarray]] = [[] for _ in sinks]
+    voltages: list[np.ndarray] = []
+    received = [0] * (len(sinks) + 1)
+    steps = 0
+    batches: list[int] = []  # sizes of the batches fed and not yet yielded
+
+    def advance(num_steps: int) -> None:
+        nonlocal steps
+        net.run(condition=RunSteps(num_steps=num_steps), run_cfg=cfg)
+        steps += num_steps
+        for i, (sink, lag) in enumerate([*((s, k + 1) for k, s in enumerate(sinks)), (voltage, latency)]):
+            done = max(0, (steps - lag) // T)
+            store = voltages if sink is voltage else windows[i]
+            store.extend(sink.receive() for _ in range(done - received[i]))
+            received[i] = done
+
+    def ready() -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+        while batches and len(voltages) >= batches[0]:
+            n = batches.pop(0)
+            out = np.stack(voltages[:n]).astype(np.int64)
+            del voltages[:n]
+            layers = []
+            for store, block in zip(windows, lif_blocks, strict=True):
+                w = np.moveaxis(np.stack(store[:n]), -1, 0)  # [T, n, ...] in Lava's order
+                del store[:n]
+                layers.append(_lava_order(w, len(block.shape) == 3).astype(np.float32))
+            yield out, layers
+
     try:
-        for b in range(B):  # one sample per run: T steps, plus the pipeline's latency after the last
-            if direct and b:
-                net.layers[0].neuron.bias_mant.set(_lava_order(drive[b], spatial).astype(np.int32))
-            steps = T + (latency if b == B - 1 else 0)
-            net.run(condition=RunSteps(num_steps=steps), run_cfg=cfg)
-            for frames_of_layer, extractor in zip(recorded, extractors, strict=True):
-                frames_of_layer.extend(extractor.receive() for _ in range(steps))
-        voltages = reader.data.get()
+        for drive in drives:
+            batches.append(len(drive))
+            for start in range(0, len(drive), chunk):
+                part = drive[start : start + chunk]
+                for sample in part:
+                    send(sample)
+                advance(len(part) * T)
+                yield from ready()
+        zero = np.zeros(tuple(in_shape) if direct else (*in_shape, T), dtype=np.int32)
+        for _ in range(pad):
+            source.send(zero)
+        advance(latency)
+        yield from ready()
     finally:
         net.stop()
-    recorded = [np.stack(frames_of_layer, axis=-1) for frames_of_layer in recorded]  # [..., step]
-    at = np.arange(B)[None, :] * T + np.arange(T)[:, None]  # [T, B]: buffer index of step t of sample b, layer 0
-    layer_spikes = [
-        _lava_order(np.moveaxis(r[..., at + k + offset], (-2, -1), (0, 1)), len(block.shape) == 3).astype(np.float32)
-        for k, (r, block) in enumerate(zip(recorded, lif_blocks, strict=True))
-    ]
-    return voltages[..., first_read:].T.astype(np.int64), layer_spikes
 
 
 def _reference(student: SpikingStudent, given: ModelInput, weight_percentile: float = 100.0) -> RunResult:
@@ -289,7 +367,8 @@ class LavaTarget(Target):
 
     name, suffixes = "lava", (".h5", ".hdf5", ".net")
     options = {"weight_percentile": 100.0}
-    quick_samples = 16  # the Lava simulator takes about half a second per sample
+    quick_samples = 128  # one long Lava run: the network compiles once, then each sample costs little
+    chunk = CHUNK
 
     def _check(self, student: SpikingStudent) -> None:
         _check(student, self.settings["weight_percentile"])
@@ -302,6 +381,13 @@ class LavaTarget(Target):
 
     def _run(self, path: Path, x: ModelInput) -> RunResult:
         return _run(path, x)
+
+    def run_stream(self, path: str | Path, inputs: Iterable[ModelInput]) -> Iterator[RunResult]:
+        """All ``inputs``, each checked like ``run``'s, through one long Lava run (compiled once),
+        each one's result as it completes."""
+        path = Path(path)
+        spec = self._input_spec(path)
+        return _run_stream(path, (spec.check(given, path) for given in inputs), self.chunk)
 
     def _reference(self, student: SpikingStudent, x: ModelInput) -> RunResult:
         return _reference(student, x, self.settings["weight_percentile"])

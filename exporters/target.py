@@ -11,6 +11,8 @@ target's own step). The public methods run the shared checks and call the target
 - ``run(path, x)``: the ``ModelInput`` ``x`` (``inputs.model_input``) is checked against what the
   file was exported for (``_input_spec``: encoding, T, image shape), then ``_run`` runs the file in
   the target's own runtime (onnxruntime, a NIR importer, the Lava simulator) on it.
+- ``run_stream(path, inputs)``: ``run`` on each ``ModelInput`` in turn, yielding each result; a
+  runtime that keeps its state across batches overrides it (Lava: one long simulator run).
 - ``reference(student, x)``: ``x`` checked against the student's config, then ``_reference``, what
   the target promises to reproduce, computed in PyTorch without gradients (the float student, or
   its Loihi-quantised mode).
@@ -25,6 +27,7 @@ and read by the target's steps from ``self.settings``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +57,7 @@ class Target:
     suffixes: ClassVar[tuple[str, ...]]  # file suffixes this target writes and reads; the first is the default
     options: ClassVar[dict[str, Any]] = {}  # target-specific option -> default
     quick_samples: ClassVar[int] = 360  # samples a quick check (the demo) validates; fewer for a slow runtime
+    chunk: ClassVar[int] = 64  # samples per batch when validate streams a data set: sets its peak memory
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -88,6 +92,11 @@ class Target:
     def run(self, path: str | Path, x: ModelInput) -> RunResult:
         path = Path(path)
         return self._run(path, self._input_spec(path).check(x, path))
+
+    def run_stream(self, path: str | Path, inputs: Iterable[ModelInput]) -> Iterator[RunResult]:
+        """``run`` on each input in turn; a runtime that keeps its state across batches overrides it."""
+        for given in inputs:
+            yield self.run(path, given)
 
     def reference(self, student: Any, x: ModelInput) -> RunResult:
         checked = InputSpec.of(student.config).check(x, f"the {student.config.arch} student")

@@ -186,3 +186,15 @@ def map_to_cores(
         violations += v
     cores = sum(m.cores for m in mapped)
     return Deployment(weight_bits, mapped, cores, math.ceil(cores / int(limits.cores_per_chip.value)), violations)
+
+
+def reset_interval(timesteps: int, source: str) -> dict:
+    """Whether one sample's window of ``timesteps`` steps can be a chip's reset interval when resets
+    need a power of two (Loihi 2's, ``source``): the Lava export resets every layer each T steps."""
+    ok = timesteps > 0 and timesteps & (timesteps - 1) == 0
+    fix = "" if ok else f"; train or run at T = {1 << timesteps.bit_length()} or {1 << (timesteps.bit_length() - 1)}"
+    return {
+        "steps": timesteps,
+        "power_of_two": ok,
+        "note": f"reset interval T = {timesteps} is {'' if ok else 'not '}a power of two ({source}){fix}",
+    }

@@ -26,6 +26,8 @@ Optional, for a chip whose messages, time and static power are modelled (``place
                      synop_conv; [latency.barrier] tiles = [...], seconds = [...], source (the barrier
                      synchronisation at the end of a step, by tiles in use). Needs [mesh].
     [static.power_per_chip]  watts, source
+    [reset]          interval_power_of_two (true/false), source: whether the chip's neurons reset
+                     only at power-of-two intervals of steps (the interval is T, one sample's window)
 
 Any ``joules``, ``seconds`` or ``watts`` may be the string "unknown" (with a source saying why): what
 depends on it is then reported as unknown, never guessed.
@@ -135,6 +137,7 @@ class Profile:
     latency: dict[str, Figure] | None = None
     barrier: Barrier | None = None
     static_power: Figure | None = None
+    reset_power_of_two: str | None = None  # the source, when neuron resets need a power-of-two interval
 
     def e(self, key: str) -> float:
         """An energy figure in joules; the optional ones default to 0 when absent."""
@@ -266,7 +269,7 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
             raise fail(where, f"must be a positive integer, got {value!r}")
         return value
 
-    optional = {"limits", "mesh", "latency", "static"}
+    optional = {"limits", "mesh", "latency", "static", "reset"}
     table(data, "", {"name", "description", "energy"} | (optional & set(data)))
     name = text(data, "name", "name")
     energy_table = table(data["energy"], "energy", set(ENERGY_KEYS) | (set(OPTIONAL_ENERGY) & set(data["energy"])))
@@ -347,4 +350,12 @@ def _parse(data: dict[str, Any], path: Path) -> Profile:
     if "static" in data:
         st = table(data["static"], "static", {"power_per_chip"})
         static = figure(st, "static.power_per_chip", "watts")
-    return Profile(name, text(data, "description", "description"), energy, limits, path, mesh, latency, barrier, static)
+    reset = None
+    if "reset" in data:
+        r = table(data["reset"], "reset", {"interval_power_of_two", "source"})
+        if not isinstance(r["interval_power_of_two"], bool):
+            raise fail("reset.interval_power_of_two", f"must be true or false, got {r['interval_power_of_two']!r}")
+        reset = text(r, "source", "reset.source") if r["interval_power_of_two"] else None
+    return Profile(
+        name, text(data, "description", "description"), energy, limits, path, mesh, latency, barrier, static, reset
+    )

@@ -27,7 +27,7 @@ from ..atomic import atomic_path, write_text
 from ..errors import UserError
 from ..student import SpikingStudent, check_parameters, deployed_layers
 from .baselines import baseline_entries
-from .constraints import map_to_cores
+from .constraints import map_to_cores, reset_interval
 from .counting import ann_macs
 from .energy import StudentRun, first_layer_current, price_layer, run_and_count
 from .placement import place
@@ -240,6 +240,8 @@ def profile_report(
             violations=deployment.violations,
             mapping={"weight_bits": weight_bits, "layers": [vars(m) for m in deployment.layers]},
         )
+    if profile.reset_power_of_two is not None:
+        report["reset_interval"] = reset_interval(student.config.timesteps, profile.reset_power_of_two)
     if traffic is not None:
         report["placement"] = traffic.placement.to_dict()
         report["network"] = {

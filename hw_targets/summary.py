@@ -139,6 +139,9 @@ def markdown_summary(reports: list[dict[str, Any]]) -> str:
                 f"Deployment with {r['mapping']['weight_bits']}-bit weights: {r['cores']} cores on {r['chips']} chip(s); {per_layer}.",
             ]
             lines += ["Violations: " + ("none." if not r["violations"] else "; ".join(r["violations"]))]
+        if "reset_interval" in r:
+            ri = r["reset_interval"]
+            lines += ["", ("Deployable" if ri["power_of_two"] else "Not deployable") + f": {ri['note']}."]
         if "sanafe" in r:
             s = r["sanafe"]
             if "energy_j" in s:

@@ -9,20 +9,22 @@ values over all layers and steps the runtime exposes) and ``max_abs_logit_error`
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nir as nir_lib
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .atomic import atomic_path
+from .errors import UserError
 from .exporters import TARGETS, RunResult, target_of_file
-from .inputs import batches
+from .inputs import Batch, ModelInput, batches
 from .student import SpikingStudent, check_images, check_parameters
-
-CHUNK = 256  # samples per runtime call: memory stays flat however many samples are validated
 
 
 def layer_mismatch(reference: RunResult, result: RunResult) -> list[str]:
@@ -167,10 +169,23 @@ def compare(reference: RunResult, result: RunResult) -> dict:
     return agreement.report()
 
 
+def loaded(
+    images: torch.Tensor | Dataset, labels: torch.Tensor | None, size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``(images, labels)`` batches of ``size`` in order: slices of tensors, or loaded from a ``Dataset``
+    (its items ``(image, label)``) one batch at a time, so a whole test split is never held at once."""
+    if isinstance(images, torch.Tensor):
+        for start in range(0, len(images), size):
+            yield images[start : start + size], None if labels is None else labels[start : start + size]
+        return
+    for x, y in DataLoader(images, batch_size=size, shuffle=False):
+        yield x, torch.as_tensor(y)
+
+
 def validate(
     student: SpikingStudent,
     path: str | Path,
-    images: torch.Tensor,
+    images: torch.Tensor | Dataset,
     labels: torch.Tensor | None = None,
     *,
     seed: int = 0,
@@ -180,9 +195,11 @@ def validate(
 ) -> dict:
     """Run ``path`` in its runtime and the matching PyTorch reference on the same inputs.
 
-    Works through the samples in chunks of ``CHUNK``, so ten thousand samples need no more memory
-    than one chunk. ``passed`` is True when the export keeps the target's promise: every LIF layer
-    of the reference came back (same names, count, shapes), and every spike and predicted class is
+    ``images`` are a tensor ``[N, C, H, W]`` (with ``labels``, optional) or a labelled ``Dataset``,
+    streamed in batches of the target's ``chunk`` through ``Target.run_stream`` (Lava: one long
+    simulator run): memory holds a batch or two, however many samples are validated.
+    ``passed`` is True when the export keeps the target's promise: every LIF layer of the
+    reference came back (same names, count, shapes), and every spike and predicted class is
     identical. ``runtime`` picks the NIR importer (``exporters.nir_runtimes.RUNTIMES``; default: the
     one a flavoured file was written for, else snnTorch). ``trace`` writes the reference's spikes
     per layer as a golden trace (:func:`write_trace`).
@@ -190,46 +207,70 @@ def validate(
     target = target_of_file(path)
     module = TARGETS[target].for_file(path, **({} if runtime is None else {"runtime": runtime}))
     check_parameters(student)
-    check_images(student.config, images, labels)
+    labelled = labels is not None or not isinstance(images, torch.Tensor)
+    if isinstance(images, torch.Tensor):
+        check_images(student.config, images, labels)
+    elif _length(images) == 0:
+        raise UserError("the data set has no samples to validate")
     student = student.eval()
     cfg = student.config
     agreement = Agreement()
     correct = {"reference_accuracy": 0, "runtime_accuracy": 0, "float_accuracy": 0}
     golden: list[RunResult] = []
-    source = images.split(CHUNK) if labels is None else zip(images.split(CHUNK), labels.split(CHUNK), strict=True)
-    chunks = batches(cfg.encoding, cfg.timesteps, source, seed=seed)
-    bar = dict(desc=f"validate {target}", unit="chunk", leave=False, disable=None if progress else True)
-    for batch in tqdm(chunks, total=-(-len(images) // CHUNK), **bar):  # disable None: only on a terminal
-        given = batch.input
-        reference = module.reference(student, given)
-        result = module.run(Path(path), given)
-        agreement.add(reference, result)
-        if trace is not None:
-            golden.append(RunResult(reference.logits, reference.spikes, reference.layer_names))
-        if batch.labels is not None:
-            y = batch.labels.numpy()
-            with torch.no_grad():
-                float_logits = student.run(given.images, input_spikes=given.spikes).logits.numpy()
-            for key, logits in zip(correct, (reference.logits, result.logits, float_logits), strict=True):
-                correct[key] += int(np.sum(logits.argmax(1) == y))
+    pending: deque[Batch] = deque()  # batches handed to the runtime whose results have not come back yet
+
+    def source() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in loaded(images, labels, module.chunk):
+            if not isinstance(images, torch.Tensor):
+                check_images(cfg, x, y)  # a data set is checked batch by batch, as it loads
+            yield x if y is None else (x, y)
+
+    def inputs() -> Iterator[ModelInput]:
+        for batch in batches(cfg.encoding, cfg.timesteps, source(), seed=seed):
+            pending.append(batch)
+            yield batch.input
+
+    bar = tqdm(
+        total=_length(images), desc=f"validate {target}", unit="sample", leave=False, disable=None if progress else True
+    )
+    with bar:  # disable=None: only on a terminal
+        for result in module.run_stream(Path(path), inputs()):
+            batch = pending.popleft()
+            given = batch.input
+            reference = module.reference(student, given)
+            agreement.add(reference, result)
+            if trace is not None:
+                golden.append(RunResult(reference.logits, reference.spikes, reference.layer_names))
+            if batch.labels is not None:
+                y = batch.labels.numpy()
+                with torch.no_grad():
+                    float_logits = student.run(given.images, input_spikes=given.spikes).logits.numpy()
+                for key, logits in zip(correct, (reference.logits, result.logits, float_logits), strict=True):
+                    correct[key] += int(np.sum(logits.argmax(1) == y))
+            bar.update(given.batch)
     report = {
         "target": target,
         "file": str(path),
-        "samples": int(images.shape[0]),
+        "samples": agreement.samples,
         **({"runtime": module.settings["runtime"]} if "runtime" in module.settings else {}),
         "timesteps": cfg.timesteps,
         "encoding": cfg.encoding,
         **agreement.report(),
     }
-    if labels is not None:
+    if labelled:
         # For Lava the reference is the Loihi-quantised mode: float_accuracy shows the quantisation's cost.
-        report.update({key: count / images.shape[0] for key, count in correct.items()})
+        report.update({key: count / agreement.samples for key, count in correct.items()})
     report["passed"] = (
         report["output_agreement"] == 1.0 and report["spike_agreement"] == 1.0 and not report["layer_mismatch"]
     )
     if trace is not None:
         report["trace"] = str(write_trace(trace, golden, *module.trace_layout(path)))
     return report
+
+
+def _length(images: torch.Tensor | Dataset) -> int:
+    """How many samples a tensor or a (sized) ``Dataset`` holds."""
+    return len(images)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours all have one
 
 
 def write_trace(

@@ -667,3 +667,19 @@ def test_profile_bias_figure_is_optional_and_may_be_unknown(tmp_path):
     assert load_profile(_write(tmp_path, GOOD.replace("joules = 4.6e-12", 'joules = "unknown"', 1))).unknown == [
         "energy.mac"
     ]
+
+
+@pytest.mark.parametrize(("timesteps", "deployable"), [(4, True), (6, False)])
+def test_loihi2_names_its_power_of_two_reset_interval(tmp_path, timesteps, deployable):
+    """The Lava export resets every layer each T steps; Loihi 2 resets at power-of-two intervals only,
+    so its report says whether T fits, and which T would; profiles without the rule say nothing."""
+    student = make_student(timesteps=timesteps)
+    result = energy_report(student, torch.rand(2, 1, 8, 8), hw="all", out_dir=tmp_path, progress=False)
+    by_name = result["reports"]
+    rule = by_name["loihi2"]["reset_interval"]
+    assert rule["steps"] == timesteps and rule["power_of_two"] is deployable
+    assert ("not a power of two" in rule["note"]) is not deployable
+    assert deployable or "T = 8 or 4" in rule["note"]
+    assert "reset_interval" not in by_name["loihi"]
+    energy_md = (tmp_path / "energy.md").read_text()
+    assert ("Deployable: " if deployable else "Not deployable: ") + "reset interval T = " in energy_md

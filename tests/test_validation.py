@@ -48,7 +48,7 @@ def test_chunked_validation_reports_what_one_chunk_reports(tmp_path, monkeypatch
     images, labels = images_and_labels()
     path = OnnxTarget().export(student, tmp_path / "s.onnx")
     whole = validation.validate(student, path, images, labels)
-    monkeypatch.setattr(validation, "CHUNK", 4)
+    monkeypatch.setattr(onnx_export.OnnxTarget, "chunk", 4)
     chunked = validation.validate(student, path, images, labels)
     assert chunked == whole
     assert whole["passed"] and whole["spike_agreement"] == 1.0 and whole["samples"] == 13
@@ -65,7 +65,7 @@ def test_a_file_from_another_student_fails_validation(tmp_path, monkeypatch):
         other.thresholds[0] *= 1.5  # the exported network fires less in its first layer
     images, labels = images_and_labels()
     path = OnnxTarget().export(other, tmp_path / "other.onnx")
-    monkeypatch.setattr(validation, "CHUNK", 5)
+    monkeypatch.setattr(onnx_export.OnnxTarget, "chunk", 5)
     report = validation.validate(student, path, images, labels)
     assert not report["passed"]
     assert report["layers"][0]["spike_agreement"] < 1.0
@@ -195,3 +195,64 @@ def test_a_netx_file_named_net_is_a_lava_file(tmp_path):
     images, labels = images_and_labels(3)
     report = validation.validate(student, path, images, labels)
     assert report["target"] == "lava" and report["passed"]
+
+
+class _CountingSet(torch.utils.data.Dataset):
+    """A labelled data set that records how many of its samples have been loaded so far."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels, self.loaded = images, labels, 0
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        self.loaded = max(self.loaded, i + 1)
+        return self.images[i], int(self.labels[i])
+
+
+@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+def test_validate_streams_a_data_set_a_batch_at_a_time(tmp_path, monkeypatch, encoding):
+    """Structural, not timing: when the runtime runs batch k, no sample past batch k has been
+    loaded, so memory holds a batch however large the set; the report equals the tensors' one."""
+    student = make_student(encoding, "hard", 3)
+    images, labels = images_and_labels()
+    path = OnnxTarget().export(student, tmp_path / "s.onnx")
+    whole = validation.validate(student, path, images, labels)
+    monkeypatch.setattr(onnx_export.OnnxTarget, "chunk", 4)
+    data = _CountingSet(images, labels)
+    seen = []  # (samples in this run call, samples loaded when it ran)
+    real_run = onnx_export._run
+
+    def run(*args, **kwargs):
+        result = real_run(*args, **kwargs)
+        seen.append((result.logits.shape[0], data.loaded))
+        return result
+
+    monkeypatch.setattr(onnx_export.OnnxTarget, "_run", staticmethod(run))
+    streamed = validation.validate(student, path, data)
+    assert [n for n, _ in seen] == [4, 4, 4, 1]
+    assert [loaded for _, loaded in seen] == [4, 8, 12, 13]
+    assert streamed == whole and whole["samples"] == 13 and "runtime_accuracy" in whole
+
+
+def test_validate_samples_all_runs_the_whole_test_split(capsys, monkeypatch, tmp_path):
+    """``--samples all``: every sample of the test split, with the runtime's accuracy beside the
+    reference's; a count past the split's size means all of it too."""
+    from helpers import run_cli
+
+    from lasnn_deploy import data
+    from lasnn_deploy.student import save_student
+
+    images, labels = images_and_labels(21)
+    monkeypatch.setattr(data, "load_split", lambda *a, **kw: torch.utils.data.TensorDataset(images, labels))
+    student = make_student("direct", "hard", 3)
+    save_student(student, tmp_path)
+    path = OnnxTarget().export(student, tmp_path / "s.onnx")
+    for samples in ("all", "500"):
+        code, out, _ = run_cli(capsys, "validate", tmp_path, path, "--samples", samples, "--json", tmp_path / "v.json")
+        report = __import__("json").loads((tmp_path / "v.json").read_text())
+        assert code == 0 and report["samples"] == 21 and report["passed"], out
+        assert "accuracy: runtime" in out and report["runtime_accuracy"] == report["reference_accuracy"]
+    code, _, err = run_cli(capsys, "validate", tmp_path, path, "--samples", "some")
+    assert code == 2 and "expected an integer or 'all', got 'some'" in err
