@@ -65,7 +65,11 @@ CASES = [
     Case(
         "samples-negative", "validate {w}/digits {w}/digits.onnx --samples -5", "argument --samples: must be at least 1"
     ),
-    Case("samples-not-a-number", "energy {w}/digits --samples many --out {out}/e", "expected an integer or 'all', got 'many'"),
+    Case(
+        "samples-not-a-number",
+        "energy {w}/digits --samples many --out {out}/e",
+        "expected an integer or 'all', got 'many'",
+    ),
     Case(
         "weight-bits-zero",
         "energy {w}/digits --weight-bits 0 --out {out}/e",
