@@ -83,6 +83,15 @@ def small_resnet(seed: int = 0, bias: bool = False) -> SpikingStudent:
     return student.double().eval()
 
 
+def train_flags(options: dict) -> list[str]:
+    """``train``'s command-line flags for ``make_config`` options: ``--name value``, ``--flag`` / ``--no-flag``."""
+    flags: list[str] = []
+    for key, value in options.items():
+        flag = key.replace("_", "-")
+        flags += ([f"--{flag}" if value else f"--no-{flag}"]) if isinstance(value, bool) else [f"--{flag}", str(value)]
+    return flags
+
+
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
     """``lasnn-deploy ARGV`` in this process: exit code, stdout, stderr."""
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import train_flags
 from safetensors.torch import load_file
 
 from lasnn_deploy.errors import UserError
@@ -265,8 +266,7 @@ def test_torchrun_cli_converts_to_the_thresholds_of_one_process(runs, tmp_path):
     options = dict(BASE, method="conversion")
     reference = train(out=_seeded(tmp_path / "one", runs["one-lasnn"]), **options)
     folder = _seeded(tmp_path / "two", runs["one-lasnn"])
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items() if not isinstance(v, bool)]
-    flags += [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in options.items() if isinstance(v, bool)]
+    flags = train_flags(options)
     command = [
         sys.executable,
         "-m",

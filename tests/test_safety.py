@@ -25,7 +25,7 @@ import nir
 import numpy as np
 import pytest
 import torch
-from helpers import make_student
+from helpers import make_student, train_flags
 from lasnn_deploy.exporters import export
 from safetensors.torch import load_file
 
@@ -115,11 +115,7 @@ def test_train_resume_refuses_a_planted_checkpoint(tmp_path, marker, capsys, res
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.json").write_text(config_to_json(make_config(out=str(run), **options)))
     torch.save({"model": Exploit(marker), "epoch": 1}, run / "checkpoints" / "ann.pt")
-    argv = ["train", "--resume", "--out", str(run), "--no-progress", "--no-chance-guard"]
-    for key, value in options.items():
-        if key not in ("progress", "chance_guard"):
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-    assert main(argv) == 2
+    assert main(["train", "--resume", "--out", str(run), *train_flags(options)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "ann.pt cannot be read" in err and "Traceback" not in err
     assert not (run / "student.safetensors").exists()
@@ -322,11 +318,7 @@ RESUME_OPTIONS = dict(
 
 
 def _train_argv(run: Path, *extra: str) -> list[str]:
-    argv = [str(EXE), "train", "--out", str(run), "--no-progress", *extra]
-    for key, value in RESUME_OPTIONS.items():
-        flag = key.replace("_", "-")
-        argv += ([f"--{flag}" if value else f"--no-{flag}"]) if isinstance(value, bool) else [f"--{flag}", str(value)]
-    return argv
+    return [str(EXE), "train", "--out", str(run), "--no-progress", *extra, *train_flags(RESUME_OPTIONS)]
 
 
 @pytest.mark.slow

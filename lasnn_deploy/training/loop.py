@@ -79,11 +79,16 @@ class Selection:
     spike_tolerance: float | None = None
 
 
+def within_tolerance(scores: Sequence[Score], tolerance: float) -> list[int]:
+    """Indices of the scores whose accuracy is within ``tolerance`` of the best one's."""
+    top = max(s.accuracy for s in scores)
+    return [i for i, s in enumerate(scores) if s.accuracy >= top - tolerance]
+
+
 def fewest_spikes(scores: Sequence[Score], tolerance: float) -> int:
     """Index of the score with the fewest spikes among those within ``tolerance`` accuracy of the best
     (ties: the better score); with none cheaper inside the tolerance, the best score's."""
-    top = max(range(len(scores)), key=lambda i: (scores[i].accuracy, -scores[i].loss))
-    inside = [i for i, s in enumerate(scores) if s.accuracy >= scores[top].accuracy - tolerance]
+    inside = within_tolerance(scores, tolerance)
     return min(inside, key=lambda i: (scores[i].spikes or 0.0, -scores[i].accuracy, scores[i].loss))
 
 
@@ -257,8 +262,7 @@ def fit(
 
 def _within(candidates: list[dict], tolerance: float) -> list[dict]:
     """The candidate epochs still within ``tolerance`` accuracy of the best among them (kept weights)."""
-    top = max(c["score"].accuracy for c in candidates)
-    return [c for c in candidates if c["score"].accuracy >= top - tolerance]
+    return [candidates[i] for i in within_tolerance([c["score"] for c in candidates], tolerance)]
 
 
 def _restored(stored: dict) -> dict:

@@ -531,9 +531,9 @@ def _conversion_stage(run: Run, student: SpikingStudent, ann: IntermediateAnn) -
     }
     candidates = BALANCE_CANDIDATES if cfg.balance_percentile is None and clips is None else (cfg.balance_percentile,)
     ann_state, scores, best = copy.deepcopy(student.state_dict()), {}, None
+    shift = cfg.intermediate == "qcfs"  # QCFS's half-threshold charge; a rate ANN's neurons start at 0
     for p in candidates:
         student.load_state_dict(ann_state)
-        shift = cfg.intermediate == "qcfs"
         thresholds = convert(student, images, p or 100.0, seed=run.seed("conversion"), clips=clips, shift=shift)
         score = _evaluate_snn(run, student, f"balance {p}", run.val_set)["test_accuracy"]
         if len(candidates) > 1:
@@ -543,7 +543,7 @@ def _conversion_stage(run: Run, student: SpikingStudent, ann: IntermediateAnn) -
     validation, percentile, thresholds, converted = best
     student.load_state_dict(converted)
     calibration = _calibrate(run, student, ann, images, validation)
-    validation = max(validation, calibration.get("validation_accuracy", 0.0))
+    validation = calibration.get("validation_accuracy", validation)  # the kept student's, never lower
     _guard(run, "conversion", validation)
     seconds = time.perf_counter() - began
     began = time.perf_counter()
