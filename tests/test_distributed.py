@@ -58,6 +58,7 @@ LASNN = dict(BASE, method="lasnn")
 TSSD = dict(BASE, method="tssd", tssd_timesteps=5)
 WRITES = ("tempfile.mkstemp", "os.rename", "os.remove", "os.mkdir", "os.rmdir", "shutil.rmtree")
 WATCHDOG = 300  # seconds
+LOOPBACK = "lo"  # the tests talk to this machine only
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 
@@ -103,15 +104,24 @@ def _watch_writes(root: str, seen: list[str]):
     return hook
 
 
-def _worker(rank: int, world: int, jobs: list[dict], root: str) -> None:
+def _worker(rank: int, world: int, jobs: list[dict], root: str, stacks: str) -> None:
     """One torchrun-like process: the variables torchrun sets, float64, then ``train`` per job.
 
-    Each job gets its own rendezvous port (a store just closed may still hold its port). A process
-    still running after WATCHDOG seconds, such as one stuck in a collective, prints its stack and
-    exits, which fails the launch instead of blocking the suite.
+    Each job gets its own rendezvous port (a store just closed may still hold its port), and gloo
+    talks over the loopback device only (``GLOO_SOCKET_IFNAME``), whatever the host name resolves
+    to. A process still running after WATCHDOG seconds, such as one stuck in a collective, writes
+    its stack to ``stacks`` and exits, which fails the launch with that stack instead of blocking
+    the suite.
     """
-    faulthandler.dump_traceback_later(WATCHDOG, exit=True)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1")
+    watchdog = open(Path(stacks) / f"rank{rank}.txt", "w")  # kept open until the process ends
+    faulthandler.dump_traceback_later(WATCHDOG, exit=True, file=watchdog)
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        GLOO_SOCKET_IFNAME=LOOPBACK,
+    )
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
     seen: list[str] = []
@@ -141,14 +151,27 @@ def _worker(rank: int, world: int, jobs: list[dict], root: str) -> None:
         raise AssertionError(f"rank {rank} changed files: {sorted(set(seen))}")
 
 
-def _launch(jobs: list[dict], root: Path) -> None:
+def _innermost(stack: str) -> str:
+    """The innermost frames of a faulthandler dump's current thread, on one line."""
+    frames = [line.strip() for line in stack.split("\n\n")[0].splitlines() if line.strip().startswith("File")]
+    return " <- ".join(frames[:3]) or "no stack written"
+
+
+def _launch(jobs: list[dict], root: Path, stacks: Path) -> None:
+    """Both processes run ``jobs`` in turn; a process that exits without a Python error (the
+    watchdog) fails with where each process was stuck on the first line."""
     ports = _free_ports(len(jobs))
-    mp.spawn(
-        _worker,
-        args=(2, [dict(job, port=p) for job, p in zip(jobs, ports, strict=True)], str(root)),
-        nprocs=2,
-        join=True,
-    )
+    try:
+        mp.spawn(
+            _worker,
+            args=(2, [dict(job, port=p) for job, p in zip(jobs, ports, strict=True)], str(root), str(stacks)),
+            nprocs=2,
+            join=True,
+        )
+    except mp.ProcessExitedException as err:
+        dumps = {p.stem: p.read_text() for p in sorted(stacks.glob("rank*.txt"))}
+        where = "; ".join(f"{rank} in {_innermost(text)}" for rank, text in dumps.items() if text)
+        raise AssertionError(f"{err}: {where}\n" + "\n".join(dumps.values())) from err
 
 
 def _in_float64(**options) -> Path:
@@ -208,6 +231,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             dict(TSSD, out=_seeded(two["tssd"], one["lasnn"])),
         ],
         root,
+        tmp_path_factory.mktemp("stacks"),
     )
     return {"root": root, **{f"one-{k}": v for k, v in one.items()}, **{f"two-{k}": v for k, v in two.items()}}
 
@@ -281,7 +305,11 @@ def test_torchrun_cli_converts_to_the_thresholds_of_one_process(runs, tmp_path):
         f"--out={folder}",
     ]
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        command,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": LOOPBACK},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = _metrics(reference), _metrics(Path(folder))
