@@ -4,6 +4,7 @@ deep students' preset choices and the KD readout scale."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ from lasnn_deploy.student import SpikingStudent, load_student
 from lasnn_deploy.training import make_config, train
 from lasnn_deploy.training.config import preset_choices
 from lasnn_deploy.training.conversion import calibrate_biases, convert
-from lasnn_deploy.training.intermediate import IntermediateAnn, fold_batch_norm, hard_reset_rate
+from lasnn_deploy.training.intermediate import AnnTeacher, IntermediateAnn, fold_batch_norm, hard_reset_rate
 from lasnn_deploy.training.loop import Score, fewest_spikes
+from lasnn_deploy.training.methods import attention_levels, teacher_maps
 from lasnn_deploy.training.pipeline import check_above_chance
 
 
@@ -185,3 +187,31 @@ def test_fine_tuning_a_rate_student_keeps_its_if_neurons(tmp_path):
     tuned = load_student(run / "student.safetensors")
     assert tuned.leak.item() == 1.0 and torch.equal(tuned.thresholds, converted.thresholds)
     assert not torch.equal(tuned.body[0].weight, converted.body[0].weight)  # the weights did train
+
+
+def test_the_ann_teacher_pairs_each_attention_level_with_the_same_ann_layer():
+    """``--teacher ann``: level ``k`` of the student meets the intermediate ANN's activation of LIF layer
+    ``k`` (same shape), not the rank-paired low/mid/high maps of another teacher; the teacher is frozen."""
+    torch.manual_seed(0)
+    config = build_student("vgg5", (3, 16, 16), 10, width=0.25, timesteps=4, bias=True, dropout=0.0)
+    ann = IntermediateAnn(SpikingStudent(config), "rate")
+    student = SpikingStudent(config)
+    ft = SimpleNamespace(student=student, teacher=AnnTeacher(ann), levels=attention_levels(student))
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        _, feats = ft.teacher(x)
+        spikes = student.run(x, record=True).spikes
+        record: dict[int, torch.Tensor] = {}
+        ann(x, record=record)
+    maps = teacher_maps(ft, feats)
+    assert len(feats) == len(spikes) > len(ft.levels) == 3
+    for k, m in zip(ft.levels, maps, strict=True):
+        assert m.shape == spikes[k].shape[1:] and torch.equal(m, record[k])
+    assert not ft.teacher.training and not any(p.requires_grad for p in ft.teacher.parameters())
+
+
+def test_with_the_ann_as_teacher_no_teacher_is_trained(tmp_path):
+    run = train(**{**KD_ON_DIGITS, "method": "lasnn", "teacher": "ann"}, ann_epochs=1, out=str(tmp_path / "ann"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert not (run / "teacher.safetensors").exists() and "teacher" not in metrics["stages"]
+    assert metrics["teacher"] == "ann" and metrics["teacher_test_accuracy"] == metrics["ann_test_accuracy"]

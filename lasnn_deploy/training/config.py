@@ -38,6 +38,7 @@ from .intermediate import CLIPPED, INTERMEDIATES
 from .methods import METHODS, TEACHER_METHODS
 
 OPTIMIZERS = ("sgd", "adam")
+ANN_TEACHER = "ann"  # --teacher: the intermediate ANN itself
 BALANCE_CANDIDATES = (95.0, 98.0, 99.0, 99.5, 99.9, 100.0)  # percentiles tried when --balance-percentile is not given
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -134,7 +135,11 @@ class TrainConfig:
         "hard", "membrane reset after a spike (soft cannot be exported to NIR or Lava)", "student", ("hard", "soft")
     )
     teacher: str = _opt(
-        "resnet20", "teacher ANN architecture (used by kd, hetero-kd, lasnn, lasnn-grad)", "teacher", tuple(TEACHERS)
+        "resnet20",
+        "teacher ANN architecture (used by kd, hetero-kd, lasnn, lasnn-grad); 'ann': the intermediate ANN "
+        "itself, paired with the student layer for layer, with no teacher stage",
+        "teacher",
+        (*TEACHERS, ANN_TEACHER),
     )
     # -- stage 1: teacher ----------------------------------------------------------------------
     teacher_epochs: int = _opt(100, "teacher training epochs", "teacher")
@@ -230,6 +235,11 @@ class TrainConfig:
     @property
     def needs_teacher(self) -> bool:
         return self.method in TEACHER_METHODS
+
+    @property
+    def trains_teacher(self) -> bool:
+        """A teacher stage runs: the method needs a teacher other than the intermediate ANN."""
+        return self.needs_teacher and self.teacher != ANN_TEACHER
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -142,6 +142,22 @@ class IntermediateAnn(nn.Module):
             self.steps += 1
 
 
+class AnnTeacher(nn.Module):
+    """The intermediate ANN as the teacher (``--teacher ann``): its logits, and the activation of every
+    LIF layer in order, which pairs with the student's spikes layer for layer (same shapes, and the
+    rate the converted neuron is meant to fire). Frozen, in eval mode (the rate activation)."""
+
+    def __init__(self, ann: IntermediateAnn):
+        super().__init__()
+        self.ann = ann
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        record: dict[int, torch.Tensor] = {}
+        logits = self.ann(x, record=record)
+        return logits, [record[k] for k in sorted(record)]
+
+
 @torch.no_grad()
 def fold_batch_norm(ann: IntermediateAnn, student: SpikingStudent) -> None:
     """Write ``ann``'s weights, with every batch norm folded in (eval statistics), into ``student``.

@@ -13,7 +13,8 @@ Fine-tuning methods (all start from the converted student and use CE of the inte
 - ``lasnn``: ``CE + beta/2 * sum_j L_AT,j`` at three levels: the first, middle and last spiking
   conv layers of the student (spikes averaged over time) against the teacher's low, mid and high
   feature maps, paired by rank; a student with fewer than three conv layers uses all it has,
-  paired with the teacher's low and high (or only its low) maps.
+  paired with the teacher's low and high (or only its low) maps. With ``--teacher ann`` the teacher is
+  the intermediate ANN itself and each level pairs with the same layer's ANN activation.
 - ``lasnn-grad``: the same levels, student SAMs against the teacher's input-gradient map.
 - ``tssd`` (Zuo et al.): one run of ``T' > T`` steps (default ``2T``); its first ``T`` steps give
   the student's output ``z_T`` (exactly what a ``T``-step inference run computes), all ``T'`` steps
@@ -40,6 +41,7 @@ from ..errors import UserError
 from ..modes import eval_mode
 from ..student import Conv, Shortcut, SpikingStudent
 from . import losses
+from .intermediate import AnnTeacher
 
 Step = tuple[torch.Tensor, torch.Tensor]  # (loss, logits)
 
@@ -72,9 +74,13 @@ def attention_levels(student: SpikingStudent) -> list[int]:
     return [convs[i] for i in spread(len(convs), 3)]
 
 
-def teacher_levels(count: int) -> list[int]:
-    """Which of the teacher's [low, mid, high] maps pair with ``count`` student levels."""
-    return spread(3, count)
+def teacher_maps(ft: FineTune, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The teacher's feature maps paired with the student's attention levels ``ft.levels``: the same
+    LIF layers of the intermediate ANN (``--teacher ann``), or another teacher's low, mid and high maps
+    by rank."""
+    if isinstance(ft.teacher, AnnTeacher):
+        return [feats[k] for k in ft.levels]
+    return [feats[j] for j in spread(len(feats), len(ft.levels))]
 
 
 class Method:
@@ -175,9 +181,9 @@ class LaSNN(Method):
         with torch.no_grad():
             feats = ft.teacher(x)[1]
         student_maps = [losses.attention_map(trace.spikes[k].mean(0)) for k in ft.levels]
-        teacher_maps = [losses.attention_map(feats[j]) for j in teacher_levels(len(ft.levels))]
+        targets = [losses.attention_map(f) for f in teacher_maps(ft, feats)]
         ce = F.cross_entropy(trace.logits, y)
-        return ce + losses.attention_loss(student_maps, teacher_maps, ft.cfg.beta), trace.logits
+        return ce + losses.attention_loss(student_maps, targets, ft.cfg.beta), trace.logits
 
 
 class LaSNNGrad(LaSNN):

@@ -3,7 +3,7 @@
 Stages, each seeded on its own so that skipping one (reused or resumed) leaves the others as
 they would have been:
 
-1. teacher ANN (only for kd, hetero-kd, lasnn, lasnn-grad) -> ``RUN/teacher.safetensors``
+1. teacher ANN (only for kd, hetero-kd, lasnn, lasnn-grad; none with ``--teacher ann``) -> ``RUN/teacher.safetensors``
 2. intermediate ANN = the student's weights with ReLU -> ``RUN/ann.safetensors``
 3. conversion by threshold balancing -> ``RUN/converted.safetensors`` (a student file)
 4. fine-tuning by the method (none for ``conversion``) -> ``RUN/student.safetensors``
@@ -55,7 +55,7 @@ from . import distributed
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path, load_matching_weights, save_weights
 from .config import BALANCE_CANDIDATES, TrainConfig, config_to_json, make_config, preset_choices
 from .conversion import calibrate_biases, convert
-from .intermediate import IntermediateAnn, fold_batch_norm
+from .intermediate import AnnTeacher, IntermediateAnn, fold_batch_norm
 from .loop import EpochHook, FitPlan, FitResult, Score, Selection, batches, fit, make_optimizer, make_scheduler
 from .methods import Method
 from .objectives import FineTune, TeacherStep
@@ -140,10 +140,12 @@ def train(config: TrainConfig | None = None, /, *, on_epoch_end: EpochHook | Non
 def _train(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook | None) -> Path:
     run = _prepare(config, device, on_epoch_end)
     stages: dict[str, dict[str, Any]] = {}  # each stage's result, as it returns it
-    teacher = None
-    if config.needs_teacher:
+    teacher: nn.Module | None = None
+    if config.trains_teacher:
         teacher, stages["teacher"] = _teacher_stage(run)
     student, ann, stages["ann"] = _ann_stage(run)
+    if config.needs_teacher and not config.trains_teacher:
+        teacher = AnnTeacher(ann)
     stages["conversion"] = _conversion_stage(run, student, ann)
     if Method.REGISTRY[config.method].fine_tunes:
         stages["finetune"] = _finetune_stage(run, student, teacher)
@@ -667,7 +669,9 @@ def _metrics(run: Run, student: SpikingStudent, stages: dict[str, dict[str, Any]
         "timesteps": cfg.timesteps,
         "encoding": cfg.encoding,
         "reset": cfg.reset,
-        "teacher_test_accuracy": stages["teacher"]["test_accuracy"] if "teacher" in stages else None,
+        "teacher_test_accuracy": (
+            stages["teacher" if cfg.trains_teacher else "ann"]["test_accuracy"] if cfg.needs_teacher else None
+        ),
         "ann_test_accuracy": stages["ann"]["test_accuracy"],
         "converted_test_accuracy": stages["conversion"]["test_accuracy"],
         "test_accuracy": final["test_accuracy"],
