@@ -226,6 +226,11 @@ def fit(
                 elif select.back_off is not None:
                     _back_off(step_module, optimizer, best["model"], select.back_off)
                     back_offs += 1
+                if plan.progress and distributed.is_main_process():
+                    tqdm.write(
+                        f"{name} epoch {epoch + 1}: validation accuracy {score.accuracy:.4f} "
+                        f"(best {best['score'].accuracy:.4f}, epoch {best['epoch']})"
+                    )
             states = process_rng_states()  # a collective: every process takes part
             if distributed.is_main_process():
                 save_checkpoint(
