@@ -65,7 +65,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # What a preset changes for one student, over the preset's own values (docs/semantics.md, 'Presets'):
 # the deep students need batch norm, the hard-reset rate activation, augmentation of colour images
-# (greyscale is never augmented), more width and a longer intermediate ANN to train at all.
+# (greyscale is never augmented), more width and a longer intermediate ANN to train at all, and
+# their own intermediate ANN as the teacher (the preset's small-cnn is weaker than it).
 STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "resnet12": {
@@ -73,6 +74,7 @@ STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "intermediate": "rate",
             "augment": True,
             "ann_steps": 5700,
+            "teacher": ANN_TEACHER,
         },
         "vgg16": {
             "student_width": 0.25,
@@ -80,6 +82,7 @@ STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "intermediate": "rate",
             "augment": True,
             "ann_steps": 5700,
+            "teacher": ANN_TEACHER,
         },
     },
 }
