@@ -4,12 +4,11 @@
     python bench/render_results.py --check   # exit 1 when a table differs from its JSON (the tests run this)
 
 A rendered table sits between ``<!-- table NAME: ... -->`` and ``<!-- end table NAME -->`` (indented
-like the table, e.g. inside a list item) and is rendered from ``bench/results/NAME.json``. Tables
-from a bench's own JSON (the quick preset, attention cost, inference time) have their renderer in
-``RENDERERS``; every other table's JSON holds its ``columns`` and ``rows`` (``generic``), with
-``source`` saying where the numbers come from (run folders, or a transcription of the hand-written
-table when the runs were not kept) and ``command`` what measured them. Only the standard library:
-the check runs without torch.
+like the table, e.g. inside a list item). A table rendered from a bench's own JSON has its renderer
+and JSON files in ``RENDERERS``; any other is rendered by ``generic`` from ``bench/results/NAME.json``,
+which holds its ``columns`` and ``rows``, ``source`` (run folders, or a transcription of the
+hand-written table when the runs were not kept: ``transcribed``) and ``command`` (what measured
+them). Only the standard library: the check runs without torch.
 """
 
 from __future__ import annotations
@@ -116,6 +115,91 @@ def inference_time(data: dict) -> str:
     return "\n".join(lines)
 
 
+def nir_import(data: dict) -> str:
+    """Foreign NIR graphs imported (``bench/nir_import.py``): output / spike agreement with each library's
+    own run for the imported student, its ONNX and its Lava export, and the largest logit errors."""
+    keys = ("student", "onnx", "lava", "lava_validate")
+    lines = [
+        "| library | net | leak | student | ONNX | Lava | Lava vs its validate reference "
+        "| max logit error (student, ONNX, Lava) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in data["rows"]:
+        cells = [f"{r[k]['output_agreement']:.4f} / {r[k]['spike_agreement']:.4f}" for k in keys]
+        errors = ", ".join(f"{r[k]['max_abs_logit_error']:.2g}" for k in keys[:3])
+        lines.append(_line([r["library"], r["net"], f"{r['leak']:.4g}", *cells, errors]))
+    return "\n".join(lines)
+
+
+def lava_throughput(data: dict) -> str:
+    """Lava validation time (``bench/lava_throughput.py``): one simulator run per sample (the baseline
+    commit) against one long run, at two sample counts, and the time each extra sample adds."""
+    small, large = (str(n) for n in data["samples"])
+    labels = {
+        "baseline": f"baseline ({data['baseline']}, one `net.run` per sample)",
+        "current": "current (one long run)",
+    }
+    lines = [f"| runner | {small} samples | {large} samples | per extra sample |", "| --- | ---: | ---: | ---: |"]
+    for runner, label in labels.items():
+        seconds = data["seconds"][runner]
+        extra = data["seconds_per_extra_sample"][runner]
+        lines.append(_line([label, f"{seconds[small]:.1f} s", f"{seconds[large]:.1f} s", f"{extra:.2f} s"]))
+    return "\n".join(lines)
+
+
+def train_throughput(data: dict) -> str:
+    """One training step (``bench/train_throughput.py``): median wall and CPU time and peak memory of each
+    variant at each T, each with ours divided by it."""
+    lines = [
+        "| T | variant | step (wall) | ours / it | step (CPU) | ours / it | peak memory | ours / it |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for t, run in data["training"].items():
+        wall, cpu, peak = run["step_seconds_median"], run["step_cpu_seconds_median"], run["peak_memory_bytes"]
+        for variant in ("ours", "snntorch", "ann"):
+            lines.append(
+                _line(
+                    [
+                        t,
+                        variant,
+                        f"{1000 * wall[variant]:.0f} ms",
+                        f"{wall['ours'] / wall[variant]:.2f}",
+                        f"{1000 * cpu[variant]:.0f} ms",
+                        f"{cpu['ours'] / cpu[variant]:.2f}",
+                        f"{peak[variant] / 2**20:.0f} MiB",
+                        f"{peak['ours'] / peak[variant]:.2f}",
+                    ]
+                )
+            )
+    return "\n".join(lines)
+
+
+THROUGHPUT_TARGETS = (
+    ("time ours / snnTorch, T = 8 <= 1.0", "ours_vs_snntorch_t8", 1.0),
+    ("time ours / snnTorch, T = 16 <= 1.0", "ours_vs_snntorch_t16", 1.0),
+    ("time ours / ANN, T = 8 <= 1.15", "ours_vs_ann_t8", 1.15),
+    ("peak memory ours / snnTorch, T = 16 <= 0.8", "mem_ours_vs_snntorch_t16", 0.8),
+    ("(not a target) time ours / ANN, T = 16", "ours_vs_ann_t16", None),
+    ("(not a target) peak memory ours / ANN, T = 16", "mem_ours_vs_ann_t16", None),
+)
+
+
+def train_throughput_targets(half: dict, full: dict) -> str:
+    """The issue's speed and memory targets against the half- and full-width runs: wall-time ratios with
+    the CPU-time ones beside them; met when every measured ratio is within the target."""
+    lines = ["| target | measured (half width) | measured (full width) | met |", "| --- | --- | --- | --- |"]
+    for label, key, target in THROUGHPUT_TARGETS:
+        cells, ratios = [label], []
+        for run in (half, full):
+            wall, cpu = run["ratios"][key], run["cpu_time_ratios"][key]
+            same = key.startswith("mem_") or target is None
+            cells.append(f"{wall:.2f}" if same else f"{wall:.2f} (CPU time {cpu:.2f})")
+            ratios += [wall, cpu]
+        cells.append("" if target is None else "yes" if max(ratios) <= target else "no")
+        lines.append(_line(cells))
+    return "\n".join(lines)
+
+
 def _cell(cell: Any, column: dict) -> str:
     """A cell of a ``generic`` table: text as written, a number in its column's format (or its own)."""
     if isinstance(cell, str):
@@ -143,10 +227,14 @@ def generic(data: dict) -> str:
     return "\n".join(lines)
 
 
-RENDERERS: dict[str, Callable[[dict], str]] = {
-    "quick_preset": quick_preset,
-    "attention_cost": attention_cost,
-    "inference_time": inference_time,
+RENDERERS: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
+    "quick_preset": (("quick_preset",), quick_preset),
+    "attention_cost": (("attention_cost",), attention_cost),
+    "inference_time": (("inference_time",), inference_time),
+    "nir_import": (("nir_import",), nir_import),
+    "lava_throughput": (("lava_throughput",), lava_throughput),
+    "train_throughput": (("train_throughput",), train_throughput),
+    "train_throughput_targets": (("train_throughput", "train_throughput_width1"), train_throughput_targets),
 }
 
 
@@ -155,13 +243,16 @@ def render(text: str, doc: str) -> str:
 
     def one(m: re.Match) -> str:
         indent, name = m.group(1), m.group(3)
-        source = RESULTS / f"{name}.json"
-        if not source.exists():
-            raise SystemExit(f"{doc}: table {name!r} has no bench/results/{name}.json")
-        data = json.loads(source.read_text())
-        if isinstance(data, dict) and data.get("doc", doc) != doc:
-            raise SystemExit(f"{doc}: table {name!r} belongs to {data['doc']}")
-        table = RENDERERS.get(name, generic)(data)
+        sources, table = RENDERERS.get(name, ((name,), generic))
+        data = []
+        for source in sources:
+            path = RESULTS / f"{source}.json"
+            if not path.exists():
+                raise SystemExit(f"{doc}: table {name!r} has no bench/results/{source}.json")
+            data.append(json.loads(path.read_text()))
+            if isinstance(data[-1], dict) and data[-1].get("doc", doc) != doc:
+                raise SystemExit(f"{doc}: table {name!r} belongs to {data[-1]['doc']}")
+        table = table(*data)
         body = "\n".join(indent + line for line in table.split("\n"))
         return indent + m.group(2) + body + m.group(5)
 
