@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import deep_students  # noqa: E402  (renders the Issue 27 table of docs/results.md)
+
 RESULTS = ROOT / "bench" / "results"
 DOCS = ("docs/results.md", "docs/performance.md", "docs/energy.md", "docs/interop.md")
 MARKED = re.compile(r"^( *)(<!-- table (\S+?):[^\n]*-->\n)(.*?)(\n\1<!-- end table \3 -->)$", re.S | re.M)
@@ -228,6 +231,7 @@ def generic(data: dict) -> str:
 
 
 RENDERERS: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
+    "issue27": (("issue27",), deep_students.render),
     "quick_preset": (("quick_preset",), quick_preset),
     "attention_cost": (("attention_cost",), attention_cost),
     "inference_time": (("inference_time",), inference_time),
