@@ -256,8 +256,7 @@ def render(text: str, doc: str) -> str:
             data.append(json.loads(path.read_text()))
             if isinstance(data[-1], dict) and data[-1].get("doc", doc) != doc:
                 raise SystemExit(f"{doc}: table {name!r} belongs to {data[-1]['doc']}")
-        table = table(*data)
-        body = "\n".join(indent + line for line in table.split("\n"))
+        body = "\n".join(indent + line for line in table(*data).split("\n"))
         return indent + m.group(2) + body + m.group(5)
 
     return MARKED.sub(one, text)
