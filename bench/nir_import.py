@@ -9,7 +9,8 @@ store it), read by ``lasnn_deploy.import_nir`` with ``--from LIBRARY`` into a ru
 student, its ONNX export (onnxruntime) and its Lava netx export (Lava's CPU simulator) run on the first
 N digits test images (direct encoding). Each is compared with the library's own simulation of the
 original network on the same input (``validation.compare``: output and spike agreement, logit error).
-Writes ``bench/results/nir_import.json`` and prints a markdown table.
+Writes ``bench/results/nir_import.json`` and prints its table (``bench/render_results.py`` writes it into
+docs/interop.md).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import foreign_nets as fn  # noqa: E402
+import render_results  # noqa: E402  (bench/, the script's folder)
 from lasnn_deploy.exporters import RunResult, get_target  # noqa: E402
 
 from lasnn_deploy import export, import_nir, load_student  # noqa: E402
@@ -87,17 +89,9 @@ def main() -> None:
                 rows.append(measure(library, kind, images, args.timesteps, Path(tmp)))
         rows.append(measure("snntorch", "int", images, args.timesteps, Path(tmp)))
     out = Path(__file__).parent / "results" / "nir_import.json"
-    write_text(out, json.dumps({"samples": args.samples, "timesteps": args.timesteps, "rows": rows}, indent=2) + "\n")
-    keys = ("student", "onnx", "lava", "lava_validate")
-    print(
-        "| library | net | leak | student | ONNX | Lava | Lava vs its validate reference "
-        "| max logit error (student, ONNX, Lava) |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        cells = [f"{r[k]['output_agreement']:.4f} / {r[k]['spike_agreement']:.4f}" for k in keys]
-        errors = ", ".join(f"{r[k]['max_abs_logit_error']:.2g}" for k in keys[:3])
-        print(f"| {r['library']} | {r['net']} | {r['leak']:.4g} | {' | '.join(cells)} | {errors} |")
+    data = {"samples": args.samples, "timesteps": args.timesteps, "rows": rows}
+    write_text(out, json.dumps(data, indent=2) + "\n")
+    print(render_results.nir_import(data))
 
 
 if __name__ == "__main__":
