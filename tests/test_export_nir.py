@@ -370,3 +370,14 @@ def test_a_shortcut_with_a_bias_is_refused():
     graph.nodes["shortcut13"].bias[0] = 0.5
     with pytest.raises(UserError, match="a shortcut adds no bias"):
         nir_read.student_from_nir(graph)
+
+
+def test_a_biased_linear_whose_bias_is_zero_comes_back_biased(tmp_path):
+    """Our exporter writes an Affine only for a biased Linear: read back, it stays one even with a zero
+    bias (another library's zero-bias Affine reads as a bias-free Linear; both compute the same)."""
+    student = make_student(bias=True, seed=2)
+    with torch.no_grad():
+        student.body[7].bias.zero_()
+    back = nir_read.student_from_nir(export(student, "nir", tmp_path / "z.nir"))
+    assert back.config == without_dropout(student.config) and back.config.layers[-1].bias
+    assert not nir_read.student_from_any_nir(tmp_path / "z.nir", library="snntorch").config.layers[-1].bias

@@ -16,7 +16,8 @@ is read node by node:
 
 - ``Conv2d`` (square kernel, stride and padding; no dilation or groups) -> ``Conv``; ``Linear`` and
   ``Affine`` -> ``Linear``. A nonzero ``bias`` sets ``bias=True``; an all-zero one reads as none
-  (it computes the same).
+  (it computes the same), except an ``Affine`` in our files, which our exporter writes for a biased
+  ``Linear`` only.
 - ``AvgPool2d`` (stride = kernel, no padding) -> ``AvgPool``. ``SumPool2d`` is the same pool times
   ``k^2``; the factor is folded into the next Conv/Linear's weights.
 - ``Flatten`` of the whole batch-free ``[C, H, W]`` map -> ``Flatten``. Exporters write

@@ -73,11 +73,14 @@ class Builder:
     scale: float = 1.0  # a SumPool's k^2 waiting for the next weighted layer
     last_weighted: int = -1
 
-    def weighted(self, spec: Conv | Linear | Shortcut, weight: np.ndarray, bias: np.ndarray | None) -> None:
-        """Append a Conv, Linear or Shortcut with its weights; a nonzero bias makes it a biased layer."""
+    def weighted(
+        self, spec: Conv | Linear | Shortcut, weight: np.ndarray, bias: np.ndarray | None, keep: bool = False
+    ) -> None:
+        """Append a Conv, Linear or Shortcut with its weights; a nonzero bias (any bias with ``keep``)
+        makes it a biased layer."""
         weight = np.asarray(weight, dtype=np.float64) * self.scale
         self.scale = 1.0
-        if bias is not None and np.any(np.asarray(bias) != 0) and not isinstance(spec, Shortcut):
+        if bias is not None and (keep or np.any(np.asarray(bias) != 0)) and not isinstance(spec, Shortcut):
             spec = dataclasses.replace(spec, bias=True)
             self.biases[len(self.layers)] = np.asarray(bias, dtype=np.float64).reshape(-1)
         self.weights[len(self.layers)] = weight
@@ -149,11 +152,13 @@ def _conv(b: Builder, name: str, node: nir.Conv2d) -> None:
 
 
 def _linear(b: Builder, name: str, node: nir.Linear | nir.Affine) -> None:
-    """``Linear`` is ``W x``, ``Affine`` ``W x + b``: a student's Linear (biased when ``b`` is nonzero)."""
+    """``Linear`` is ``W x``, ``Affine`` ``W x + b``: a student's Linear, biased when ``b`` is nonzero
+    (always in our files: our exporter writes an Affine for a biased Linear only)."""
     w = np.asarray(node.weight)
     if w.ndim != 2:
         raise UserError(f"{where(name)}: a {w.ndim}-d weight; a Linear's is [out, in]")
-    b.weighted(Linear(w.shape[1], w.shape[0]), w, node.bias if isinstance(node, nir.Affine) else None)
+    affine = isinstance(node, nir.Affine)
+    b.weighted(Linear(w.shape[1], w.shape[0]), w, node.bias if affine else None, keep=affine and b.convention.own)
 
 
 def _pool(b: Builder, name: str, node: nir.AvgPool2d | nir.SumPool2d) -> None:
