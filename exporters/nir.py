@@ -87,15 +87,19 @@ def _conv_node(
     )
 
 
+def _weight(module: torch.nn.Module) -> np.ndarray:
+    return module.get_parameter("weight").detach().cpu().numpy().astype(np.float32)
+
+
 def _bias(module: torch.nn.Module) -> np.ndarray | None:
-    return None if module.bias is None else module.bias.detach().cpu().numpy().astype(np.float32)
+    return None if module.bias is None else module.get_parameter("bias").detach().cpu().numpy().astype(np.float32)
 
 
 def _shortcut_weight(spec: Shortcut, module: torch.nn.Module) -> np.ndarray:
     """The 1x1 kernel of a shortcut: its projection, or the identity."""
-    if module.proj is None:
+    if not isinstance(module.proj, torch.nn.Module):
         return np.eye(spec.out_channels, dtype=np.float32)[:, :, None, None]
-    return module.proj.weight.detach().cpu().numpy().astype(np.float32)
+    return _weight(module.proj)
 
 
 @dataclass
@@ -118,13 +122,13 @@ class _Builder:
 
 
 def _conv_to_nir(b: _Builder, name: str, layer: Conv, module: torch.nn.Module, shape: tuple[int, ...]) -> None:
-    weight = module.weight.detach().cpu().numpy().astype(np.float32)
+    weight = _weight(module)
     b.add(name, _conv_node(weight, shape[1:], layer.stride, layer.padding, _bias(module)))
 
 
 def _linear_to_nir(b: _Builder, name: str, layer: Linear, module: torch.nn.Module, shape: tuple[int, ...]) -> None:
     """``W s + b`` is NIR's Affine, ``W s`` its Linear."""
-    weight = module.weight.detach().cpu().numpy().astype(np.float32)
+    weight = _weight(module)
     bias = _bias(module)
     b.add(name, nir.Linear(weight=weight) if bias is None else nir.Affine(weight=weight, bias=bias))
 
@@ -149,7 +153,7 @@ def _shortcut_to_nir(b: _Builder, name: str, layer: Shortcut, module: torch.nn.M
     b.into_lif = name
 
 
-# layer-spec type -> its NIR node(s); the inverse is _FROM_NIR
+# layer-spec type -> its NIR node(s); the inverse is nir_read's NODES
 _TO_NIR: dict[type, Callable[[_Builder, str, Any, torch.nn.Module, tuple[int, ...]], None]] = {
     Conv: _conv_to_nir,
     Linear: _linear_to_nir,

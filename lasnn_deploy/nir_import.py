@@ -1,4 +1,4 @@
-"""``lasnn-deploy import``: a NIR graph, ours or another library's (``nir_foreign.py`` reads it), written
+"""``lasnn-deploy import``: a NIR graph, ours or another library's (``nir_read`` reads it), written
 into a student run folder that ``export``, ``validate`` and ``energy`` take."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import nir
 
 from .errors import UserError
 from .neurons import Encoding
-from .nir_foreign import student_from_any_nir
+from .nir_read import student_from_any_nir
 from .student import save_student
 
 

@@ -25,7 +25,7 @@ FOLDERS = {
 # stands for the module and everything under it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("errors", "atomic", "modes", "neurons", "inputs", "lava_compat", "data")),
-    ("student", ("student", "models", "loihi_quant", "nir_read", "nir_foreign", "run_folder")),
+    ("student", ("student", "models", "loihi_quant", "nir_read", "run_folder")),
     ("readings of the student", ("exporters", "hw_targets", "evaluation", "training", "nir_import")),
     ("validation", ("validation",)),
     ("commands and the public API", ("demo", "cli", "__main__", "")),  # "": the package's __init__
@@ -119,7 +119,7 @@ def test_each_module_imports_only_its_own_layer_and_the_ones_below():
 def test_the_reader_sees_deferred_imports_and_the_installed_names():
     """The graph has the edges a plain top-level scan would miss (imports inside functions)."""
     graph = import_graph(project_modules())
-    assert "lasnn_deploy.nir_foreign" in graph["lasnn_deploy.student.files"]  # inside load_student
+    assert "lasnn_deploy.nir_read" in graph["lasnn_deploy.student.files"]  # inside load_student
     assert "lasnn_deploy.exporters.target" in graph["lasnn_deploy.exporters.nir"]
     assert "lasnn_deploy.hw_targets.plots" in graph["lasnn_deploy.hw_targets.report"]  # inside energy_report
 

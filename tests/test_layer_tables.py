@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from helpers import small_resnet
+from helpers import make_student, small_resnet
 from lasnn_deploy.exporters.nir import _TO_NIR, to_nir_graph
 from lasnn_deploy.exporters.nir_runtimes.order import _SYNAPTIC
 from lasnn_deploy.exporters.onnx import _TO_ONNX
 from lasnn_deploy.hw_targets.counting import _FAN_IN, _MACS, _REACH
 
+from lasnn_deploy.nir_read import NODES
 from lasnn_deploy.student import (
     LAYER_TYPES,
     Conv,
@@ -63,3 +64,10 @@ def test_a_subclass_is_not_taken_for_its_parent():
     config = StudentConfig("t", (1, 4, 4), 2, (Spiral(1, 2, 3, 1, 1), Flatten(), Linear(32, 2)))
     with pytest.raises(TypeError, match="Spiral"):
         to_nir_graph(SpikingStudent(config))
+
+
+def test_the_nir_reader_has_an_entry_for_every_node_the_nir_exporter_writes():
+    """``NODES`` reads back each node type ``_TO_NIR`` writes (Affine and Linear, a shortcut's Conv2d, ...)."""
+    students = (small_resnet(bias=True), make_student(bias=True), make_student())
+    written = {type(node) for s in students for node in to_nir_graph(s).nodes.values()}
+    assert len(written) == 8 and written <= set(NODES), written - set(NODES)

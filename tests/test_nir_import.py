@@ -22,7 +22,7 @@ from lasnn_deploy.data import first_samples, load_split
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.inputs import model_input
 from lasnn_deploy.neurons import poisson_inputs
-from lasnn_deploy.nir_foreign import CONVENTIONS, student_from_any_nir
+from lasnn_deploy.nir_read import CONVENTIONS, student_from_any_nir
 from lasnn_deploy.student import Dropout, SpikingStudent
 from lasnn_deploy.validation import compare, validate
 
@@ -272,7 +272,7 @@ def test_a_flatten_of_part_of_the_map_is_refused():
 @needs("snntorch")
 def test_conventions_give_each_library_its_dt():
     dts = {k: c.dt for k, c in CONVENTIONS.items()}
-    assert dts == {"snntorch": 1e-4, "spikingjelly": 1e-4, "norse": 1e-3, "sinabs": 1.0}
+    assert dts == {"lasnn-deploy": 1e-4, "snntorch": 1e-4, "spikingjelly": 1e-4, "norse": 1e-3, "sinabs": 1.0}
     lam = float(student_from_any_nir(_graph(), library="snntorch").leak)
     assert lam == np.float32(0.9)
     assert float(student_from_any_nir(_graph(), dt=5e-5).leak) == np.float32(0.95)  # the same file read at another dt

@@ -58,7 +58,7 @@ class Recorded:
 def record_stateful(net: torch.nn.Module, graph: nir.NIRGraph, steps: torch.Tensor) -> Recorded:
     """Run an importer's ``net(x, state) -> (out, state)`` module over ``steps`` ``[T, B, ...]``, the whole batch
     per step with the state carried, recording each LIF node's spikes through a forward hook (Norse, SpikingJelly)."""
-    lifs = [n for n, node in graph.nodes.items() if isinstance(node, nir.LIF)]
+    lifs = list(lif_layers(graph, "the NIR graph"))
     spikes: dict[str, list[torch.Tensor]] = {n: [] for n in lifs}
     for n in lifs:
         net.get_submodule(n).register_forward_hook(lambda m, a, out, n=n: spikes[n].append(out[0].detach()))

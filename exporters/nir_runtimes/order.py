@@ -106,7 +106,7 @@ def _wrap_layer(module: torch.nn.Module, wrap: Wrap) -> torch.nn.Module:
 
 def _wrap_projection(module: torch.nn.Module, wrap: Wrap) -> torch.nn.Module:
     """A shortcut's 1x1 projection, if any; the residual add is a sum of two terms, order-free."""
-    if module.proj is not None:
+    if isinstance(module.proj, torch.nn.Module):
         module.proj = wrap(module.proj)
     return module
 
@@ -141,6 +141,12 @@ def runtime_order(student: SpikingStudent, wrap: Wrap = _Unbatched) -> SpikingSt
     return copy
 
 
+def lif_layer_names(student: SpikingStudent) -> list[str]:
+    """The references' names for the LIF layers: the layer each follows, as ``nir_read.lif_layers`` names
+    a file's LIF nodes (the exporter writes each layer as the node of that name)."""
+    return [student.config.layer_name(i) for i in student.config.spiking_layers]
+
+
 def plain_reference(student: SpikingStudent, x: ModelInput) -> RunResult:
     """What the NIR graph promises: the float32 student on the same input, in snnTorch's order.
 
@@ -148,11 +154,11 @@ def plain_reference(student: SpikingStudent, x: ModelInput) -> RunResult:
     and one step at a time: a float32 kernel's rounding depends on the batch it runs on, and one
     last-bit difference at a threshold tie flips a spike (docs/semantics.md, "NIR").
     """
-    cfg = student.config
     x = float32(x)
     trace = runtime_order(student).run(x.images, input_spikes=x.spikes, record=True)
-    names = [cfg.layer_name(i) for i in cfg.spiking_layers]
-    return RunResult(logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names)
+    return RunResult(
+        logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=lif_layer_names(student)
+    )
 
 
 class _PerStep(torch.nn.Module):
@@ -202,7 +208,9 @@ def ordered_reference(student: SpikingStudent, given: ModelInput, in_batches: bo
         current = current.unflatten(0, (T, -1)) if current.shape[0] == T * batch else current.expand(T, *current.shape)
         _, v = _lif_forward(current.float(), student.leak.detach(), student.thresholds[k].detach(), True, True)
         potentials.append(torch.stack(v).numpy())
-    names = [cfg.layer_name(i) for i in cfg.spiking_layers]
     return RunResult(
-        logits=trace.logits.numpy(), spikes=[s.numpy() for s in trace.spikes], layer_names=names, potentials=potentials
+        logits=trace.logits.numpy(),
+        spikes=[s.numpy() for s in trace.spikes],
+        layer_names=lif_layer_names(student),
+        potentials=potentials,
     )

@@ -17,6 +17,7 @@ import nir
 import numpy as np
 import torch
 
+from ...nir_read import lif_layers
 from . import Recorded, missing, transforms
 
 BATCHED = True
@@ -35,7 +36,7 @@ def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> R
         raise missing("sinabs", err) from err
     T, B = steps.shape[:2]
     net = sinabs.from_nir(graph, batch_size=B).eval()
-    lifs = [n for n, node in graph.nodes.items() if isinstance(node, nir.LIF)]
+    lifs = list(lif_layers(graph, "the NIR graph"))
     spikes: dict[str, torch.Tensor] = {}
     for n in lifs:
         net.get_submodule(n).register_forward_hook(lambda m, a, out, n=n: spikes.__setitem__(n, out.detach()))

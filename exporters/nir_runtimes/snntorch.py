@@ -15,6 +15,7 @@ import nir
 import numpy as np
 import torch
 
+from ...nir_read import lif_layers
 from . import Recorded, transforms
 from .order import snntorch_module
 
@@ -32,7 +33,7 @@ def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> R
     from snntorch.utils import reset as reset_state
 
     net = snntorch_module(graph).eval()
-    lifs = [n for n, node in graph.nodes.items() if isinstance(node, nir.LIF)]
+    lifs = list(lif_layers(graph, "the NIR graph"))
     spikes: dict[str, list[torch.Tensor]] = {n: [] for n in lifs}
     for n in lifs:
         net.get_submodule(n).register_forward_hook(lambda m, a, out, n=n: spikes[n].append(out.detach()))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ...errors import UserError
+from ...nir_read import lif_layers
 from . import Recorded, transforms
 
 BATCHED = True
@@ -49,7 +50,7 @@ def python() -> Path:
 def run(graph: nir.NIRGraph, settings: dict[str, Any], steps: torch.Tensor) -> Recorded:
     """Spyx on ``[T + L, B, N]`` in a subprocess; spikes and outputs shifted back by their latency."""
     T, B = steps.shape[:2]
-    lifs = [n for n in transforms._chain(graph) if isinstance(graph.nodes[n], nir.LIF)]
+    lifs = list(lif_layers(graph, "the NIR graph"))
     padded = torch.cat([steps.reshape(T, B, -1), steps.new_zeros(len(lifs), B, int(np.prod(steps.shape[2:])))])
     with tempfile.TemporaryDirectory(prefix="lasnn-spyx-") as tmp:
         graph_path, in_path, out_path = (Path(tmp) / name for name in ("graph.nir", "in.npz", "out.npz"))

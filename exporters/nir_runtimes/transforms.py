@@ -30,24 +30,17 @@ import numpy as np
 import torch
 
 from ...errors import UserError
-from ...nir_read import NO_LEAK_STEPS, leak_to_tau
+from ...nir_read import NO_LEAK_STEPS, chain, leak_to_tau
 
 
 def _chain(graph: nir.NIRGraph) -> list[str]:
     """The node names from Input to Output of a feed-forward graph; refuses branches."""
-    successors: dict[str, list[str]] = {}
-    for src, dst in graph.edges:
-        successors.setdefault(src, []).append(dst)
-    chain = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
-    while not isinstance(graph.nodes[chain[-1]], nir.Output):
-        nxt = successors.get(chain[-1], [])
-        if len(nxt) != 1:
-            raise UserError(
-                f"node {chain[-1]!r} has {len(nxt)} successors: runtime flavours are written for "
-                "feed-forward students only; export the plain file (no --nir-for)"
-            )
-        chain.append(nxt[0])
-    return chain
+    try:
+        return chain(graph)
+    except UserError as err:
+        raise UserError(
+            f"{err}; runtime flavours are written for feed-forward students only: export the plain file (no --nir-for)"
+        ) from err
 
 
 def _rebuild(

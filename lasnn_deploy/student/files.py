@@ -48,7 +48,7 @@ def load_student(path: str | os.PathLike) -> SpikingStudent:
     from safetensors import SafetensorError, safe_open
 
     if Path(path).suffix.lower() == ".nir":  # read in memory, as `lasnn-deploy import` would write it
-        from ..nir_foreign import load_nir_student
+        from ..nir_read import load_nir_student
 
         return load_nir_student(path)
     path = resolve_student_path(path)
