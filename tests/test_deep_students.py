@@ -17,7 +17,7 @@ from lasnn_deploy.training.config import preset_choices
 from lasnn_deploy.training.conversion import calibrate_biases, convert
 from lasnn_deploy.training.intermediate import IntermediateAnn, fold_batch_norm, hard_reset_rate
 from lasnn_deploy.training.loop import Score, fewest_spikes
-from lasnn_deploy.training.pipeline import check_above_chance
+from lasnn_deploy.training.scoring import check_above_chance
 
 
 @pytest.mark.parametrize("timesteps", [1, 3, 4, 8, 13])
