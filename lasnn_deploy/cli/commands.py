@@ -15,9 +15,12 @@ from ..errors import UserError
 
 
 def _timesteps(args: argparse.Namespace) -> int | None:
-    """The one T of ``--timesteps`` (None: the student's own); a list is refused in one line."""
-    if args.timesteps is None:
-        return None
+    """The one T of ``--timesteps`` (None: the student's own)."""
+    return None if args.timesteps is None else _one_timestep(args)
+
+
+def _one_timestep(args: argparse.Namespace) -> int:
+    """The one T ``--timesteps`` gives (``import``'s has a default); a list is refused in one line."""
     from ..hw_targets.tradeoff import parse_timesteps
 
     values = parse_timesteps(args.timesteps)
@@ -39,10 +42,10 @@ def _test_subset(args: argparse.Namespace):
     """The first ``--samples`` test samples as a data set, loaded batch by batch by whoever streams it."""
     from torch.utils.data import Subset
 
-    from ..data import load_split
+    from ..data import load_split, sample_count
 
     split = load_split(args.dataset, args.data_dir, "test")
-    return split if args.samples is None or args.samples >= len(split) else Subset(split, range(args.samples))
+    return split if args.samples is None or args.samples >= sample_count(split) else Subset(split, range(args.samples))
 
 
 def _print_json_or(args: argparse.Namespace, result: dict, summary: Callable[[dict], str]) -> None:
@@ -74,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
-    from ..data import load_split
+    from ..data import load_split, sample_count
     from ..evaluation import evaluate_student
     from ..student import load_student
 
@@ -82,16 +85,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     student = load_student(args.model)
     split = load_split(args.dataset, args.data_dir, "test")
     if args.samples is not None:
-        split = Subset(split, range(min(args.samples, len(split))))
+        split = Subset(split, range(min(args.samples, sample_count(split))))
     if timesteps is not None:
         student = student.with_config(timesteps=timesteps)
-    result = evaluate_student(student, split, seed=args.seed, progress=True, loihi=args.loihi)
-    result.update(
-        timesteps=student.config.timesteps,
-        encoding=student.config.encoding,
-        dataset=args.dataset,
-        mode="loihi-quantised" if args.loihi else "float",
-    )
+    result = {
+        **evaluate_student(student, split, seed=args.seed, progress=True, loihi=args.loihi),
+        "timesteps": student.config.timesteps,
+        "encoding": student.config.encoding,
+        "dataset": args.dataset,
+        "mode": "loihi-quantised" if args.loihi else "float",
+    }
     _print_json_or(
         args,
         result,
@@ -125,7 +128,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         args.out,
         library=args.source,
         dt=args.dt,
-        timesteps=_timesteps(args),
+        timesteps=_one_timestep(args),
         encoding=args.encoding,
         input_shape=args.input_shape,
     )

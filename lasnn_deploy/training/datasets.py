@@ -7,17 +7,19 @@ import math
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ..data import first_samples
+from ..data import first_samples, sample_count
 from ..errors import UserError
 
 IN_MEMORY_LIMIT = 2**31  # bytes: smaller image folders are decoded once and kept as tensors
+# A run's training and validation sets: tensors in memory, or a subset of an image folder (both sized).
+SizedSet = TensorDataset | Subset
 
 
 def in_memory(dataset: Dataset, limit: int | None) -> Dataset:
     """The first ``limit`` samples as tensors; a small image folder is decoded once, not per epoch."""
     if isinstance(dataset, TensorDataset) and limit is None:
         return dataset
-    count = len(dataset) if limit is None else min(limit, len(dataset))
+    count = sample_count(dataset) if limit is None else min(limit, sample_count(dataset))
     image_bytes = dataset[0][0].numel() * 4
     if not isinstance(dataset, TensorDataset) and count * image_bytes > IN_MEMORY_LIMIT:
         return dataset if limit is None else Subset(dataset, range(count))
@@ -39,9 +41,9 @@ def validation_indices(count: int, fraction: float, seed: int) -> tuple[list[int
     return torch.nonzero(~held).flatten().tolist(), torch.nonzero(held).flatten().tolist()
 
 
-def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[SizedSet, SizedSet]:
     """The training images without the validation split, and the validation split (tensors when in memory)."""
-    train_idx, val_idx = validation_indices(len(dataset), fraction, seed)
+    train_idx, val_idx = validation_indices(sample_count(dataset), fraction, seed)
     if isinstance(dataset, TensorDataset):
         return (
             TensorDataset(*(t[train_idx] for t in dataset.tensors)),

@@ -48,7 +48,7 @@ from . import distributed
 from .config import TrainConfig, make_config, preset_choices
 from .loop import EpochHook
 from .methods import Method
-from .run import Run, prepare
+from .run import Run, prepare, run_folder
 from .stages import ann_stage, conversion_stage, finetune_stage, teacher_stage
 
 
@@ -62,8 +62,7 @@ def train(config: TrainConfig | None = None, /, *, on_epoch_end: EpochHook | Non
         config = make_config(**options)
     elif options:
         config = dataclasses.replace(config, **options)
-    if config.out is None:
-        raise UserError("no run folder: pass --out (out= from Python)")
+    run_folder(config)  # refused before any work when missing
     if config.threads:
         torch.set_num_threads(config.threads)
     with distributed.launched(_device(config.device)) as device:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ..atomic import write_text
 from ..data import DataInfo, data_info, first_samples, load_split
@@ -24,7 +24,7 @@ from ..student import STUDENT_FILE, SpikingStudent, save_student
 from . import distributed
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path, save_weights
 from .config import TrainConfig, config_to_json
-from .datasets import in_default_dtype, in_memory, split_validation
+from .datasets import SizedSet, in_default_dtype, in_memory, split_validation
 from .loop import EpochHook
 
 # Options that change nothing a finished stage computed; they may differ on --resume.
@@ -36,8 +36,8 @@ class Run:
     config: TrainConfig
     folder: Path
     device: torch.device
-    train_set: Dataset
-    val_set: Dataset
+    train_set: SizedSet
+    val_set: SizedSet
     test_set: TensorDataset
     info: DataInfo
     on_epoch_end: EpochHook | None
@@ -95,9 +95,16 @@ def _read_json_mapping(path: Path) -> dict[str, Any]:
     return value
 
 
+def run_folder(config: TrainConfig) -> Path:
+    """The run's folder, ``--out``, without which there is no run."""
+    if config.out is None:
+        raise UserError("no run folder: pass --out (out= from Python)")
+    return Path(config.out).expanduser()
+
+
 def prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook | None) -> Run:
     distributed.check_batch_size(config.batch_size)
-    folder = Path(config.out).expanduser()
+    folder = run_folder(config)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {folder} is a file; give a folder for the run")
     progress: dict[str, Any] = {}

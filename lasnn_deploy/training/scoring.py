@@ -7,24 +7,25 @@ import copy
 import math
 
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 
 from .. import evaluation
 from ..errors import UserError
 from ..student import SpikingStudent
 from . import distributed
+from .datasets import SizedSet
 from .loop import Score
 from .run import Run
 
 
-def _test_part(run: Run, dataset: Dataset) -> Subset | None:
+def _test_part(run: Run, dataset: SizedSet) -> Subset | None:
     """This process's contiguous share of ``dataset``, in whole evaluation batches (None: no share)."""
     size, count = run.config.eval_batch_size, len(dataset)
     mine = distributed.share(-(-count // size))
     return Subset(dataset, range(mine.start * size, min(count, mine.stop * size))) if mine else None
 
 
-def evaluate_snn(run: Run, student: SpikingStudent, desc: str, dataset: Dataset | None = None) -> dict[str, float]:
+def evaluate_snn(run: Run, student: SpikingStudent, desc: str, dataset: SizedSet | None = None) -> dict[str, float]:
     """``evaluation.evaluate_student`` on ``dataset`` (the test set by default); the processes share it and sum
     their integer counts.
 
@@ -38,7 +39,7 @@ def evaluate_snn(run: Run, student: SpikingStudent, desc: str, dataset: Dataset 
             model,
             part,
             batch_size=cfg.eval_batch_size,
-            seed=cfg.seed + part.indices.start,
+            seed=cfg.seed + part.indices[0],  # the share's first sample's index in the whole set
             progress=run.show,
             desc=desc,
         )
@@ -53,7 +54,7 @@ def validation_score(run: Run, student: SpikingStudent) -> Score:
     return Score(result["test_accuracy"], result["loss"], result["spikes_per_sample"])
 
 
-def evaluate_ann(run: Run, model: nn.Module, dataset: Dataset | None = None) -> Score:
+def evaluate_ann(run: Run, model: nn.Module, dataset: SizedSet | None = None) -> Score:
     """(accuracy, mean cross-entropy) on ``dataset`` (the test set by default), shared as ``evaluate_snn``."""
     model = model if run.device.type == "cpu" else copy.deepcopy(model).cpu()
     part, sums = _test_part(run, run.test_set if dataset is None else dataset), [0.0, 0.0, 0.0]

@@ -177,7 +177,7 @@ def ann_stage(run: Run) -> tuple[SpikingStudent, IntermediateAnn, dict[str, Any]
         after_step=ann.clamp_parameters_,
         select=Selection(lambda: evaluate_ann(run, ann, run.val_set)),
     )
-    guard(run, "ann", fitted.best_score)
+    guard(run, "ann", fitted.kept_score)
     began = time.perf_counter()
     accuracy = evaluate_ann(run, ann).accuracy
     result = {
@@ -208,8 +208,8 @@ def conversion_stage(run: Run, student: SpikingStudent, ann: IntermediateAnn) ->
         student.load_state_dict(load_student(path).state_dict())
         return {**run.progress["conversion"], "loaded": True}
     began = time.perf_counter()
-    order = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(run.seed("conversion")))
-    order = order[: cfg.balance_batches * cfg.batch_size].tolist()
+    permutation = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(run.seed("conversion")))
+    order = permutation[: cfg.balance_batches * cfg.batch_size].tolist()
     count = -(-len(order) // cfg.batch_size)
     mine = distributed.share(count)  # whole batches per process, so each batch's percentile is exact
     local = order[mine.start * cfg.batch_size : mine.stop * cfg.batch_size]
@@ -217,7 +217,8 @@ def conversion_stage(run: Run, student: SpikingStudent, ann: IntermediateAnn) ->
         b: x.to(run.device) for b, (x, _) in zip(mine, batches(run.train_set, local, cfg.batch_size), strict=True)
     }
     candidates = BALANCE_CANDIDATES if cfg.balance_percentile is None and clips is None else (cfg.balance_percentile,)
-    ann_state, scores, best = copy.deepcopy(student.state_dict()), {}, None
+    ann_state, scores = copy.deepcopy(student.state_dict()), {}
+    best: tuple[float, float | None, list[float], dict[str, torch.Tensor]] | None = None  # score, percentile, ...
     shift = cfg.intermediate == "qcfs"  # QCFS's half-threshold charge; a rate ANN's neurons start at 0
     for p in candidates:
         student.load_state_dict(ann_state)
@@ -227,6 +228,7 @@ def conversion_stage(run: Run, student: SpikingStudent, ann: IntermediateAnn) ->
             scores[str(p)] = score
         if best is None or score > best[0]:
             best = (score, p, thresholds, copy.deepcopy(student.state_dict()))
+    assert best is not None  # candidates is never empty
     validation, percentile, thresholds, converted = best
     student.load_state_dict(converted)
     calibration = _calibrate(run, student, ann, images, validation)
@@ -264,7 +266,7 @@ def _calibrate(
     uncalibrated one. What it did (empty for a student without biases)."""
     if all(m.bias is None for m in student.weighted_modules()):
         return {}
-    activations = []
+    activations: list[dict[int, torch.Tensor]] = []
     with torch.no_grad():
         for x in images.values():
             activations.append({})
@@ -315,7 +317,7 @@ def finetune_stage(run: Run, student: SpikingStudent, teacher: nn.Module | None)
         epoch_samples=cfg.student_samples,
         select=select,
     )
-    guard(run, "finetune", fitted.best_score)
+    guard(run, "finetune", fitted.kept_score)
     began = time.perf_counter()
     evaluation = evaluate_snn(run, student, "student")
     result = {
