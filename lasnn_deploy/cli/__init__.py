@@ -15,6 +15,7 @@ from .parser import build_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (``sys.argv[1:]`` when None); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -218,7 +218,8 @@ def conversion_stage(run: Run, student: SpikingStudent, ann: IntermediateAnn) ->
     }
     candidates = BALANCE_CANDIDATES if cfg.balance_percentile is None and clips is None else (cfg.balance_percentile,)
     ann_state, scores = copy.deepcopy(student.state_dict()), {}
-    best: tuple[float, float | None, list[float], dict[str, torch.Tensor]] | None = None  # score, percentile, ...
+    # the best candidate so far: (validation accuracy, percentile, thresholds, state dict)
+    best: tuple[float, float | None, list[float], dict[str, torch.Tensor]] | None = None
     shift = cfg.intermediate == "qcfs"  # QCFS's half-threshold charge; a rate ANN's neurons start at 0
     for p in candidates:
         student.load_state_dict(ann_state)
