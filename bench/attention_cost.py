@@ -7,9 +7,9 @@ attention through spike activation maps (``lasnn-grad``). Every method's real ob
 (``lasnn_deploy.training.objectives.FineTune``) trains the same 3conv2linear student (half width,
 3x32x32 inputs like CIFAR-10, batch 32, T = 8, direct encoding) with a ``small-cnn`` teacher: one
 step is the method's loss, backward and an Adam step. Steps are timed alternately in rotating
-order (``train_throughput.alternate``: medians of wall-clock and process CPU time) and the peak
+order (``step_timing.alternate``: medians of wall-clock and process CPU time) and the peak
 growth of live tensor bytes over one step comes from the PyTorch profiler's allocator events
-(``train_throughput.Trainer.peak_bytes``). Writes ``bench/results/attention_cost.json``.
+(``step_timing.Trainer.peak_bytes``). Writes ``bench/results/attention_cost.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from train_throughput import RESULTS, Trainer, alternate, machine_info, medians
+from step_timing import RESULTS, Trainer, alternate, machine_info, medians
 
 from lasnn_deploy.atomic import write_text
 from lasnn_deploy.models import build_student, build_teacher

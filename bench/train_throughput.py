@@ -35,235 +35,26 @@ Writes ``bench/results/train_throughput.json`` (``--quick``: ``train_throughput_
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import snntorch as snn
 import torch
 import torch.nn.functional as F
-from torch import nn
+from step_timing import MIN_ROUNDS, RESULTS, Trainer, alternate, machine_info, medians
+from vgg5_variants import CLASSES, INPUT_SHAPE, LEAK, THRESHOLD, VARIANTS, build_variants, vgg5
 
 from lasnn_deploy.atomic import write_text
-from lasnn_deploy.models import build_student, build_teacher
-from lasnn_deploy.neurons import GAMMA
-from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig
+from lasnn_deploy.models import build_teacher
+from lasnn_deploy.student import Conv, SpikingStudent
 from lasnn_deploy.training.losses import attention_loss, attention_map
-
-RESULTS = Path(__file__).resolve().parent / "results"
-INPUT_SHAPE = (3, 32, 32)
-CLASSES = 10
-LEAK = 0.95
-THRESHOLD = 1.0
-VARIANTS = ("ours", "snntorch", "ann")
-WEIGHT_SCALE = 3.0  # on PyTorch's default init: every LIF layer fires (about 20, 17, 13, 9 % at T = 8)
-MIN_ROUNDS = 3
-
-
-# -- the three networks ----------------------------------------------------------------------
-class LinearSurrogate(torch.autograd.Function):
-    """snnTorch ``spike_grad``: Heaviside of ``mem - theta``, the contract's linear surrogate backward.
-
-    snnTorch passes the shifted potential ``mem - theta``; its gradient reaches the threshold
-    through that subtraction, which gives ``ds/dtheta = -ds/du`` as our ``SpikeFn`` does.
-    """
-
-    @staticmethod
-    def forward(ctx, mem_shift: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(mem_shift, theta)
-        return (mem_shift > 0).to(mem_shift.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        mem_shift, theta = ctx.saved_tensors
-        return grad * GAMMA * torch.clamp(1.0 - mem_shift.abs() / theta, min=0.0), None
-
-
-class SpikeGrad:
-    """A ``spike_grad`` callable that reads the threshold of the neuron it belongs to."""
-
-    def __init__(self) -> None:
-        self.neuron: nn.Module | None = None
-
-    def __call__(self, mem_shift: torch.Tensor) -> torch.Tensor:
-        return LinearSurrogate.apply(mem_shift, self.neuron.threshold.detach())
-
-
-def snntorch_leaky(leak: float, theta: float) -> nn.Module:
-    spike_grad = SpikeGrad()
-    neuron = snn.Leaky(
-        beta=leak,
-        threshold=theta,
-        spike_grad=spike_grad,
-        learn_beta=True,
-        learn_threshold=True,
-        reset_mechanism="zero",
-        reset_delay=False,
-    )
-    spike_grad.neuron = neuron
-    return neuron
-
-
-def torch_layers(config: StudentConfig, activation: Callable[[], nn.Module]) -> nn.ModuleList:
-    """The student's layers as torch modules, ``activation()`` after every spiking layer."""
-    layers = nn.ModuleList()
-    for i, spec in enumerate(config.layers):
-        if isinstance(spec, Conv):
-            layers.append(
-                nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding, bias=False)
-            )
-        elif isinstance(spec, Linear):
-            layers.append(nn.Linear(spec.in_features, spec.out_features, bias=False))
-        elif isinstance(spec, AvgPool):
-            layers.append(nn.AvgPool2d(spec.kernel_size))
-        elif isinstance(spec, Flatten):
-            layers.append(nn.Flatten())
-        if i in config.spiking_layers:
-            layers.append(activation())
-    return layers
-
-
-def copy_weights(src: SpikingStudent, layers: nn.ModuleList) -> None:
-    weighted = [m for m in layers if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        for a, b in zip(src.weighted_modules(), weighted, strict=True):
-            b.weight.copy_(a.weight)
-
-
-class SnnTorchNet(nn.Module):
-    """The student written the snnTorch way: a Python loop over time, every layer per step."""
-
-    def __init__(self, config: StudentConfig):
-        super().__init__()
-        self.timesteps = config.timesteps
-        self.layers = torch_layers(config, lambda: snntorch_leaky(LEAK, THRESHOLD))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mems = {i: m.reset_mem() for i, m in enumerate(self.layers) if isinstance(m, snn.Leaky)}
-        out = []
-        for _ in range(self.timesteps):
-            h = x
-            for i, layer in enumerate(self.layers):
-                if i in mems:
-                    h, mems[i] = layer(h, mems[i])
-                else:
-                    h = layer(h)
-            out.append(h)
-        return torch.stack(out).mean(0)
-
-
-class AnnNet(nn.Module):
-    """The same layers with ReLU, on the ``T x B`` images at once (logits averaged over T)."""
-
-    def __init__(self, config: StudentConfig):
-        super().__init__()
-        self.timesteps = config.timesteps
-        self.layers = nn.Sequential(*torch_layers(config, lambda: nn.ReLU(inplace=True)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B = self.timesteps, x.shape[0]
-        return self.layers(x.repeat(T, 1, 1, 1)).unflatten(0, (T, B)).mean(0)
-
-
-def build_variants(config: StudentConfig, device: torch.device) -> dict[str, nn.Module]:
-    torch.manual_seed(0)
-    ours = SpikingStudent(config, leak=LEAK, thresholds=[THRESHOLD] * len(config.spiking_layers))
-    with torch.no_grad():
-        for module in ours.weighted_modules():
-            module.weight.mul_(WEIGHT_SCALE)
-    snntorch_net, ann = SnnTorchNet(config), AnnNet(config)
-    copy_weights(ours, snntorch_net.layers)
-    copy_weights(ours, ann.layers)
-    return {"ours": ours.to(device).train(), "snntorch": snntorch_net.to(device).train(), "ann": ann.to(device).train()}
-
-
-def vgg5(timesteps: int, width: float) -> StudentConfig:
-    return build_student("vgg5", INPUT_SHAPE, CLASSES, timesteps=timesteps, dropout=0.0, width=width)
 
 
 # -- measuring -------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Trainer:
-    """One model with its Adam optimiser; ``step()`` is one full training step, timed."""
-
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None):
-        self.model, self.x, self.y = model, x, y
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        self.loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y))
-
-    def step(self) -> tuple[float, float]:
-        """Wall-clock and process CPU seconds of one step."""
-        sync(self.x.device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss_fn(self.model, self.x, self.y).backward()
-        self.optimizer.step()
-        sync(self.x.device)
-        return time.perf_counter() - wall, time.process_time() - cpu
-
-    def peak_bytes(self) -> int:
-        """Peak growth of live tensor bytes over one step (after warm-up: Adam state exists)."""
-        device = self.x.device
-        if device.type == "cuda":
-            self.optimizer.zero_grad(set_to_none=True)
-            torch.cuda.synchronize(device)
-            base = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            self.step()
-            return torch.cuda.max_memory_allocated(device) - base
-        from torch.profiler import ProfilerActivity, profile
-
-        self.optimizer.zero_grad(set_to_none=True)
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            self.step()
-        with tempfile.TemporaryDirectory() as tmp:
-            trace = Path(tmp) / "trace.json"
-            prof.export_chrome_trace(str(trace))
-            events = json.loads(trace.read_text())["traceEvents"]
-        memory = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
-        if not memory:
-            return 0
-        # The allocator's running total is process-wide (it still holds blocks of earlier profiled
-        # steps), so the peak is measured from its value before this step's first event.
-        before = memory[0]["args"]["Total Allocated"] - memory[0]["args"]["Bytes"]
-        return max(e["args"]["Total Allocated"] for e in memory) - before
-
-
-def alternate(
-    trainers: dict[str, Trainer], warmup: int, repeats: int, deadline: float
-) -> dict[str, dict[str, list[float]]]:
-    """Warm every trainer up, then time them in rotating order: ``repeats`` rounds, or fewer
-    (``MIN_ROUNDS`` at least) once ``time.perf_counter()`` passes ``deadline``."""
-    for trainer in trainers.values():
-        for _ in range(warmup):
-            trainer.step()
-    names = list(trainers)
-    times: dict[str, dict[str, list[float]]] = {"wall": {n: [] for n in names}, "cpu": {n: [] for n in names}}
-    for r in range(repeats):
-        if r >= MIN_ROUNDS and time.perf_counter() > deadline:
-            break
-        for n in names[r % len(names) :] + names[: r % len(names)]:
-            wall, cpu = trainers[n].step()
-            times["wall"][n].append(wall)
-            times["cpu"][n].append(cpu)
-    return times
-
-
-def medians(times: dict[str, list[float]]) -> dict[str, float]:
-    return {n: statistics.median(v) for n, v in times.items()}
-
-
 def bench_training(timesteps: int, args, device: torch.device, deadline: float) -> dict:
     config = vgg5(timesteps, args.width)
     models = build_variants(config, device)
@@ -366,31 +157,6 @@ def bench_inference(args, deadline: float) -> dict:
 
 
 # -- report ----------------------------------------------------------------------------------
-def machine_info(device: torch.device, threads: int) -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    info = {
-        "cpu": cpu,
-        "nproc": os.cpu_count(),
-        "torch_threads": threads,
-        "torch": torch.__version__,
-        "snntorch": importlib.metadata.version("snntorch"),
-        "onnxruntime": importlib.metadata.version("onnxruntime"),
-        "python": platform.python_version(),
-        "load_average_1_5_15_start": list(os.getloadavg()),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def ratios(training: dict[int, dict], key: str) -> dict[str, float]:
     """ours / other for the medians under ``key`` (time), and for peak memory."""
     t8, t16 = training[8][key], training[16][key]

@@ -9,7 +9,7 @@ names the layout expected. The test split is always returned in file order, unsh
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,7 +207,8 @@ def data_info(dataset: Dataset) -> DataInfo:
     if isinstance(dataset, TensorDataset):
         num_classes = int(dataset.tensors[1].max()) + 1
     else:
-        num_classes = len(getattr(dataset, "classes", [])) or int(max(int(y) for _, y in dataset)) + 1
+        labels = (int(dataset[i][1]) for i in range(sample_count(dataset)))
+        num_classes = len(getattr(dataset, "classes", [])) or max(labels) + 1
     return DataInfo(tuple(image.shape), num_classes)
 
 
@@ -215,8 +216,19 @@ def first_samples(dataset: Dataset, n: int | None) -> tuple[torch.Tensor, torch.
     """The first ``n`` samples in file order (all when ``n`` is None), stacked."""
     if n is not None and n < 1:
         raise UserError(f"--samples must be at least 1, got {n}")
-    count = len(dataset) if n is None else min(n, len(dataset))
+    count = sample_count(dataset) if n is None else min(n, sample_count(dataset))
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[0][:count], dataset.tensors[1][:count]
     items = [dataset[i] for i in range(count)]
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def sample_count(dataset: Dataset) -> int:
+    """How many samples ``dataset`` holds: its ``len``, which torch's ``Dataset`` type does not declare.
+
+    Every split ``load_split`` returns, and a ``Subset`` or ``TensorDataset`` of one, has a length;
+    an iterable-style data set without one is refused here rather than deep inside a loop.
+    """
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"a {type(dataset).__name__} has no length; give a map-style data set (with __len__)")
+    return len(dataset)

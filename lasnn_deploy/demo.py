@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from .atomic import write_text
 from .data import first_samples, load_split
@@ -19,7 +20,7 @@ from .student import load_student
 from .validation import validate
 
 # The quick preset with the tiny student: sized for 1,437 digits images on a laptop CPU.
-DEMO_OPTIONS = {
+DEMO_OPTIONS: dict[str, Any] = {
     "preset": "quick",
     "student": "tiny",
     "student_width": 1.0,
@@ -27,7 +28,7 @@ DEMO_OPTIONS = {
     "ann_epochs": 8,
     "student_epochs": 2,
 }
-FAST_OVERRIDES = {"teacher_epochs": 1, "ann_epochs": 1, "student_epochs": 1}
+FAST_OVERRIDES: dict[str, Any] = {"teacher_epochs": 1, "ann_epochs": 1, "student_epochs": 1}
 
 
 def run_demo(out: str | Path = "runs/demo", *, fast: bool = False) -> dict:

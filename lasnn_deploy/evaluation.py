@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .data import sample_count
 from .errors import UserError
 from .inputs import batches
 from .loihi_quant import quantise, run_quantised
@@ -34,7 +35,7 @@ def evaluate_student(
     Poisson spikes of sample ``i`` come from seed ``seed + i`` (as in ``validate`` and
     ``energy``), so a rerun, or another batch size, sees the same spikes.
     """
-    if len(dataset) == 0:
+    if sample_count(dataset) == 0:
         raise UserError("no samples to evaluate: the data split is empty")
     check_images(student.config, dataset[0][0].unsqueeze(0))
     with eval_mode(student):

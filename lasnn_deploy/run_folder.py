@@ -1,6 +1,6 @@
 """The run folder ``train`` writes: its file names, the seed of each stage, and the reader of a finished run.
 
-``training.pipeline.Run`` writes every file of the folder; ``RunFolder`` is what the other commands
+``training.run.Run`` writes every file of the folder; ``RunFolder`` is what the other commands
 (``tradeoff``, ``demo``) read back from it, so a file name or the way the method is recorded is
 written in one place. Layout (docs/semantics.md, 'Files the commands write')::
 

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 from safetensors.torch import save_file
 
-from lasnn_deploy.cli import build_parser
+from lasnn_deploy.cli.parser import build_parser
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.student import FORMAT, AvgPool, Conv, Flatten, Linear, SpikingStudent, StudentConfig, save_student
 

@@ -16,7 +16,7 @@ from lasnn_deploy.hw_targets.plots import pareto_plot
 from lasnn_deploy.hw_targets.tradeoff import tradeoff
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from lasnn_deploy.cli import build_parser
+from lasnn_deploy.cli.parser import build_parser
 from lasnn_deploy.models import build_student
 from lasnn_deploy.student import SpikingStudent, load_student, save_student
 

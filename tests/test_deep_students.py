@@ -4,7 +4,6 @@ deep students' preset choices and the KD readout scale."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from lasnn_deploy.training.conversion import calibrate_biases, convert
 from lasnn_deploy.training.intermediate import AnnTeacher, IntermediateAnn, fold_batch_norm, hard_reset_rate
 from lasnn_deploy.training.loop import Score, fewest_spikes
 from lasnn_deploy.training.methods import attention_levels, teacher_maps
-from lasnn_deploy.training.pipeline import check_above_chance
+from lasnn_deploy.training.scoring import check_above_chance
 
 
 @pytest.mark.parametrize("timesteps", [1, 3, 4, 8, 13])
@@ -196,18 +195,18 @@ def test_the_ann_teacher_pairs_each_attention_level_with_the_same_ann_layer():
     config = build_student("vgg5", (3, 16, 16), 10, width=0.25, timesteps=4, bias=True, dropout=0.0)
     ann = IntermediateAnn(SpikingStudent(config), "rate")
     student = SpikingStudent(config)
-    ft = SimpleNamespace(student=student, teacher=AnnTeacher(ann), levels=attention_levels(student))
+    teacher, levels = AnnTeacher(ann), attention_levels(student)
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
-        _, feats = ft.teacher(x)
+        _, feats = teacher(x)
         spikes = student.run(x, record=True).spikes
         record: dict[int, torch.Tensor] = {}
         ann(x, record=record)
-    maps = teacher_maps(ft, feats)
-    assert len(feats) == len(spikes) > len(ft.levels) == 3
-    for k, m in zip(ft.levels, maps, strict=True):
+    maps = teacher_maps(teacher, feats, levels)
+    assert len(feats) == len(spikes) > len(levels) == 3
+    for k, m in zip(levels, maps, strict=True):
         assert m.shape == spikes[k].shape[1:] and torch.equal(m, record[k])
-    assert not ft.teacher.training and not any(p.requires_grad for p in ft.teacher.parameters())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 
 def test_with_the_ann_as_teacher_no_teacher_is_trained(tmp_path):

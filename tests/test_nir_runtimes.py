@@ -51,7 +51,7 @@ def run_both(student, path, runtime, encoding):
 
 
 def test_the_cli_names_every_runtime():
-    from lasnn_deploy.cli import RUNTIME_NAMES
+    from lasnn_deploy.cli.parser import RUNTIME_NAMES
 
     assert RUNTIME_NAMES == tuple(nir_runtimes.RUNTIMES)
 

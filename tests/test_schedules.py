@@ -11,8 +11,8 @@ from torch.utils.data import TensorDataset
 
 from lasnn_deploy.training import loop, train
 from lasnn_deploy.training.config import BALANCE_CANDIDATES
+from lasnn_deploy.training.datasets import split_validation, validation_indices
 from lasnn_deploy.training.loop import FitPlan, Score, Selection, fit, make_optimizer, make_scheduler
-from lasnn_deploy.training.pipeline import split_validation, validation_indices
 
 
 def test_validation_indices_partition_the_training_images_and_depend_only_on_the_seed():

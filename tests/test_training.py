@@ -123,7 +123,7 @@ def test_tssd_student_is_the_first_t_steps_of_the_long_run_and_heads_stay_outsid
         .eval()
     )
     objective = FineTune(student, "tssd", make_config(method="tssd", tssd_timesteps=7, **TINY)).double()
-    assert objective.head_level == 1  # one weak classifier, at the middle of the tiny student's two conv levels
+    assert objective.method.head_level == 1  # one weak classifier, at the middle of the tiny student's two conv levels
     assert set(student.state_dict()) == set(SpikingStudent(student.config).state_dict())
     assert {"head.weight", "head.bias"} <= set(objective.state_dict())
     x, y = torch.rand(4, 1, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))

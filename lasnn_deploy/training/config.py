@@ -370,8 +370,8 @@ def make_config(**options: Any) -> TrainConfig:
     preset = options.get("preset")
     if preset is not None and preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    student = {**PRESETS.get(preset, {}), **options}.get("student", FIELDS["student"].default)
-    values = {**PRESETS.get(preset, {}), **preset_choices(preset, student), **options}
+    student = {**PRESETS.get(preset or "", {}), **options}.get("student", FIELDS["student"].default)
+    values = {**PRESETS.get(preset or "", {}), **preset_choices(preset, student), **options}
     for stage in ("teacher", "ann"):  # epochs given outrank a preset's steps
         if f"{stage}_epochs" in options and f"{stage}_steps" not in options:
             values[f"{stage}_steps"] = None

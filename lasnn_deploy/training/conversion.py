@@ -122,7 +122,9 @@ def convert(
     """Threshold balancing (or learned ``clips``, with QCFS's ``shift`` or without), then the readout
     scaled by the last LIF layer's ``Lambda``."""
     thresholds = balance_thresholds(student, batches, percentile_value, seed, clips, shift)
-    student.weighted_modules()[-1].weight.mul_(rate_scales(student.config, thresholds)[-1])
+    readout = student.weighted_modules()[-1]
+    assert isinstance(readout, (torch.nn.Conv2d, torch.nn.Linear))  # what weighted_modules holds
+    readout.weight.mul_(rate_scales(student.config, thresholds)[-1])
     return thresholds
 
 
@@ -141,7 +143,11 @@ def calibrate_biases(
     corrections: list[float] = []
     with eval_mode(student):
         for k, i in enumerate(config.spiking_layers):
-            bias = student.body[i - 1 if isinstance(config.layers[i], Shortcut) else i].bias
+            synapses = student.body[i - 1 if isinstance(config.layers[i], Shortcut) else i]
+            assert isinstance(
+                synapses, (torch.nn.Conv2d, torch.nn.Linear)
+            )  # a LIF layer's current, or a block's last conv
+            bias = synapses.bias
             if bias is None:
                 corrections.append(0.0)
                 continue
@@ -164,7 +170,11 @@ def _chain_before(config: StudentConfig, k: int, i: int) -> int:
 
 def _block_before(config: StudentConfig, k: int, i: int) -> int:
     """A block's LIF (a ``Shortcut``) continues from the LIF layer that feeds the block."""
-    return config.source_lif(config.layers[i].source)
+    block = config.layers[i]
+    assert isinstance(block, Shortcut)  # _BEFORE's entry for Shortcut
+    source = config.source_lif(block.source)
+    assert source is not None  # a block adds spikes (StudentConfig checks it)
+    return source
 
 
 def _chain_synapses(student: SpikingStudent, k: int, i: int, scales: Sequence[float]) -> torch.nn.Module:
@@ -176,6 +186,7 @@ def _block_synapses(student: SpikingStudent, k: int, i: int, scales: Sequence[fl
     """A block's LIF: the block's last conv, rescaled so that both branches are in units of the block
     input's rate first (``Lambda_{k-1} / Lambda_before``)."""
     synapses = student.body[i - 1]
+    assert isinstance(synapses, torch.nn.Conv2d)  # a block ends in a conv (StudentConfig checks it)
     synapses.weight.mul_(scales[k - 1] / scales[_block_before(student.config, k, i)])
     return synapses
 

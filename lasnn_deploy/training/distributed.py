@@ -251,10 +251,12 @@ class CpuSyncBatchNorm(_BatchNorm):
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: float) -> None:
         """As ``_BatchNorm`` does: momentum (None: cumulative average), unbiased variance."""
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean.lerp_(mean, factor)
-        self.running_var.lerp_(var * count / max(count - 1, 1.0), factor)
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        assert tracked is not None and running_mean is not None and running_var is not None  # track_running_stats
+        tracked.add_(1)
+        factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
+        running_mean.lerp_(mean, factor)
+        running_var.lerp_(var * count / max(count - 1, 1.0), factor)
 
 
 def _summed(t: torch.Tensor) -> torch.Tensor:
@@ -265,7 +267,9 @@ def _summed(t: torch.Tensor) -> torch.Tensor:
     """
     from torch.distributed import _functional_collectives as fc
 
-    return fc.wait_tensor(fc.all_reduce(t, "sum", dist.group.WORLD))
+    world = dist.group.WORLD
+    assert world is not None  # called only inside a process group
+    return fc.wait_tensor(fc.all_reduce(t, "sum", world))
 
 
 def sync_batch_norm(module: nn.Module, device: torch.device) -> nn.Module:

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
+from ..data import sample_count
 from . import distributed
 from .checkpoint import load_checkpoint, process_rng_states, restore_training_state, save_checkpoint
 
@@ -37,6 +38,13 @@ class FitResult:
     best_score: float | None = None  # the kept epoch's validation accuracy
     epochs_run: int = 0
     most_accurate_epoch: int | None = None  # with a spike tolerance, the epoch the score alone would keep
+
+    @property
+    def kept_score(self) -> float:
+        """``best_score`` of a fit with ``select``, which always keeps an epoch."""
+        if self.best_score is None:
+            raise ValueError("a fit without select keeps no epoch")
+        return self.best_score
 
 
 class Score(NamedTuple):
@@ -206,14 +214,14 @@ def fit(
     try:
         model = distributed.wrap_model(step_module, plan.device)
         for epoch in range(start, plan.epochs):
-            if best is not None and select.patience is not None:
+            if select is not None and best is not None and select.patience is not None:
                 waited = epoch - best["epoch"] if select.back_off is None else back_offs
                 if waited >= select.patience:
                     break  # a plateau, or the last rate the back-offs allow has been tried
             _epoch(model, optimizer, plan, epoch, result)
             if select is None or select.back_off is None:
                 scheduler.step()  # with back-off the validation split alone sets the rate
-            if best is not None:
+            if select is not None and best is not None:
                 score = select.score()
                 result.history[-1].update(validation_accuracy=score.accuracy, validation_loss=score.loss)
                 if score.spikes is not None:
@@ -227,9 +235,11 @@ def fit(
                     _back_off(step_module, optimizer, best["model"], select.back_off)
                     back_offs += 1
                 if plan.progress and distributed.is_main_process():
+                    kept = best["score"]
+                    assert isinstance(kept, Score)
                     tqdm.write(
                         f"{name} epoch {epoch + 1}: validation accuracy {score.accuracy:.4f} "
-                        f"(best {best['score'].accuracy:.4f}, epoch {best['epoch']})"
+                        f"(best {kept.accuracy:.4f}, epoch {best['epoch']})"
                     )
             states = process_rng_states()  # a collective: every process takes part
             if distributed.is_main_process():
@@ -256,9 +266,9 @@ def fit(
         for p in frozen:
             p.requires_grad_(True)
     result.epochs_run = len(result.history)
-    if best is not None:
+    if select is not None and best is not None:
         result.most_accurate_epoch = int(best["epoch"])
-        if frugal:
+        if frugal and select.spike_tolerance is not None:
             best = frugal[fewest_spikes([c["score"] for c in frugal], select.spike_tolerance)]
         step_module.load_state_dict(best["model"])
         result.best_epoch, result.best_score = int(best["epoch"]), best["score"].accuracy
@@ -298,7 +308,7 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, plan: FitPlan, ep
     name, epochs, train_set, batch_size, seed = plan.name, plan.epochs, plan.train_set, plan.batch_size, plan.seed
     began = time.perf_counter()
     model.train()
-    order = distributed.epoch_order(len(train_set), seed, epoch)[: plan.epoch_samples]
+    order = distributed.epoch_order(sample_count(train_set), seed, epoch)[: plan.epoch_samples]
     sizes = distributed.global_batch_sizes(len(order), batch_size)
     show = plan.progress and distributed.is_main_process()
     sums = [0.0, 0.0, 0.0]  # loss * n, correct, n

@@ -65,7 +65,8 @@ def attention_loss(
     student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor], beta: float
 ) -> torch.Tensor:
     """``(beta / 2) * sum_j L_AT,j`` over paired ``[B, H, W]`` maps."""
-    return beta / 2 * sum(attention_distance(s, t) for s, t in zip(student_maps, teacher_maps, strict=True))
+    distances = (attention_distance(s, t) for s, t in zip(student_maps, teacher_maps, strict=True))
+    return beta / 2 * sum(distances, torch.zeros(()))
 
 
 def kd_loss(

@@ -48,13 +48,24 @@ Step = tuple[torch.Tensor, torch.Tensor]  # (loss, logits)
 
 class FineTune(Protocol):
     """What a method reads of the module it trains in (``objectives.FineTune``, which imports this
-    module): the student, the training config, the frozen teacher; ``attach`` adds its heads to it."""
+    module): the student, the training config, the frozen teacher; ``attach`` adds its heads to it
+    with ``add_module``, so that they are trained and checkpointed with the student."""
 
     student: SpikingStudent
     cfg: Any
 
     @property
     def teacher(self) -> nn.Module | None: ...
+
+    def add_module(self, name: str, module: nn.Module | None) -> None: ...
+
+
+def teacher_of(ft: FineTune) -> nn.Module:
+    """The frozen teacher of a method that needs one (``objectives.FineTune`` refuses to start without it)."""
+    teacher = ft.teacher
+    if teacher is None:
+        raise ValueError("this method needs a teacher")
+    return teacher
 
 
 def spread(n: int, k: int) -> list[int]:
@@ -74,13 +85,12 @@ def attention_levels(student: SpikingStudent) -> list[int]:
     return [convs[i] for i in spread(len(convs), 3)]
 
 
-def teacher_maps(ft: FineTune, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The teacher's feature maps paired with the student's attention levels ``ft.levels``: the same
-    LIF layers of the intermediate ANN (``--teacher ann``), or another teacher's low, mid and high maps
-    by rank."""
-    if isinstance(ft.teacher, AnnTeacher):
-        return [feats[k] for k in ft.levels]
-    return [feats[j] for j in spread(len(feats), len(ft.levels))]
+def teacher_maps(teacher: nn.Module, feats: list[torch.Tensor], levels: list[int]) -> list[torch.Tensor]:
+    """The teacher's feature maps paired with the student's attention ``levels``: the same LIF layers
+    of the intermediate ANN (``--teacher ann``), or another teacher's low, mid and high maps by rank."""
+    if isinstance(teacher, AnnTeacher):
+        return [feats[k] for k in levels]
+    return [feats[j] for j in spread(len(feats), len(levels))]
 
 
 class Method:
@@ -88,8 +98,9 @@ class Method:
 
     ``needs_teacher``: the pipeline trains (or loads) the teacher ANN for it. ``fine_tunes``: False
     for a method whose result is the converted student. ``attach`` adds what the method trains
-    beside the student (heads) or reads (attention levels) to the ``FineTune`` module, so one
-    optimiser and one checkpoint cover them; ``loss`` computes ``(loss, logits)`` for a batch.
+    beside the student (heads) to the ``FineTune`` module, so one optimiser and one checkpoint cover
+    them, and keeps what it reads (attention levels) on the method itself (one instance per
+    ``FineTune``); ``loss`` computes ``(loss, logits)`` for a batch.
     """
 
     name: ClassVar[str]
@@ -143,12 +154,13 @@ class KD(Method):
         """
         with eval_mode(ft.student):
             student_logits = ft.student.run(x, seed=0).logits
-        teacher_logits = ft.teacher(x)[0]
+        teacher_logits = teacher_of(ft)(x)[0]
         spread = float(student_logits.std(1).mean())
         student_t, teacher_t = self.temperatures(ft.cfg)
         target = float(teacher_logits.std(1).mean()) * student_t / teacher_t
         scale = target / spread if spread > 0 else 1.0
         readout = ft.student.weighted_modules()[-1]
+        assert isinstance(readout, (nn.Conv2d, nn.Linear))  # what weighted_modules holds
         readout.weight.mul_(scale)
         if readout.bias is not None:
             readout.bias.mul_(scale)
@@ -158,7 +170,7 @@ class KD(Method):
         cfg = ft.cfg
         logits = ft.student.run(x, seed=seed).logits
         with torch.no_grad():
-            teacher_logits = ft.teacher(x)[0]
+            teacher_logits = teacher_of(ft)(x)[0]
         kd = losses.kd_loss(logits, teacher_logits, *self.temperatures(cfg))
         return (1 - cfg.kd_weight) * F.cross_entropy(logits, y) + cfg.kd_weight * kd, logits
 
@@ -172,16 +184,18 @@ class HeteroKD(KD):
 
 class LaSNN(Method):
     name, needs_teacher = "lasnn", True
+    levels: list[int]  # the student's spiking layers distilled into (attention_levels)
 
     def attach(self, ft: FineTune) -> None:
-        ft.levels = attention_levels(ft.student)
+        self.levels = attention_levels(ft.student)
 
     def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         trace = ft.student.run(x, seed=seed, record=True)
         with torch.no_grad():
-            feats = ft.teacher(x)[1]
-        student_maps = [losses.attention_map(trace.spikes[k].mean(0)) for k in ft.levels]
-        targets = [losses.attention_map(f) for f in teacher_maps(ft, feats)]
+            teacher = teacher_of(ft)
+            feats = teacher(x)[1]
+        student_maps = [losses.attention_map(trace.spikes[k].mean(0)) for k in self.levels]
+        targets = [losses.attention_map(f) for f in teacher_maps(teacher, feats, self.levels)]
         ce = F.cross_entropy(trace.logits, y)
         return ce + losses.attention_loss(student_maps, targets, ft.cfg.beta), trace.logits
 
@@ -191,22 +205,25 @@ class LaSNNGrad(LaSNN):
 
     def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         trace = ft.student.run(x, seed=seed, record=True)
-        teacher_map = losses.input_gradient_map(ft.teacher, x, y)
-        student_maps = [losses.spike_activation_map(trace.spikes[k], ft.cfg.sam_gamma) for k in ft.levels]
+        teacher_map = losses.input_gradient_map(teacher_of(ft), x, y)
+        student_maps = [losses.spike_activation_map(trace.spikes[k], ft.cfg.sam_gamma) for k in self.levels]
         ce = F.cross_entropy(trace.logits, y)
         return ce + losses.attention_loss(student_maps, [teacher_map] * len(student_maps), ft.cfg.beta), trace.logits
 
 
 class TSSD(Method):
     name = "tssd"
+    head_level: int  # the spiking layer the weak classifier reads
+    head: nn.Linear  # the weak classifier, FineTune's ``head``
 
     def attach(self, ft: FineTune) -> None:
         levels = attention_levels(ft.student)
-        ft.head_level = levels[len(levels) // 2]  # the intermediate stage (the middle of low, mid, high)
+        self.head_level = levels[len(levels) // 2]  # the intermediate stage (the middle of low, mid, high)
         cfg = ft.student.config
-        ft.head = nn.Linear(cfg.shapes()[cfg.spiking_layers[ft.head_level]][0], cfg.num_classes)
-        nn.init.zeros_(ft.head.weight)  # a random head would push random gradients into a converted student
-        nn.init.zeros_(ft.head.bias)
+        self.head = nn.Linear(cfg.shapes()[cfg.spiking_layers[self.head_level]][0], cfg.num_classes)
+        nn.init.zeros_(self.head.weight)  # a random head would push random gradients into a converted student
+        nn.init.zeros_(self.head.bias)
+        ft.add_module("head", self.head)
 
     def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         """TSSD from one run of ``T'`` steps: its first ``T`` steps are the student, all ``T'`` the teacher.
@@ -218,10 +235,11 @@ class TSSD(Method):
         """
         cfg, T = ft.cfg, ft.student.config.timesteps
         trace = ft.student.run(x, timesteps=cfg.tssd_timesteps or 2 * T, seed=seed, record=True)
+        assert trace.outputs is not None  # per-step outputs: the student has LIF layers
         logits, teacher = trace.outputs[:T].mean(0), trace.logits
         tau, w = cfg.tssd_temperature, cfg.kd_weight
         temporal = losses.kd_loss(logits, teacher.detach(), tau, tau)
-        weak = ft.head(trace.spikes[ft.head_level][:T].mean(0).mean((2, 3)))
+        weak = self.head(trace.spikes[self.head_level][:T].mean(0).mean((2, 3)))
         spatial = losses.kd_loss(weak, logits.detach(), tau, tau)
         ce = F.cross_entropy(logits, y) + F.cross_entropy(teacher, y)
         return ce + w * (temporal + spatial), logits
