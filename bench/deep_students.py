@@ -29,6 +29,8 @@ def row(run: Path) -> dict[str, Any]:
         "timesteps": m["timesteps"],
         "reset": m["reset"],
         "method": m["method"],
+        "teacher": m.get("teacher"),
+        "student_lr": config["student_lr"],
         "intermediate": config["intermediate"],
         "preset_choices": m.get("preset_choices", {}),
         "ann": m["ann_test_accuracy"],
@@ -47,16 +49,22 @@ def row(run: Path) -> dict[str, Any]:
     }
 
 
+def _method(r: dict[str, Any]) -> str:
+    """The method, its teacher where it has one, and the fine-tuning rate it started from."""
+    teacher = f"{r['teacher']}, " if r.get("teacher") else ""
+    return f"{r['method']} ({teacher}{r['student_lr']:g})"
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| run | student (width) | T | reset | ANN | converted | student | student - ANN | rounds (best) "
+        "| run | student (width) | T | method (teacher, lr) | ANN | converted | student | student - ANN | rounds (best) "
         "| spikes / sample | seconds (ANN, fine-tune) |"
     )
     lines = [head, "| --- " * (head.count("|") - 1) + "|"]
     for r in rows:
         s = r["stage_seconds"]
         lines.append(
-            f"| {r['run']} | {r['student']} ({r['width']}) | {r['timesteps']} | {r['reset']} | {r['ann']:.4f} | "
+            f"| {r['run']} | {r['student']} ({r['width']}) | {r['timesteps']} | {_method(r)} | {r['ann']:.4f} | "
             f"{r['converted']:.4f} | {r['student_accuracy']:.4f} | {r['student_minus_ann_points']:+.2f} | "
             f"{r['finetune_rounds'] or '-'} ({r['finetune_best_round'] if r['finetune_best_round'] is not None else '-'}) | "
             f"{r['spikes_per_sample']:,.0f} | {s.get('ann', '-')}, {s.get('finetune', '-')} |"
