@@ -335,8 +335,9 @@ def count_and_report(
     also_traffic: Sequence[Profile] = (),
 ) -> CountedRun:
     """Run ``student`` once over ``images`` (a tensor, or a labelled ``Dataset`` loaded batch by batch),
-    counting its events and, for every mesh profile (and each of ``also_traffic``), its messages and
-    hops, batch by batch: memory holds one batch and each profile's exact running sums (``Tally``)."""
+    counting its events and, for every mesh profile, its messages and hops, batch by batch: memory
+    holds one batch and each profile's exact running sums (``Tally``). ``also_traffic``: profiles
+    whose traffic counter (placement) is returned too, unpriced (SANA-FE's comparison counts its own samples)."""
     T = student.config.timesteps
     meshes = {p.name: p for p in [*profiles, *also_traffic] if p.mesh is not None}
     counters = {name: traffic_counter(student, p, timesteps=T, weight_bits=weight_bits) for name, p in meshes.items()}
@@ -346,7 +347,7 @@ def count_and_report(
         student, images, labels, timesteps=T, seed=seed, batch_size=batch_size, progress=progress
     ):
         batch = counted.batch
-        traffic = {name: c.count(counted.trace, batch.images) for name, c in counters.items()}
+        traffic = {p.name: counters[p.name].count(counted.trace, batch.images) for p in profiles if p.name in counters}
         for p in profiles:
             tallies[p.name].add(sample_values(counted, p, traffic.get(p.name)))
         samples += len(batch.images)
