@@ -139,20 +139,20 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
         _neuron(g, net.v_decay, net.layers[0].v_th)
     else:
         g.create_dataset("shape", data=np.array(net.input_shape))
-    for i, (kind, q) in enumerate(blocks, start=1):
+    for i, (kind, block) in enumerate(blocks, start=1):
         g = layers.create_group(str(i))
         _str(g, "type", kind)
-        if q is None:
+        if block is None:
             continue
-        g.create_dataset("shape", data=np.array(q.out_shape))
-        g.create_dataset("weight", data=q.weight)
-        if q.bias is not None:  # netx: the neurons' bias_mant (per channel for a conv), bias_exp 6
-            g.create_dataset("bias", data=q.bias)
+        g.create_dataset("shape", data=np.array(block.out_shape))
+        g.create_dataset("weight", data=block.weight)
+        if block.bias is not None:  # netx: the neurons' bias_mant (per channel for a conv), bias_exp 6
+            g.create_dataset("bias", data=block.bias)
         if kind == "conv":
-            for key, value in (("stride", q.stride), ("padding", q.padding), ("dilation", 1)):
+            for key, value in (("stride", block.stride), ("padding", block.padding), ("dilation", 1)):
                 g.create_dataset(key, data=np.array([value, value]))
             g.create_dataset("groups", data=np.int64(1))
-        _neuron(g, 0 if q.is_output else net.v_decay, q.v_th)
+        _neuron(g, 0 if block.is_output else net.v_decay, block.v_th)
 
 
 # -- running in Lava ---------------------------------------------------------------------------
@@ -312,7 +312,11 @@ def _simulate(
         nonlocal steps
         net.run(condition=RunSteps(num_steps=num_steps), run_cfg=cfg)
         steps += num_steps
-        for i, (sink, lag) in enumerate([*((s, k + 1) for k, s in enumerate(sinks)), (voltage, latency)]):
+        taps: list[tuple[WindowSink | VoltageSink, int]] = [
+            *((s, k + 1) for k, s in enumerate(sinks)),
+            (voltage, latency),
+        ]
+        for i, (sink, lag) in enumerate(taps):
             done = max(0, (steps - lag) // T)
             store = voltages if sink is voltage else windows[i]
             store.extend(sink.receive() for _ in range(done - received[i]))

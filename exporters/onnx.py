@@ -410,6 +410,7 @@ class OnnxTarget(Target):
     """The student unrolled over T in one ONNX graph, run in onnxruntime; bit-exact against ``run(exact=True)``."""
 
     name, suffixes = "onnx", (".onnx",)
+    chunk = 32  # validate's batch: onnxruntime's float64 intermediates of 64 samples took validate past 1.5 GB (docs/performance.md)
 
     def _check(self, student: SpikingStudent) -> None:
         _check(student)

@@ -42,11 +42,8 @@ def baseline_entries(
     out = {}
     for name, b in ann_baselines().items():
         energy = ann_macs * b["mac_joules"]
-        known = fixed_j is not None and spiking_j is not None and math.isfinite(fixed_j) and math.isfinite(spiking_j)
-        out[name] = {
-            "energy_j": energy,
-            "mac_j": b["mac_joules"],
-            "source": b["source"],
-            "break_even_rate": break_even_rate(rate, fixed_j, spiking_j, energy) if known else None,
-        }
+        even = None
+        if fixed_j is not None and spiking_j is not None and math.isfinite(fixed_j) and math.isfinite(spiking_j):
+            even = break_even_rate(rate, fixed_j, spiking_j, energy)
+        out[name] = {"energy_j": energy, "mac_j": b["mac_joules"], "source": b["source"], "break_even_rate": even}
     return out

@@ -111,6 +111,7 @@ class _Footprint:
     main input's, plus its shortcut's (spikes of another population, so another axon group)."""
 
     def __init__(self, layer: DeployedLayer):
+        self.groups: list[_ConvAxons | _DenseAxons]
         if layer.kind == "conv":
             self.groups = [
                 _ConvAxons(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
@@ -128,7 +129,7 @@ class _Footprint:
 
 
 def _fits(
-    n: int, fi: np.ndarray, footprint: _Footprint | None, mem_bits: int, axon_limit: int, bits: int
+    n: int, fi: np.ndarray, footprint: _Footprint | None, mem_bits: float, axon_limit: int, bits: int
 ) -> str | None:
     """None if chunks of ``n`` consecutive neurons fit every core, else the limit that breaks."""
     total = len(fi)
@@ -171,7 +172,9 @@ def map_layer(
         while lo < hi - 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if _fits(mid, fi, footprint, mem, axon_limit, weight_bits) is None else (lo, mid)
-        n, limited = lo, _fits(hi, fi, footprint, mem, axon_limit, weight_bits)
+        broken = _fits(hi, fi, footprint, mem, axon_limit, weight_bits)
+        assert broken is not None, "the bisection keeps hi a size that does not fit"
+        n, limited = lo, broken
     return LayerMapping(layer.name, neurons, int(fi.sum()), max_fi, n, math.ceil(neurons / n), limited), violations
 
 

@@ -59,7 +59,7 @@ def _axis_taps(size_in: int, size_out: int, kernel: int, stride: int, padding: i
 
 
 def conv_reach(
-    in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], kernel: int, stride: int, padding: int
+    in_shape: tuple[int, ...], out_shape: tuple[int, ...], kernel: int, stride: int, padding: int
 ) -> np.ndarray:
     """Synapses each input neuron ``[C_in, H, W]`` of a conv reaches (over all output channels)."""
     _, h, w = in_shape
@@ -70,7 +70,7 @@ def conv_reach(
 
 
 def conv_fan_in(
-    in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], kernel: int, stride: int, padding: int
+    in_shape: tuple[int, ...], out_shape: tuple[int, ...], kernel: int, stride: int, padding: int
 ) -> np.ndarray:
     """Synapses into each output neuron ``[C_out, Ho, Wo]`` of a conv (padding taps excluded)."""
     c_in, h, w = in_shape
@@ -127,6 +127,7 @@ def _shortcut_channels(shortcut: DeployedShortcut) -> tuple[int, int]:
 def shortcut_reach(layer: DeployedLayer) -> np.ndarray:
     """Synapses each neuron of the shortcut's source reaches through it, shaped like the source."""
     sc = layer.shortcut
+    assert sc is not None, "only a layer with a shortcut has a shortcut reach"
     out_channels, _ = _shortcut_channels(sc)
     return conv_reach(sc.in_shape, (out_channels, *layer.out_shape[1:]), sc.weight.shape[-1], sc.stride, 0)
 
@@ -218,6 +219,13 @@ def _per_sample(spikes: torch.Tensor) -> torch.Tensor:
     return spikes.detach().to(torch.float64).sum(0).flatten(1)
 
 
+def lif_spikes(trace: Trace, layer: DeployedLayer) -> torch.Tensor:
+    """The spikes ``[T, B, ...]`` of ``layer``'s LIF: what the layers after it read (every layer but the output has one)."""
+    if layer.lif is None:
+        raise ValueError(f"layer {layer.name} is the output layer: it has no LIF and no layer reads it")
+    return trace.spikes[layer.lif]
+
+
 def count_events(layers: list[DeployedLayer], trace: Trace, timesteps: int) -> list[LayerCounts]:
     """Exact counts of one batch run (``student.run(..., record=True)``) on the deployed graph.
 
@@ -229,14 +237,14 @@ def count_events(layers: list[DeployedLayer], trace: Trace, timesteps: int) -> l
     counts = []
     for j, layer in enumerate(layers):
         zeros = np.zeros(batch)
-        source = trace.input_spikes if j == 0 else trace.spikes[layers[j - 1].lif]
+        source = trace.input_spikes if j == 0 else lif_spikes(trace, layers[j - 1])
         if source is None:
             synops, macs = zeros, np.full(batch, float(synapse_count(layer)))
         else:
             synops, macs = _events(source, reach(layer)), zeros
         shortcut = None
         if layer.shortcut is not None:
-            shortcut = _events(trace.spikes[layers[layer.shortcut.producer].lif], shortcut_reach(layer))
+            shortcut = _events(lif_spikes(trace, layers[layer.shortcut.producer]), shortcut_reach(layer))
             synops = synops + shortcut
         spikes = _per_sample(trace.spikes[layer.lif]).sum(1).numpy() if layer.lif is not None else zeros
         neurons = int(np.prod(layer.out_shape))
@@ -261,23 +269,3 @@ def count_events(layers: list[DeployedLayer], trace: Trace, timesteps: int) -> l
 def _events(spikes: torch.Tensor, reach_of: np.ndarray) -> np.ndarray:
     """Per-sample synaptic events of spikes ``[T, B, ...]``, each reaching ``reach_of`` synapses."""
     return (_per_sample(spikes) @ torch.from_numpy(reach_of.reshape(-1).astype(np.float64))).numpy()
-
-
-def concat_counts(parts: list[list[LayerCounts]]) -> list[LayerCounts]:
-    """Join the per-batch counts of the same layers into one per-sample record."""
-    first = parts[0]
-    return [
-        LayerCounts(
-            c.name,
-            c.kind,
-            c.neurons,
-            c.timesteps,
-            np.concatenate([p[k].spikes for p in parts]),
-            np.concatenate([p[k].synops for p in parts]),
-            np.concatenate([p[k].macs for p in parts]),
-            c.spiking,
-            None if c.shortcut_synops is None else np.concatenate([p[k].shortcut_synops for p in parts]),
-            c.bias_inputs,
-        )
-        for k, c in enumerate(first)
-    ]

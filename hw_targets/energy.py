@@ -1,4 +1,4 @@
-"""Run the student on a set of images, count its events per sample, and price them on a profile.
+"""Run the student on a set of images batch by batch, count its events per sample, and price them on a profile.
 
 ``energy = sum_l synops_l E_synop + macs_l E_mac + neuron_updates_l E_neuron + spikes_l E_spike``
 (docs/semantics.md, 'Energy counts'), per sample, so that means and spreads over the samples come out together; plus
@@ -7,75 +7,69 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..inputs import batches
+from ..inputs import Batch, batches, loaded, sample_count
 from ..modes import eval_mode
-from ..neurons import Encoding
-from ..student import SpikingStudent, Trace, deployed_layers
-from .counting import LayerCounts, concat_counts, count_events
+from ..student import SpikingStudent, Trace, check_images, deployed_layers
+from .counting import LayerCounts, count_events
 from .profile import Profile
 
 CATEGORIES = ("synops", "macs", "neuron_updates", "spikes", "network")
 
 
-@dataclass
-class StudentRun:
-    """Per-sample event counts of every deployed layer, and what else one pass over the images gave."""
+@dataclass(frozen=True)
+class CountedBatch:
+    """One batch of a counted run: its images, labels and input (``inputs.Batch``), the student's
+    recorded run on it, and the exact per-sample counts of every deployed layer."""
 
+    batch: Batch
+    trace: Trace
     layers: list[LayerCounts]
-    timesteps: int
-    encoding: str
-    predictions: np.ndarray  # [N] predicted classes
-    input_spikes: np.ndarray | None  # [N] spikes entering layer 0 (None under direct encoding)
+    input_spikes: np.ndarray | None  # [B] spikes entering layer 0 (None under direct encoding)
 
 
-@torch.no_grad()
-def run_and_count(
+def counted_batches(
     student: SpikingStudent,
-    images: torch.Tensor,
+    images: torch.Tensor | Dataset,
+    labels: torch.Tensor | None = None,
     *,
     timesteps: int,
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
-    observers: Sequence[Callable[[Trace, torch.Tensor], None]] = (),
-) -> StudentRun:
-    """Run the student in eval mode, in batches, and count the events of every sample exactly.
+) -> Iterator[CountedBatch]:
+    """Run the student in eval mode batch by batch and count the events of every sample exactly.
 
-    Each observer (e.g. ``traffic.TrafficCounter.add``) also sees every batch's trace and images."""
+    ``images`` are a tensor ``[N, C, H, W]`` (with ``labels``, optional) or a labelled ``Dataset``
+    loaded one batch at a time (``inputs.loaded``), so memory holds a batch, not the data set.
+    Sample ``i`` is encoded as sample ``i`` of the whole set (``inputs.batches``: Poisson seed ``seed + i``).
+    A data set's batches are checked against the student as they load (``check_images``).
+    """
     layers = deployed_layers(student)
-    poisson = student.config.encoding == Encoding.POISSON
-    parts, predictions, entering = [], [], []
-    with eval_mode(student):
-        source = batches(student.config.encoding, timesteps, images.split(batch_size), seed=seed)
-        for batch in tqdm(
-            source, total=-(-len(images) // batch_size), desc="energy", unit="batch", disable=not progress
-        ):
-            given, x = batch.input, batch.images
+
+    def checked() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for x, y in loaded(images, labels, batch_size):
+            if not isinstance(images, torch.Tensor):
+                check_images(student.config, x, y)
+            yield x, y
+
+    with eval_mode(student), torch.no_grad():
+        source = batches(student.config.encoding, timesteps, checked(), seed=seed)
+        total = -(-sample_count(images) // batch_size)
+        for batch in tqdm(source, total=total, desc="energy", unit="batch", disable=not progress):
+            given = batch.input
             trace = student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
-            if poisson:
-                entering.append(
-                    trace.input_spikes.double()
-                    .sum(dim=tuple(d for d in range(trace.input_spikes.dim()) if d != 1))
-                    .numpy()
-                )
-            parts.append(count_events(layers, trace, timesteps))
-            for observe in observers:
-                observe(trace, x)
-            predictions.append(trace.logits.argmax(1).cpu().numpy())
-    return StudentRun(
-        concat_counts(parts),
-        timesteps,
-        student.config.encoding,
-        np.concatenate(predictions),
-        np.concatenate(entering) if poisson else None,
-    )
+            spikes, entering = trace.input_spikes, None
+            if spikes is not None:  # Poisson: spikes enter layer 0
+                entering = spikes.double().sum(dim=tuple(d for d in range(spikes.dim()) if d != 1)).numpy()
+            yield CountedBatch(batch, trace, count_events(layers, trace, timesteps), entering)
 
 
 @torch.no_grad()

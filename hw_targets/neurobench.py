@@ -33,12 +33,13 @@ import snntorch as snn
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
-from ..inputs import model_input
+from ..inputs import batches, loaded, sample_count
 from ..modes import eval_mode
 from ..neurons import lif_potentials
 from ..student import DeployedLayer, DeployedShortcut, SpikingStudent, deployed_layers
-from .counting import concat_counts, conv_fan_in, count_events, synapse_count
+from .counting import conv_fan_in, count_events, synapse_count
 
 CONVENTIONS = {
     "first_layer_x_T": "NeuroBench feeds the analog image at every step: the first layer's MACs count T times "
@@ -229,10 +230,19 @@ def _entry(neurobench: float, ours: float, adjusted: float | None, conventions: 
     return entry
 
 
+@dataclass
+class _Totals:
+    """Our plain counts summed over all samples (integers, exact in float64), batch by batch."""
+
+    spikes: float = 0.0  # of the LIF layers
+    synops: float = 0.0
+    macs: float = 0.0
+
+
 @torch.no_grad()
 def neurobench_metrics(
     student: SpikingStudent,
-    images: torch.Tensor,
+    images: torch.Tensor | Dataset,
     *,
     seed: int = 0,
     batch_size: int = 64,
@@ -240,7 +250,8 @@ def neurobench_metrics(
     """NeuroBench's Footprint, ConnectionSparsity, ParameterCount, ActivationSparsity, SynapticOperations and
     MembraneUpdates of ``student`` on ``images`` (per sample), each beside our own count.
 
-    Inputs are the energy report's (``model_input`` with ``seed``, sample ``i`` drawn with ``seed + i``).
+    Inputs are the energy report's (``model_input`` with ``seed``, sample ``i`` drawn with ``seed + i``):
+    a tensor ``[N, C, H, W]`` or a ``Dataset`` loaded one batch at a time (``inputs.loaded``).
     Raises ``NeuroBenchError`` when the replica's spikes differ from the student's, when NeuroBench
     cannot see a neuron or connection layer, or when a metric that must equal ours (Effective_ACs,
     Effective_MACs, Dense, ActivationSparsity, MembraneUpdates, ConnectionSparsity, ParameterCount)
@@ -263,8 +274,8 @@ def neurobench_metrics(
     sparsity, synops, updates = ActivationSparsity(), SynapticOperations(), MembraneUpdates()
     synops.reset()
     updates.reset()
-    activation_sparsity, n = 0.0, len(images)
-    ours, parts = _Ours(), []
+    activation_sparsity, n = 0.0, sample_count(images)
+    ours, totals = _Ours(), _Totals()
     nonzero_reach = [_nonzero_reach(layer.weight, layer.in_shape, layer.stride, layer.padding) for layer in layers]
     shortcut_reach = {
         j: _nonzero_reach(layer.shortcut.weight, layer.shortcut.in_shape, layer.shortcut.stride, 0)
@@ -273,13 +284,15 @@ def neurobench_metrics(
     }
     try:
         with eval_mode(student):
-            for start in range(0, n, batch_size):
-                x = images[start : start + batch_size]
-                given = model_input(student.config.encoding, T, x, seed=seed, first_index=start)
+            for part in batches(student.config.encoding, T, loaded(images, None, batch_size), seed=seed):
+                x, given, start = part.images, part.input, part.start
                 trace = student.run(
                     given.images, input_spikes=given.spikes, timesteps=T, record=True, exact=True, currents=True
                 )
-                parts.append(count_events(layers, trace, T))
+                counts = count_events(layers, trace, T)
+                totals.spikes += sum(float(c.spikes.sum()) for c in counts if c.spiking)
+                totals.synops += sum(float(c.synops.sum()) for c in counts)
+                totals.macs += sum(float(c.macs.sum()) for c in counts)
                 _add_ours(ours, student, layers, trace, given.images, nonzero_reach, shortcut_reach)
                 if given.spikes is None:
                     assert given.images is not None  # direct encoding: the images themselves
@@ -299,13 +312,11 @@ def neurobench_metrics(
                 model.reset_hooks()
     finally:
         model.cleanup_hooks()
-    counts = concat_counts(parts)
-    spiking = [c for c in counts if c.spiking]
-    spikes = sum(float(c.spikes.sum()) for c in spiking)
-    neuron_steps = sum(c.neurons * c.timesteps for c in spiking) * n
-    our_sparsity = 1.0 - spikes / neuron_steps
-    our_synops = sum(float(c.synops.sum()) for c in counts) / n
-    our_macs = sum(float(c.macs.sum()) for c in counts) / n
+    neurons = [int(np.prod(l.out_shape)) for l in layers]
+    neuron_steps = sum(k * T for k, l in zip(neurons, layers, strict=True) if l.lif is not None) * n
+    our_sparsity = 1.0 - totals.spikes / neuron_steps
+    our_synops = totals.synops / n
+    our_macs = totals.macs / n
     dense_per_step = sum(_dense_ops(l.weight, l.in_shape, l.stride, l.padding) for l in layers) + sum(
         _dense_ops(l.shortcut.weight, l.shortcut.in_shape, l.shortcut.stride, 0)
         for l in layers
@@ -317,7 +328,7 @@ def neurobench_metrics(
     deployed_parameters = sum(w.size for w in weights) + sum(l.bias.size for l in layers if l.bias is not None)
     student_parameters = sum(p.numel() for p in student.parameters())
     student_bytes = sum(t.numel() * t.element_size() for t in student.state_dict().values())
-    our_updates = sum(c.neurons * c.timesteps for c in counts)
+    our_updates = sum(neurons) * T
     metrics = {
         "Footprint": _entry(
             static["Footprint"],
@@ -409,7 +420,9 @@ def _add_ours(
         ours.membrane_updates += float(v[0].numel()) + float((v[1:] != v[:-1]).sum())
 
 
-def neurobench_section(student: SpikingStudent, images: torch.Tensor, *, seed: int = 0, batch_size: int = 64) -> dict:
+def neurobench_section(
+    student: SpikingStudent, images: torch.Tensor | Dataset, *, seed: int = 0, batch_size: int = 64
+) -> dict:
     """The energy report's ``neurobench`` entry: the metrics, or why they are not given (a soft-reset student:
     snnTorch's subtractive reset is not our recurrence when the leak is below 1)."""
     if student.config.reset != "hard":

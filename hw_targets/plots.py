@@ -11,6 +11,7 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
+import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
@@ -145,7 +146,7 @@ def pareto_plot(result: dict[str, Any], path: Path) -> plt.Figure:
     names = [n for n in result["hardware"] if all(energy(r, n) is not None for r in result["rows"])]
     names = names or result["hardware"][:1]
     labels = _series_labels(result["rows"])
-    colours = dict(zip(labels, itertools.cycle(plt.get_cmap("tab10").colors)))
+    colours = dict(zip(labels, itertools.cycle(mcolors.TABLEAU_COLORS.values())))  # matplotlib's tab10, in order
     sizes = {key: max(4.0, 14.0 - 3.5 * i) for i, key in enumerate(labels)}
     shapes = dict(zip(result["timesteps"], itertools.cycle("osD^v<>p")))
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names) + 1.8, 3.8), squeeze=False)
@@ -164,7 +165,9 @@ def pareto_plot(result: dict[str, Any], path: Path) -> plt.Figure:
                     markeredgecolor=colours[key],
                     markeredgewidth=1.5,
                 )
-        points = [(energy(r, name), r["accuracy"]) for r in rows]
+        points = [
+            (e, r["accuracy"]) for r in rows if (e := energy(r, name)) is not None
+        ]  # rows hold known energies only
         front = [points[i] for i in pareto_front(points)]
         if front:
             ax.step([p[0] for p in front], [p[1] for p in front], "k--", where="post", linewidth=0.8)

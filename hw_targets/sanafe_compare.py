@@ -26,8 +26,9 @@ from ..errors import UserError
 from ..inputs import model_input
 from ..modes import eval_mode
 from ..neurons import Encoding
-from ..student import SpikingStudent, deployed_layers, has_shortcuts
-from .energy import StudentRun, first_layer_current, price_layer
+from ..student import SpikingStudent, Trace, deployed_layers, has_shortcuts
+from .counting import count_events
+from .energy import first_layer_current, price_layer
 from .profile import Profile
 from .traffic import TrafficCounter
 
@@ -92,19 +93,18 @@ def _spec(
             spec[f"bias_{j}"] = np.broadcast_to(per_neuron, layer.out_shape).reshape(-1).copy()
     given = model_input(student.config.encoding, timesteps, images, seed=seed)
     if direct:
-        spec["inputs"] = first_layer_current(student, given.images).double().cpu().numpy()
+        spec["inputs"] = first_layer_current(student, given.image()).double().cpu().numpy()
     else:
-        spec["inputs"] = given.spikes.flatten(2).transpose(0, 1).numpy().astype(np.uint8)  # [S, T, C*H*W]
+        spec["inputs"] = given.steps(timesteps).flatten(2).transpose(0, 1).numpy().astype(np.uint8)  # [S, T, C*H*W]
     return spec
 
 
 @torch.no_grad()
-def _our_rasters(student: SpikingStudent, images: torch.Tensor, timesteps: int, seed: int) -> list[np.ndarray]:
-    """Our spikes ``[S, T, N]`` of every LIF layer on the same inputs."""
+def _our_run(student: SpikingStudent, images: torch.Tensor, timesteps: int, seed: int) -> Trace:
+    """Our recorded run on the same inputs (samples ``0 .. S-1`` of the energy report's)."""
     given = model_input(student.config.encoding, timesteps, images, seed=seed)
     with eval_mode(student):
-        trace = student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
-    return [s.transpose(0, 1).flatten(2).numpy().astype(bool) for s in trace.spikes]
+        return student.run(given.images, input_spikes=given.spikes, timesteps=timesteps, record=True)
 
 
 def _relative(theirs: float, ours: float) -> float:
@@ -114,7 +114,6 @@ def _relative(theirs: float, ours: float) -> float:
 def compare_with_sanafe(
     student: SpikingStudent,
     images: torch.Tensor,
-    run: StudentRun,
     profile: Profile,
     counter: TrafficCounter,
     *,
@@ -123,9 +122,9 @@ def compare_with_sanafe(
 ) -> dict[str, Any]:
     """SANA-FE's Loihi energy and time of the first ``len(images)`` samples beside ``profile``'s.
 
-    ``run`` holds our counts and ``counter`` (``report.traffic_counter``, fed the same run) our
-    messages, hops and step times on the placement that SANA-FE is given too; their first samples
-    are these images. ``profile`` prices them (``loihi_calibrated``: SANA-FE's own figures). The
+    Our counts come from our run on these images, and ``counter`` (``report.traffic_counter``)
+    counts our messages, hops and step times on the placement that SANA-FE is given too.
+    ``profile`` prices them (``loihi_calibrated``: SANA-FE's own figures). The
     host-computed first layer (direct encoding) costs nothing in SANA-FE and is left out of ours.
     Terms: synapse (synaptic events), soma (neuron accesses and updates, spike generation),
     network (messages and hops).
@@ -148,19 +147,22 @@ def compare_with_sanafe(
             return {"error": f"SANA-FE run failed: {last}"}
         with np.load(out_path, allow_pickle=False) as res:
             result = {k: res[k] for k in res.files}
-    traffic = counter.result()
-    priced = [price_layer(c, profile, t) for c, t in zip(run.layers, traffic["layers"], strict=True)]
+    layers = deployed_layers(student)
+    trace = _our_run(student, images, timesteps, seed)
+    traffic = counter.count(trace, images)
+    counts = count_events(layers, trace, timesteps)
+    priced = [price_layer(c, profile, t) for c, t in zip(counts, traffic["layers"], strict=True)]
     ours_terms = {
-        "synapse": sum(float(np.mean(p["synops"][:samples])) for p in priced),
-        "soma": sum(float(np.mean((p["neuron_updates"] + p["spikes"])[:samples])) for p in priced),
-        "network": sum(float(np.mean(p["network"][:samples])) for p in priced),
+        "synapse": sum(float(np.mean(p["synops"])) for p in priced),
+        "soma": sum(float(np.mean(p["neuron_updates"] + p["spikes"])) for p in priced),
+        "network": sum(float(np.mean(p["network"])) for p in priced),
     }
     ours = sum(ours_terms.values())
     theirs = float(np.mean(result["energy_total"]))
-    layers = deployed_layers(student)
     direct = student.config.encoding == Encoding.DIRECT
     agree, total, per_layer = 0, 0, []
-    for j, raster in enumerate(_our_rasters(student, images, timesteps, seed)):
+    rasters = [s.transpose(0, 1).flatten(2).numpy().astype(bool) for s in trace.spikes]  # [S, T, N] per LIF layer
+    for j, raster in enumerate(rasters):
         delay = j if direct else j + 1  # SANA-FE, like Loihi, adds one step per layer
         sim = result[f"spikes_{j}"]
         window = sim[:, delay : delay + timesteps]
@@ -203,7 +205,7 @@ def compare_with_sanafe(
     }
     if "inference_s" in traffic:
         theirs_t = float(np.mean(result["sim_time"])) / steps
-        ours_t = float(np.mean(traffic["inference_s"][:samples])) / traffic["steps"]
+        ours_t = float(np.mean(traffic["inference_s"])) / counter.steps
         out["time_per_step_s"] = {
             "sanafe": theirs_t,
             "ours": ours_t,

@@ -168,8 +168,8 @@ def simulate(chip, spec, scale: float) -> dict[str, np.ndarray]:
     inputs = spec["inputs"]  # direct: [S, N0] first-layer currents; poisson: [S, T, N_in] spikes
     steps = T + depth - (1 if direct else 0)
     groups = chip.mapped_neuron_groups
-    energy = {k: [] for k in ("total", "synapse", "dendrite", "soma", "network")}
-    sim_time = []
+    energy: dict[str, list[float]] = {k: [] for k in ("total", "synapse", "dendrite", "soma", "network")}
+    sim_time: list[float] = []
     rasters = [np.zeros((len(inputs), steps, int(np.prod(spec[f"out_shape_{j}"]))), dtype=bool) for j in range(depth)]
     biases = {j: spec[f"bias_{j}"] * scale for j in range(depth) if f"bias_{j}" in spec}
     for s, x in enumerate(inputs):

@@ -142,12 +142,18 @@ def tradeoff(
         trained = model.student
         for T in Ts:
             student = trained.with_config(timesteps=T)  # the one way to run at another T (lasnn_deploy/inputs.py)
-            counted, reports, _ = count_and_report(
-                student, images, profiles, seed=seed, batch_size=batch_size, progress=progress, weight_bits=weight_bits
+            counted = count_and_report(
+                student,
+                images,
+                profiles,
+                labels,
+                seed=seed,
+                batch_size=batch_size,
+                progress=progress,
+                weight_bits=weight_bits,
             )
-            accuracy = float((torch.as_tensor(counted.predictions) == labels.cpu()).double().mean())
             energy = {}
-            for name, r in reports.items():
+            for name, r in counted.reports.items():
                 energy[name] = {
                     k: r[k]
                     for k in (
@@ -169,7 +175,7 @@ def tradeoff(
                     "timesteps": T,
                     "trained_timesteps": trained.config.timesteps,
                     "obtained": f"{model.how}; run unchanged for T={T} steps (no rebalancing or fine-tuning at this T)",
-                    "accuracy": accuracy,
+                    "accuracy": counted.accuracy,
                     "firing_rate": r["firing_rate"],
                     "energy": energy,
                 }

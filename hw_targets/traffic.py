@@ -25,7 +25,8 @@ as the busiest core's larger share, plus the barrier synchronisation for the til
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -66,7 +67,7 @@ def _cover(group: Group, out_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _touched(
-    cover: np.ndarray, in_shape: tuple[int, int, int], out_hw: tuple[int, int], k: int, s: int, p: int, depthwise: bool
+    cover: np.ndarray, in_shape: tuple[int, ...], out_hw: tuple[int, ...], k: int, s: int, p: int, depthwise: bool
 ) -> np.ndarray:
     """[cores, C_in, H, W] bool: inputs read by each core's neurons through a conv (all channels, or
     the own channel only when ``depthwise``), found with a transposed conv of the cover by ones."""
@@ -91,6 +92,7 @@ def make_link(
     n_src = int(np.prod(src_shape))
     if shortcut:
         sc = layer.shortcut
+        assert sc is not None, "a shortcut link is made for a layer with a shortcut"
         k, s, p, depthwise = sc.weight.shape[-1], sc.stride, 0, is_identity(sc)
         kind = "depthwise" if depthwise else "conv"
     elif layer.kind == "conv":
@@ -152,19 +154,11 @@ def _per_core(values: torch.Tensor, group: Group) -> torch.Tensor:
     return F.pad(values, (0, pad)).reshape(*values.shape[:2], group.cores, group.per_core).sum(-1)
 
 
-@dataclass
-class LayerTraffic:
-    """Per-sample counts of one deployed layer (arrays over the samples seen)."""
-
-    messages: list[np.ndarray] = field(default_factory=list)  # messages carrying spikes into this layer
-    hops_ew: list[np.ndarray] = field(default_factory=list)
-    hops_ns: list[np.ndarray] = field(default_factory=list)
-    interchip: list[np.ndarray] = field(default_factory=list)
-    updates: list[np.ndarray] = field(default_factory=list)
+KEYS = ("messages", "hops_ew", "hops_ns", "interchip", "updates")  # per-sample counts of a layer, in count()'s result
 
 
 class TrafficCounter:
-    """Counts messages, hops and neuron activity (and, with latencies, the time of every step) batch by batch."""
+    """Counts messages, hops and neuron activity (and, with latencies, the time of every step) of one batch at a time."""
 
     def __init__(
         self,
@@ -185,6 +179,7 @@ class TrafficCounter:
             links = []
             if j > 0 or not direct:
                 src = placement.input if j == 0 else placement.layers[j - 1]
+                assert src is not None, "Poisson input: the placement holds its generators"
                 links.append(make_link(j - 1, src, layer.in_shape, placement.layers[j], layer, placement))
             if layer.shortcut is not None:
                 s = layer.shortcut.producer
@@ -195,21 +190,26 @@ class TrafficCounter:
                 )
             self.links.append(links)
         # messages each neuron of a population sends per spike, over all the layers that read it
-        self.sent = {-1: 0.0, **{j: 0.0 for j in range(self.depth)}}
+        self.sent: dict[int, float | np.ndarray] = {-1: 0.0, **{j: 0.0 for j in range(self.depth)}}
         for links in self.links:
             for link in links:
                 self.sent[link.source] = self.sent[link.source] + link.messages
-        self.traffic = [LayerTraffic() for _ in layers]
         self.latency = latency_profile
         self.first_current = first_current  # direct encoding: images -> layer 0's bias; None: every bias non-zero
-        self.step_times: list[np.ndarray] = []  # [S, B] per batch
 
-    def add(self, trace: Trace, images: torch.Tensor | None = None) -> None:
-        """Count one batch (``student.run(..., record=True)``) of ``images``."""
+    def accesses(self, j: int) -> float:
+        """Neuron accesses of deployed layer ``j`` per sample: every neuron at every step the chip runs."""
+        return float(self.placement.layers[j].neurons * self.steps)
+
+    def count(self, trace: Trace, images: torch.Tensor | None = None) -> dict[str, Any]:
+        """The counts of one batch (``student.run(..., record=True)``) of ``images``, per sample: ``layers``,
+        one dict per deployed layer of ``KEYS`` arrays ``[B]`` and its ``accesses``, and, with latencies,
+        ``inference_s`` ``[B]`` (the time of every step, summed)."""
         B = trace.logits.shape[0]
         T = self.T
         pops: dict[int, torch.Tensor] = {}
         if not self.direct:
+            assert trace.input_spikes is not None, "a Poisson run records its input spikes"
             pops[-1] = trace.input_spikes.detach().float().reshape(T, B, -1)
         for j, layer in enumerate(self.layers):
             n = int(np.prod(layer.out_shape))
@@ -219,14 +219,18 @@ class TrafficCounter:
                 else torch.zeros(T, B, n)
             )
         lat = self.latency.latency if self.latency is not None else None
+        barrier = self.latency.barrier if self.latency is not None else None
         S = self.steps
         neuron_max, message_max = np.zeros((S, B)), np.zeros((S, B))
         if lat is not None and not self.direct:  # input generators: only their messages take time
+            generators = self.placement.input
+            assert generators is not None, "Poisson input: the placement holds its generators"
             per_spike = torch.from_numpy(np.asarray(self.sent[-1], dtype=np.float32))
-            sent = _per_core(pops[-1] * per_spike, self.placement.input).double()
+            sent = _per_core(pops[-1] * per_spike, generators).double()
             neuron_max[:T] = np.maximum(neuron_max[:T], (sent * lat["message_out"].value).amax(-1).numpy())
+        layers: list[dict[str, Any]] = []
         for j, layer in enumerate(self.layers):
-            group, traffic = self.placement.layers[j], self.traffic[j]
+            group = self.placement.layers[j]
             n = group.neurons
             events = torch.zeros(T, B, n)
             msgs_in = np.zeros((T * B, group.cores))
@@ -238,8 +242,7 @@ class TrafficCounter:
                 for key in totals:
                     totals[key] = totals[key] + per_neuron @ getattr(link, key)
                 msgs_in = msgs_in + _messages_in(spikes.reshape(T * B, -1), link)
-            for key, value in totals.items():
-                getattr(traffic, key).append(np.broadcast_to(value, (B,)).astype(np.float64))
+            counts = {key: np.broadcast_to(value, (B,)).astype(np.float64) for key, value in totals.items()}
             received = events > 0
             if self.direct and j == 0:  # the host-computed current (its bias included) is a bias at every step
                 bias = (
@@ -259,7 +262,8 @@ class TrafficCounter:
                 updated[t] = nonzero | received[t]
                 nonzero = updated[t] & ~fired[t] if self.hard else updated[t]
             tail = S - self.lag[j] - T
-            traffic.updates.append(updated.sum(dim=(0, 2)).double().numpy() + tail * nonzero.sum(1).double().numpy())
+            counts["updates"] = updated.sum(dim=(0, 2)).double().numpy() + tail * nonzero.sum(1).double().numpy()
+            layers.append({**counts, "accesses": self.accesses(j)})
             if lat is None:
                 continue
             occupancy = _per_core(torch.ones(1, 1, n), group)[0, 0].double()  # neurons per core
@@ -286,18 +290,9 @@ class TrafficCounter:
                     + _per_core(events, group).double().numpy() * synop
                 )
                 message_max[a - 1 : a - 1 + T] = np.maximum(message_max[a - 1 : a - 1 + T], msg_work.max(-1))
+        out: dict[str, Any] = {"layers": layers}
         if lat is not None:
-            self.step_times.append(np.maximum(neuron_max, message_max) + self.latency.barrier.at(self.placement.tiles))
-
-    def result(self) -> dict[str, np.ndarray | list[dict[str, np.ndarray]]]:
-        """Per-layer per-sample counts, and per-sample inference time in seconds (with latencies)."""
-        layers = [
-            {k: np.concatenate(getattr(t, k)) for k in ("messages", "hops_ew", "hops_ns", "interchip", "updates")}
-            for t in self.traffic
-        ]
-        for j, layer in enumerate(layers):
-            layer["accesses"] = float(self.placement.layers[j].neurons * self.steps)
-        out: dict = {"layers": layers, "steps": self.steps}
-        if self.step_times:
-            out["inference_s"] = np.concatenate([s.sum(0) for s in self.step_times])
+            assert barrier is not None, "a profile's latency table holds its barrier"
+            step_times = np.maximum(neuron_max, message_max) + barrier.at(self.placement.tiles)  # [S, B]
+            out["inference_s"] = np.ascontiguousarray(step_times.T).sum(1)  # each sample's row: one order, any batch
         return out

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import UserError
 from .neurons import Encoding, poisson_inputs
@@ -97,7 +98,7 @@ class Batch:
 def batches(
     encoding: Encoding | str,
     timesteps: int,
-    source: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+    source: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]],
     *,
     seed: int = 0,
 ) -> Iterator[Batch]:
@@ -109,6 +110,24 @@ def batches(
         images, labels = item if isinstance(item, (tuple, list)) else (item, None)
         yield Batch(start, images, labels, model_input(encoding, timesteps, images, seed=seed, first_index=start))
         start += len(images)
+
+
+def loaded(
+    images: torch.Tensor | Dataset, labels: torch.Tensor | None, size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``(images, labels)`` batches of ``size`` in order: slices of tensors, or loaded from a ``Dataset``
+    (its items ``(image, label)``) one batch at a time, so a whole test split is never held at once."""
+    if isinstance(images, torch.Tensor):
+        for start in range(0, len(images), size):
+            yield images[start : start + size], None if labels is None else labels[start : start + size]
+        return
+    for x, y in DataLoader(images, batch_size=size, shuffle=False):
+        yield x, torch.as_tensor(y)
+
+
+def sample_count(images: torch.Tensor | Dataset) -> int:
+    """How many samples a tensor or a (sized) ``Dataset`` holds."""
+    return len(images)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours all have one
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ a summed input of 131071 weight units; bit-exactness holds through that, the log
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,7 +117,7 @@ class LoihiNet:
     v_decay: int
     timesteps: int
     encoding: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     lif_names: list[str] = field(default_factory=list)
 
@@ -205,7 +206,7 @@ def quantise(student: SpikingStudent, weight_percentile: float = 100.0) -> Loihi
 def _quantise_layer(
     d: DeployedLayer, theta: float | None, percentile: float, on_host: bool, shortcut_lif: int | None = None
 ) -> QuantLayer:
-    common = dict(
+    common: dict[str, Any] = dict(
         name=d.name,
         kind=d.kind,
         in_shape=d.in_shape,
@@ -216,6 +217,7 @@ def _quantise_layer(
         is_output=theta is None,
     )
     if on_host:
+        assert theta is not None, "the host computes the current of the first LIF layer"
         scale = host_scale(d.weight, theta, d.bias)
         return QuantLayer(
             weight=d.weight.copy(),
@@ -232,6 +234,7 @@ def _quantise_layer(
     shortcut, size = None, d.weight.size
     if d.shortcut is not None:
         shortcut_weight, shortcut_clipped = _integer_weights(d.shortcut.weight, scale)
+        assert shortcut_lif is not None, "a shortcut reads the spikes of a LIF layer"
         shortcut = QuantShortcut(shortcut_weight, shortcut_lif, d.shortcut.stride)
         clipped, size = clipped + shortcut_clipped, size + d.shortcut.weight.size
     fraction = clipped / size
@@ -346,7 +349,7 @@ def run_quantised(
         spikes, _ = loihi_lif(bias.unsqueeze(0).expand(T, *bias.shape), net.v_decay, net.layers[0].v_th)
         trace, on_chip = Trace(logits=torch.empty(0), spikes=[spikes]), net.layers[1:]
     else:
-        s0 = given.spikes
+        s0 = given.steps(T)  # Poisson: the input spikes [T, B, ...]
         spikes, T = s0.detach().cpu(), s0.shape[0]
         trace, on_chip = Trace(logits=torch.empty(0), input_spikes=s0), net.layers
     for layer in on_chip:

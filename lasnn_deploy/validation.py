@@ -17,13 +17,13 @@ from pathlib import Path
 import nir as nir_lib
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .atomic import atomic_path
 from .errors import UserError
 from .exporters import TARGETS, RunResult, target_of_file
-from .inputs import Batch, ModelInput, batches
+from .inputs import Batch, ModelInput, batches, loaded, sample_count
 from .student import SpikingStudent, check_images, check_parameters
 
 
@@ -169,19 +169,6 @@ def compare(reference: RunResult, result: RunResult) -> dict:
     return agreement.report()
 
 
-def loaded(
-    images: torch.Tensor | Dataset, labels: torch.Tensor | None, size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """``(images, labels)`` batches of ``size`` in order: slices of tensors, or loaded from a ``Dataset``
-    (its items ``(image, label)``) one batch at a time, so a whole test split is never held at once."""
-    if isinstance(images, torch.Tensor):
-        for start in range(0, len(images), size):
-            yield images[start : start + size], None if labels is None else labels[start : start + size]
-        return
-    for x, y in DataLoader(images, batch_size=size, shuffle=False):
-        yield x, torch.as_tensor(y)
-
-
 def validate(
     student: SpikingStudent,
     path: str | Path,
@@ -210,7 +197,7 @@ def validate(
     labelled = labels is not None or not isinstance(images, torch.Tensor)
     if isinstance(images, torch.Tensor):
         check_images(student.config, images, labels)
-    elif _length(images) == 0:
+    elif sample_count(images) == 0:
         raise UserError("the data set has no samples to validate")
     student = student.eval()
     cfg = student.config
@@ -231,7 +218,11 @@ def validate(
             yield batch.input
 
     bar = tqdm(
-        total=_length(images), desc=f"validate {target}", unit="sample", leave=False, disable=None if progress else True
+        total=sample_count(images),
+        desc=f"validate {target}",
+        unit="sample",
+        leave=False,
+        disable=None if progress else True,
     )
     with bar:  # disable=None: only on a terminal
         for result in module.run_stream(Path(path), inputs()):
@@ -266,11 +257,6 @@ def validate(
     if trace is not None:
         report["trace"] = str(write_trace(trace, golden, *module.trace_layout(path)))
     return report
-
-
-def _length(images: torch.Tensor | Dataset) -> int:
-    """How many samples a tensor or a (sized) ``Dataset`` holds."""
-    return len(images)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours all have one
 
 
 def write_trace(

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from helpers import make_student, small_resnet
 from lasnn_deploy.hw_targets.constraints import map_to_cores
 from lasnn_deploy.hw_targets.counting import ann_macs, conv_reach, count_events
-from lasnn_deploy.hw_targets.energy import price_layer, run_and_count
+from lasnn_deploy.hw_targets.energy import price_layer
 from lasnn_deploy.hw_targets.placement import place
 from lasnn_deploy.hw_targets.profile import PROFILE_DIR, list_profiles, load_profile
 from lasnn_deploy.hw_targets.report import energy_report, traffic_counter
@@ -577,8 +577,7 @@ def test_sanafe_runs_in_its_own_process(encoding, bias):
     x = torch.round(torch.rand(2, 1, 8, 8) * 16) / 16
     calibrated = load_profile("loihi_calibrated")
     counter = traffic_counter(student, calibrated, timesteps=4)
-    run = run_and_count(student, x, timesteps=4, seed=3, progress=False, observers=[counter.add])
-    result = compare_with_sanafe(student, x, run, calibrated, counter, timesteps=4, seed=3)
+    result = compare_with_sanafe(student, x, calibrated, counter, timesteps=4, seed=3)
     assert "sanafe" not in sys.modules
     assert result["samples"] == 2 and result["energy_j"] > 0 and result["spike_agreement"] == 1.0, result
     assert [l["spikes_sanafe"] for l in result["layers"]] == [l["spikes_ours"] for l in result["layers"]]
@@ -607,10 +606,10 @@ def test_sanafe_stretches_its_mesh_for_a_network_beyond_one_chip():
     sizes = [int(np.prod(l.out_shape)) for l in layers]
     placement = place([l.name for l in layers], sizes, [2] * len(layers), calibrated)  # 185 cores: 2 chips of 128
     counter = TrafficCounter(layers, placement, 3, True, True, calibrated)
-    run = run_and_count(student, x, timesteps=3, progress=False, observers=[counter.add])
-    result = compare_with_sanafe(student, x, run, calibrated, counter, timesteps=3)
+    result = compare_with_sanafe(student, x, calibrated, counter, timesteps=3)
     assert placement.chips == 2 and result["cores"] == 185 and "8 x 8 tiles" in result["architecture"], result
-    assert result["spike_agreement"] == 1.0 and counter.result()["layers"][1]["interchip"][0] > 0
+    trace = student.run(x, record=True)
+    assert result["spike_agreement"] == 1.0 and counter.count(trace, x)["layers"][1]["interchip"][0] > 0
     assert abs(result["terms"]["network"]["relative_difference"]) < 1e-9, result["terms"]
 
 

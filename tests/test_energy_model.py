@@ -12,10 +12,10 @@ import torch
 from helpers import make_student
 from lasnn_deploy.hw_targets.baselines import break_even_rate
 from lasnn_deploy.hw_targets.counting import ann_macs
-from lasnn_deploy.hw_targets.energy import run_and_count
+from lasnn_deploy.hw_targets.energy import counted_batches
 from lasnn_deploy.hw_targets.placement import place
 from lasnn_deploy.hw_targets.profile import load_profile
-from lasnn_deploy.hw_targets.report import energy_report, profile_report
+from lasnn_deploy.hw_targets.report import Tally, energy_report, profile_report, sample_values
 from lasnn_deploy.hw_targets.tradeoff import parse_timesteps
 from lasnn_deploy.hw_targets.traffic import TrafficCounter
 
@@ -63,15 +63,14 @@ def test_messages_and_hops_on_a_hand_placed_two_layer_network(tmp_path):
     spikes[0, 0, 0] = 1  # core 0 -> cores 3 (1 N-S hop), 4 and 5 (1 E-W hop each)
     spikes[2, 0, 5] = 1  # core 2 (tile 1) -> core 3 (same tile, no hop), 4 and 5 (1 E-W + 1 N-S each)
     spikes[2, 0, 1] = 1  # core 0 again
-    counter.add(Trace(logits=torch.zeros(1, 3), spikes=[spikes]))
-    out = counter.result()
+    out = counter.count(Trace(logits=torch.zeros(1, 3), spikes=[spikes]))
     l1 = out["layers"][1]
     assert (l1["messages"][0], l1["hops_ew"][0], l1["hops_ns"][0], l1["interchip"][0]) == (9, 6, 4, 0)
     assert out["layers"][0]["messages"][0] == 0  # the host drives layer 0: no messages in
     # Updates: layer 0 has a bias at all 3 steps (18), then one tail step (S = T + depth - 1 = 4) for
     # the 4 neurons whose potential is not zero (neurons 1 and 5 fired last and reset): 22. Layer 1
     # receives at steps 0 and 2 and holds its potential in between: 3 neurons x 3 steps, no tail.
-    assert (out["layers"][0]["updates"][0], l1["updates"][0], out["steps"]) == (22, 9, 4)
+    assert (out["layers"][0]["updates"][0], l1["updates"][0], counter.steps) == (22, 9, 4)
     assert (out["layers"][0]["accesses"], l1["accesses"]) == (6 * 4, 3 * 4)
     # Time: 1 ns per neuron access, 2 neurons on the busiest core, plus the 1 us barrier, 4 steps.
     assert math.isclose(out["inference_s"][0], 4 * (2e-9 + 1e-6), rel_tol=1e-12)
@@ -85,8 +84,10 @@ def test_static_energy_is_static_power_times_chips_times_time(tmp_path):
     placement = place(["l0", "l1"], [6, 3], [1, 1], profile)
     counter = TrafficCounter(layers, placement, 3, direct=True, hard_reset=True, latency_profile=profile)
     x = torch.rand(2, 1, 4, 4)
-    run = run_and_count(student, x, timesteps=3, progress=False, observers=[counter.add])
-    report = profile_report(run, student, profile, traffic=counter)
+    tally = Tally()
+    for counted in counted_batches(student, x, timesteps=3, progress=False):
+        tally.add(sample_values(counted, profile, counter.count(counted.trace, counted.batch.images)))
+    report = profile_report(tally, student, profile, traffic=counter)
     step = 1e-9 + 1e-6  # one neuron per core
     assert placement.chips == 2 and math.isclose(report["time_per_step_s"], step, rel_tol=1e-12)
     assert math.isclose(report["latency_s"], 4 * step, rel_tol=1e-12)

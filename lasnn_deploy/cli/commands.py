@@ -210,13 +210,11 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
     timesteps, profiles = _timesteps(args), parse_hw(args.hw)  # before the data loads
     student = load_student(args.model)
-    images, labels = _test_split(args)
     if timesteps is not None:
         student = student.with_config(timesteps=timesteps)
     report = energy_report(
         student,
-        images,
-        labels,
+        _test_subset(args),  # loaded batch by batch: memory does not grow with --samples
         hw=profiles,
         out_dir=args.out,
         seed=args.seed,
