@@ -60,6 +60,9 @@ def counted_batches(
                 check_images(student.config, x, y)
             yield x, y
 
+    if not isinstance(images, torch.Tensor) and sample_count(images):  # a wrong shape before the progress bar
+        first = images[0][0]
+        check_images(student.config, first.expand(sample_count(images), *first.shape))  # a view: no copy
     with eval_mode(student), torch.no_grad():
         source = batches(student.config.encoding, timesteps, checked(), seed=seed)
         total = -(-sample_count(images) // batch_size)

@@ -128,7 +128,7 @@ CASES = [
     Case(
         "digits-student-energy-on-mnist",
         "energy {w}/digits --dataset mnist --data-dir {w}/mnist --out {out}/e",
-        "images must be [N, 1, 16, 16]",
+        "the student expects images [N, 1, 16, 16] but the data gives [5, 1, 28, 28]",
     ),
     Case(
         "student-with-fewer-classes",
