@@ -276,12 +276,12 @@ class _Graph:
         x = self.op("Transpose", h, perm=[1, 0, 2, 3])
         if padding:
             x = self.op("Pad", x, self.ints(0, 0, padding, padding, 0, 0, padding, padding))
-        total = None
+        total = ""  # the sum so far; empty before the first term
         for a in range(kh):
             for b in range(kw):
                 cols = self.op("Reshape", self.window(x, a, b, stride, out_shape[1:]), self.ints(channels, -1))
                 part = self.op("MatMul", self.const(np.ascontiguousarray(weight[:, :, a, b])), cols)
-                total = part if total is None else self.op("Add", total, part)
+                total = part if not total else self.op("Add", total, part)
         y = self.op("Reshape", total, self.ints(out_channels, -1, *out_shape[1:]))
         return self.op("Transpose", y, perm=[1, 0, 2, 3])
 
@@ -294,11 +294,11 @@ class _Graph:
 
     def avgpool(self, h: str, k: int, out_shape: tuple[int, int, int]) -> str:
         """Float64 average pool: the window's slices added row by row, then divided by ``k * k`` (torch's order)."""
-        total = None
+        total = ""  # the sum so far; empty before the first term
         for dy in range(k):
             for dx in range(k):
                 part = self.window(h, dy, dx, k, out_shape[1:])
-                total = part if total is None else self.op("Add", total, part)
+                total = part if not total else self.op("Add", total, part)
         return self.op("Div", total, self.const(np.array(k * k, np.float64)))
 
     def lif(self, currents: list[str], leak: str, theta: str, reset: str, name: str) -> str:

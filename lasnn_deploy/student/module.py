@@ -86,7 +86,7 @@ class SpikingStudent(nn.Module):
         T = check_timesteps(timesteps or self.config.timesteps)
         given = model_input(self.config.encoding, T, x, input_spikes, seed=seed)
         if given.spikes is None:
-            start = _Signal(given.images, static=True)
+            start = _Signal(given.image(), static=True)
         else:
             start, T = _Signal(given.spikes, static=False), given.spikes.shape[0]
         trace = Trace(logits=torch.empty(0), input_spikes=given.spikes)
@@ -139,8 +139,8 @@ class SpikingStudent(nn.Module):
 
     def synapses(self, index: int) -> nn.Conv2d | nn.Linear:
         """The module holding layer ``index``'s weight: a Conv's or Linear's own, a projection shortcut's 1x1 conv."""
-        module = self.body[index]
-        module = module.proj if isinstance(module, ResidualAdd) else module
+        layer = self.body[index]
+        module = layer.proj if isinstance(layer, ResidualAdd) else layer
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             raise TypeError(f"layer {index} ({self.config.layers[index].type}) has no weight")
         return module
