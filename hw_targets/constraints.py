@@ -111,7 +111,7 @@ class _Footprint:
     main input's, plus its shortcut's (spikes of another population, so another axon group)."""
 
     def __init__(self, layer: DeployedLayer):
-        if layer.kind == "conv":
+        if layer.convolutional:
             self.groups = [
                 _ConvAxons(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
             ]

@@ -141,7 +141,7 @@ def calibrate_biases(
     corrections: list[float] = []
     with eval_mode(student):
         for k, i in enumerate(config.spiking_layers):
-            bias = student.body[i - 1 if isinstance(config.layers[i], Shortcut) else i].bias
+            bias = student.body[i - 1 if config.layers[i].joins_previous else i].bias
             if bias is None:
                 corrections.append(0.0)
                 continue
