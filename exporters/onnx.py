@@ -54,8 +54,19 @@ from ..errors import UserError
 from ..inputs import InputSpec, ModelInput
 from ..modes import eval_mode
 from ..neurons import Encoding
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, ResidualAdd, Shortcut, SpikingStudent, table_entry
-from ..student.walk import Step, flow
+from ..student import (
+    AvgPool,
+    Conv,
+    Dropout,
+    Flatten,
+    Linear,
+    ResidualAdd,
+    Shortcut,
+    SpikingStudent,
+    Step,
+    flow,
+    table_entry,
+)
 from .target import RunResult, Target
 
 FORMAT = "lasnn-deploy-onnx/2"  # /1: float32 currents (not spike-exact)

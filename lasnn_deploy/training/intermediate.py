@@ -37,9 +37,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, table_entry
-from ..student.module import ann_layer
-from ..student.walk import Step, flow
+from ..student import (
+    AvgPool,
+    Conv,
+    Dropout,
+    Flatten,
+    Linear,
+    Shortcut,
+    SpikingStudent,
+    Step,
+    ann_layer,
+    flow,
+    table_entry,
+)
 
 INTERMEDIATES = ("plain", "bn", "qcfs", "rate")
 CLIPPED = ("qcfs", "rate")  # kinds whose learned clips give the thresholds
