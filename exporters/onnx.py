@@ -59,11 +59,11 @@ from ..student import (
     Conv,
     Dropout,
     Flatten,
+    LayerStep,
     Linear,
     ResidualAdd,
     Shortcut,
     SpikingStudent,
-    Step,
     flow,
     table_entry,
 )
@@ -80,7 +80,7 @@ RUN_CHUNK = 256  # samples per onnxruntime call in ``run``: bounds the float64 i
 
 def lif_layer_names(student: SpikingStudent) -> list[str]:
     """Names of the LIF layers, after the Conv/Linear they follow (``conv0``, ``linear6``...)."""
-    return [step.name for step in student.config.steps if step.lif is not None]
+    return [step.name for step in student.config.layer_steps if step.lif is not None]
 
 
 def _check(student: SpikingStudent) -> None:
@@ -126,31 +126,31 @@ def _with_bias(g: _Graph, h: str, i: int, module: nn.Conv2d | nn.Linear, shape: 
     return g.op("Add", h, g.const(_float64(module.bias).reshape(shape), f"bias{i}"))
 
 
-def _conv_to_onnx(g: _Graph, h: str, step: Step, module: nn.Conv2d, saved: Mapping[int, _Value]) -> str:
+def _conv_to_onnx(g: _Graph, h: str, step: LayerStep, module: nn.Conv2d, saved: Mapping[int, _Value]) -> str:
     spec = cast(Conv, step.spec)
     h = g.conv(h, _float64(module.weight), spec.stride, spec.padding, _map(step.out_shape))
     return _with_bias(g, h, step.index, module, (-1, 1, 1))
 
 
-def _linear_to_onnx(g: _Graph, h: str, step: Step, module: nn.Linear, saved: Mapping[int, _Value]) -> str:
+def _linear_to_onnx(g: _Graph, h: str, step: LayerStep, module: nn.Linear, saved: Mapping[int, _Value]) -> str:
     h = g.op("MatMul", h, g.const(np.ascontiguousarray(_float64(module.weight).T), f"weight{step.index}"))
     return _with_bias(g, h, step.index, module, (-1,))
 
 
-def _avgpool_to_onnx(g: _Graph, h: str, step: Step, module: nn.Module, saved: Mapping[int, _Value]) -> str:
+def _avgpool_to_onnx(g: _Graph, h: str, step: LayerStep, module: nn.Module, saved: Mapping[int, _Value]) -> str:
     return g.avgpool(h, cast(AvgPool, step.spec).kernel_size, _map(step.out_shape))
 
 
-def _flatten_to_onnx(g: _Graph, h: str, step: Step, module: nn.Module, saved: Mapping[int, _Value]) -> str:
+def _flatten_to_onnx(g: _Graph, h: str, step: LayerStep, module: nn.Module, saved: Mapping[int, _Value]) -> str:
     return g.op("Flatten", h, axis=1)
 
 
-def _dropout_to_onnx(g: _Graph, h: str, step: Step, module: nn.Module, saved: Mapping[int, _Value]) -> str:
+def _dropout_to_onnx(g: _Graph, h: str, step: LayerStep, module: nn.Module, saved: Mapping[int, _Value]) -> str:
     """No node: the identity at inference."""
     return h
 
 
-def _shortcut_to_onnx(g: _Graph, h: str, step: Step, module: ResidualAdd, saved: Mapping[int, _Value]) -> str:
+def _shortcut_to_onnx(g: _Graph, h: str, step: LayerStep, module: ResidualAdd, saved: Mapping[int, _Value]) -> str:
     spec = cast(Shortcut, step.spec)
     weight = None if module.proj is None else _float64(module.proj.weight)
     source = saved[spec.source]
@@ -164,7 +164,7 @@ def _map(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 # layer-spec type -> its float64 ONNX nodes, given the value ``h`` the layer reads; returns its output
-_TO_ONNX: dict[type, Callable[[_Graph, str, Step, Any, Mapping[int, _Value]], str]] = {
+_TO_ONNX: dict[type, Callable[[_Graph, str, LayerStep, Any, Mapping[int, _Value]], str]] = {
     Conv: _conv_to_onnx,
     Linear: _linear_to_onnx,
     AvgPool: _avgpool_to_onnx,
@@ -191,12 +191,12 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
         start = _Value(spikes, double=False, static=False)
     outputs = []
 
-    def through(step: Step, x: _Value, saved: Mapping[int, _Value]) -> _Value:
+    def through(step: LayerStep, x: _Value, saved: Mapping[int, _Value]) -> _Value:
         h = x.name if x.double else g.op("Cast", x.name, to=TensorProto.DOUBLE)
         h = table_entry(_TO_ONNX, type(step.spec), "the ONNX exporter")(g, h, step, student.body[step.index], saved)
         return _Value(h, double=True, static=x.static)
 
-    def fire(step: Step, k: int, x: _Value) -> _Value:
+    def fire(step: LayerStep, k: int, x: _Value) -> _Value:
         current = g.op("Cast", x.name, to=TensorProto.FLOAT)  # the one rounding of the current
         currents = [current] * T if x.static else g.split(current, T)
         h = g.lif(currents, leak, g.const(thresholds[k], f"threshold{k}"), cfg.reset, name=f"lif{k}_spikes")
@@ -206,7 +206,7 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
         outputs.append(helper.make_tensor_value_info(f"spike_count_{k}", TensorProto.FLOAT, [BATCH]))
         return _Value(h, double=False, static=False)
 
-    out = flow(cfg.steps, start, through, fire)
+    out = flow(cfg.layer_steps, start, through, fire)
     h = out.name
     if not out.static:  # output integrator: u_out[T] / T, the float64 mean over steps like torch's mean(0)
         per_step = g.op("Reshape", h, g.const(np.array([T, -1, cfg.num_classes], np.int64)))

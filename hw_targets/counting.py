@@ -183,7 +183,7 @@ def ann_macs(config: StudentConfig) -> dict[int, int]:
     shortcut is an addition, which costs no MAC, like pooling."""
     shapes = config.shapes()
     out: dict[int, int] = {}
-    for step in config.steps:
+    for step in config.layer_steps:
         table_entry(_MACS, type(step.spec), "the ANN MAC count")(out, step.index, step.spec, step.in_shape, shapes)
     return out
 

@@ -45,7 +45,7 @@ EXPECTED = [
 
 
 def test_the_walk_gives_every_layer_its_shapes_lif_and_readers():
-    steps = CONFIG.steps
+    steps = CONFIG.layer_steps
     assert [(s.name, s.in_shape, s.out_shape, s.lif, s.saved) for s in steps] == EXPECTED
     assert [s.index for s in steps] == list(range(len(LAYERS))) and [s.spec for s in steps] == list(LAYERS)
     assert CONFIG.spiking_layers == [0, 2, 5, 6, 8, 10]
@@ -68,7 +68,7 @@ def test_flow_carries_values_through_lifs_and_shortcuts():
     def fire(step, k, x):
         return f"lif{k}[{x}]"
 
-    out = flow(CONFIG.steps, "in", through, fire)
+    out = flow(CONFIG.layer_steps, "in", through, fire)
     pooled = "avgpool1(lif0[conv0(in)])"
     block1 = f"lif2[shortcut5(conv4(dropout3(lif1[conv2({pooled})]))+{pooled})]"
     block2 = f"lif4[shortcut8(conv7(lif3[conv6({block1})])+{block1})]"
@@ -80,7 +80,7 @@ def test_every_reading_sees_the_walks_shapes():
     torch.manual_seed(0)
     student = SpikingStudent(CONFIG).eval()
     x = torch.rand(2, *CONFIG.input_shape)
-    lif_shapes = [s.out_shape for s in CONFIG.steps if s.lif is not None]
+    lif_shapes = [s.out_shape for s in CONFIG.layer_steps if s.lif is not None]
     for exact in (False, True):
         trace = student.run(x, record=True, exact=exact)
         assert [tuple(s.shape) for s in trace.spikes] == [(3, 2, *shape) for shape in lif_shapes]

@@ -1,10 +1,10 @@
 """The student SNN, described once as data, and everything built from that description.
 
 - ``layers``: one frozen spec per layer type, with its output shape, tensors and torch module;
-- ``walk``: the one walk over the layer specs (``Step``: shapes, LIF layer, shortcut readers) and
+- ``walk``: the one walk over the layer specs (``LayerStep``: shapes, LIF layer, shortcut readers) and
   ``flow``, the one loop that carries a value through the layers;
 - ``config``: ``StudentConfig``, the architecture (an ordered tuple of layer specs) plus the run
-  settings (time steps, encoding, reset), with its steps (``StudentConfig.steps``);
+  settings (time steps, encoding, reset), with its steps (``StudentConfig.layer_steps``);
 - ``module``: ``SpikingStudent``, the PyTorch module (weights, shared leak, per-layer thresholds);
 - ``files``: the student file (safetensors, loads without code);
 - ``deployed``: ``deployed_layers``, the graph every export target and the energy model read.
@@ -39,7 +39,7 @@ from .layers import (
     table_entry,
 )
 from .module import SpikingStudent, Trace, ann_layer, check_images, check_parameters
-from .walk import Step, flow, walk
+from .walk import LayerStep, flow, walk
 
 __all__ = [
     "FORMAT",
@@ -53,11 +53,11 @@ __all__ = [
     "Dropout",
     "Flatten",
     "LayerSpec",
+    "LayerStep",
     "Linear",
     "ResidualAdd",
     "Shortcut",
     "SpikingStudent",
-    "Step",
     "StudentConfig",
     "Trace",
     "ann_layer",

@@ -25,7 +25,7 @@ from .layers import (
     layer_from_dict,
     layer_to_dict,
 )
-from .walk import Step, walk
+from .walk import LayerStep, walk
 
 
 @dataclass(frozen=True)
@@ -91,35 +91,35 @@ class StudentConfig:
             )
 
     @cached_property
-    def steps(self) -> tuple[Step, ...]:
+    def layer_steps(self) -> tuple[LayerStep, ...]:
         """Every layer with its shapes, its LIF layer and whether a shortcut reads it (``walk.walk``)."""
         return walk(self.input_shape, self.layers)
 
     def shapes(self) -> list[tuple[int, ...]]:
         """Batch-free output shape of every layer, in order."""
-        return [step.out_shape for step in self.steps]
+        return [step.out_shape for step in self.layer_steps]
 
     @property
     def spiking_layers(self) -> list[int]:
         """Indices of the layers that a LIF layer follows: every Conv/Linear but the last, except that
         a Conv closing a residual block hands its LIF to the ``Shortcut`` after it."""
-        return [step.index for step in self.steps if step.lif is not None]
+        return [step.index for step in self.layer_steps if step.lif is not None]
 
     def source_lif(self, index: int) -> int | None:
         """The LIF layer (index among the spiking layers) whose spikes layer ``index`` outputs,
         directly or through average pools; None when its output is not a LIF layer's spikes."""
         while self.layers[index].is_pool and index > 0:
             index -= 1
-        return self.steps[index].lif
+        return self.layer_steps[index].lif
 
     @property
     def shortcut_sources(self) -> set[int]:
         """Indices of the layers whose output a later ``Shortcut`` adds back."""
-        return {step.index for step in self.steps if step.saved}
+        return {step.index for step in self.layer_steps if step.saved}
 
     def layer_name(self, index: int) -> str:
         """The name of layer ``index`` in every export and report (``conv0``, ``linear5``)."""
-        return self.steps[index].name
+        return self.layer_steps[index].name
 
     def replace(self, **changes: Any) -> StudentConfig:
         return dataclasses.replace(self, **changes)

@@ -17,7 +17,7 @@ from ..errors import UserError
 from .config import StudentConfig
 from .layers import LAYER_TYPES, AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, layer_name, table_entry
 from .module import SpikingStudent
-from .walk import Step
+from .walk import LayerStep
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _float64(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().double().cpu().numpy()
 
 
-def _deploy_pool(d: _Deploying, step: Step) -> None:
+def _deploy_pool(d: _Deploying, step: LayerStep) -> None:
     k = cast(AvgPool, step.spec).kernel_size
     if d.shape[1] % (d.pool * k) or d.shape[2] % (d.pool * k):
         raise UserError(
@@ -119,15 +119,15 @@ def _deploy_pool(d: _Deploying, step: Step) -> None:
     d.pool *= k
 
 
-def _deploy_flatten(d: _Deploying, step: Step) -> None:
+def _deploy_flatten(d: _Deploying, step: LayerStep) -> None:
     d.flatten = True
 
 
-def _deploy_dropout(d: _Deploying, step: Step) -> None:
+def _deploy_dropout(d: _Deploying, step: LayerStep) -> None:
     """The identity at inference: no deployed layer."""
 
 
-def _deploy_conv(d: _Deploying, step: Step) -> None:
+def _deploy_conv(d: _Deploying, step: LayerStep) -> None:
     spec = cast(Conv, step.spec)
     (w, bias), stride, padding = d.weight(step.index), spec.stride, spec.padding
     if d.pool > 1:
@@ -136,7 +136,7 @@ def _deploy_conv(d: _Deploying, step: Step) -> None:
     d.shape, d.pool = step.out_shape, 1
 
 
-def _deploy_linear(d: _Deploying, step: Step) -> None:
+def _deploy_linear(d: _Deploying, step: LayerStep) -> None:
     w, bias = d.weight(step.index)
     if d.pool > 1:
         w = fold_pool_into_linear(w, _map(d.shape), d.pool)
@@ -157,7 +157,7 @@ def _deploy_linear(d: _Deploying, step: Step) -> None:
     d.shape, d.pool, d.flatten = step.out_shape, 1, False
 
 
-def _deploy_shortcut(d: _Deploying, step: Step) -> None:
+def _deploy_shortcut(d: _Deploying, step: LayerStep) -> None:
     """The second input of the deployed conv it closes; that conv's LIF is the shortcut's."""
     spec = cast(Shortcut, step.spec)
     producer, source_pool, source_shape = d.signal[spec.source]
@@ -177,7 +177,7 @@ def _map(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 # layer-spec type -> how it enters the deployed graph
-_DEPLOY: dict[type, Callable[[_Deploying, Step], None]] = {
+_DEPLOY: dict[type, Callable[[_Deploying, LayerStep], None]] = {
     Conv: _deploy_conv,
     Linear: _deploy_linear,
     AvgPool: _deploy_pool,
@@ -193,7 +193,7 @@ def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
     A ``Shortcut`` becomes the ``shortcut`` input of the deployed Conv it closes.
     """
     d = _Deploying(student, shape=tuple(student.config.input_shape))
-    for step in student.config.steps:
+    for step in student.config.layer_steps:
         table_entry(_DEPLOY, type(step.spec), "the deployed graph")(d, step)
         d.signal[step.index] = (len(d.out) - 1, d.pool, d.shape)
     return d.out

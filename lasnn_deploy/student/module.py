@@ -17,7 +17,7 @@ from ..inputs import model_input
 from ..neurons import lif_multistep
 from .config import StudentConfig, check_timesteps
 from .layers import AvgPool, Conv, Dropout, Flatten, Linear, ResidualAdd, Shortcut, table_entry
-from .walk import Step, flow
+from .walk import LayerStep, flow
 
 
 @dataclass
@@ -91,11 +91,11 @@ class SpikingStudent(nn.Module):
             start, T = _Signal(given.spikes, static=False), given.spikes.shape[0]
         trace = Trace(logits=torch.empty(0), input_spikes=given.spikes)
 
-        def through(step: Step, x: _Signal, saved: Mapping[int, _Signal]) -> _Signal:
+        def through(step: LayerStep, x: _Signal, saved: Mapping[int, _Signal]) -> _Signal:
             run_layer = table_entry(_RUN, type(step.spec), "SpikingStudent.run")
             return run_layer(step.spec, self.body[step.index], x, saved, exact, self.training)
 
-        def fire(step: Step, k: int, x: _Signal) -> _Signal:
+        def fire(step: LayerStep, k: int, x: _Signal) -> _Signal:
             h = x.h.unsqueeze(0).expand(T, *x.h.shape) if x.static else x.h
             h = h.to(self.leak.dtype)
             if currents:
@@ -105,7 +105,7 @@ class SpikingStudent(nn.Module):
                 trace.spikes.append(h)
             return _Signal(h, static=False)
 
-        out = flow(self.config.steps, start, through, fire)
+        out = flow(self.config.layer_steps, start, through, fire)
         trace.outputs = None if out.static else out.h.to(self.leak.dtype)
         trace.logits = (out.h if out.static else out.h.mean(0)).to(self.leak.dtype)
         return trace
@@ -114,16 +114,16 @@ class SpikingStudent(nn.Module):
         """Intermediate ANN: same weights, ReLU after every spiking layer. Returns logits, activations."""
         acts: list[torch.Tensor] = []
 
-        def through(step: Step, x: torch.Tensor, saved: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        def through(step: LayerStep, x: torch.Tensor, saved: Mapping[int, torch.Tensor]) -> torch.Tensor:
             return ann_layer(step, self.body[step.index], x, saved, self.training)
 
-        def fire(step: Step, k: int, x: torch.Tensor) -> torch.Tensor:
+        def fire(step: LayerStep, k: int, x: torch.Tensor) -> torch.Tensor:
             x = F.relu(x)
             if record:
                 acts.append(x)
             return x
 
-        return flow(self.config.steps, x, through, fire), acts
+        return flow(self.config.layer_steps, x, through, fire), acts
 
     # -- parameters --------------------------------------------------------------------------
     @torch.no_grad()
@@ -265,7 +265,7 @@ def _no_norm(index: int, x: torch.Tensor) -> torch.Tensor:
 
 
 def ann_layer(
-    step: Step,
+    step: LayerStep,
     module: nn.Module,
     x: torch.Tensor,
     saved: Mapping[int, torch.Tensor],

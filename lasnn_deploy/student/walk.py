@@ -18,7 +18,7 @@ V = TypeVar("V")
 
 
 @dataclass(frozen=True)
-class Step:
+class LayerStep:
     """One layer as every reading of the student sees it."""
 
     index: int  # into StudentConfig.layers
@@ -34,7 +34,7 @@ class Step:
         return layer_name(self.spec.type, self.index)
 
 
-def walk(input_shape: tuple[int, ...], layers: Sequence[LayerSpec]) -> tuple[Step, ...]:
+def walk(input_shape: tuple[int, ...], layers: Sequence[LayerSpec]) -> tuple[LayerStep, ...]:
     """The steps of ``layers`` read from an input of ``input_shape``; a layer that does not fit its
     input raises ``UserError`` naming it.
 
@@ -48,16 +48,16 @@ def walk(input_shape: tuple[int, ...], layers: Sequence[LayerSpec]) -> tuple[Ste
     steps, shape = [], tuple(input_shape)
     for i, spec in enumerate(layers):
         out = spec.out_shape(shape, where=f"layer {i} ({spec.type}): ")
-        steps.append(Step(i, spec, shape, out, lif.get(i), i in read))
+        steps.append(LayerStep(i, spec, shape, out, lif.get(i), i in read))
         shape = out
     return tuple(steps)
 
 
 def flow(
-    steps: Sequence[Step],
+    steps: Sequence[LayerStep],
     x: V,
-    through: Callable[[Step, V, Mapping[int, V]], V],
-    fire: Callable[[Step, int, V], V],
+    through: Callable[[LayerStep, V, Mapping[int, V]], V],
+    fire: Callable[[LayerStep, int, V], V],
 ) -> V:
     """Carry ``x`` through the layers: ``through(step, x, saved)`` gives a layer's output (``saved``:
     the outputs of the layers a shortcut reads, by index), then ``fire(step, k, output)`` where LIF

@@ -42,10 +42,10 @@ from ..student import (
     Conv,
     Dropout,
     Flatten,
+    LayerStep,
     Linear,
     Shortcut,
     SpikingStudent,
-    Step,
     ann_layer,
     flow,
     table_entry,
@@ -141,16 +141,16 @@ class IntermediateAnn(nn.Module):
         """Logits (with ``y``: cross-entropy and logits); ``record`` receives each LIF layer's activation."""
         body = self.student.body
 
-        def through(step: Step, x: torch.Tensor, saved: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        def through(step: LayerStep, x: torch.Tensor, saved: Mapping[int, torch.Tensor]) -> torch.Tensor:
             return ann_layer(step, body[step.index], x, saved, self.training, self._normed)
 
-        def fire(step: Step, k: int, x: torch.Tensor) -> torch.Tensor:
+        def fire(step: LayerStep, k: int, x: torch.Tensor) -> torch.Tensor:
             x = self._activation(x, k)
             if record is not None:
                 record[k] = x.detach()
             return x
 
-        x = flow(self.student.config.steps, x, through, fire)
+        x = flow(self.student.config.layer_steps, x, through, fire)
         if y is None:
             return x
         return F.cross_entropy(x, y), x

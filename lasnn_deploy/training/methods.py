@@ -66,7 +66,9 @@ def attention_levels(student: SpikingStudent) -> list[int]:
     In a residual student the output of a block (its ``Shortcut``'s LIF) is a conv map like any other.
     """
     cfg = student.config
-    convs = [step.lif for step in cfg.steps if step.lif is not None and len(step.out_shape) == 3]  # [C, H, W] maps
+    convs = [
+        step.lif for step in cfg.layer_steps if step.lif is not None and len(step.out_shape) == 3
+    ]  # [C, H, W] maps
     if not convs:
         raise UserError(f"the {cfg.arch} student has no spiking conv layer to distil attention into; use kd or hybrid")
     return [convs[i] for i in spread(len(convs), 3)]
