@@ -6,7 +6,18 @@ import pytest
 import torch
 
 from lasnn_deploy.errors import UserError
-from lasnn_deploy.student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
+from lasnn_deploy.student import (
+    LAYER_TYPES,
+    AvgPool,
+    Conv,
+    Dropout,
+    Flatten,
+    Linear,
+    Shortcut,
+    SpikingStudent,
+    StudentConfig,
+    deployed_layers,
+)
 from lasnn_deploy.student.walk import flow, walk
 
 # An identity shortcut that reads a LIF layer's spikes through a pool, then a projection shortcut
@@ -86,3 +97,30 @@ def test_every_reading_sees_the_walks_shapes():
         assert [tuple(s.shape) for s in trace.spikes] == [(3, 2, *shape) for shape in lif_shapes]
     logits, acts = student.forward_ann(x, record=True)
     assert [tuple(a.shape) for a in acts] == [(2, *shape) for shape in lif_shapes] and logits.shape == (2, 3)
+
+
+def test_every_layer_type_states_its_roles():
+    """What readings ask a layer instead of its type's name; a deployed layer or its counts carry the spec's."""
+    roles = {
+        t.type: (t.has_synapses, t.makes_current, t.joins_previous, t.is_pool, t.convolutional)
+        for t in LAYER_TYPES.values()
+    }
+    assert roles == {
+        "conv": (True, True, False, False, True),
+        "linear": (True, True, False, False, False),
+        "avgpool": (False, False, False, True, False),
+        "flatten": (False, False, False, False, False),
+        "dropout": (False, False, False, False, False),
+        "shortcut": (False, True, True, False, False),
+    }
+    assert [l.sources for l in LAYERS] == [(1,) if i == 5 else (5,) if i == 8 else () for i in range(len(LAYERS))]
+    deployed = deployed_layers(SpikingStudent(CONFIG))
+    assert [(d.name, d.convolutional) for d in deployed] == [
+        ("conv0", True),
+        ("conv2", True),
+        ("conv4", True),
+        ("conv6", True),
+        ("conv7", True),
+        ("linear10", False),
+        ("linear11", False),
+    ]
