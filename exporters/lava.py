@@ -48,7 +48,7 @@ from ..errors import UserError
 from ..inputs import InputSpec, ModelInput
 from ..loihi_quant import LoihiNet, QuantLayer, host_bias, quantise, readout_logits, run_quantised
 from ..neurons import Encoding
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent
+from ..student import AvgPool, Conv, Dropout, Flatten, Linear, SpikingStudent
 from .target import RunResult, Target
 
 FORMAT = "lasnn-deploy-netx/1"
@@ -63,7 +63,7 @@ def _check(student: SpikingStudent, weight_percentile: float = 100.0) -> None:
 
 def _quantised(student: SpikingStudent, weight_percentile: float) -> LoihiNet:
     for i, layer in enumerate(student.config.layers):
-        if isinstance(layer, Shortcut):
+        if layer.sources:  # reads an earlier layer than its input
             raise UserError(
                 f"lava-dl netx describes feed-forward layer chains; {student.config.arch} has residual "
                 f"shortcuts (layer {i}): export it to onnx or nir instead"
@@ -131,7 +131,7 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
     for q in on_chip:
         if q.flatten_before:
             blocks.append(("flatten", None))
-        blocks.append(("conv" if q.kind == "conv" else "dense", q))
+        blocks.append(("conv" if q.convolutional else "dense", q))
     g = layers.create_group("0")
     _str(g, "type", "input")
     if net.encoding == Encoding.DIRECT:
@@ -148,7 +148,7 @@ def _write(f: h5py.File, net: LoihiNet, weight_percentile: float) -> None:
         g.create_dataset("weight", data=block.weight)
         if block.bias is not None:  # netx: the neurons' bias_mant (per channel for a conv), bias_exp 6
             g.create_dataset("bias", data=block.bias)
-        if kind == "conv":
+        if block.convolutional:
             for key, value in (("stride", block.stride), ("padding", block.padding), ("dilation", 1)):
                 g.create_dataset(key, data=np.array([value, value]))
             g.create_dataset("groups", data=np.int64(1))

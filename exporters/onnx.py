@@ -38,22 +38,35 @@ convolution is one float64 ``MatMul`` per kernel offset over strided slices of t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from ..atomic import atomic_path
 from ..errors import UserError
 from ..inputs import InputSpec, ModelInput
 from ..modes import eval_mode
 from ..neurons import Encoding
-from ..student import AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, SpikingStudent, table_entry
+from ..student import (
+    AvgPool,
+    Conv,
+    Dropout,
+    Flatten,
+    LayerStep,
+    Linear,
+    ResidualAdd,
+    Shortcut,
+    SpikingStudent,
+    flow,
+    table_entry,
+)
 from .target import RunResult, Target
 
 FORMAT = "lasnn-deploy-onnx/2"  # /1: float32 currents (not spike-exact)
@@ -67,12 +80,12 @@ RUN_CHUNK = 256  # samples per onnxruntime call in ``run``: bounds the float64 i
 
 def lif_layer_names(student: SpikingStudent) -> list[str]:
     """Names of the LIF layers, after the Conv/Linear they follow (``conv0``, ``linear6``...)."""
-    return [student.config.layer_name(i) for i in student.config.spiking_layers]
+    return [step.name for step in student.config.layer_steps if step.lif is not None]
 
 
 def _check(student: SpikingStudent) -> None:
     """ONNX expresses every student (soft reset included); refuse only what one file cannot hold."""
-    params = sum(p.numel() for m in student.weighted_modules() for p in (m.weight, m.bias) if p is not None)
+    params = sum(p.numel() for m in student.weighted_modules() for p in m.parameters())
     if params * 8 > MAX_BYTES:  # weights and biases are stored in float64
         raise UserError(
             f"the student has {params:,} weights, more than one .onnx file can hold "
@@ -91,56 +104,67 @@ def _export(student: SpikingStudent, path: Path) -> Path:
     return path
 
 
-@dataclass
-class _Walk:
-    """What a layer's mapping reads besides its own spec and module: every layer's output shape, and
-    the saved outputs of shortcut sources (layer index -> its ONNX value, is it float64)."""
+@dataclass(frozen=True)
+class _Value:
+    """What passes between two layers of the graph: the ONNX value ``name``, whether it is float64
+    (a current, or a pool of spikes) rather than float32 (spikes, the input), and whether it is still
+    ``[B, ...]`` (direct encoding before the first LIF) rather than ``[T * B, ...]``."""
 
-    shapes: list[tuple[int, ...]]
-    saved: dict[int, tuple[str, bool]]
+    name: str
+    double: bool
+    static: bool
 
 
 def _float64(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().double().numpy()
 
 
-def _with_bias(g: _Graph, h: str, i: int, module: torch.nn.Module, shape: tuple[int, ...]) -> str:
+def _with_bias(g: _Graph, h: str, i: int, module: nn.Conv2d | nn.Linear, shape: tuple[int, ...]) -> str:
     """``W * s + b`` in float64, like run(exact=True); a conv's bias is ``[C, 1, 1]``, broadcast over its map."""
     if module.bias is None:
         return h
     return g.op("Add", h, g.const(_float64(module.bias).reshape(shape), f"bias{i}"))
 
 
-def _conv_to_onnx(g: _Graph, h: str, i: int, spec: Conv, module: torch.nn.Module, walk: _Walk) -> str:
-    h = g.conv(h, _float64(module.weight), spec.stride, spec.padding, walk.shapes[i])
-    return _with_bias(g, h, i, module, (-1, 1, 1))
+def _conv_to_onnx(g: _Graph, h: str, step: LayerStep, module: nn.Conv2d, saved: Mapping[int, _Value]) -> str:
+    spec = cast(Conv, step.spec)
+    h = g.conv(h, _float64(module.weight), spec.stride, spec.padding, _map(step.out_shape))
+    return _with_bias(g, h, step.index, module, (-1, 1, 1))
 
 
-def _linear_to_onnx(g: _Graph, h: str, i: int, spec: Linear, module: torch.nn.Module, walk: _Walk) -> str:
-    h = g.op("MatMul", h, g.const(np.ascontiguousarray(_float64(module.weight).T), f"weight{i}"))
-    return _with_bias(g, h, i, module, (-1,))
+def _linear_to_onnx(g: _Graph, h: str, step: LayerStep, module: nn.Linear, saved: Mapping[int, _Value]) -> str:
+    h = g.op("MatMul", h, g.const(np.ascontiguousarray(_float64(module.weight).T), f"weight{step.index}"))
+    return _with_bias(g, h, step.index, module, (-1,))
 
 
-def _avgpool_to_onnx(g: _Graph, h: str, i: int, spec: AvgPool, module: torch.nn.Module, walk: _Walk) -> str:
-    return g.avgpool(h, spec.kernel_size, walk.shapes[i])
+def _avgpool_to_onnx(g: _Graph, h: str, step: LayerStep, module: nn.Module, saved: Mapping[int, _Value]) -> str:
+    return g.avgpool(h, cast(AvgPool, step.spec).kernel_size, _map(step.out_shape))
 
 
-def _flatten_to_onnx(g: _Graph, h: str, i: int, spec: Flatten, module: torch.nn.Module, walk: _Walk) -> str:
+def _flatten_to_onnx(g: _Graph, h: str, step: LayerStep, module: nn.Module, saved: Mapping[int, _Value]) -> str:
     return g.op("Flatten", h, axis=1)
 
 
-def _dropout_to_onnx(g: _Graph, h: str, i: int, spec: Dropout, module: torch.nn.Module, walk: _Walk) -> str:
+def _dropout_to_onnx(g: _Graph, h: str, step: LayerStep, module: nn.Module, saved: Mapping[int, _Value]) -> str:
     """No node: the identity at inference."""
     return h
 
 
-def _shortcut_to_onnx(g: _Graph, h: str, i: int, spec: Shortcut, module: torch.nn.Module, walk: _Walk) -> str:
+def _shortcut_to_onnx(g: _Graph, h: str, step: LayerStep, module: ResidualAdd, saved: Mapping[int, _Value]) -> str:
+    spec = cast(Shortcut, step.spec)
     weight = None if module.proj is None else _float64(module.proj.weight)
-    return g.op("Add", h, g.shortcut(*walk.saved[spec.source], weight, spec.stride, walk.shapes[i]))
+    source = saved[spec.source]
+    return g.op("Add", h, g.shortcut(source.name, source.double, weight, spec.stride, _map(step.out_shape)))
+
+
+def _map(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A layer's ``[C, H, W]`` output shape as such (a conv's, a pool's, a shortcut's: ``StudentConfig`` checked it)."""
+    c, h, w = shape
+    return c, h, w
 
 
 # layer-spec type -> its float64 ONNX nodes, given the value ``h`` the layer reads; returns its output
-_TO_ONNX: dict[type, Callable[[_Graph, str, int, Any, torch.nn.Module, _Walk], str]] = {
+_TO_ONNX: dict[type, Callable[[_Graph, str, LayerStep, Any, Mapping[int, _Value]], str]] = {
     Conv: _conv_to_onnx,
     Linear: _linear_to_onnx,
     AvgPool: _avgpool_to_onnx,
@@ -155,41 +179,36 @@ def build_model(student: SpikingStudent) -> onnx.ModelProto:
     cfg = student.config
     g = _Graph()
     T = cfg.timesteps
-    lif_index = {layer: k for k, layer in enumerate(cfg.spiking_layers)}
     leak = g.const(student.leak.detach().cpu().float().numpy(), "leak")
     thresholds = student.thresholds.detach().cpu().float().numpy()
-    shapes = cfg.shapes()
 
     if cfg.encoding is Encoding.DIRECT:
         inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, [BATCH, *cfg.input_shape])]
-        h, static = "image", True
+        start = _Value("image", double=False, static=True)
     else:
         inputs = [helper.make_tensor_value_info("spikes", TensorProto.FLOAT, [T, BATCH, *cfg.input_shape])]
-        h, static = g.op("Reshape", "spikes", g.const(np.array([-1, *cfg.input_shape], np.int64))), False
-    is_double = False
+        spikes = g.op("Reshape", "spikes", g.const(np.array([-1, *cfg.input_shape], np.int64)))
+        start = _Value(spikes, double=False, static=False)
     outputs = []
-    sources, saved = cfg.shortcut_sources, {}  # saved: shortcut source layer -> (its output, is it float64)
-    walk = _Walk(shapes, saved)
-    for i, (spec, module) in enumerate(zip(cfg.layers, student.body, strict=True)):
-        if not is_double:
-            h, is_double = g.op("Cast", h, to=TensorProto.DOUBLE), True
-        h = table_entry(_TO_ONNX, type(spec), "the ONNX exporter")(g, h, i, spec, module, walk)
-        k = lif_index.get(i)
-        if k is None:
-            if i in sources:
-                saved[i] = (h, is_double)
-            continue
-        current = g.op("Cast", h, to=TensorProto.FLOAT)  # the one rounding of the current
-        currents = [current] * T if static else g.split(current, T)
+
+    def through(step: LayerStep, x: _Value, saved: Mapping[int, _Value]) -> _Value:
+        h = x.name if x.double else g.op("Cast", x.name, to=TensorProto.DOUBLE)
+        h = table_entry(_TO_ONNX, type(step.spec), "the ONNX exporter")(g, h, step, student.body[step.index], saved)
+        return _Value(h, double=True, static=x.static)
+
+    def fire(step: LayerStep, k: int, x: _Value) -> _Value:
+        current = g.op("Cast", x.name, to=TensorProto.FLOAT)  # the one rounding of the current
+        currents = [current] * T if x.static else g.split(current, T)
         h = g.lif(currents, leak, g.const(thresholds[k], f"threshold{k}"), cfg.reset, name=f"lif{k}_spikes")
-        is_double = static = False
-        neurons = int(np.prod(shapes[i]))
+        neurons = int(np.prod(step.out_shape))
         per_step = g.op("Reshape", h, g.const(np.array([T, -1, neurons], np.int64)))
         g.op("ReduceSum", per_step, g.const(np.array([0, 2], np.int64)), keepdims=0, name=f"spike_count_{k}")
         outputs.append(helper.make_tensor_value_info(f"spike_count_{k}", TensorProto.FLOAT, [BATCH]))
-        if i in sources:
-            saved[i] = (h, False)
-    if not static:  # output integrator: u_out[T] / T, the float64 mean over steps like torch's mean(0)
+        return _Value(h, double=False, static=False)
+
+    out = flow(cfg.layer_steps, start, through, fire)
+    h = out.name
+    if not out.static:  # output integrator: u_out[T] / T, the float64 mean over steps like torch's mean(0)
         per_step = g.op("Reshape", h, g.const(np.array([T, -1, cfg.num_classes], np.int64)))
         total = g.op("ReduceSum", per_step, g.const(np.array([0], np.int64)), keepdims=0)
         h = g.op("Div", total, g.const(np.array(T, np.float64)))
@@ -268,12 +287,12 @@ class _Graph:
         x = self.op("Transpose", h, perm=[1, 0, 2, 3])
         if padding:
             x = self.op("Pad", x, self.ints(0, 0, padding, padding, 0, 0, padding, padding))
-        total = None
+        total = ""  # the sum so far; empty before the first term
         for a in range(kh):
             for b in range(kw):
                 cols = self.op("Reshape", self.window(x, a, b, stride, out_shape[1:]), self.ints(channels, -1))
                 part = self.op("MatMul", self.const(np.ascontiguousarray(weight[:, :, a, b])), cols)
-                total = part if total is None else self.op("Add", total, part)
+                total = part if not total else self.op("Add", total, part)
         y = self.op("Reshape", total, self.ints(out_channels, -1, *out_shape[1:]))
         return self.op("Transpose", y, perm=[1, 0, 2, 3])
 
@@ -286,11 +305,11 @@ class _Graph:
 
     def avgpool(self, h: str, k: int, out_shape: tuple[int, int, int]) -> str:
         """Float64 average pool: the window's slices added row by row, then divided by ``k * k`` (torch's order)."""
-        total = None
+        total = ""  # the sum so far; empty before the first term
         for dy in range(k):
             for dx in range(k):
                 part = self.window(h, dy, dx, k, out_shape[1:])
-                total = part if total is None else self.op("Add", total, part)
+                total = part if not total else self.op("Add", total, part)
         return self.op("Div", total, self.const(np.array(k * k, np.float64)))
 
     def lif(self, currents: list[str], leak: str, theta: str, reset: str, name: str) -> str:

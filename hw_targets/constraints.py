@@ -112,7 +112,7 @@ class _Footprint:
 
     def __init__(self, layer: DeployedLayer):
         self.groups: list[_ConvAxons | _DenseAxons]
-        if layer.kind == "conv":
+        if layer.convolutional:
             self.groups = [
                 _ConvAxons(layer.in_shape, layer.out_shape, layer.weight.shape[-1], layer.stride, layer.padding)
             ]

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..student import (
+    LAYER_TYPES,
     AvgPool,
     Conv,
     DeployedLayer,
@@ -183,10 +184,8 @@ def ann_macs(config: StudentConfig) -> dict[int, int]:
     shortcut is an addition, which costs no MAC, like pooling."""
     shapes = config.shapes()
     out: dict[int, int] = {}
-    shape: tuple[int, ...] = tuple(config.input_shape)
-    for i, layer in enumerate(config.layers):
-        table_entry(_MACS, type(layer), "the ANN MAC count")(out, i, layer, shape, shapes)
-        shape = shapes[i]
+    for step in config.layer_steps:
+        table_entry(_MACS, type(step.spec), "the ANN MAC count")(out, step.index, step.spec, step.in_shape, shapes)
     return out
 
 
@@ -204,6 +203,11 @@ class LayerCounts:
     spiking: bool
     shortcut_synops: np.ndarray | None = None  # None: the layer has no shortcut
     bias_inputs: int = 0  # per sample: neurons x T when the layer has a bias
+
+    @property
+    def convolutional(self) -> bool:
+        """Counts of a conv (its events may cost ``synop_conv``) rather than of a dense layer."""
+        return LAYER_TYPES[self.kind].convolutional
 
     @property
     def neuron_updates(self) -> int:

@@ -97,7 +97,7 @@ def price_layer(
     the profile gives it. ``bias_inputs`` appears only for a layer with a bias on a profile whose
     bias figure is known; with an unknown figure the term is left out (the report says so).
     """
-    synop = profile.e("synop_conv") if counts.kind == "conv" else profile.e_synop
+    synop = profile.e("synop_conv") if counts.convolutional else profile.e_synop
     n = len(counts.spikes)
     if traffic is None:
         neuron, network = np.full(n, counts.neuron_updates * profile.e_neuron), np.zeros(n)

@@ -117,7 +117,7 @@ class Replica(nn.Module):
         k, current = 0, x
         for j, (layer, synapse) in enumerate(zip(self.layers, self.synapses, strict=True)):
             h = x if j == 0 else out[j - 1]
-            if layer.kind == "linear":
+            if not layer.convolutional:
                 h = h.flatten(1)
             current = synapse(h.double())
             if layer.shortcut is not None:
@@ -135,7 +135,7 @@ def _connection(layer: DeployedLayer) -> nn.Module:
     weight = torch.from_numpy(layer.weight)
     bias = layer.bias is not None
     module: nn.Conv2d | nn.Linear
-    if layer.kind == "conv":
+    if layer.convolutional:
         module = nn.Conv2d(
             weight.shape[1],
             weight.shape[0],

@@ -89,7 +89,7 @@ def _spec(
             }
         )
         if layer.bias is not None and not (direct and j == 0):  # the host's current already holds layer 0's
-            per_neuron = layer.bias.reshape(-1, 1, 1) if layer.kind == "conv" else layer.bias
+            per_neuron = layer.bias.reshape(-1, 1, 1) if layer.convolutional else layer.bias
             spec[f"bias_{j}"] = np.broadcast_to(per_neuron, layer.out_shape).reshape(-1).copy()
     given = model_input(student.config.encoding, timesteps, images, seed=seed)
     if direct:

@@ -95,7 +95,7 @@ def make_link(
         assert sc is not None, "a shortcut link is made for a layer with a shortcut"
         k, s, p, depthwise = sc.weight.shape[-1], sc.stride, 0, is_identity(sc)
         kind = "depthwise" if depthwise else "conv"
-    elif layer.kind == "conv":
+    elif layer.convolutional:
         k, s, p, depthwise, kind = layer.weight.shape[-1], layer.stride, layer.padding, False, "conv"
     else:
         k, s, p, depthwise, kind = 0, 1, 0, False, "dense"
@@ -284,7 +284,7 @@ class TrafficCounter:
             idle = (occupancy * lat["neuron"].value + end * lat["neuron_update"].value).amax(-1).numpy()
             neuron_max[a + T :] = np.maximum(neuron_max[a + T :], idle[None, :])
             if self.links[j]:
-                synop = lat["synop_conv" if layer.kind == "conv" else "synop"].value
+                synop = lat["synop_conv" if layer.convolutional else "synop"].value
                 msg_work = (
                     msgs_in.reshape(T, B, -1) * lat["message_in"].value
                     + _per_core(events, group).double().numpy() * synop

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from .errors import UserError
 from .inputs import model_input
 from .neurons import Encoding
-from .student import DeployedLayer, SpikingStudent, Trace, deployed_layers
+from .student import LAYER_TYPES, DeployedLayer, SpikingStudent, Trace, deployed_layers
 
 W_MIN, W_MAX = -256, 254  # netx's 8-bit weight range (larger magnitudes lose bits in optimize_weight_bits)
 VTH_MAX = 2**17 - 1  # vThMant: unsigned 17 bits
@@ -107,6 +107,11 @@ class QuantLayer:
     clip_fraction: float = 0.0
     shortcut: QuantShortcut | None = None
     bias: np.ndarray | None = None  # [out]: biasMant (int64) on chip, the float64 bias on the host
+
+    @property
+    def convolutional(self) -> bool:
+        """A conv (weights shared over a map, a bias per channel) rather than a dense layer."""
+        return LAYER_TYPES[self.kind].convolutional
 
 
 @dataclass
@@ -270,7 +275,7 @@ def host_bias(layer: QuantLayer, images: torch.Tensor | np.ndarray) -> torch.Ten
 
 def _per_neuron(layer: QuantLayer, bias: torch.Tensor) -> torch.Tensor:
     """A bias ``[out]`` shaped to broadcast over a layer's ``[N, ...]`` output (per channel for a conv)."""
-    return bias.reshape(-1, 1, 1) if layer.kind == "conv" else bias
+    return bias.reshape(-1, 1, 1) if layer.convolutional else bias
 
 
 def bias_mantissa(layer: QuantLayer) -> torch.Tensor | None:
@@ -280,7 +285,7 @@ def bias_mantissa(layer: QuantLayer) -> torch.Tensor | None:
 
 def _apply(layer: QuantLayer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Conv or linear in float64 (exact for the integer layers: every partial sum is below 2**53)."""
-    if layer.kind == "conv":
+    if layer.convolutional:
         return F.conv2d(x, w, stride=layer.stride, padding=layer.padding)
     return x.flatten(1) @ w.T
 
@@ -288,7 +293,7 @@ def _apply(layer: QuantLayer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def synaptic_input(layer: QuantLayer, spikes: torch.Tensor) -> torch.Tensor:
     """Integer input ``a`` of an on-chip layer for spikes ``[N, ...]``, as Lava's Dense/Conv deliver it."""
     a = _apply(layer, spikes.double(), torch.from_numpy(layer.weight.astype(np.float64))).to(torch.int64)
-    return _wrap_conv(a) if layer.kind == "conv" else a
+    return _wrap_conv(a) if layer.convolutional else a
 
 
 def shortcut_input(shortcut: QuantShortcut, spikes: torch.Tensor) -> torch.Tensor:

@@ -108,14 +108,16 @@ def _lif_forward(
     are ``T`` step tensors rather than one ``[T, ...]`` block: glibc serves blocks above 32 MiB
     with fresh ``mmap`` pages (a page fault per 4 KiB, every step), smaller ones from its heap.
     """
-    steps, like = current.shape[0], {"dtype": current.dtype, "device": current.device}
-    spikes = torch.empty(current.shape, **like)
-    potentials = [torch.empty(current.shape[1:], **like) for _ in range(steps)] if keep_potential else []
+    steps, dtype, device = current.shape[0], current.dtype, current.device
+    spikes = torch.empty(current.shape, dtype=dtype, device=device)
+    potentials = (
+        [torch.empty(current.shape[1:], dtype=dtype, device=device) for _ in range(steps)] if keep_potential else []
+    )
     flat_current, flat_spikes = current.reshape(steps, -1), spikes.view(steps, -1)
     flat_v = [p.view(-1) for p in potentials]
     n = flat_spikes.shape[1]
     chunk = max(_chunk(n, current.device), 1)
-    u_buf, v_buf = torch.empty(chunk, **like), torch.empty(chunk, **like)
+    u_buf, v_buf = torch.empty(chunk, dtype=dtype, device=device), torch.empty(chunk, dtype=dtype, device=device)
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
         u = u_buf[: b - a].zero_()

@@ -22,10 +22,17 @@ from lasnn_deploy.student import (
     StudentConfig,
     table_entry,
 )
+from lasnn_deploy.student.deployed import _DEPLOY
+from lasnn_deploy.student.module import _ANN, _RUN
 from lasnn_deploy.training.conversion import _BEFORE, _SYNAPSES
+from lasnn_deploy.training.intermediate import _NORMS
 
 
-@pytest.mark.parametrize("table", [_TO_NIR, _TO_ONNX, _MACS, _SYNAPTIC], ids=["nir", "onnx", "macs", "nir_order"])
+@pytest.mark.parametrize(
+    "table",
+    [_TO_NIR, _TO_ONNX, _MACS, _SYNAPTIC, _RUN, _ANN, _NORMS, _DEPLOY],
+    ids=["nir", "onnx", "macs", "nir_order", "run", "ann", "norms", "deployed"],
+)
 def test_every_layer_type_has_one_entry(table):
     assert set(table) == set(LAYER_TYPES.values())
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from ..errors import UserError
 from ..neurons import Encoding, Reset
@@ -102,7 +103,8 @@ def _builder(arch: str, plan: LayerPlan, doc: str) -> StudentBuilder:
         layers = plan(input_shape, num_classes, width, dropout)
         if bias:  # every Conv and Linear gets a per-channel bias (where a folded batch norm goes)
             layers = tuple(dataclasses.replace(l, bias=True) if isinstance(l, (Conv, Linear)) else l for l in layers)
-        return StudentConfig(arch, tuple(input_shape), num_classes, layers, timesteps, encoding, reset)
+        shape = cast(tuple[int, int, int], tuple(input_shape))  # StudentConfig checks that it is [C, H, W]
+        return StudentConfig(arch, shape, num_classes, layers, timesteps, encoding, reset)
 
     build.__name__ = arch.replace("-", "_")
     build.__doc__ = doc

@@ -1,8 +1,10 @@
 """The student SNN, described once as data, and everything built from that description.
 
 - ``layers``: one frozen spec per layer type, with its output shape, tensors and torch module;
+- ``walk``: the one walk over the layer specs (``LayerStep``: shapes, LIF layer, shortcut readers) and
+  ``flow``, the one loop that carries a value through the layers;
 - ``config``: ``StudentConfig``, the architecture (an ordered tuple of layer specs) plus the run
-  settings (time steps, encoding, reset);
+  settings (time steps, encoding, reset), with its steps (``StudentConfig.layer_steps``);
 - ``module``: ``SpikingStudent``, the PyTorch module (weights, shared leak, per-layer thresholds);
 - ``files``: the student file (safetensors, loads without code);
 - ``deployed``: ``deployed_layers``, the graph every export target and the energy model read.
@@ -36,7 +38,8 @@ from .layers import (
     layer_to_dict,
     table_entry,
 )
-from .module import SpikingStudent, Trace, check_images, check_parameters
+from .module import SpikingStudent, Trace, ann_layer, check_images, check_parameters
+from .walk import LayerStep, flow, walk
 
 __all__ = [
     "FORMAT",
@@ -50,16 +53,19 @@ __all__ = [
     "Dropout",
     "Flatten",
     "LayerSpec",
+    "LayerStep",
     "Linear",
     "ResidualAdd",
     "Shortcut",
     "SpikingStudent",
     "StudentConfig",
     "Trace",
+    "ann_layer",
     "check_images",
     "check_parameters",
     "check_timesteps",
     "deployed_layers",
+    "flow",
     "fold_pool_into_conv",
     "fold_pool_into_linear",
     "has_shortcuts",
@@ -71,4 +77,5 @@ __all__ = [
     "parameter_shapes",
     "resolve_student_path",
     "save_student",
+    "walk",
 ]

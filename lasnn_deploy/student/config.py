@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from ..errors import UserError
 from ..neurons import Encoding, Reset
 from .layers import (
     LAYER_TYPES,
-    AvgPool,
     Conv,
     LayerSpec,
     Linear,
     Shortcut,
     _checked_int,
     layer_from_dict,
-    layer_name,
     layer_to_dict,
 )
+from .walk import LayerStep, walk
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class StudentConfig:
         if self.reset not in ("hard", "soft"):
             raise UserError(f"reset must be 'hard' or 'soft', got {self.reset!r}")
         check_timesteps(self.timesteps)
-        weighted = [i for i, l in enumerate(self.layers) if isinstance(l, (Conv, Linear))]
+        weighted = [i for i, l in enumerate(self.layers) if l.has_synapses]
         if not weighted or not isinstance(self.layers[weighted[-1]], Linear):
             raise UserError("a student must end with a Linear layer (the output integrator's input)")
         if self.shapes()[-1] != (self.num_classes,):
@@ -90,38 +90,36 @@ class StudentConfig:
                 f"the block's output {list(target)}"
             )
 
+    @cached_property
+    def layer_steps(self) -> tuple[LayerStep, ...]:
+        """Every layer with its shapes, its LIF layer and whether a shortcut reads it (``walk.walk``)."""
+        return walk(self.input_shape, self.layers)
+
     def shapes(self) -> list[tuple[int, ...]]:
         """Batch-free output shape of every layer, in order."""
-        shapes, shape = [], tuple(self.input_shape)
-        for i, layer in enumerate(self.layers):
-            shape = layer.out_shape(shape, where=f"layer {i} ({layer.type}): ")
-            shapes.append(shape)
-        return shapes
+        return [step.out_shape for step in self.layer_steps]
 
     @property
     def spiking_layers(self) -> list[int]:
         """Indices of the layers that a LIF layer follows: every Conv/Linear but the last, except that
         a Conv closing a residual block hands its LIF to the ``Shortcut`` after it."""
-        weighted = [i for i, l in enumerate(self.layers) if isinstance(l, (Conv, Linear, Shortcut))][:-1]
-        closes_block = {i - 1 for i, l in enumerate(self.layers) if isinstance(l, Shortcut)}
-        return [i for i in weighted if i not in closes_block]
+        return [step.index for step in self.layer_steps if step.lif is not None]
 
     def source_lif(self, index: int) -> int | None:
         """The LIF layer (index among the spiking layers) whose spikes layer ``index`` outputs,
         directly or through average pools; None when its output is not a LIF layer's spikes."""
-        while isinstance(self.layers[index], AvgPool) and index > 0:
+        while self.layers[index].is_pool and index > 0:
             index -= 1
-        lifs = self.spiking_layers
-        return lifs.index(index) if index in lifs else None
+        return self.layer_steps[index].lif
 
     @property
     def shortcut_sources(self) -> set[int]:
         """Indices of the layers whose output a later ``Shortcut`` adds back."""
-        return {l.source for l in self.layers if isinstance(l, Shortcut)}
+        return {step.index for step in self.layer_steps if step.saved}
 
     def layer_name(self, index: int) -> str:
         """The name of layer ``index`` in every export and report (``conv0``, ``linear5``)."""
-        return layer_name(self.layers[index].type, index)
+        return self.layer_steps[index].name
 
     def replace(self, **changes: Any) -> StudentConfig:
         return dataclasses.replace(self, **changes)

@@ -6,14 +6,18 @@ Every target (ONNX's spike taps aside, NIR, netx HDF5, the energy model) reads t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
+import torch
 
 from ..errors import UserError
 from .config import StudentConfig
-from .layers import AvgPool, Conv, Flatten, Linear, Shortcut, layer_name
+from .layers import LAYER_TYPES, AvgPool, Conv, Dropout, Flatten, Linear, Shortcut, layer_name, table_entry
 from .module import SpikingStudent
+from .walk import LayerStep
 
 
 @dataclass
@@ -56,6 +60,11 @@ class DeployedLayer:
     def name(self) -> str:
         return layer_name(self.kind, self.source)
 
+    @property
+    def convolutional(self) -> bool:
+        """Weights shared over a ``[C, H, W]`` map and a bias per channel (a conv), rather than all-to-all."""
+        return LAYER_TYPES[self.kind].convolutional
+
 
 def fold_pool_into_conv(weight: np.ndarray, k: int, stride: int, padding: int) -> tuple[np.ndarray, int, int]:
     """AvgPool(k) then Conv(W, stride, padding) == Conv(W repeated over k x k / k^2, stride*k, padding*k)."""
@@ -74,7 +83,108 @@ def fold_pool_into_linear(weight: np.ndarray, chw: tuple[int, int, int], k: int)
 
 
 def has_shortcuts(config: StudentConfig) -> bool:
-    return any(isinstance(l, Shortcut) for l in config.layers)
+    return any(l.joins_previous for l in config.layers)
+
+
+@dataclass
+class _Deploying:
+    """The state of ``deployed_layers``'s walk: the layers so far and the signal the next one reads."""
+
+    student: SpikingStudent
+    out: list[DeployedLayer] = field(default_factory=list)
+    shape: tuple[int, ...] = ()  # the real (unpooled) signal's shape
+    pool: int = 1  # the product of the pools since the last deployed layer, folded into the next one
+    flatten: bool = False
+    # layer index -> (the deployed layer whose spikes it carries, the pool since, the unpooled shape)
+    signal: dict[int, tuple[int, int, tuple[int, ...]]] = field(default_factory=dict)
+
+    def weight(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Layer ``index``'s weight and bias (None without one) in float64."""
+        module = self.student.synapses(index)
+        bias = None if module.bias is None else _float64(module.bias)
+        return _float64(module.weight), bias
+
+
+def _float64(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().double().cpu().numpy()
+
+
+def _deploy_pool(d: _Deploying, step: LayerStep) -> None:
+    k = cast(AvgPool, step.spec).kernel_size
+    if d.shape[1] % (d.pool * k) or d.shape[2] % (d.pool * k):
+        raise UserError(
+            f"layer {step.index} (avgpool {k}): a {d.shape[1]}x{d.shape[2]} map is not divisible by the pool, "
+            "so it cannot be folded into the next layer exactly; use a pool that divides the map"
+        )
+    d.pool *= k
+
+
+def _deploy_flatten(d: _Deploying, step: LayerStep) -> None:
+    d.flatten = True
+
+
+def _deploy_dropout(d: _Deploying, step: LayerStep) -> None:
+    """The identity at inference: no deployed layer."""
+
+
+def _deploy_conv(d: _Deploying, step: LayerStep) -> None:
+    spec = cast(Conv, step.spec)
+    (w, bias), stride, padding = d.weight(step.index), spec.stride, spec.padding
+    if d.pool > 1:
+        w, stride, padding = fold_pool_into_conv(w, d.pool, stride, padding)
+    d.out.append(DeployedLayer("conv", w, d.shape, step.out_shape, stride, padding, step.lif, step.index, bias=bias))
+    d.shape, d.pool = step.out_shape, 1
+
+
+def _deploy_linear(d: _Deploying, step: LayerStep) -> None:
+    w, bias = d.weight(step.index)
+    if d.pool > 1:
+        w = fold_pool_into_linear(w, _map(d.shape), d.pool)
+    flatten_before = d.flatten and len(d.shape) == 3
+    in_shape = (int(np.prod(d.shape)),)
+    d.out.append(
+        DeployedLayer(
+            "linear",
+            w,
+            in_shape,
+            step.out_shape,
+            lif=step.lif,
+            source=step.index,
+            flatten_before=flatten_before,
+            bias=bias,
+        )
+    )
+    d.shape, d.pool, d.flatten = step.out_shape, 1, False
+
+
+def _deploy_shortcut(d: _Deploying, step: LayerStep) -> None:
+    """The second input of the deployed conv it closes; that conv's LIF is the shortcut's."""
+    spec = cast(Shortcut, step.spec)
+    producer, source_pool, source_shape = d.signal[spec.source]
+    if spec.projects:
+        w = d.weight(step.index)[0]
+    else:
+        w = np.eye(spec.out_channels)[:, :, None, None]
+    w, stride, _ = fold_pool_into_conv(w, source_pool, spec.stride, 0)
+    d.out[-1].shortcut = DeployedShortcut(w, producer, _map(source_shape), stride)
+    d.out[-1].lif = step.lif
+
+
+def _map(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A ``[C, H, W]`` shape as such (what a pool or a shortcut reads: ``StudentConfig`` checked it)."""
+    c, h, w = shape
+    return c, h, w
+
+
+# layer-spec type -> how it enters the deployed graph
+_DEPLOY: dict[type, Callable[[_Deploying, LayerStep], None]] = {
+    Conv: _deploy_conv,
+    Linear: _deploy_linear,
+    AvgPool: _deploy_pool,
+    Flatten: _deploy_flatten,
+    Dropout: _deploy_dropout,
+    Shortcut: _deploy_shortcut,
+}
 
 
 def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
@@ -82,66 +192,8 @@ def deployed_layers(student: SpikingStudent) -> list[DeployedLayer]:
 
     A ``Shortcut`` becomes the ``shortcut`` input of the deployed Conv it closes.
     """
-    cfg = student.config
-    shapes = cfg.shapes()
-    weights = {
-        i: m.weight.detach().double().cpu().numpy()
-        for i, m in enumerate(student.body)
-        if isinstance(cfg.layers[i], (Conv, Linear))
-    }
-    biases = {
-        i: m.bias.detach().double().cpu().numpy()
-        for i, m in enumerate(student.body)
-        if isinstance(cfg.layers[i], (Conv, Linear)) and m.bias is not None
-    }
-    lif = {i: k for k, i in enumerate(cfg.spiking_layers)}
-    out: list[DeployedLayer] = []
-    shape: tuple[int, ...] = tuple(cfg.input_shape)  # shape of the real (unpooled) signal
-    pool, flatten = 1, False
-    signal: dict[int, tuple[int, int, tuple[int, ...]]] = {}  # layer -> (deployed producer, pool, unpooled shape)
-    for i, layer in enumerate(cfg.layers):
-        if isinstance(layer, AvgPool):
-            if shape[1] % (pool * layer.kernel_size) or shape[2] % (pool * layer.kernel_size):
-                raise UserError(
-                    f"layer {i} (avgpool {layer.kernel_size}): a {shape[1]}x{shape[2]} map is not divisible by the pool, "
-                    "so it cannot be folded into the next layer exactly; use a pool that divides the map"
-                )
-            pool *= layer.kernel_size
-        elif isinstance(layer, Flatten):
-            flatten = True
-        elif isinstance(layer, Conv):
-            w, stride, padding = weights[i], layer.stride, layer.padding
-            if pool > 1:
-                w, stride, padding = fold_pool_into_conv(w, pool, stride, padding)
-            out.append(DeployedLayer("conv", w, shape, shapes[i], stride, padding, lif.get(i), i, bias=biases.get(i)))
-            shape, pool = shapes[i], 1
-        elif isinstance(layer, Linear):
-            w = weights[i]
-            if pool > 1:
-                w = fold_pool_into_linear(w, shape, pool)
-            in_shape = (int(np.prod(shape)),)
-            out.append(
-                DeployedLayer(
-                    "linear",
-                    w,
-                    in_shape,
-                    shapes[i],
-                    lif=lif.get(i),
-                    source=i,
-                    flatten_before=flatten and len(shape) == 3,
-                    bias=biases.get(i),
-                )
-            )
-            shape, pool, flatten = shapes[i], 1, False
-        elif isinstance(layer, Shortcut):
-            producer, source_pool, source_shape = signal[layer.source]
-            module = student.body[i]
-            if module.proj is None:
-                w = np.eye(layer.out_channels)[:, :, None, None]
-            else:
-                w = module.proj.weight.detach().double().cpu().numpy()
-            w, stride, _ = fold_pool_into_conv(w, source_pool, layer.stride, 0)
-            out[-1].shortcut = DeployedShortcut(w, producer, source_shape, stride)
-            out[-1].lif = lif.get(i)
-        signal[i] = (len(out) - 1, pool, shape)
-    return out
+    d = _Deploying(student, shape=tuple(student.config.input_shape))
+    for step in student.config.layer_steps:
+        table_entry(_DEPLOY, type(step.spec), "the deployed graph")(d, step)
+        d.signal[step.index] = (len(d.out) - 1, d.pool, d.shape)
+    return d.out

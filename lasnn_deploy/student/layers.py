@@ -44,8 +44,42 @@ def layer_name(kind: str, index: int) -> str:
     return f"{kind}{index}"
 
 
+class _Spec:
+    """What every layer spec has: its roles (class attributes, all off here) and the defaults of a
+    layer without tensors that keeps its input's shape.
+
+    Readings of the student ask a spec for its role, never for its type name, so a new layer type
+    states its roles once, here in its class.
+    """
+
+    has_synapses: ClassVar[bool] = False
+    """A weight from every input to its output neurons (Conv, Linear): a layer of the deployed graph,
+    with a bias when asked, a batch norm in the intermediate ANN, a float64 sum in the exact run."""
+    makes_current: ClassVar[bool] = False
+    """Its output is a synaptic current (Conv, Linear, Shortcut), which a LIF layer integrates unless it
+    is the output layer's or the next layer ``joins_previous``."""
+    joins_previous: ClassVar[bool] = False
+    """Adds its current to that of the layer just before it and takes over that layer's LIF (Shortcut)."""
+    is_pool: ClassVar[bool] = False
+    """Averages its input map (AvgPool): a shortcut may read a LIF layer's spikes through it, and the
+    deployed graph folds it into the next layer."""
+    convolutional: ClassVar[bool] = False
+    """Weights shared over a ``[C, H, W]`` map, a bias per channel (Conv), rather than all-to-all (Linear)."""
+
+    @property
+    def sources(self) -> tuple[int, ...]:
+        """Earlier layers (indices into ``StudentConfig.layers``) whose output this layer reads besides its input."""
+        return ()
+
+    def out_shape(self, shape: tuple[int, ...], where: str = "") -> tuple[int, ...]:
+        return shape
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+
 @dataclass(frozen=True)
-class Conv:
+class Conv(_Spec):
     """Convolution; with ``bias`` its per-channel ``b`` is a constant input current every step."""
 
     in_channels: int
@@ -55,6 +89,9 @@ class Conv:
     padding: int = 0
     bias: bool = False
     type: ClassVar[str] = "conv"
+    has_synapses: ClassVar[bool] = True
+    makes_current: ClassVar[bool] = True
+    convolutional: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_fields(self, in_channels=1, out_channels=1, kernel_size=1, stride=1, padding=0)
@@ -72,7 +109,9 @@ class Conv:
         return (self.out_channels, h, w)
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        weight = {"weight": (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)}
+        weight: dict[str, tuple[int, ...]] = {
+            "weight": (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
+        }
         return {**weight, "bias": (self.out_channels,)} if self.bias else weight
 
     def build(self) -> nn.Module:
@@ -82,13 +121,15 @@ class Conv:
 
 
 @dataclass(frozen=True)
-class Linear:
+class Linear(_Spec):
     """Fully connected layer; with ``bias`` its ``b`` is a constant input current every step."""
 
     in_features: int
     out_features: int
     bias: bool = False
     type: ClassVar[str] = "linear"
+    has_synapses: ClassVar[bool] = True
+    makes_current: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_fields(self, in_features=1, out_features=1)
@@ -100,7 +141,7 @@ class Linear:
         return (self.out_features,)
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        weight = {"weight": (self.out_features, self.in_features)}
+        weight: dict[str, tuple[int, ...]] = {"weight": (self.out_features, self.in_features)}
         return {**weight, "bias": (self.out_features,)} if self.bias else weight
 
     def build(self) -> nn.Module:
@@ -108,9 +149,10 @@ class Linear:
 
 
 @dataclass(frozen=True)
-class AvgPool:
+class AvgPool(_Spec):
     kernel_size: int  # stride equals the kernel size
     type: ClassVar[str] = "avgpool"
+    is_pool: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_fields(self, kernel_size=1)
@@ -124,29 +166,23 @@ class AvgPool:
             )
         return (shape[0], shape[1] // self.kernel_size, shape[2] // self.kernel_size)
 
-    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {}
-
     def build(self) -> nn.Module:
         return nn.AvgPool2d(self.kernel_size)
 
 
 @dataclass(frozen=True)
-class Flatten:
+class Flatten(_Spec):
     type: ClassVar[str] = "flatten"
 
     def out_shape(self, shape: tuple[int, ...], where: str = "") -> tuple[int, ...]:
         return (int(np.prod(shape)),)
-
-    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {}
 
     def build(self) -> nn.Module:
         return nn.Flatten()
 
 
 @dataclass(frozen=True)
-class Dropout:
+class Dropout(_Spec):
     p: float
     type: ClassVar[str] = "dropout"
 
@@ -154,18 +190,12 @@ class Dropout:
         if isinstance(self.p, bool) or not isinstance(self.p, numbers.Real) or not 0 <= self.p < 1:
             raise UserError(f"dropout p must be a number in [0, 1), got {self.p!r}")
 
-    def out_shape(self, shape: tuple[int, ...], where: str = "") -> tuple[int, ...]:
-        return shape
-
-    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {}
-
     def build(self) -> nn.Module:
         return nn.Identity()  # masks are drawn in SpikingStudent.run, shared over time
 
 
 @dataclass(frozen=True)
-class Shortcut:
+class Shortcut(_Spec):
     """Residual connection closing a block (Rathi et al. 2020's spiking ResNet basic block).
 
     Adds the output of layer ``source`` (an index into ``StudentConfig.layers``: spikes of a LIF
@@ -180,6 +210,8 @@ class Shortcut:
     out_channels: int
     stride: int = 1
     type: ClassVar[str] = "shortcut"
+    makes_current: ClassVar[bool] = True
+    joins_previous: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_fields(self, source=0, in_channels=1, out_channels=1, stride=1)
@@ -188,8 +220,9 @@ class Shortcut:
     def projects(self) -> bool:
         return self.in_channels != self.out_channels or self.stride != 1
 
-    def out_shape(self, shape: tuple[int, ...], where: str = "") -> tuple[int, ...]:
-        return shape
+    @property
+    def sources(self) -> tuple[int, ...]:
+        return (self.source,)
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"proj.weight": (self.out_channels, self.in_channels, 1, 1)} if self.projects else {}
@@ -220,7 +253,7 @@ class ResidualAdd(nn.Module):
 
 
 LayerSpec = Conv | Linear | AvgPool | Flatten | Dropout | Shortcut
-LAYER_TYPES: dict[str, type] = {c.type: c for c in (Conv, Linear, AvgPool, Flatten, Dropout, Shortcut)}
+LAYER_TYPES: dict[str, type[LayerSpec]] = {c.type: c for c in (Conv, Linear, AvgPool, Flatten, Dropout, Shortcut)}
 
 
 def table_entry(table: dict[Any, Any], key: Any, place: str) -> Any:

@@ -143,7 +143,7 @@ def calibrate_biases(
     corrections: list[float] = []
     with eval_mode(student):
         for k, i in enumerate(config.spiking_layers):
-            synapses = student.body[i - 1 if isinstance(config.layers[i], Shortcut) else i]
+            synapses = student.body[i - 1 if config.layers[i].joins_previous else i]
             assert isinstance(
                 synapses, (torch.nn.Conv2d, torch.nn.Linear)
             )  # a LIF layer's current, or a block's last conv

@@ -30,11 +30,26 @@ Three kinds (``--intermediate``):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..student import Conv, Dropout, Linear, Shortcut, SpikingStudent
+from ..student import (
+    AvgPool,
+    Conv,
+    Dropout,
+    Flatten,
+    LayerStep,
+    Linear,
+    Shortcut,
+    SpikingStudent,
+    ann_layer,
+    flow,
+    table_entry,
+)
 
 INTERMEDIATES = ("plain", "bn", "qcfs", "rate")
 CLIPPED = ("qcfs", "rate")  # kinds whose learned clips give the thresholds
@@ -61,14 +76,38 @@ def hard_reset_rate(z: torch.Tensor, clip: torch.Tensor, timesteps: int) -> torc
     return smooth + (exact - smooth).detach()
 
 
-def _norm(spec: Conv | Linear | Shortcut) -> nn.Module:
-    if isinstance(spec, Linear):
-        return nn.BatchNorm1d(spec.out_features)
+def _conv_norm(spec: Conv) -> nn.Module | None:
     return nn.BatchNorm2d(spec.out_channels)
+
+
+def _linear_norm(spec: Linear) -> nn.Module | None:
+    return nn.BatchNorm1d(spec.out_features)
+
+
+def _shortcut_norm(spec: Shortcut) -> nn.Module | None:
+    """A projection's current is normed like a conv's; an identity shortcut adds the spikes as they are."""
+    return nn.BatchNorm2d(spec.out_channels) if spec.projects else None
+
+
+def _no_norm(spec: AvgPool | Flatten | Dropout) -> nn.Module | None:
+    return None
+
+
+# layer-spec type -> the batch norm of its current (None: the layer has none)
+_NORMS: dict[type, Callable[[Any], nn.Module | None]] = {
+    Conv: _conv_norm,
+    Linear: _linear_norm,
+    Shortcut: _shortcut_norm,
+    AvgPool: _no_norm,
+    Flatten: _no_norm,
+    Dropout: _no_norm,
+}
 
 
 class IntermediateAnn(nn.Module):
     """``forward(x) -> logits``: the student's layers as an ANN of the given kind (module docstring)."""
+
+    steps: torch.Tensor  # the buffer of optimiser steps taken; kind "rate" only
 
     def __init__(self, student: SpikingStudent, kind: str = "plain", levels: int | None = None, warmup_steps: int = 0):
         super().__init__()
@@ -77,15 +116,15 @@ class IntermediateAnn(nn.Module):
         self.warmup_steps = warmup_steps
         self.norms = nn.ModuleDict()
         if kind != "plain":
-            last = max(i for i, l in enumerate(cfg.layers) if isinstance(l, (Conv, Linear)))
-            for i, spec in enumerate(cfg.layers):
-                if isinstance(spec, (Conv, Linear)) and i != last or isinstance(spec, Shortcut) and spec.projects:
-                    self.norms[str(i)] = _norm(spec)
+            last = max(i for i, l in enumerate(cfg.layers) if l.has_synapses)  # the output layer: no norm
+            for i, spec in enumerate(cfg.layers[:last]):
+                norm = table_entry(_NORMS, type(spec), "the batch-normed intermediate ANN")(spec)
+                if norm is not None:
+                    self.norms[str(i)] = norm
         lifs = len(cfg.spiking_layers)
         self.clips = nn.Parameter(torch.full((lifs,), CLIP_INIT)) if kind in CLIPPED else None
         if kind == "rate":  # optimiser steps taken, in the state so that a resumed run warms up as it would have
             self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self._lif_index = {layer: k for k, layer in enumerate(cfg.spiking_layers)}
 
     def trained_parameters(self) -> list[nn.Parameter]:
         """The weights, biases, batch-norm affines and clips (not the SNN's leak and thresholds)."""
@@ -100,24 +139,18 @@ class IntermediateAnn(nn.Module):
         record: dict[int, torch.Tensor] | None = None,
     ):
         """Logits (with ``y``: cross-entropy and logits); ``record`` receives each LIF layer's activation."""
-        cfg, body = self.student.config, self.student.body
-        sources, saved = cfg.shortcut_sources, {}
-        for i, (spec, module) in enumerate(zip(cfg.layers, body, strict=True)):
-            if isinstance(spec, Dropout):
-                x = F.dropout(x, spec.p, self.training)
-                continue
-            if isinstance(spec, Shortcut):
-                source = saved[spec.source]
-                x = x + (source if module.proj is None else self._normed(i, module.proj(source)))
-            else:
-                x = self._normed(i, module(x))
-            k = self._lif_index.get(i)
-            if k is not None:
-                x = self._activation(x, k)
-                if record is not None:
-                    record[k] = x.detach()
-            if i in sources:
-                saved[i] = x
+        body = self.student.body
+
+        def through(step: LayerStep, x: torch.Tensor, saved: Mapping[int, torch.Tensor]) -> torch.Tensor:
+            return ann_layer(step, body[step.index], x, saved, self.training, self._normed)
+
+        def fire(step: LayerStep, k: int, x: torch.Tensor) -> torch.Tensor:
+            x = self._activation(x, k)
+            if record is not None:
+                record[k] = x.detach()
+            return x
+
+        x = flow(self.student.config.layer_steps, x, through, fire)
         if y is None:
             return x
         return F.cross_entropy(x, y), x
@@ -167,16 +200,26 @@ def fold_batch_norm(ann: IntermediateAnn, student: SpikingStudent) -> None:
     what ``ann`` computes in eval mode, ReLU for ReLU (up to rounding).
     """
     student.load_state_dict(ann.student.state_dict())
-    cfg = student.config
     for i in sorted(int(k) for k in ann.norms):  # a block's conv before its shortcut's projection
-        norm = ann.norms[str(i)]
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        shift = norm.bias - norm.running_mean * scale
-        if isinstance(cfg.layers[i], Shortcut):
-            proj = student.body[i].proj
-            proj.weight.mul_(scale.view(-1, 1, 1, 1))
-            student.body[i - 1].bias.add_(shift)  # the block's conv: both currents meet before the LIF
-            continue
-        module = student.body[i]
-        module.weight.mul_(scale.view(-1, *[1] * (module.weight.dim() - 1)))
-        module.bias.mul_(scale).add_(shift)
+        scale, shift = _scale_shift(cast(nn.modules.batchnorm._BatchNorm, ann.norms[str(i)]))
+        synapses = student.synapses(i)
+        synapses.weight.mul_(scale.view(-1, *[1] * (synapses.weight.dim() - 1)))
+        if student.config.layers[i].joins_previous:  # a projection: both currents meet before the block's LIF
+            _bias(student, i - 1).add_(shift)
+        else:
+            _bias(student, i).mul_(scale).add_(shift)
+
+
+def _scale_shift(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``g / s`` and ``beta - mu g / s`` of a batch norm's eval-mode affine map (``s = sqrt(var + eps)``)."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError("a batch norm without running statistics cannot be folded")
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    return scale, norm.bias - norm.running_mean * scale
+
+
+def _bias(student: SpikingStudent, index: int) -> torch.Tensor:
+    bias = student.synapses(index).bias
+    if bias is None:
+        raise ValueError(f"layer {index} has a batch norm to fold but no bias; build the student with bias=True")
+    return bias

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..modes import eval_mode
-from ..student import Conv, Shortcut, SpikingStudent
+from ..student import SpikingStudent
 from . import losses
 from .intermediate import AnnTeacher
 
@@ -79,7 +79,9 @@ def attention_levels(student: SpikingStudent) -> list[int]:
     In a residual student the output of a block (its ``Shortcut``'s LIF) is a conv map like any other.
     """
     cfg = student.config
-    convs = [k for k, i in enumerate(cfg.spiking_layers) if isinstance(cfg.layers[i], (Conv, Shortcut))]
+    convs = [
+        step.lif for step in cfg.layer_steps if step.lif is not None and len(step.out_shape) == 3
+    ]  # [C, H, W] maps
     if not convs:
         raise UserError(f"the {cfg.arch} student has no spiking conv layer to distil attention into; use kd or hybrid")
     return [convs[i] for i in spread(len(convs), 3)]
