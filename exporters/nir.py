@@ -169,28 +169,25 @@ def to_nir_graph(student: SpikingStudent) -> nir.NIRGraph:
     cfg = student.config
     tau, r = leak_to_tau(float(student.leak.detach()))
     thresholds = student.thresholds.detach().cpu().numpy().astype(np.float32)
-    lif_of = {i: k for k, i in enumerate(cfg.spiking_layers)}
     b = _Builder({"input": nir.Input(input_type={"input": np.array(cfg.input_shape)})}, cfg.shapes())
-    shape = tuple(cfg.input_shape)
-    for i, (layer, module) in enumerate(zip(cfg.layers, student.body, strict=True)):
-        table_entry(_TO_NIR, type(layer), "the NIR exporter")(b, cfg.layer_name(i), layer, module, shape)
-        shape = b.shapes[i]
-        if i in lif_of:
-            zeros = np.zeros(shape, dtype=np.float32)
+    for step, module in zip(cfg.layer_steps, student.body, strict=True):
+        table_entry(_TO_NIR, type(step.spec), "the NIR exporter")(b, step.name, step.spec, module, step.in_shape)
+        if step.lif is not None:
+            zeros = np.zeros(step.out_shape, dtype=np.float32)
             b.add(
-                f"lif{i}",
+                f"lif{step.index}",
                 nir.LIF(
-                    tau=np.full(shape, tau),
-                    r=np.full(shape, r),
+                    tau=np.full(step.out_shape, tau),
+                    r=np.full(step.out_shape, r),
                     v_leak=zeros,
                     v_reset=zeros.copy(),
-                    v_threshold=np.full(shape, thresholds[lif_of[i]]),
+                    v_threshold=np.full(step.out_shape, thresholds[step.lif]),
                 ),
             )
             if b.into_lif is not None:
                 b.edges.append((b.into_lif, b.previous))
                 b.into_lif = None
-        b.produced[i] = b.previous
+        b.produced[step.index] = b.previous
     b.add("output", nir.Output(output_type={"output": np.array([cfg.num_classes])}))
     return nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata=_metadata(student))
 
