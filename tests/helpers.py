@@ -120,3 +120,17 @@ def model_in(model, images=None, spikes=None, seed: int = 0) -> ModelInput:
     spikes, else the images encoded as the student encodes them (Poisson with ``seed``)."""
     cfg = getattr(model, "config", model)
     return model_input(cfg.encoding, cfg.timesteps, images, spikes, seed=seed)
+
+
+class CountingSet(torch.utils.data.Dataset):
+    """A labelled data set that records how many of its samples have been loaded so far."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels, self.loaded = images, labels, 0
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        self.loaded = max(self.loaded, i + 1)
+        return self.images[i], int(self.labels[i])

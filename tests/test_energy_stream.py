@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from helpers import make_student, small_resnet
+from helpers import CountingSet, make_student, small_resnet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lasnn_deploy.hw_targets import energy
@@ -79,20 +79,6 @@ def test_energy_does_not_depend_on_the_batch_size(tmp_path, name, student, hw):
     assert reports[0] == reports[1] == reports[2], name
 
 
-class _CountingSet(torch.utils.data.Dataset):
-    """A labelled data set that records how many of its samples have been loaded so far."""
-
-    def __init__(self, images, labels):
-        self.images, self.labels, self.loaded = images, labels, 0
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        self.loaded = max(self.loaded, i + 1)
-        return self.images[i], int(self.labels[i])
-
-
 @pytest.mark.parametrize("encoding", ["direct", "poisson"])
 def test_energy_streams_a_data_set_a_batch_at_a_time(tmp_path, monkeypatch, encoding):
     """Structural, not timing: when batch k is counted, no sample past batch k has been loaded, so
@@ -100,7 +86,7 @@ def test_energy_streams_a_data_set_a_batch_at_a_time(tmp_path, monkeypatch, enco
     student = make_student(encoding, timesteps=3)
     x, labels = torch.rand(10, 1, 8, 8), torch.arange(10) % 5
     whole = energy_report(student, x, labels, hw="loihi", out_dir=tmp_path / "t", seed=2, batch_size=4, progress=False)
-    data = _CountingSet(x, labels)
+    data = CountingSet(x, labels)
     seen = []  # (samples counted in this batch, samples loaded when it was counted)
     real = energy.count_events
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from helpers import make_student, model_in
+from helpers import CountingSet, make_student, model_in
 from lasnn_deploy.exporters import onnx as onnx_export
 from lasnn_deploy.exporters.onnx import OnnxTarget
 
@@ -197,20 +197,6 @@ def test_a_netx_file_named_net_is_a_lava_file(tmp_path):
     assert report["target"] == "lava" and report["passed"]
 
 
-class _CountingSet(torch.utils.data.Dataset):
-    """A labelled data set that records how many of its samples have been loaded so far."""
-
-    def __init__(self, images, labels):
-        self.images, self.labels, self.loaded = images, labels, 0
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        self.loaded = max(self.loaded, i + 1)
-        return self.images[i], int(self.labels[i])
-
-
 @pytest.mark.parametrize("encoding", ["direct", "poisson"])
 def test_validate_streams_a_data_set_a_batch_at_a_time(tmp_path, monkeypatch, encoding):
     """Structural, not timing: when the runtime runs batch k, no sample past batch k has been
@@ -220,7 +206,7 @@ def test_validate_streams_a_data_set_a_batch_at_a_time(tmp_path, monkeypatch, en
     path = OnnxTarget().export(student, tmp_path / "s.onnx")
     whole = validation.validate(student, path, images, labels)
     monkeypatch.setattr(onnx_export.OnnxTarget, "chunk", 4)
-    data = _CountingSet(images, labels)
+    data = CountingSet(images, labels)
     seen = []  # (samples in this run call, samples loaded when it ran)
     real_run = onnx_export._run
 
