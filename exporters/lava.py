@@ -262,7 +262,9 @@ def _simulate(
     netx = import_netx()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.conv.process import Conv as ConvSynapse
 
+    from .lava_conv import MatmulConvModel
     from .lava_stream import MODELS, BiasSource, SpikeSource, VoltageSink, WindowSink
 
     drives = iter(drives)
@@ -291,7 +293,10 @@ def _simulate(
         block.out.connect(sinks[-1].a_in)
     voltage = VoltageSink(tuple(out_block.neuron.v.shape), T, lag=latency, buffer=buffer)
     voltage.connect_var(out_block.neuron.v)
-    models = {p: MODELS[type(p)] for p in (source, *sinks, voltage)}
+    models: dict[object, type] = {p: MODELS[type(p)] for p in (source, *sinks, voltage)}
+    models.update(
+        {b.synapse: MatmulConvModel for b in net.layers if isinstance(getattr(b, "synapse", None), ConvSynapse)}
+    )
     cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=models)
     net.create_runtime(run_cfg=cfg)
 
@@ -371,7 +376,6 @@ class LavaTarget(Target):
 
     name, suffixes = "lava", (".h5", ".hdf5", ".net")
     options = {"weight_percentile": 100.0}
-    quick_samples = 128  # one long Lava run: the network compiles once, then each sample costs little
     chunk = CHUNK
 
     def _check(self, student: SpikingStudent) -> None:

@@ -55,7 +55,7 @@ def run_demo(out: str | Path = "runs/demo", *, fast: bool = False) -> dict:
     }
     for target, kind in TARGETS.items():
         path = export(student, target, run / f"student{kind.suffixes[0]}")
-        n = kind.quick_samples  # Lava's is smaller: one long simulator run (docs/performance.md, 'Lava')
+        n = kind.quick_samples
         report = validate(student, path, images[:n], labels[:n])
         report_path = run / f"validate_{target}.json"
         write_text(report_path, json.dumps(report, indent=2) + "\n")

@@ -4,6 +4,7 @@ deep students' preset choices and the KD readout scale."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from lasnn_deploy.training.config import preset_choices
 from lasnn_deploy.training.conversion import calibrate_biases, convert
 from lasnn_deploy.training.intermediate import AnnTeacher, IntermediateAnn, fold_batch_norm, hard_reset_rate
 from lasnn_deploy.training.loop import Score, fewest_spikes
-from lasnn_deploy.training.methods import attention_levels, teacher_maps
+from lasnn_deploy.training.methods import Hybrid, attention_levels, teacher_maps
 from lasnn_deploy.training.scoring import check_above_chance
 
 
@@ -214,3 +215,20 @@ def test_with_the_ann_as_teacher_no_teacher_is_trained(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert not (run / "teacher.safetensors").exists() and "teacher" not in metrics["stages"]
     assert metrics["teacher"] == "ann" and metrics["teacher_test_accuracy"] == metrics["ann_test_accuracy"]
+
+
+def test_per_step_loss_is_each_steps_cross_entropy_averaged():
+    """``--per-step-loss`` (TET): every method's label term is the mean over steps of each step's CE,
+    not the CE of the mean output; without it, the CE of the mean."""
+    torch.manual_seed(0)
+    config = build_student("3conv2linear", (1, 8, 8), 4, width=0.25, timesteps=3, dropout=0.0)
+    student = SpikingStudent(config)
+    x, y = torch.rand(5, 1, 8, 8) * 30, torch.tensor([0, 1, 2, 3, 0])  # enough drive for the last LIF to fire
+    trace = student.run(x)
+    assert trace.outputs is not None
+    by_step = torch.stack([torch.nn.functional.cross_entropy(o, y) for o in trace.outputs]).mean()
+    for per_step, want in ((True, by_step), (False, torch.nn.functional.cross_entropy(trace.logits, y))):
+        ft = SimpleNamespace(student=student, cfg=make_config(per_step_loss=per_step), teacher=None)
+        got, logits = Hybrid().loss(ft, x, y, seed=0)
+        assert torch.allclose(got, want) and torch.equal(logits, trace.logits)
+    assert not torch.allclose(by_step, torch.nn.functional.cross_entropy(trace.logits, y))

@@ -16,6 +16,7 @@ from lasnn_deploy import exporters
 from lasnn_deploy.errors import UserError
 from lasnn_deploy.evaluation import evaluate_student
 from lasnn_deploy.inputs import ModelInput
+from lasnn_deploy.lava_compat import import_netx
 from lasnn_deploy.loihi_quant import VTH_MAX, W_MAX, W_MIN, quantise, run_quantised
 from lasnn_deploy.neurons import poisson_spikes
 from lasnn_deploy.student import AvgPool, Conv, Flatten, Linear, Shortcut, SpikingStudent, StudentConfig
@@ -278,3 +279,27 @@ def test_one_long_lava_run_equals_the_reference_across_samples_batches_and_chunk
         assert 0 < w[:, 1:].mean() < 0.6, name  # the samples after the first boundary fire too
     assert np.array_equal(got.logits, want.logits)
     assert len({tuple(row) for row in want.logits}) == 5  # five different samples, not one repeated
+
+
+def test_matmul_conv_equals_lavas_scipy_conv():
+    """The Conv model the Lava runs use computes what Lava's own (scipy) model does, exactly, for every
+    stride, padding, dilation and group count (inputs up to 24-bit graded spikes, 8-bit weights)."""
+    import_netx()  # Lava importable on Python 3.11
+    from lasnn_deploy.exporters.lava_conv import conv
+    from lava.proc.conv import utils
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        groups = int(rng.choice([1, 2]))
+        c_in, c_out = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
+        kernel = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+        stride, padding, dilation = (
+            tuple(int(v) for v in rng.integers(lo, hi, 2)) for lo, hi in ((1, 3), (0, 3), (1, 3))
+        )
+        x = rng.integers(
+            -(2**23), 2**23, size=(int(rng.integers(9, 14)), int(rng.integers(9, 14)), c_in), dtype=np.int32
+        )
+        w = rng.integers(-128, 128, size=(c_out, *kernel, c_in // groups), dtype=np.int32)
+        want = utils.conv_scipy(x, w, kernel, stride, padding, dilation, groups).astype(np.int32)
+        got = conv(x, w, stride, padding, dilation, groups).astype(np.int32)
+        assert got.shape == want.shape and np.array_equal(got, want), (kernel, stride, padding, dilation, groups)

@@ -216,6 +216,12 @@ class TrainConfig:
         "X validation accuracy of the best (0.005: half a point; default: off, the most accurate epoch)",
         "method",
     )
+    per_step_loss: bool = _opt(
+        False,
+        "cross-entropy of every time step's output, averaged (TET, Deng et al. 2022), in place of the "
+        "cross-entropy of their mean: every step learns to classify (tssd keeps its own terms)",
+        "method",
+    )
     student_weight_decay: float = _opt(0.0, "student SNN weight decay (weights only)", "method")
     beta: float = _opt(
         0.1, "lasnn/lasnn-grad: weight of the attention losses, L = CE + beta/2 * sum_j L_AT,j", "method"

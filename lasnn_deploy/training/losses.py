@@ -82,6 +82,15 @@ def kd_loss(
     return student_temperature * teacher_temperature * kl
 
 
+def per_step_cross_entropy(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """TET's label term (Deng et al. 2022): the mean over steps of CE of each step's output ``[T, B, K]``.
+
+    Every step must classify on its own, not only their mean, which pushes a low-T student to
+    carry the answer from the first steps on.
+    """
+    return F.cross_entropy(outputs.flatten(0, 1), y.repeat(outputs.shape[0]))
+
+
 def spike_activation_map(spikes: torch.Tensor, gamma: float) -> torch.Tensor:
     """Kim and Panda's SAM of spikes ``[T, B, C, H, W]``, averaged over time: ``[B, H, W]``."""
     decay = math.exp(-gamma)

@@ -2,7 +2,8 @@
 recorded spikes) and the loss it computes. Subclassing ``Method`` with a ``name`` registers it;
 ``config.METHODS`` and ``config.TEACHER_METHODS`` are read from the registry.
 
-Fine-tuning methods (all start from the converted student and use CE of the integrated output):
+Fine-tuning methods (all start from the converted student and use CE of the integrated output, or
+with ``--per-step-loss`` the mean of every step's CE, as in TET; ``label_loss``):
 
 - ``conversion``: no fine-tuning; the converted student is the result.
 - ``hybrid`` (Rathi et al. 2020): CE only.
@@ -39,7 +40,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..modes import eval_mode
-from ..student import SpikingStudent
+from ..student import SpikingStudent, Trace
 from . import losses
 from .intermediate import AnnTeacher
 
@@ -58,6 +59,13 @@ class FineTune(Protocol):
     def teacher(self) -> nn.Module | None: ...
 
     def add_module(self, name: str, module: nn.Module | None) -> None: ...
+
+
+def label_loss(ft: FineTune, trace: Trace, y: torch.Tensor) -> torch.Tensor:
+    """CE of the student's output: of the mean over steps, or of every step with ``--per-step-loss`` (TET)."""
+    if ft.cfg.per_step_loss and trace.outputs is not None:
+        return losses.per_step_cross_entropy(trace.outputs, y)
+    return F.cross_entropy(trace.logits, y)
 
 
 def teacher_of(ft: FineTune) -> nn.Module:
@@ -134,8 +142,8 @@ class Hybrid(Method):
     name = "hybrid"
 
     def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
-        logits = ft.student.run(x, seed=seed).logits
-        return F.cross_entropy(logits, y), logits
+        trace = ft.student.run(x, seed=seed)
+        return label_loss(ft, trace, y), trace.logits
 
 
 class KD(Method):
@@ -170,11 +178,11 @@ class KD(Method):
 
     def loss(self, ft: FineTune, x: torch.Tensor, y: torch.Tensor, seed: int) -> Step:
         cfg = ft.cfg
-        logits = ft.student.run(x, seed=seed).logits
+        trace = ft.student.run(x, seed=seed)
         with torch.no_grad():
             teacher_logits = teacher_of(ft)(x)[0]
-        kd = losses.kd_loss(logits, teacher_logits, *self.temperatures(cfg))
-        return (1 - cfg.kd_weight) * F.cross_entropy(logits, y) + cfg.kd_weight * kd, logits
+        kd = losses.kd_loss(trace.logits, teacher_logits, *self.temperatures(cfg))
+        return (1 - cfg.kd_weight) * label_loss(ft, trace, y) + cfg.kd_weight * kd, trace.logits
 
 
 class HeteroKD(KD):
@@ -198,7 +206,7 @@ class LaSNN(Method):
             feats = teacher(x)[1]
         student_maps = [losses.attention_map(trace.spikes[k].mean(0)) for k in self.levels]
         targets = [losses.attention_map(f) for f in teacher_maps(teacher, feats, self.levels)]
-        ce = F.cross_entropy(trace.logits, y)
+        ce = label_loss(ft, trace, y)
         return ce + losses.attention_loss(student_maps, targets, ft.cfg.beta), trace.logits
 
 
@@ -209,7 +217,7 @@ class LaSNNGrad(LaSNN):
         trace = ft.student.run(x, seed=seed, record=True)
         teacher_map = losses.input_gradient_map(teacher_of(ft), x, y)
         student_maps = [losses.spike_activation_map(trace.spikes[k], ft.cfg.sam_gamma) for k in self.levels]
-        ce = F.cross_entropy(trace.logits, y)
+        ce = label_loss(ft, trace, y)
         return ce + losses.attention_loss(student_maps, [teacher_map] * len(student_maps), ft.cfg.beta), trace.logits
 
 
