@@ -6,8 +6,10 @@ the backward recurrence is written out in ``neurons.LIFFunction``): the forward 
 ``fastmath`` lets LLVM contract nothing), so spikes and potentials are bit for bit those of the
 eager tensor ops. What changes is the passes over memory: eager PyTorch runs 4 element-wise ops per
 step in forward and 12 in backward, each one a pass over the neurons; here each step is one pass
-(docs/performance.md has the profile). The sums for ``dL/dlam`` and ``dL/dtheta`` are accumulated
-in float64.
+(docs/performance.md has the profile). The backward is compiled with ``reassoc`` and ``contract``,
+so its sums for ``dL/dlam`` and ``dL/dtheta`` (kept in float64) vectorise: gradients agree with the
+plain autograd loop within rounding (tests/test_neurons.py: 1e-12 in float64), spikes are not
+touched by it.
 
 Compiled on first use per dtype (float32, float64) and cached on disk beside this file
 (``cache=True``), so later processes load the machine code instead of compiling it.
