@@ -92,7 +92,74 @@ def lif_potentials(
 
 def _chunk(n: int, device: torch.device) -> int:
     """Elements per slice of the time loops: CPU_CHUNK on CPU (cache-sized), all of them elsewhere."""
-    return min(n, CPU_CHUNK) if device.type == "cpu" else n
+    return max(min(n, CPU_CHUNK) if device.type == "cpu" else n, 1)
+
+
+def _kernels(t: torch.Tensor):
+    """The compiled step functions (``lif_kernels``, numba) for a CPU float32/float64 tensor, else None:
+    eager tensor ops, one kernel per op (CUDA, other dtypes). Imported on first use: numba loads in
+    about a second, which commands that never train or run the student on CPU do not pay."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        return None
+    from . import lif_kernels
+
+    return lif_kernels
+
+
+def _eager_forward_step(
+    u: torch.Tensor,
+    i: torch.Tensor,
+    v: torch.Tensor,
+    s: torch.Tensor,
+    leak: torch.Tensor,
+    theta: torch.Tensor,
+    hard: bool,
+) -> None:
+    """One step in tensor ops: ``v = lam * u + i``, ``s = v > theta``, then ``u`` reset in place.
+
+    The reset ``u = v - v * s`` is exact (``v - v = 0``, ``v - 0 = v``) and, unlike ``torch.where``
+    on a bool mask, runs at the speed of an add."""
+    torch.mul(u, leak, out=u)
+    torch.add(u, i, out=v)
+    torch.gt(v, theta, out=s)
+    if hard:
+        torch.addcmul(v, v, s, value=-1.0, out=u)
+    else:
+        torch.addcmul(v, s, theta, value=-1.0, out=u)
+
+
+def _eager_backward_step(
+    g: torch.Tensor,
+    v: torch.Tensor,
+    gv_next: torch.Tensor,
+    gv: torch.Tensor,
+    leak: torch.Tensor,
+    theta: torch.Tensor,
+    slope: torch.Tensor,
+    hard: bool,
+    last: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of ``LIFFunction``'s reverse recurrence in tensor ops (``slope = gamma / theta``);
+    returns the step's dL/dlam and dL/dtheta terms."""
+    zero = v.new_zeros(())
+    # sg = gamma * max(0, 1 - |v - theta| / theta) = gamma / theta * max(0, min(v, 2 theta - v))
+    sg = torch.minimum(v, 2.0 * theta - v).clamp_(min=0.0).mul_(slope)
+    if last:  # the last step: nothing flows back through its reset
+        torch.mul(g, sg, out=gv)
+        return zero, -gv.sum()
+    s = torch.gt(v, theta).to(v.dtype)
+    gu = gv_next * leak
+    if hard:  # kept = gv[t+1] (1 - s[t]): the part of dL/du[t] / lam that survives the reset
+        kept = torch.addcmul(gv_next, gv_next, s, value=-1.0)
+        grad_leak, grad_theta = torch.dot(kept, v), zero  # v[t+1] = lam * u[t] + i[t+1],  u[t] = v[t] (1 - s[t])
+    else:  # u[t] = v[t] - theta s[t]
+        grad_leak, grad_theta = torch.dot(gv_next, torch.addcmul(v, s, theta, value=-1.0)), -torch.dot(gu, s)
+    gs = torch.addcmul(g, gu, v if hard else theta, value=-1.0).mul_(sg)
+    if hard:
+        torch.addcmul(gs, kept, leak, out=gv)
+    else:
+        torch.add(gu, gs, out=gv)
+    return grad_leak, grad_theta - gs.sum()
 
 
 def _lif_forward(
@@ -100,13 +167,13 @@ def _lif_forward(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Spikes ``[T, ...]`` and, if asked, the potentials before reset ``v[t] = lam * u[t-1] + i[t]``.
 
-    Op by op into preallocated buffers, in the rounding order of the equations (``lam * u`` then
-    ``+ i``, as the ONNX export writes it), so the spikes are those of the plain loop. The reset
-    ``u = v - v * s`` is exact (``v - v = 0``, ``v - 0 = v``) and, unlike ``torch.where`` on a bool
-    mask, runs at the speed of an add on CPU. On CPU the neurons are taken in cache-sized slices,
-    all T steps of one slice before the next, so the state never leaves the cache. The potentials
-    are ``T`` step tensors rather than one ``[T, ...]`` block: glibc serves blocks above 32 MiB
-    with fresh ``mmap`` pages (a page fault per 4 KiB, every step), smaller ones from its heap.
+    Step by step into preallocated buffers, in the rounding order of the equations (``lam * u``
+    then ``+ i``, as the ONNX export writes it), so the spikes are those of the plain loop; on CPU
+    each step is one compiled pass over the neurons (``lif_kernels``), and the neurons are taken in
+    cache-sized slices, all T steps of one slice before the next, so the state never leaves the
+    cache. The potentials are ``T`` step tensors rather than one ``[T, ...]`` block: glibc serves
+    blocks above 32 MiB with fresh ``mmap`` pages (a page fault per 4 KiB, every step), smaller
+    ones from its heap.
     """
     steps, dtype, device = current.shape[0], current.dtype, current.device
     spikes = torch.empty(current.shape, dtype=dtype, device=device)
@@ -116,20 +183,16 @@ def _lif_forward(
     flat_current, flat_spikes = current.reshape(steps, -1), spikes.view(steps, -1)
     flat_v = [p.view(-1) for p in potentials]
     n = flat_spikes.shape[1]
-    chunk = max(_chunk(n, current.device), 1)
+    chunk = _chunk(n, current.device)
     u_buf, v_buf = torch.empty(chunk, dtype=dtype, device=device), torch.empty(chunk, dtype=dtype, device=device)
-    for a in range(0, n, chunk):
+    kernels = _kernels(current)
+    step = kernels.forward_step if kernels is not None else _eager_forward_step
+    for a in range(0, n, chunk):  # slice by slice, all T steps of a slice before the next
         b = min(n, a + chunk)
         u = u_buf[: b - a].zero_()
         for t in range(steps):
             v = flat_v[t][a:b] if keep_potential else v_buf[: b - a]
-            torch.mul(u, leak, out=u)
-            torch.add(u, flat_current[t, a:b], out=v)
-            s = torch.gt(v, theta, out=flat_spikes[t, a:b])
-            if hard:
-                torch.addcmul(v, v, s, value=-1.0, out=u)
-            else:
-                torch.addcmul(v, s, theta, value=-1.0, out=u)
+            step(u, flat_current[t, a:b], v, flat_spikes[t, a:b], leak, theta, hard)
     return spikes, potentials
 
 
@@ -141,7 +204,7 @@ class LIFFunction(torch.autograd.Function):
     the gradient flows through both ``u`` and ``s`` of the reset. Forward keeps only the
     potentials before reset ``v[t]`` (one value per neuron and step; the plain loop keeps about
     three); backward rebuilds spikes, surrogate and ``u`` from them and runs the reverse
-    recurrence, in the same cache-sized slices::
+    recurrence from ``t = T-1`` down, in the same cache-sized slices::
 
         gu[t] = lam * gv[t+1]                                    (gu[T-1] = 0)
         gs[t] = (dL/ds[t] - gu[t] * v[t]) * sg[t]      hard:  u[t] = v[t] (1 - s[t])
@@ -164,52 +227,31 @@ class LIFFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_spikes: torch.Tensor):
         leak, theta, *v = ctx.saved_tensors
-        hard = ctx.hard
-        need_leak, need_theta = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         steps = len(v)
         grad_v = torch.empty(grad_spikes.shape, dtype=v[0].dtype, device=v[0].device)
         flat_gv, flat_g = grad_v.view(steps, -1), grad_spikes.reshape(steps, -1)
         flat_v = [p.view(-1) for p in v]
         n = flat_gv.shape[1]
-        chunk = max(_chunk(n, grad_v.device), 1)
-        bufs = [torch.empty(chunk, dtype=v[0].dtype, device=v[0].device) for _ in range(5)]
-        two_theta, slope = 2.0 * theta, GAMMA / theta
-        grad_leak, grad_theta = leak.new_zeros(()), theta.new_zeros(())
+        chunk = _chunk(n, grad_v.device)
+        kernels = _kernels(grad_v)
+        step = kernels.backward_step if kernels is not None else _eager_backward_step
+        slope = GAMMA / theta
+        grad_leak, grad_theta = 0.0, 0.0  # floats from the kernels (float64 sums), tensors from the eager steps
         for a in range(0, n, chunk):  # slice by slice as in forward, each slice from t = T-1 down
             b = min(n, a + chunk)
-            s, sg, gs, gu, kept = (buf[: b - a] for buf in bufs)
             for t in reversed(range(steps)):
-                vt, gv = flat_v[t][a:b], flat_gv[t, a:b]
-                torch.gt(vt, theta, out=s)
-                # sg = gamma * max(0, 1 - |v - theta| / theta) = gamma / theta * max(0, min(v, 2 theta - v))
-                torch.minimum(vt, torch.sub(two_theta, vt, out=sg), out=sg).clamp_(min=0.0).mul_(slope)
-                if t == steps - 1:  # the last step: nothing flows back through its reset
-                    torch.mul(flat_g[t, a:b], sg, out=gv)
-                    if need_theta:
-                        grad_theta -= gv.sum()
-                    continue
-                gv_next = flat_gv[t + 1, a:b]
-                torch.mul(gv_next, leak, out=gu)
-                if hard:  # kept = gv[t+1] (1 - s[t]): the part of dL/du[t] / lam that survives the reset
-                    torch.addcmul(gv_next, gv_next, s, value=-1.0, out=kept)
-                    if need_leak:  # v[t+1] = lam * u[t] + i[t+1],  u[t] = v[t] (1 - s[t])
-                        grad_leak += torch.dot(kept, vt)
-                else:
-                    if need_leak:  # u[t] = v[t] - theta s[t]
-                        grad_leak += torch.dot(gv_next, torch.addcmul(vt, s, theta, value=-1.0, out=kept))
-                    if need_theta:
-                        grad_theta -= torch.dot(gu, s)
-                torch.addcmul(flat_g[t, a:b], gu, vt if hard else theta, value=-1.0, out=gs).mul_(sg)
-                if need_theta:
-                    grad_theta -= gs.sum()
-                if hard:
-                    torch.addcmul(gs, kept, leak, out=gv)
-                else:
-                    torch.add(gu, gs, out=gv)
+                last = t == steps - 1
+                gv, gv_next = flat_gv[t, a:b], flat_gv[min(t + 1, steps - 1), a:b]  # gv_next unread when last
+                d_leak, d_theta = step(flat_g[t, a:b], flat_v[t][a:b], gv_next, gv, leak, theta, slope, ctx.hard, last)
+                grad_leak, grad_theta = grad_leak + d_leak, grad_theta + d_theta
         return (
             grad_v if ctx.needs_input_grad[0] else None,
-            grad_leak.reshape(leak.shape) if need_leak else None,
-            grad_theta.reshape(theta.shape) if need_theta else None,
+            torch.as_tensor(grad_leak, dtype=leak.dtype, device=leak.device).reshape(leak.shape)
+            if ctx.needs_input_grad[1]
+            else None,
+            torch.as_tensor(grad_theta, dtype=theta.dtype, device=theta.device).reshape(theta.shape)
+            if ctx.needs_input_grad[2]
+            else None,
             None,
         )
 

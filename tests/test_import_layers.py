@@ -24,7 +24,7 @@ FOLDERS = {
 # Lowest first. A module may import modules of its own layer and of the layers below it; a name
 # stands for the module and everything under it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("errors", "atomic", "modes", "neurons", "inputs", "lava_compat", "data")),
+    ("core", ("errors", "atomic", "modes", "neurons", "lif_kernels", "inputs", "lava_compat", "data")),
     ("student", ("student", "models", "loihi_quant", "nir_read", "run_folder")),
     ("readings of the student", ("exporters", "hw_targets", "evaluation", "training", "nir_import")),
     ("validation", ("validation",)),

@@ -6,10 +6,18 @@ from lasnn_deploy import neurons
 from lasnn_deploy.neurons import GAMMA, SpikeFn, lif_multistep, lif_reference, poisson_spikes
 
 
+def use_steps(steps, monkeypatch):
+    """``"eager"``: the LIF's tensor-op steps (what CUDA runs) on CPU; ``"compiled"``: the numba kernels."""
+    if steps == "eager":
+        monkeypatch.setattr(neurons, "_kernels", lambda t: None)
+
+
+@pytest.mark.parametrize("steps", ["compiled", "eager"])
 @pytest.mark.parametrize("chunk", [None, 4])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 @pytest.mark.parametrize("leak", [1.0, 0.75])
-def test_lif_matches_float64_reference_loop(reset, leak, chunk, monkeypatch):
+def test_lif_matches_float64_reference_loop(reset, leak, chunk, steps, monkeypatch):
+    use_steps(steps, monkeypatch)
     if chunk:
         monkeypatch.setattr(neurons, "CPU_CHUNK", chunk)
     gen = torch.Generator().manual_seed(1)
@@ -64,10 +72,12 @@ def _grads(fn, current, leak, theta, reset, weights):
     return spikes.detach(), [t.grad for t in inputs]
 
 
+@pytest.mark.parametrize("steps", ["compiled", "eager"])
 @pytest.mark.parametrize("chunk", [None, 7])  # 7: many CPU slices of the neurons, the last one short
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
-def test_lif_gradients_equal_the_plain_autograd_loop(reset, dtype, chunk, monkeypatch):
+def test_lif_gradients_equal_the_plain_autograd_loop(reset, dtype, chunk, steps, monkeypatch):
+    use_steps(steps, monkeypatch)
     if chunk:
         monkeypatch.setattr(neurons, "CPU_CHUNK", chunk)
     gen = torch.Generator().manual_seed(5)
@@ -97,6 +107,23 @@ def test_lif_gradients_through_an_expanded_input_and_a_threshold_slice():
     for got, want in zip(*grads, strict=True):
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), (got - want).abs().max()
     assert grads[0][2][0] == 0 and grads[0][2][1] != 0
+
+
+@pytest.mark.parametrize("leak", [0.7, 0.75])  # 0.75: exact arithmetic on the grid, potentials exactly at theta
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_compiled_steps_give_the_eager_steps_spikes_and_potentials_bit_for_bit(reset, leak, monkeypatch):
+    """float32, currents on a grid of 2^-12 so that many potentials land on theta or within a
+    rounding step of it, where a fused multiply-add or another rounding order would flip a spike."""
+    gen = torch.Generator().manual_seed(8)
+    current = torch.randint(0, 820, (10, 6, 500), generator=gen).float() / 4096.0 + 0.5
+    leak, theta = torch.tensor(leak), torch.tensor(1.0)
+    compiled = neurons._lif_forward(current, leak, theta, reset == "hard", keep_potential=True)
+    monkeypatch.setattr(neurons, "_kernels", lambda t: None)
+    eager = neurons._lif_forward(current, leak, theta, reset == "hard", keep_potential=True)
+    assert torch.equal(compiled[0], eager[0]) and 0.1 < compiled[0].mean() < 0.9
+    assert all(torch.equal(a, b) for a, b in zip(compiled[1], eager[1], strict=True))
+    near = (torch.stack(eager[1]) - theta).abs() <= (0.0 if leak == 0.75 else 2**-12)
+    assert near.sum() > 0  # potentials at (0.75) or next to (0.7) the threshold are exercised
 
 
 def test_lif_without_autograd_gives_the_same_spikes():
