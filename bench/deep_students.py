@@ -31,6 +31,7 @@ def row(run: Path) -> dict[str, Any]:
         "method": m["method"],
         "teacher": m.get("teacher"),
         "student_lr": config["student_lr"],
+        "per_step_loss": config.get("per_step_loss", False),
         "intermediate": config["intermediate"],
         "preset_choices": m.get("preset_choices", {}),
         "ann": m["ann_test_accuracy"],
@@ -50,9 +51,11 @@ def row(run: Path) -> dict[str, Any]:
 
 
 def _method(r: dict[str, Any]) -> str:
-    """The method, its teacher where it has one, and the fine-tuning rate it started from."""
+    """The method, its teacher where it has one, the fine-tuning rate it started from, and TET's
+    per-step cross-entropy where it was on."""
     teacher = f"{r['teacher']}, " if r.get("teacher") else ""
-    return f"{r['method']} ({teacher}{r['student_lr']:g})"
+    tet = ", per-step CE" if r.get("per_step_loss") else ""
+    return f"{r['method']} ({teacher}{r['student_lr']:g}{tet})"
 
 
 def render(rows: list[dict[str, Any]]) -> str:

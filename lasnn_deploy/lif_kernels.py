@@ -97,5 +97,5 @@ def backward_step(
     """One step of the reverse recurrence on flat tensors (``slope = gamma / theta``): writes ``gv``
     (dL/dv[t]) from ``g`` (dL/ds[t]), ``v`` (v[t]) and ``gv_next`` (dL/dv[t+1], unread when ``last``);
     returns this step's terms of dL/dlam and dL/dtheta."""
-    scalars = (_np(t).reshape(1) for t in (leak, theta, slope))
-    return _backward(_np(g), _np(v), _np(gv_next), _np(gv), *scalars, hard, last)
+    lam, th, sl = (_np(t).reshape(1) for t in (leak, theta, slope))
+    return _backward(_np(g), _np(v), _np(gv_next), _np(gv), lam, th, sl, hard, last)

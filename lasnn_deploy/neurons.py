@@ -236,7 +236,9 @@ class LIFFunction(torch.autograd.Function):
         kernels = _kernels(grad_v)
         step = kernels.backward_step if kernels is not None else _eager_backward_step
         slope = GAMMA / theta
-        grad_leak, grad_theta = 0.0, 0.0  # floats from the kernels (float64 sums), tensors from the eager steps
+        # floats from the kernels (float64 sums), tensors from the eager steps
+        grad_leak: float | torch.Tensor = 0.0
+        grad_theta: float | torch.Tensor = 0.0
         for a in range(0, n, chunk):  # slice by slice as in forward, each slice from t = T-1 down
             b = min(n, a + chunk)
             for t in reversed(range(steps)):
