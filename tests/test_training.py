@@ -206,6 +206,19 @@ def test_resume_refuses_changed_options_and_empty_folders(shared_run, tmp_path):
         train(out=str(tmp_path / "empty"), resume=True, **TINY)
 
 
+def test_resume_reads_an_option_newer_than_the_run_as_its_default(shared_run, tmp_path):
+    """A run folder written before an option existed resumes with that option at its default, and
+    only then: the option set otherwise is a change like any other."""
+    folder = tmp_path / "older"
+    shutil.copytree(shared_run, folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["per_step_loss"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="differ from the run .*: per_step_loss;"):
+        train(out=str(folder), resume=True, **dict(TINY, per_step_loss=True))
+    assert train(out=str(folder), resume=True, **TINY) == folder
+
+
 def test_resuming_a_checkpoint_of_another_objective_is_one_clear_error(shared_run, tmp_path):
     """An epoch checkpoint from an older tssd (three weak classifiers) is refused by name, not a traceback."""
     folder = _seeded_folder(shared_run, tmp_path / "old-tssd")

@@ -23,7 +23,7 @@ from ..run_folder import CONFIG_FILE, CONVERTED_FILE, METRICS_FILE, PROGRESS_FIL
 from ..student import STUDENT_FILE, SpikingStudent, save_student
 from . import distributed
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path, save_weights
-from .config import TrainConfig, config_to_json
+from .config import FIELDS, TrainConfig, config_to_json
 from .datasets import SizedSet, in_default_dtype, in_memory, split_validation
 from .loop import EpochHook
 
@@ -112,9 +112,10 @@ def prepare(config: TrainConfig, device: torch.device, on_epoch_end: EpochHook |
         stored = folder / CONFIG_FILE
         if not stored.is_file():
             raise UserError(f"nothing to resume in {folder}: it holds no {CONFIG_FILE}; run without --resume first")
-        before = _read_json_mapping(stored)
+        # an option the folder's config lacks came after the run was made: it ran with the default
+        before = {**{k: f.default for k, f in FIELDS.items()}, **_read_json_mapping(stored)}
         now = config.to_dict()
-        differ = sorted(k for k in now if k not in RESUME_FREE and before.get(k) != now[k])
+        differ = sorted(k for k in now if k not in RESUME_FREE and before[k] != now[k])
         if differ:
             raise UserError(
                 f"--resume with options that differ from the run in {folder}: {', '.join(differ)}; "
