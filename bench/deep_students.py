@@ -32,6 +32,10 @@ def row(run: Path) -> dict[str, Any]:
         "teacher": m.get("teacher"),
         "student_lr": config["student_lr"],
         "per_step_loss": config.get("per_step_loss", False),
+        "student_back_off": config["student_back_off"],
+        "patience": config["patience"],
+        "student_epochs": config["student_epochs"],
+        "student_samples": config["student_samples"],
         "intermediate": config["intermediate"],
         "preset_choices": m.get("preset_choices", {}),
         "ann": m["ann_test_accuracy"],
@@ -51,16 +55,21 @@ def row(run: Path) -> dict[str, Any]:
 
 
 def _method(r: dict[str, Any]) -> str:
-    """The method, its teacher where it has one, the fine-tuning rate it started from, and TET's
-    per-step cross-entropy where it was on."""
+    """The method, its teacher where it has one, the fine-tuning rate it started from and its
+    schedule (back-off and patience, or the whole cosine of epochs x images), and TET's per-step
+    cross-entropy where it was on."""
     teacher = f"{r['teacher']}, " if r.get("teacher") else ""
+    if r["student_back_off"] is None:
+        schedule = f"cosine {r['student_epochs']} x {r['student_samples'] or 'all'}"
+    else:
+        schedule = f"back-off {r['student_back_off']:g}, patience {r['patience']}"
     tet = ", per-step CE" if r.get("per_step_loss") else ""
-    return f"{r['method']} ({teacher}{r['student_lr']:g}{tet})"
+    return f"{r['method']} ({teacher}{r['student_lr']:g}, {schedule}{tet})"
 
 
 def render(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| run | student (width) | T | method (teacher, lr) | ANN | converted | student | student - ANN | rounds (best) "
+        "| run | student (width) | T | method (teacher, lr, schedule) | ANN | converted | student | student - ANN | rounds (best) "
         "| spikes / sample | seconds (ANN, fine-tune) |"
     )
     lines = [head, "| --- " * (head.count("|") - 1) + "|"]

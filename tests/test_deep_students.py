@@ -117,6 +117,10 @@ def test_the_quick_preset_chooses_for_deep_students_and_records_it(student):
     assert choices["intermediate"] == "rate" and choices["augment"]
     assert all(getattr(config, k) == v for k, v in choices.items())
     assert make_config(preset="quick", student=student, intermediate="bn").intermediate == "bn"  # a flag wins
+    assert config.student_back_off is None and config.patience is None  # the whole cosine schedule
+    assert make_config(preset="quick", student=student, student_back_off=0.2).student_back_off == 0.2
+    shallow = make_config(preset="quick", student="3conv2linear")
+    assert (shallow.student_back_off, shallow.patience) == (0.2, 3)
     assert preset_choices("quick", "3conv2linear") == {}
 
 

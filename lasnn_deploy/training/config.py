@@ -66,7 +66,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # What a preset changes for one student, over the preset's own values (docs/semantics.md, 'Presets'):
 # the deep students need batch norm, the hard-reset rate activation, augmentation of colour images
 # (greyscale is never augmented), more width and a longer intermediate ANN to train at all, and
-# their own intermediate ANN as the teacher (the preset's small-cnn is weaker than it).
+# their own intermediate ANN as the teacher (the preset's small-cnn is weaker than it), and
+# fine-tune on the whole cosine schedule of --student-epochs rounds, without back-off or patience.
 STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "resnet12": {
@@ -75,6 +76,8 @@ STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "augment": True,
             "ann_steps": 5700,
             "teacher": ANN_TEACHER,
+            "patience": None,
+            "student_back_off": None,
         },
         "vgg16": {
             "student_width": 0.25,
@@ -83,6 +86,8 @@ STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "augment": True,
             "ann_steps": 5700,
             "teacher": ANN_TEACHER,
+            "patience": None,
+            "student_back_off": None,
         },
     },
 }
@@ -418,6 +423,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 METAVARS = {"data_dir": "DIR", "out": "DIR", "device": "DEVICE"}
 
 
+def _student_preset_notes(name: str) -> list[str]:
+    """Help notes for what a preset sets per student, e.g. ``quick, resnet12 and vgg16: none``."""
+    notes = []
+    for preset, students in STUDENT_PRESETS.items():
+        by_value: dict[str, list[str]] = {}
+        for student, choices in students.items():
+            if name in choices:
+                value = "none" if choices[name] is None else str(choices[name])
+                by_value.setdefault(value, []).append(student)
+        notes += [f"{preset}, {' and '.join(s)}: {v}" for v, s in by_value.items()]
+    return notes
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--config`` and one flag per ``TrainConfig`` field (help from its metadata).
 
@@ -438,6 +456,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         tp, _ = _base_type(name)
         notes = [f"default: {f.default}"] if f.default is not None else []
         notes += [f"{p}: {v[name]}" for p, v in PRESETS.items() if name in v]
+        notes += _student_preset_notes(name)
         help_text = f"{f.metadata['help']} ({'; '.join(notes)})" if notes else f.metadata["help"]
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         if tp is bool:
